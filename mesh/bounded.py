@@ -1,0 +1,111 @@
+"""Decoding untrusted bytes within fixed bounds: msgpack with explicit limits, zstd with an
+output cap that holds even when the frame lies about its size."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zstandard
+
+ZSTD_WINDOW_LIMIT = 1 << 24  # 16 MiB: refuse frames that would make zstd allocate more
+
+
+class DecodeError(ValueError):
+    """Untrusted bytes broke a bound or were malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class MsgpackBounds:
+    max_bin: int
+    max_str: int = 64 * 1024
+    max_array: int = 4096
+    max_map: int = 1024
+
+
+def unpack(data: bytes, bounds: MsgpackBounds) -> Any:
+    """Exactly one msgpack object filling `data`; extension types are refused."""
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=bounds.max_bin,
+            max_str_len=bounds.max_str,
+            max_array_len=bounds.max_array,
+            max_map_len=bounds.max_map,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException) as exc:
+        # StackError, FormatError and "exceeds max_*_len" are ValueErrors.
+        raise DecodeError(f"bad msgpack: {exc}") from None
+
+
+def unpack_prefix(data: bytes, bounds: MsgpackBounds) -> tuple[Any, int]:
+    """The first msgpack object in `data` and the offset just past it."""
+    unpacker = msgpack.Unpacker(
+        raw=False,
+        strict_map_key=True,
+        max_buffer_size=max(len(data), 1),
+        max_bin_len=bounds.max_bin,
+        max_str_len=bounds.max_str,
+        max_array_len=bounds.max_array,
+        max_map_len=bounds.max_map,
+        max_ext_len=0,
+    )
+    unpacker.feed(data)
+    try:
+        obj = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise DecodeError("bad msgpack: incomplete object") from None
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"bad msgpack: {exc}") from None
+    return obj, unpacker.tell()
+
+
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dctx = getattr(_local, "dctx", None)
+    if dctx is None:
+        dctx = _local.dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_WINDOW_LIMIT)
+    return dctx
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    cctx = getattr(_local, "cctx", None)
+    if cctx is None:
+        cctx = _local.cctx = zstandard.ZstdCompressor(level=3)
+    return cctx
+
+
+def compress(data: bytes) -> bytes:
+    return bytes(_compressor().compress(data))
+
+
+def decompress(data: bytes, cap: int) -> bytes:
+    """The decompressed bytes, refusing more than `cap` of output.
+
+    `ZstdDecompressor.decompress` ignores its `max_output_size` when the frame declares a
+    content size, so the cap is enforced by reading a stream, never trusting the header.
+    """
+    declared = zstandard.frame_content_size(data) if len(data) >= 18 else -1
+    if declared > cap:
+        raise DecodeError(f"decompresses to more than {cap} bytes (declares {declared})")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        with _decompressor().stream_reader(data, read_across_frames=True) as reader:
+            while chunk := reader.read(min(cap + 1 - total, 1 << 20) or 1):
+                total += len(chunk)
+                if total > cap:
+                    raise DecodeError(f"decompresses to more than {cap} bytes")
+                chunks.append(chunk)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"bad zstd data: {exc}") from None
+    if declared >= 0 and declared != total:
+        raise DecodeError(f"zstd data is cut short ({total} of {declared} bytes)")
+    return b"".join(chunks)

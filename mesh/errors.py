@@ -1,0 +1,36 @@
+"""Exception hierarchy: one base per layer, so callers can map errors at each boundary."""
+
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """Base of every error mesh raises on purpose."""
+
+
+class ConfigError(MeshError):
+    """Something a user must fix before a peer can start (keys, folders, locks)."""
+
+
+class KeyFileError(ConfigError):
+    """A key file is missing, unreadable, malformed, or too open."""
+
+
+class PeerLockedError(ConfigError):
+    """Another process already runs this peer on the same state folder."""
+
+
+class FormatError(MeshError):
+    """Bytes from the pipe that are not a valid mesh file; the message says what was wrong.
+
+    `reason` is a short machine-readable slug (``bad-magic``, ``bad-signature``...) used for
+    quarantine records and counters; ``str(error)`` is the human sentence.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class MessageError(MeshError):
+    """A frame decoded to something that is not a valid message."""

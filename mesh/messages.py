@@ -1,0 +1,213 @@
+"""The messages that travel in frames, and their msgpack form.
+
+Every frame holds one `Envelope`: a link sequence number and one message. Bodies and
+header values are bytes, so any body (binary, non-UTF-8) and any header crosses exactly.
+Decoding checks every field's type and range: a frame from an authentic sender can still
+be malformed, and is then refused with `MessageError`, never half-trusted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeAlias
+
+import msgpack
+
+from .bounded import DecodeError, MsgpackBounds, unpack
+from .errors import MessageError
+
+Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
+
+_ID = re.compile(r"[0-9a-f]{32}")
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
+_OP = re.compile(r"[a-z][a-z0-9-]{0,31}")
+MAX_TARGET = 16 * 1024
+MAX_HEADERS = 1000
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class Kind(IntEnum):
+    REQUEST = 1
+    RESPONSE = 2
+    FRAGMENT = 3
+    CONTROL = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request for the recipient's upstream. `target` is path plus query."""
+
+    id: str
+    method: str
+    target: str
+    headers: Headers
+    body: bytes
+    deadline: float  # wall-clock seconds after which it must not be forwarded
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The upstream's answer to request `id`, as it gave it."""
+
+    id: str
+    status: int
+    headers: Headers
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """Bytes `offset .. offset+len(data)` of a body of `total` bytes, for transfer `id`."""
+
+    id: str
+    index: int
+    offset: int
+    total: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A protocol note between peers (e.g. which sequence numbers are missing)."""
+
+    op: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+Message: TypeAlias = Request | Response | Fragment | Control
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    seq: int
+    message: Message
+
+
+def pack(envelope: Envelope) -> bytes:
+    """The msgpack bytes of `envelope`: ``[kind, seq, *fields]``."""
+    m = envelope.message
+    fields: list[Any]
+    if isinstance(m, Request):
+        fields = [
+            Kind.REQUEST,
+            m.id,
+            m.method,
+            m.target,
+            _headers_out(m.headers),
+            m.body,
+            float(m.deadline),
+        ]
+    elif isinstance(m, Response):
+        fields = [Kind.RESPONSE, m.id, m.status, _headers_out(m.headers), m.body]
+    elif isinstance(m, Fragment):
+        fields = [Kind.FRAGMENT, m.id, m.index, m.offset, m.total, m.data]
+    else:
+        fields = [Kind.CONTROL, m.op, dict(m.args)]
+    fields.insert(1, envelope.seq)
+    return bytes(msgpack.packb(fields, use_bin_type=True))
+
+
+def unpack_envelope(data: bytes, max_body: int) -> Envelope:
+    """The envelope in `data`; `MessageError` saying what is wrong otherwise."""
+    try:
+        obj = unpack(data, MsgpackBounds(max_bin=max_body, max_array=2 * MAX_HEADERS + 8))
+    except DecodeError as exc:
+        raise MessageError(str(exc)) from None
+    if not isinstance(obj, list) or len(obj) < 2:
+        raise MessageError("a frame must hold [kind, seq, ...]")
+    kind, seq, *rest = obj
+    _check(type(seq) is int and seq >= 0, "seq must be a whole number >= 0")
+    decoder = _DECODERS.get(kind) if type(kind) is int else None
+    if decoder is None:
+        raise MessageError(f"unknown message kind {kind!r}")
+    arity = _ARITY[kind]
+    _check(len(rest) == arity, f"{Kind(kind).name.lower()} needs {arity} fields")
+    return Envelope(seq, decoder(rest))
+
+
+def _check(ok: bool, problem: str) -> None:
+    if not ok:
+        raise MessageError(problem)
+
+
+def _id(value: Any) -> str:
+    _check(isinstance(value, str) and _ID.fullmatch(value) is not None, "bad id")
+    return str(value)
+
+
+def _count(value: Any, what: str) -> int:
+    _check(type(value) is int and value >= 0, f"{what} must be a whole number >= 0")
+    return int(value)
+
+
+def _bytes(value: Any, what: str) -> bytes:
+    _check(isinstance(value, bytes), f"{what} must be bytes")
+    return bytes(value)
+
+
+def _headers_out(headers: Headers) -> list[bytes]:
+    return [part for pair in headers for part in pair]
+
+
+def _headers_in(value: Any) -> Headers:
+    _check(isinstance(value, list) and len(value) % 2 == 0, "headers must be name/value pairs")
+    _check(all(isinstance(v, bytes) for v in value), "header names and values must be bytes")
+    _check(sum(len(v) for v in value) <= MAX_HEADER_BYTES, "headers too large")
+    pairs = tuple(zip(value[0::2], value[1::2], strict=True))
+    _check(all(name for name, _ in pairs), "empty header name")
+    return pairs
+
+
+def _request(f: list[Any]) -> Request:
+    id_, method, target, headers, body, deadline = f
+    _check(isinstance(method, str) and _METHOD.fullmatch(method) is not None, "bad method")
+    _check(
+        isinstance(target, str)
+        and target.startswith("/")
+        and len(target) <= MAX_TARGET
+        and target.isascii()
+        and target.isprintable()
+        and " " not in target,
+        "bad target",
+    )
+    _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
+    return Request(_id(id_), method, target, _headers_in(headers), _bytes(body, "body"), deadline)
+
+
+def _response(f: list[Any]) -> Response:
+    id_, status, headers, body = f
+    _check(type(status) is int and 100 <= status <= 599, "bad status")
+    return Response(_id(id_), status, _headers_in(headers), _bytes(body, "body"))
+
+
+def _fragment(f: list[Any]) -> Fragment:
+    id_, index, offset, total, data = f
+    fragment = Fragment(
+        _id(id_),
+        _count(index, "index"),
+        _count(offset, "offset"),
+        _count(total, "total"),
+        _bytes(data, "data"),
+    )
+    _check(fragment.offset + len(fragment.data) <= fragment.total, "fragment past its total")
+    return fragment
+
+
+def _control(f: list[Any]) -> Control:
+    op, args = f
+    _check(isinstance(op, str) and _OP.fullmatch(op) is not None, "bad control op")
+    _check(isinstance(args, dict), "control args must be a map")
+    return Control(op, args)
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
+    Kind.REQUEST: _request,
+    Kind.RESPONSE: _response,
+    Kind.FRAGMENT: _fragment,
+    Kind.CONTROL: _control,
+}
+_ARITY: dict[int, int] = {Kind.REQUEST: 6, Kind.RESPONSE: 4, Kind.FRAGMENT: 5, Kind.CONTROL: 2}

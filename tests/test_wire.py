@@ -1,0 +1,310 @@
+"""The file format against every fault a pipe or a forger can produce."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import msgpack
+import pytest
+import zstandard
+
+from mesh import wire
+from mesh.crypto import Identity, Keyring
+from mesh.errors import FormatError, MessageError
+from mesh.messages import Control, Envelope, Fragment, Request, Response, pack, unpack_envelope
+from mesh.received import ReceivedState
+from tests.conftest import keyring_for
+
+NONCE = b"\x01" * wire.FILE_NONCE_SIZE
+EPOCH = "0123456789abcdef"
+ID = "ab" * 16
+
+MESSAGES = [
+    Request(
+        ID,
+        "POST",
+        "/orders?x=1&y=%C3%A9",
+        ((b"content-type", b"application/octet-stream"), (b"x-raw", b"\xff\xfe latin \xe9")),
+        bytes(range(256)) * 3 + b"\x80\x81 not utf-8 \xc3\x28",
+        1_800_000_000.5,
+    ),
+    Response(ID, 418, ((b"content-encoding", b"gzip"),), b"\x1f\x8b\x08\x00" + os.urandom(64)),
+    Response(ID, 204, (), b""),
+    Fragment(ID, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
+    Control("missing", {"seq": [4, 5, 9], "note": "frames cut"}),
+    Request(ID, "GET", "/", (), b"a" * 100_000, 1.0),  # compressible: zstd codec
+]
+
+
+def encode(
+    identities: dict[str, Identity],
+    frames: list[bytes],
+    *,
+    sender: str = "alpha",
+    recipient: str = "bravo",
+    encrypted: bool = False,
+) -> bytes:
+    keys = keyring_for(identities, sender, (recipient,), encrypted)
+    return wire.encode_file(
+        identities[sender],
+        recipient=recipient,
+        epoch=EPOCH,
+        created=1_700_000_000.25,
+        nonce=NONCE,
+        frames=frames,
+        link_key=keys.sending_key(recipient),
+        ack=ReceivedState(7, ((9, 12),)),
+        clock={"alpha": 3, "carol": 0},
+    )
+
+
+def packed_frames() -> list[bytes]:
+    return [pack(Envelope(seq, m)) for seq, m in enumerate(MESSAGES, start=1)]
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_round_trip_of_every_message_kind(identities: dict[str, Identity], encrypted: bool) -> None:
+    frames = packed_frames()
+    data = encode(identities, frames, encrypted=encrypted)
+    decoded = wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",), encrypted))
+    assert decoded.complete and not decoded.problems
+    envelopes = [unpack_envelope(f, 1 << 20) for f in decoded.frames if f is not None]
+    assert [e.message for e in envelopes] == MESSAGES
+    assert [e.seq for e in envelopes] == list(range(1, len(MESSAGES) + 1))
+    header = decoded.header
+    assert (header.sender, header.recipient, header.epoch) == ("alpha", "bravo", EPOCH)
+    assert header.created == 1_700_000_000.25 and header.encrypted is encrypted
+    assert header.ack == ReceivedState(7, ((9, 12),))
+    assert header.clock == {"alpha": 3, "carol": 0}
+    assert wire.Codec.ZSTD in {f.codec for f in header.frames}
+    if encrypted:
+        assert MESSAGES[0].body not in data  # type: ignore[union-attr]
+
+
+def test_heartbeat_is_a_file_without_frames(identities: dict[str, Identity]) -> None:
+    data = encode(identities, [])
+    decoded = wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",)))
+    assert decoded.frames == () and decoded.complete
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_flipping_any_single_byte_is_detected(
+    identities: dict[str, Identity], encrypted: bool
+) -> None:
+    frames = [pack(Envelope(1, MESSAGES[2])), pack(Envelope(2, MESSAGES[3])), b"\x93\x04\x03\xa1x"]
+    data = encode(identities, frames, encrypted=encrypted)
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    for offset in range(len(data)):
+        for mask in (0x01, 0x80, 0xFF):
+            damaged = bytearray(data)
+            damaged[offset] ^= mask
+            try:
+                decoded = wire.decode_file(bytes(damaged), keys)
+            except FormatError:
+                continue
+            assert not decoded.complete, f"flip at {offset} ^{mask:#x} went unnoticed"
+            for got, want in zip(decoded.frames, frames, strict=True):
+                assert got is None or got == want
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_truncation_at_every_offset_keeps_exactly_the_whole_frames(
+    identities: dict[str, Identity], encrypted: bool
+) -> None:
+    frames = [os.urandom(40), b"b" * 300, pack(Envelope(3, MESSAGES[0])), b"", b"tail"]
+    data = encode(identities, frames, encrypted=encrypted)
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    parsed = wire.read_header(data, keys)
+    for cut in range(len(data)):
+        try:
+            decoded = wire.decode_file(data[:cut], keys)
+        except FormatError as exc:
+            assert cut < parsed.spans[0][0], f"cut at {cut} lost the whole file: {exc}"
+            continue
+        whole = {i for i, (off, length) in enumerate(parsed.spans) if off + length <= cut}
+        assert {i for i, f in enumerate(decoded.frames) if f is not None} == whole
+        for i in whole:
+            assert decoded.frames[i] == frames[i]
+
+
+def test_forged_signature_is_rejected(identities: dict[str, Identity]) -> None:
+    forger = Identity.generate("alpha")  # claims to be alpha, with other keys
+    data = wire.encode_file(
+        forger, recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE, frames=[b"x"]
+    )
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",)))
+    assert caught.value.reason == "bad-signature"
+
+
+def test_altered_header_is_rejected_even_if_well_formed(identities: dict[str, Identity]) -> None:
+    data = encode(identities, [b"x"])
+    altered = data.replace(b"bravo", b"bravx", 1).replace(b"bravx", b"bravo", 1)
+    assert altered == data  # sanity: the replace trick round trips
+    head_end = wire.header_size(data) - 64
+    tampered = data[:head_end].replace(b"\xa5alpha", b"\xa5carol", 1) + data[head_end:]
+    keys = keyring_for(identities, "bravo", ("alpha", "carol"))
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(tampered, keys)
+    assert caught.value.reason == "bad-signature"
+
+
+def test_unknown_sender_is_rejected(identities: dict[str, Identity]) -> None:
+    data = encode(identities, [b"x"], sender="carol")
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",)))
+    assert caught.value.reason == "unknown-sender"
+
+
+def test_wrong_recipient_is_rejected(identities: dict[str, Identity]) -> None:
+    data = encode(identities, [b"x"], recipient="carol")
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",)))
+    assert caught.value.reason == "wrong-recipient"
+
+
+def test_plain_file_on_an_encrypted_link_is_refused(identities: dict[str, Identity]) -> None:
+    data = encode(identities, [b"x"], encrypted=False)
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(data, keyring_for(identities, "bravo", ("alpha",), encrypted=True))
+    assert caught.value.reason == "not-encrypted"
+
+
+def test_sealed_frames_do_not_open_under_another_link(identities: dict[str, Identity]) -> None:
+    """A frame sealed for alpha>bravo, relabelled as carol's, does not decrypt for carol."""
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted=True)
+    sealed = wire.encode_file(
+        identities["alpha"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
+        frames=[b"secret"], link_key=keys.link_key("alpha", "bravo"),
+    )
+    stored = sealed[wire.read_header(sealed, keys).spans[0][0] :]
+    replayed = wire.assemble(
+        identities["carol"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
+        encrypted=True, stored=[(wire.Codec.RAW, stored)],
+    )
+    decoded = wire.decode_file(replayed, keyring_for(identities, "bravo", ("carol",), True))
+    assert decoded.frames == (None,) and "decrypt" in decoded.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),
+        (b"MES", "truncated"),
+        (b"NOPE\x01\x00\x00\x00\x10" + b"\x00" * 100, "bad-magic"),
+        (b"MESH\x09\x00\x00\x00\x10" + b"\x00" * 100, "bad-version"),
+        (b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100, "bad-header"),
+        (b"MESH\x01\x00\x00\x00\x05" + b"\xdd\xff\xff\xff\xff" + b"\x00" * 64, "bad-header"),
+        (b"MESH\x01\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
+    ],
+)
+def test_garbage_is_refused_with_a_reason(
+    bravo_keys: Keyring, data: bytes, reason: str
+) -> None:
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(data, bravo_keys)
+    assert caught.value.reason == reason
+    assert str(caught.value)
+
+
+def test_trailing_bytes_are_refused(identities: dict[str, Identity], bravo_keys: Keyring) -> None:
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(encode(identities, [b"x"]) + b"more", bravo_keys)
+    assert caught.value.reason == "trailing-bytes"
+
+
+def _bomb(size: int, declare_size: bool) -> bytes:
+    out = io.BytesIO()
+    cctx = zstandard.ZstdCompressor(level=1, write_content_size=declare_size)
+    with cctx.stream_writer(out, size=size if declare_size else -1, closefd=False) as writer:
+        zeros = b"\0" * (1 << 20)
+        for _ in range(size >> 20):
+            writer.write(zeros)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("declare_size", [True, False])
+def test_decompression_bomb_is_refused(
+    identities: dict[str, Identity], bravo_keys: Keyring, declare_size: bool
+) -> None:
+    bomb = _bomb(64 << 20, declare_size)
+    data = wire.assemble(
+        identities["alpha"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
+        encrypted=False, stored=[(wire.Codec.ZSTD, bomb)],
+    )
+    limits = wire.Limits(max_message=1 << 20)
+    decoded = wire.decode_file(data, bravo_keys, limits)
+    assert decoded.frames == (None,)
+    assert "more than" in decoded.problems[0]
+
+
+BOUNDED_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.test_wire import _bomb
+    from mesh import bounded
+    from mesh.messages import unpack_envelope
+    from mesh.errors import MessageError
+    bomb = _bomb(1 << 30, declare_size=False)  # 1 GiB of zeros in ~32 KiB
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        bounded.decompress(bomb, 8 << 20)
+        raise SystemExit("bomb accepted")
+    except bounded.DecodeError:
+        pass
+    for evil in (b"\\xdd\\xff\\xff\\xff\\xff", b"\\x91" * 200000 + b"\\xc0",
+                 b"\\xc6\\xff\\xff\\xff\\xff", b"\\x9f" + b"\\xdd\\x00\\x10\\x00\\x00" * 15):
+        try:
+            unpack_envelope(evil, 1 << 20)
+            raise SystemExit("msgpack bomb accepted")
+        except MessageError:
+            pass
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    print(grew)
+    """
+)
+
+
+def test_bombs_are_refused_within_bounded_memory() -> None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", BOUNDED_MEMORY_SCRIPT, root],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    grew_kib = int(out.stdout.strip())
+    assert grew_kib < 64 * 1024, f"peak memory grew by {grew_kib} KiB"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [1, 1, "short-id", "GET", "/", [], b"", 1.0],
+        [1, 1, ID, "G ET", "/", [], b"", 1.0],
+        [1, 1, ID, "GET", "no-slash", [], b"", 1.0],
+        [1, 1, ID, "GET", "/", [b"odd"], b"", 1.0],
+        [1, 1, ID, "GET", "/", ["text", b"v"], b"", 1.0],
+        [1, 1, ID, "GET", "/", [], "str body", 1.0],
+        [1, 1, ID, "GET", "/", [], b"", float("inf")],
+        [2, 1, ID, 999, [], b""],
+        [3, 1, ID, 0, 10, 5, b"too long for total"],
+        [4, 1, "Bad Op", {}],
+        [9, 1],
+        [1, -1, ID, "GET", "/", [], b"", 1.0],
+        [1, 1, ID, "GET", "/", [], b""],
+        {"not": "a list"},
+    ],
+)
+def test_malformed_messages_are_refused(fields: object) -> None:
+    with pytest.raises(MessageError):
+        unpack_envelope(msgpack.packb(fields, use_bin_type=True), 1 << 20)
+
+
+def test_message_body_over_the_limit_is_refused() -> None:
+    data = pack(Envelope(1, Response(ID, 200, (), b"x" * 2000)))
+    with pytest.raises(MessageError):
+        unpack_envelope(data, 1000)
