@@ -135,11 +135,14 @@ def _write_public(path: Path, public: PublicIdentity) -> None:
 
 
 def missing_keys(keys_dir: Path, own: Iterable[str], remote: Iterable[str]) -> list[str]:
-    """One line per key file that `mesh up` needs and does not find."""
+    """One line per key file `mesh up` needs and lacks: `own` peers run here, `remote` elsewhere."""
     problems = []
     for name in own:
-        if not private_path(keys_dir, name).exists():
-            problems.append(f"{name}: private key {private_path(keys_dir, name)} is missing")
+        key, pub = private_path(keys_dir, name), public_path(keys_dir, name)
+        if not key.exists():
+            problems.append(f"{name}: private key {key} is missing")
+        elif not pub.exists():
+            problems.append(f"{name}: public key {pub} is missing")
     for name in remote:
         if not public_path(keys_dir, name).exists():
             problems.append(f"{name}: public key {public_path(keys_dir, name)} is missing")

@@ -1,0 +1,112 @@
+"""The `mesh` command: `up`, `keygen` (more to come: `status`, `mirror`).
+
+User errors (a wrong roster, missing keys, a peer already running) print what is wrong
+and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from . import keys as keyfiles
+from .errors import ConfigError
+from .peer import Peer, open_peers, run_peers
+from .roster import Roster, RosterError, load_roster
+
+EXIT_CONFIG = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+def _load(path: str) -> Roster:
+    try:
+        return load_roster(path)
+    except RosterError as exc:
+        click.echo(f"mesh: {path} has {len(exc.problems)} problem(s):", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _fail(exc: ConfigError) -> None:
+    click.echo("mesh: cannot start:", err=True)
+    for line in str(exc).splitlines():
+        click.echo(f"  {line}", err=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+@click.group()
+@click.version_option(package_name="mesh")
+def main() -> None:
+    """HTTP API calls across a file-transfer pipe."""
+
+
+@main.command()
+@click.argument("roster", type=click.Path(dir_okay=False))
+@click.option("--peer", "peers", multiple=True, help="Run only this peer (repeatable).")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def up(roster: str, peers: tuple[str, ...], log_level: str) -> None:
+    """Run the peers of ROSTER (all, or those named with --peer) in this process."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    loaded = _load(roster)
+    try:
+        opened = open_peers(loaded, list(peers))
+    except ConfigError as exc:
+        _fail(exc)
+        return
+    try:
+        code = trio.run(_serve, opened)
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
+        code = EXIT_SIGINT
+    raise SystemExit(code)
+
+
+async def _serve(opened: list[Peer]) -> int:
+    """Run until SIGINT or SIGTERM; the exit status that signal calls for."""
+    code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_peers, opened)
+            async for signum in signals:
+                code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
+                logging.getLogger("mesh").info("stopping (%s)", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+    return code
+
+
+@main.command()
+@click.argument("roster", type=click.Path(dir_okay=False))
+def keygen(roster: str) -> None:
+    """Create the missing key pairs of ROSTER's peers (never overwrites a key)."""
+    loaded = _load(roster)
+    try:
+        results = keyfiles.keygen(loaded.keys, list(loaded.peers))
+    except (ConfigError, OSError) as exc:
+        click.echo(f"mesh: keygen failed: {exc}", err=True)
+        raise SystemExit(EXIT_CONFIG) from None
+    words = {
+        "created": "created",
+        "kept": "already there, kept",
+        "public-written": "public key written from the existing private key",
+        "public-only": "public key only (a peer run elsewhere), left as is",
+    }
+    for result in results:
+        click.echo(f"{result.name}: {words[result.action]}")
+    click.echo(f"keys in {Path(loaded.keys)}")

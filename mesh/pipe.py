@@ -1,0 +1,216 @@
+"""The folder pipe: atomic drops into an outbox, scans and watches of an inbox, quarantine.
+
+A folder may be shared by many peers: a peer only lists, reads, moves or deletes files
+whose name says they are addressed to it (or, in its outbox, that it wrote). File names
+come from `mesh.names`, never from outside input, so nothing here builds a path from
+untrusted text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import trio
+import watchfiles
+
+from .names import SUFFIX, TEMP_PREFIX, FileName, parse_name
+
+WatchMode = Literal["auto", "notify", "poll"]
+
+
+def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
+    """Write `data` as `name` in `folder` so no reader ever sees it half written.
+
+    Written under a dot-name readers skip, fsync'd, renamed into place, and the folder
+    fsync'd so the rename survives a power cut. Blocking: call from a thread.
+    """
+    temp, final = folder / name.temporary, folder / str(name)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    os.close(fd)
+    os.rename(temp, final)
+    fsync_folder(folder)
+    return final
+
+
+def fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some network filesystems cannot fsync a folder
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def addressed_to(folder: Path, me: str) -> list[tuple[FileName, Path]]:
+    """Finished mesh files in `folder` addressed to `me`, oldest first.
+
+    Files of other peers, files being written, and names mesh did not make are skipped.
+    A folder that vanished (an unmounted share) lists as empty.
+    """
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.name.endswith(SUFFIX) or entry.name.startswith(TEMP_PREFIX):
+                    continue
+                name = parse_name(entry.name)
+                if name is not None and name.recipient == me and entry.is_file():
+                    found.append((name, Path(entry.path)))
+    except FileNotFoundError:
+        return []
+    found.sort()
+    return found
+
+
+def remove_stale_temporaries(folder: Path, me: str) -> int:
+    """Delete half-written files `me` left in `folder` when it crashed; how many."""
+    removed = 0
+    prefix = f"{TEMP_PREFIX}{me}."
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.name.endswith(".part"):
+                stem = entry.name[len(TEMP_PREFIX) : -len(".part")]
+                name = parse_name(stem)
+                if name is not None and name.sender == me:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
+    return removed
+
+
+def remove(path: Path) -> bool:
+    """Delete `path`; False if it was already gone (taken by a mirror or a cleanup)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_file(path: Path, max_size: int) -> bytes | None:
+    """The bytes of `path`, None if it vanished; ValueError if it is over `max_size`."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_size:
+                raise ValueError(f"file of {size} bytes is over the limit of {max_size}")
+            return f.read(max_size + 1)
+    except FileNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A folder of refused files, each with a ``.reason`` file beside it."""
+
+    folder: Path
+
+    def put(self, path: Path, reason: str, detail: str) -> Path | None:
+        """Move `path` here with its reason; None if it was already gone.
+
+        Moves across filesystems by copying then deleting, so nothing is lost when the
+        inbox is a share and the state a local disk.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dest = self.folder / path.name
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            try:
+                shutil.copy2(path, dest)
+            except FileNotFoundError:
+                return None
+            os.unlink(path)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        note = f"reason: {reason}\ndetail: {detail}\nfrom: {path.parent}\nat: {stamp}\n"
+        dest.with_name(dest.name + ".reason").write_text(note)
+        return dest
+
+    def count(self) -> int:
+        try:
+            return sum(1 for p in self.folder.iterdir() if p.name.endswith(SUFFIX))
+        except FileNotFoundError:
+            return 0
+
+
+async def watch(
+    folder: Path, mode: WatchMode, poll_interval: float, wake: trio.MemorySendChannel[None]
+) -> None:
+    """Send a wake-up on `wake` whenever files may have arrived in `folder`; runs until
+    cancelled. Wake-ups coalesce: a reader that is busy gets one, not a backlog.
+
+    ``notify`` uses inotify (via watchfiles) and still wakes every ten poll intervals in
+    case an event was lost; ``poll`` wakes every `poll_interval` (for network shares,
+    where inotify sees nothing); ``auto`` is notify, falling back to poll if the watcher
+    cannot start.
+    """
+    if mode == "poll":
+        await _tick(wake, poll_interval)
+        return
+    stop = anyio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_notify, folder, wake, stop, mode == "auto", poll_interval)
+        nursery.start_soon(_tick, wake, poll_interval * 10)
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()  # the watcher's thread ignores cancellation; this ends it at once
+
+
+def _post(wake: trio.MemorySendChannel[None]) -> None:
+    with contextlib.suppress(trio.WouldBlock):
+        wake.send_nowait(None)
+
+
+async def _tick(wake: trio.MemorySendChannel[None], interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        _post(wake)
+
+
+async def _notify(
+    folder: Path,
+    wake: trio.MemorySendChannel[None],
+    stop: anyio.Event,
+    fallback: bool,
+    poll_interval: float,
+) -> None:
+    """Post a wake-up per batch of inotify events; poll instead if inotify cannot start."""
+
+    def ours(change: watchfiles.Change, path: str) -> bool:
+        name = os.path.basename(path)
+        return name.endswith(SUFFIX) and not name.startswith(TEMP_PREFIX)
+
+    try:
+        async for _ in watchfiles.awatch(
+            folder, watch_filter=ours, debounce=200, step=5, recursive=False, stop_event=stop
+        ):
+            _post(wake)
+    except (OSError, RuntimeError):
+        if not fallback:
+            raise
+        await _tick(wake, poll_interval)

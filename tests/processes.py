@@ -1,0 +1,108 @@
+"""Running the real `mesh` command as a subprocess, and waiting on what it logs."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import yaml
+
+MESH = Path(sys.executable).with_name("mesh")
+
+
+def mesh_command(*args: str) -> list[str]:
+    """The installed `mesh` script when there is one, else `python -m mesh`."""
+    if MESH.exists():
+        return [str(MESH), *args]
+    return [sys.executable, "-m", "mesh", *args]
+
+
+def write_roster(
+    folder: Path, peers: dict[str, dict[str, Any]], defaults: dict[str, Any] | None = None
+) -> Path:
+    """A roster file in `folder` (paths in it are relative to `folder`)."""
+    doc: dict[str, Any] = {"defaults": defaults or {"heartbeat": "100ms"}, "peers": peers}
+    path = folder / "roster.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_mesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        mesh_command(*args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class MeshProcess:
+    """A running `mesh` command whose stderr lines are collected as they come."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._grew = trio.Event()
+
+    async def pump(self) -> None:
+        assert self.process.stderr is not None
+        pending = b""
+        async for chunk in self.process.stderr:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            self.lines.extend(line.decode(errors="replace") for line in complete)
+            self._grew.set()
+            self._grew = trio.Event()
+        if pending:
+            self.lines.append(pending.decode(errors="replace"))
+        self._grew.set()
+
+    def matching(self, pattern: str) -> list[str]:
+        return [line for line in self.lines if re.search(pattern, line)]
+
+    async def wait_for(self, pattern: str, bound: float = 20) -> str:
+        """The first line matching `pattern`, waiting up to `bound` seconds for it."""
+        with trio.fail_after(bound):
+            while True:
+                found = self.matching(pattern)
+                if found:
+                    return found[0]
+                if self.process.returncode is not None and self._grew.is_set():
+                    raise AssertionError(f"mesh exited before {pattern!r}:\n{self.text}")
+                await self._grew.wait()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    async def stop(self, signum: int = signal.SIGINT, bound: float = 15) -> int:
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        with trio.fail_after(bound):
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def mesh_up(roster: Path, *peers: str) -> AsyncIterator[MeshProcess]:
+    """`mesh up ROSTER [--peer P]...` for the duration of the block; killed if still running."""
+    args = ["up", str(roster)]
+    for peer in peers:
+        args += ["--peer", peer]
+    process = await trio.lowlevel.open_process(
+        mesh_command(*args), stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    running = MeshProcess(process)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(running.pump)
+        try:
+            yield running
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with trio.move_on_after(10):
+                await process.wait()

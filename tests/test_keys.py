@@ -1,0 +1,101 @@
+"""Key files and link keys."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from mesh import keys
+from mesh.crypto import Identity
+from mesh.errors import KeyFileError
+
+
+def test_keygen_creates_private_0600_and_public_files(tmp_path: Path) -> None:
+    results = keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
+    assert [(r.name, r.action) for r in results] == [("alpha", "created"), ("bravo", "created")]
+    for name in ("alpha", "bravo"):
+        private = keys.private_path(tmp_path / "keys", name)
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        identity = keys.load_identity(tmp_path / "keys", name)
+        assert keys.load_public(tmp_path / "keys", name) == identity.public
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+
+
+def test_keygen_never_overwrites(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha"])
+    before = keys.private_path(tmp_path, "alpha").read_bytes()
+    results = keys.keygen(tmp_path, ["alpha"])
+    assert results[0].action == "kept"
+    assert keys.private_path(tmp_path, "alpha").read_bytes() == before
+
+
+def test_keygen_leaves_a_public_only_peer_alone(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["bravo"])
+    keys.private_path(tmp_path, "bravo").unlink()  # bravo runs at another site
+    assert keys.keygen(tmp_path, ["bravo"])[0].action == "public-only"
+    assert not keys.private_path(tmp_path, "bravo").exists()
+
+
+def test_keygen_rewrites_a_lost_public_key_from_the_private_one(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha"])
+    public = keys.load_public(tmp_path, "alpha")
+    keys.public_path(tmp_path, "alpha").unlink()
+    assert keys.keygen(tmp_path, ["alpha"])[0].action == "public-written"
+    assert keys.load_public(tmp_path, "alpha") == public
+
+
+def test_a_private_key_others_can_read_is_refused(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha"])
+    keys.private_path(tmp_path, "alpha").chmod(0o644)
+    with pytest.raises(KeyFileError, match="chmod 600"):
+        keys.load_identity(tmp_path, "alpha")
+
+
+def test_mismatched_public_key_is_refused(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha", "bravo"])
+    keys.public_path(tmp_path, "alpha").write_text(
+        keys.public_path(tmp_path, "bravo").read_text().replace("bravo", "alpha")
+    )
+    with pytest.raises(KeyFileError, match="does not match"):
+        keys.load_identity(tmp_path, "alpha")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("peer: bravo\ned25519: AAAA\nx25519: AAAA\n", "belongs to peer 'bravo'"),
+        ("peer: alpha\ned25519: !!!\nx25519: AAAA\n", "base64"),
+        ("peer: alpha\ned25519: AAAA\nx25519: AAAA\n", "32 bytes"),
+        ("garbage without colon\n", "not a mesh key file"),
+    ],
+)
+def test_malformed_public_keys_say_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
+    keys.public_path(tmp_path, "alpha").write_text(text)
+    with pytest.raises(KeyFileError, match=match):
+        keys.load_public(tmp_path, "alpha")
+
+
+def test_missing_keys_lists_each_needed_file(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha"])
+    problems = keys.missing_keys(tmp_path, ["alpha", "carol"], ["bravo"])
+    assert len(problems) == 2
+    assert "carol: private key" in problems[0] and "bravo: public key" in problems[1]
+
+
+def test_link_keys_agree_at_both_ends_and_differ_by_direction() -> None:
+    alpha, bravo = Identity.generate("alpha"), Identity.generate("bravo")
+    forward = alpha.link_key(bravo.public, "alpha", "bravo")
+    assert forward == bravo.link_key(alpha.public, "alpha", "bravo")
+    assert forward != alpha.link_key(bravo.public, "bravo", "alpha")
+    assert len(forward) == 32
+
+
+def test_signatures_verify_only_for_the_signer() -> None:
+    alpha, bravo = Identity.generate("alpha"), Identity.generate("bravo")
+    signature = alpha.sign(b"data")
+    assert alpha.public.verify(b"data", signature)
+    assert not alpha.public.verify(b"datA", signature)
+    assert not bravo.public.verify(b"data", signature)
+    assert not alpha.public.verify(b"data", signature[:10])

@@ -1,0 +1,111 @@
+"""The folder pipe on real folders: atomic drops, scans, watching, quarantine, the lock."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from mesh import pipe
+from mesh.errors import PeerLockedError
+from mesh.names import FileKind, FileName
+from mesh.store import StateLock, Store
+
+
+def name(sender: str = "alpha", recipient: str = "bravo", stamp: int = 1) -> FileName:
+    return FileName(stamp, sender, recipient, os.urandom(4).hex(), FileKind.MESSAGES)
+
+
+def test_atomic_write_leaves_only_the_final_file(tmp_path: Path) -> None:
+    n = name()
+    path = pipe.write_atomically(tmp_path, n, b"payload")
+    assert path == tmp_path / str(n) and path.read_bytes() == b"payload"
+    assert [p.name for p in tmp_path.iterdir()] == [str(n)]
+
+
+def test_scan_takes_only_finished_files_addressed_to_me(tmp_path: Path) -> None:
+    mine_late, mine_early = name(stamp=20), name(stamp=10)
+    for n in (mine_late, mine_early, name("alpha", "carol"), name("bravo", "alpha")):
+        pipe.write_atomically(tmp_path, n, b"x")
+    (tmp_path / name().temporary).write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("not mesh's")
+    (tmp_path / f"{name()}").mkdir()  # a folder with a mesh-like name
+    found = pipe.addressed_to(tmp_path, "bravo")
+    assert [n for n, _ in found] == [mine_early, mine_late]
+    assert pipe.addressed_to(tmp_path / "gone", "bravo") == []
+
+
+def test_stale_temporaries_of_mine_are_removed_and_others_kept(tmp_path: Path) -> None:
+    (tmp_path / name("alpha").temporary).write_bytes(b"half")
+    others = tmp_path / name("carol").temporary
+    others.write_bytes(b"half")
+    assert pipe.remove_stale_temporaries(tmp_path, "alpha") == 1
+    assert [p.name for p in tmp_path.iterdir()] == [others.name]
+
+
+def test_quarantine_moves_the_file_with_its_reason(tmp_path: Path) -> None:
+    src = pipe.write_atomically(tmp_path, name(), b"forged")
+    q = pipe.Quarantine(tmp_path / "q")
+    dest = q.put(src, "bad-signature", "signature does not verify as alpha's")
+    assert dest is not None and dest.read_bytes() == b"forged" and not src.exists()
+    reason = dest.with_name(dest.name + ".reason").read_text()
+    assert "reason: bad-signature" in reason and "does not verify" in reason
+    assert q.count() == 1
+    assert q.put(src, "again", "already gone") is None
+
+
+def test_read_file_refuses_oversized_files(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 100)
+    assert pipe.read_file(path, 100) == b"x" * 100
+    with pytest.raises(ValueError, match="over the limit"):
+        pipe.read_file(path, 99)
+    assert pipe.read_file(tmp_path / "missing", 100) is None
+
+
+@pytest.mark.parametrize("mode", ["notify", "poll", "auto"])
+async def test_watch_wakes_when_a_file_arrives(tmp_path: Path, mode: pipe.WatchMode) -> None:
+    send, recv = trio.open_memory_channel[None](1)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.watch, tmp_path, mode, 0.05, send)
+            while True:  # in notify mode the watcher may start after our first write
+                pipe.write_atomically(tmp_path, name(), b"x")
+                with trio.move_on_after(1):
+                    await recv.receive()
+                    break
+            nursery.cancel_scope.cancel()
+
+
+async def test_cancelling_a_notify_watch_is_prompt(tmp_path: Path) -> None:
+    send, _ = trio.open_memory_channel[None](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.watch, tmp_path, "notify", 60.0, send)
+        await trio.testing.wait_all_tasks_blocked()
+        started = time.monotonic()
+        nursery.cancel_scope.cancel()
+    assert time.monotonic() - started < 1.0  # the watcher thread would hold it for 5s
+
+
+def test_a_second_lock_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    first = StateLock(tmp_path, "alpha")
+    first.acquire()
+    with pytest.raises(PeerLockedError, match=rf"already running .*pid {os.getpid()}"):
+        StateLock(tmp_path, "alpha").acquire()
+    first.release()
+    again = StateLock(tmp_path, "alpha")
+    again.acquire()
+    again.release()
+
+
+def test_store_keeps_its_epoch_across_opens(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s")
+    epoch, created = store.epoch, store.created
+    store.close()
+    reopened = Store(tmp_path / "s")
+    assert created and not reopened.created and reopened.epoch == epoch
+    reopened.close()
