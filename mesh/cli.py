@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import trio
@@ -34,7 +35,7 @@ def _load(path: str) -> Roster:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def _fail(exc: ConfigError) -> None:
+def _fail(exc: ConfigError) -> NoReturn:
     click.echo("mesh: cannot start:", err=True)
     for line in str(exc).splitlines():
         click.echo(f"  {line}", err=True)
@@ -66,15 +67,18 @@ def up(roster: str, peers: tuple[str, ...], log_level: str) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     loaded = _load(roster)
     try:
-        opened = open_peers(loaded, list(peers))
+        code = _up(loaded, list(peers))
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
+        raise SystemExit(EXIT_SIGINT) from None
+    raise SystemExit(code)
+
+
+def _up(roster: Roster, peers: list[str]) -> int:
+    try:
+        opened = open_peers(roster, peers)
     except ConfigError as exc:
         _fail(exc)
-        return
-    try:
-        code = trio.run(_serve, opened)
-    except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
-        code = EXIT_SIGINT
-    raise SystemExit(code)
+    return trio.run(_serve, opened)
 
 
 async def _serve(opened: list[Peer]) -> int:

@@ -157,9 +157,16 @@ class Peer:
                 await wake_recv.receive()
 
     async def _take_inbox(self) -> None:
-        found = await trio.to_thread.run_sync(pipe.addressed_to, self.settings.inbox, self.name)
+        try:
+            found = await trio.to_thread.run_sync(pipe.addressed_to, self.settings.inbox, self.name)
+        except OSError as exc:
+            self.log.warning("%s: cannot list inbox %s: %s", self.name, self.settings.inbox, exc)
+            return
         for name, path in found:
-            await self._take(name, path)
+            try:
+                await self._take(name, path)
+            except OSError as exc:  # the file stays; the next scan tries it again
+                self.log.warning("%s: cannot take %s yet: %s", self.name, path.name, exc)
 
     async def _take(self, name: FileName, path: Path) -> None:
         """Read, check and consume one file addressed to us; refused files go to quarantine."""

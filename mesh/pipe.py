@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,7 @@ import watchfiles
 from .names import SUFFIX, TEMP_PREFIX, FileName, parse_name
 
 WatchMode = Literal["auto", "notify", "poll"]
+log = logging.getLogger("mesh.pipe")
 
 
 def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
@@ -157,6 +159,57 @@ class Quarantine:
             return 0
 
 
+# Filesystems whose changes made elsewhere inotify does not see: watch them by polling.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "afs",
+        "9p",
+        "virtiofs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "davfs",
+        "fuse.sshfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+    }
+)
+
+
+def filesystem_type(folder: Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem `folder` is on, from /proc/self/mounts (None if unknown)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(folder)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].encode().decode("unicode_escape")  # \040 is a space, and so on
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def resolve_watch_mode(mode: WatchMode, folder: Path) -> Literal["notify", "poll"]:
+    """``auto`` becomes ``poll`` on a network filesystem and ``notify`` elsewhere."""
+    if mode != "auto":
+        return mode
+    return "poll" if filesystem_type(folder) in NETWORK_FILESYSTEMS else "notify"
+
+
 async def watch(
     folder: Path, mode: WatchMode, poll_interval: float, wake: trio.MemorySendChannel[None]
 ) -> None:
@@ -164,16 +217,16 @@ async def watch(
     cancelled. Wake-ups coalesce: a reader that is busy gets one, not a backlog.
 
     ``notify`` uses inotify (via watchfiles) and still wakes every ten poll intervals in
-    case an event was lost; ``poll`` wakes every `poll_interval` (for network shares,
-    where inotify sees nothing); ``auto`` is notify, falling back to poll if the watcher
-    cannot start.
+    case an event was lost; ``poll`` wakes every `poll_interval` (network shares, where
+    inotify sees nothing); ``auto`` picks by the folder's filesystem. A folder that is
+    missing or vanishes (an unmounted share) is polled until it can be watched again.
     """
-    if mode == "poll":
+    if resolve_watch_mode(mode, folder) == "poll":
         await _tick(wake, poll_interval)
         return
     stop = anyio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_notify, folder, wake, stop, mode == "auto", poll_interval)
+        nursery.start_soon(_notify, folder, wake, stop, poll_interval)
         nursery.start_soon(_tick, wake, poll_interval * 10)
         try:
             await trio.sleep_forever()
@@ -193,24 +246,31 @@ async def _tick(wake: trio.MemorySendChannel[None], interval: float) -> None:
 
 
 async def _notify(
-    folder: Path,
-    wake: trio.MemorySendChannel[None],
-    stop: anyio.Event,
-    fallback: bool,
-    poll_interval: float,
+    folder: Path, wake: trio.MemorySendChannel[None], stop: anyio.Event, poll_interval: float
 ) -> None:
-    """Post a wake-up per batch of inotify events; poll instead if inotify cannot start."""
+    """Post a wake-up per batch of inotify events. When the folder is missing, vanishes or
+    cannot be watched, post a wake-up every `poll_interval` and try again."""
+    root = str(folder)
+    trouble: str | None = None
 
     def ours(change: watchfiles.Change, path: str) -> bool:
         name = os.path.basename(path)
-        return name.endswith(SUFFIX) and not name.startswith(TEMP_PREFIX)
+        return path == root or (name.endswith(SUFFIX) and not name.startswith(TEMP_PREFIX))
 
-    try:
-        async for _ in watchfiles.awatch(
-            folder, watch_filter=ours, debounce=200, step=5, recursive=False, stop_event=stop
-        ):
-            _post(wake)
-    except (OSError, RuntimeError):
-        if not fallback:
-            raise
-        await _tick(wake, poll_interval)
+    while True:
+        try:
+            async for batch in watchfiles.awatch(
+                root, watch_filter=ours, debounce=200, step=5, recursive=False, stop_event=stop
+            ):
+                if trouble is not None:
+                    log.info("watching %s again", root)
+                    trouble = None
+                _post(wake)
+                if any(path == root for _, path in batch):
+                    break  # the folder itself went or was replaced: watch the new one
+        except (OSError, RuntimeError) as exc:
+            if trouble is None:
+                log.warning("cannot watch %s (%s); polling it meanwhile", root, exc)
+            trouble = str(exc)
+        _post(wake)
+        await trio.sleep(poll_interval)

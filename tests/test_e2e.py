@@ -74,10 +74,12 @@ async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
 
 
 async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None:
-    """Each peer writes only to its outbox and reads only its inbox; a loop copies across."""
+    """Each peer writes only to its outbox and reads only its inbox; a loop copies across.
+    alpha watches its inbox with inotify, bravo polls."""
     roster = write_roster(tmp_path, {
         "alpha": peer(18111, ["bravo"], outbox="a-out", inbox="a-in"),
-        "bravo": peer(18112, ["alpha"], outbox="b-out", inbox="b-in"),
+        "bravo": {**peer(18112, ["alpha"], outbox="b-out", inbox="b-in"),
+                  "watch": "poll", "poll_interval": "50ms"},  # as on a network share
     })
     setup_keys(roster)
     for folder in ("a-out", "a-in", "b-out", "b-in"):

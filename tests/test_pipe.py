@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -109,3 +110,64 @@ def test_store_keeps_its_epoch_across_opens(tmp_path: Path) -> None:
     reopened = Store(tmp_path / "s")
     assert created and not reopened.created and reopened.epoch == epoch
     reopened.close()
+
+
+async def wait_for_wake(folder: Path, recv: trio.MemoryReceiveChannel[None]) -> None:
+    """Drop files until one wake-up arrives (the watcher may not be watching yet)."""
+    with trio.fail_after(10):
+        while True:
+            pipe.write_atomically(folder, name(), b"x")
+            with trio.move_on_after(0.5):
+                await recv.receive()
+                return
+
+
+async def test_notify_watch_survives_its_folder_vanishing(tmp_path: Path) -> None:
+    """An unmounted share: the folder is missing at start, appears, vanishes, comes back.
+    The safety tick is 20s away, so only a re-established inotify watch wakes us in time."""
+    folder = tmp_path / "inbox"
+    send, recv = trio.open_memory_channel[None](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.watch, folder, "notify", 2.0, send)
+        await trio.testing.wait_all_tasks_blocked()
+        folder.mkdir()
+        await wait_for_wake(folder, recv)
+        shutil.rmtree(folder)
+        folder.mkdir()
+        while recv.statistics().current_buffer_used:  # drain wake-ups of the swap itself
+            recv.receive_nowait()
+        await wait_for_wake(folder, recv)
+        nursery.cancel_scope.cancel()
+
+
+MOUNTS = """\
+/dev/vda / ext4 rw 0 0
+server:/export /mnt/share nfs4 rw 0 0
+//nas/pipe /mnt/my\\040pipe cifs rw 0 0
+tmpfs /mnt/share/tmp tmpfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("folder", "kind"),
+    [
+        ("/work/x", "ext4"),
+        ("/mnt/share/in", "nfs4"),
+        ("/mnt/shared", "ext4"),
+        ("/mnt/my pipe/in", "cifs"),
+        ("/mnt/share/tmp/in", "tmpfs"),
+    ],
+)
+def test_filesystem_type_takes_the_deepest_mount(folder: str, kind: str) -> None:
+    assert pipe.filesystem_type(Path(folder), MOUNTS) == kind
+
+
+def test_auto_watch_polls_network_shares_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pipe.resolve_watch_mode("poll", tmp_path) == "poll"
+    assert pipe.resolve_watch_mode("notify", tmp_path) == "notify"
+    monkeypatch.setattr(pipe, "filesystem_type", lambda folder: "nfs4")
+    assert pipe.resolve_watch_mode("auto", tmp_path) == "poll"
+    monkeypatch.setattr(pipe, "filesystem_type", lambda folder: "ext4")
+    assert pipe.resolve_watch_mode("auto", tmp_path) == "notify"

@@ -11,6 +11,8 @@ import textwrap
 import msgpack
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh import wire
 from mesh.crypto import Identity, Keyring
@@ -178,13 +180,23 @@ def test_sealed_frames_do_not_open_under_another_link(identities: dict[str, Iden
     """A frame sealed for alpha>bravo, relabelled as carol's, does not decrypt for carol."""
     keys = keyring_for(identities, "bravo", ("alpha",), encrypted=True)
     sealed = wire.encode_file(
-        identities["alpha"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
-        frames=[b"secret"], link_key=keys.link_key("alpha", "bravo"),
+        identities["alpha"],
+        recipient="bravo",
+        epoch=EPOCH,
+        created=1.0,
+        nonce=NONCE,
+        frames=[b"secret"],
+        link_key=keys.link_key("alpha", "bravo"),
     )
     stored = sealed[wire.read_header(sealed, keys).spans[0][0] :]
     replayed = wire.assemble(
-        identities["carol"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
-        encrypted=True, stored=[(wire.Codec.RAW, stored)],
+        identities["carol"],
+        recipient="bravo",
+        epoch=EPOCH,
+        created=1.0,
+        nonce=NONCE,
+        encrypted=True,
+        stored=[(wire.Codec.RAW, stored)],
     )
     decoded = wire.decode_file(replayed, keyring_for(identities, "bravo", ("carol",), True))
     assert decoded.frames == (None,) and "decrypt" in decoded.problems[0]
@@ -202,9 +214,7 @@ def test_sealed_frames_do_not_open_under_another_link(identities: dict[str, Iden
         (b"MESH\x01\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
     ],
 )
-def test_garbage_is_refused_with_a_reason(
-    bravo_keys: Keyring, data: bytes, reason: str
-) -> None:
+def test_garbage_is_refused_with_a_reason(bravo_keys: Keyring, data: bytes, reason: str) -> None:
     with pytest.raises(FormatError) as caught:
         wire.decode_file(data, bravo_keys)
     assert caught.value.reason == reason
@@ -233,8 +243,13 @@ def test_decompression_bomb_is_refused(
 ) -> None:
     bomb = _bomb(64 << 20, declare_size)
     data = wire.assemble(
-        identities["alpha"], recipient="bravo", epoch=EPOCH, created=1.0, nonce=NONCE,
-        encrypted=False, stored=[(wire.Codec.ZSTD, bomb)],
+        identities["alpha"],
+        recipient="bravo",
+        epoch=EPOCH,
+        created=1.0,
+        nonce=NONCE,
+        encrypted=False,
+        stored=[(wire.Codec.ZSTD, bomb)],
     )
     limits = wire.Limits(max_message=1 << 20)
     decoded = wire.decode_file(data, bravo_keys, limits)
@@ -274,7 +289,10 @@ def test_bombs_are_refused_within_bounded_memory() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
         [sys.executable, "-c", BOUNDED_MEMORY_SCRIPT, root],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     grew_kib = int(out.stdout.strip())
     assert grew_kib < 64 * 1024, f"peak memory grew by {grew_kib} KiB"
@@ -308,3 +326,28 @@ def test_message_body_over_the_limit_is_refused() -> None:
     data = pack(Envelope(1, Response(ID, 200, (), b"x" * 2000)))
     with pytest.raises(MessageError):
         unpack_envelope(data, 1000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames=st.lists(st.binary(max_size=600) | st.just(b"z" * 700), max_size=6),
+    encrypted=st.booleans(),
+    cut=st.integers(min_value=0),
+    flip=st.integers(min_value=0),
+)
+def test_any_frames_survive_the_pipe_or_are_flagged(
+    identities: dict[str, Identity], frames: list[bytes], encrypted: bool, cut: int, flip: int
+) -> None:
+    """Round trip, then a random cut and a random flip: never a wrong frame."""
+    data = encode(identities, frames, encrypted=encrypted)
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    assert wire.decode_file(data, keys).frames == tuple(frames)
+    damaged = bytearray(data[: cut % (len(data) + 1)])
+    if damaged:
+        damaged[flip % len(damaged)] ^= 0x20
+    try:
+        decoded = wire.decode_file(bytes(damaged), keys)
+    except FormatError:
+        return
+    for got, want in zip(decoded.frames, frames, strict=True):
+        assert got is None or got == want
