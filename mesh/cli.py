@@ -1,4 +1,4 @@
-"""The `mesh` command: `up`, `keygen` (more to come: `status`, `mirror`).
+"""The `mesh` command: `up`, `keygen`, `mirror` (more to come: `status`).
 
 User errors (a wrong roster, missing keys, a peer already running) print what is wrong
 and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a clean stop.
@@ -17,6 +17,7 @@ import trio
 
 from . import keys as keyfiles
 from .errors import ConfigError
+from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .peer import Peer, open_peers, run_peers
 from .roster import Roster, RosterError, load_roster
 
@@ -114,3 +115,76 @@ def keygen(roster: str) -> None:
     for result in results:
         click.echo(f"{result.name}: {words[result.action]}")
     click.echo(f"keys in {Path(loaded.keys)}")
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("dst", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--once", is_flag=True, help="Take what is in SRC now, deliver it all, and exit.")
+@click.option(
+    "--interval", type=INTERVAL, default="50ms", show_default=True, help="How often to scan SRC."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault decisions.")
+@click.option(
+    "--truncate", type=PROBABILITY, default="0", metavar="P", help="Deliver only a random prefix."
+)
+@click.option(
+    "--corrupt", type=PROBABILITY, default="0", metavar="P", help="Flip 1 to 4 random bytes."
+)
+@click.option(
+    "--drop", type=PROBABILITY, default="0", metavar="P", help="Delete without delivering."
+)
+@click.option(
+    "--duplicate", type=PROBABILITY, default="0", metavar="P", help="Deliver again, later."
+)
+@click.option("--reorder", is_flag=True, help="Deliver each pass's files in random order.")
+@click.option(
+    "--delay",
+    type=DELAY,
+    metavar="MIN..MAX",
+    help="Hold each file a random time in this range, e.g. 50ms..2s.",
+)
+@click.option("--slow-write", is_flag=True, help="Write in place, piece by piece, with pauses.")
+def mirror(
+    src: Path,
+    dst: Path,
+    once: bool,
+    interval: float,
+    seed: int,
+    truncate: float,
+    corrupt: float,
+    drop: float,
+    duplicate: float,
+    reorder: bool,
+    delay: tuple[float, float] | None,
+    slow_write: bool,
+) -> None:
+    """Move files from SRC to DST as a mirroring service would, with faults if asked.
+
+    Each P is a probability per file, from 0 to 1; a run is repeatable with --seed. Prints a
+    line per fault injected and a summary at exit. Ctrl-C exits 130, SIGTERM 143, after
+    delivering every file held by --delay at once.
+    """
+    logging.basicConfig(
+        level="INFO", format="%(asctime)s %(levelname)-7s %(message)s", stream=sys.stderr
+    )
+    faults = Faults(
+        truncate=truncate,
+        corrupt=corrupt,
+        drop=drop,
+        duplicate=duplicate,
+        reorder=reorder,
+        delay=delay,
+        slow_write=slow_write,
+        seed=seed,
+    )
+    try:
+        prepare_folders(src, dst)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        stopped_by = trio.run(run_until_signal, src, dst, faults, interval, once, click.echo)
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
+        raise SystemExit(EXIT_SIGINT) from None
+    codes = {None: 0, signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
+    raise SystemExit(codes[stopped_by])

@@ -8,9 +8,11 @@ Layout::
     frames     stored frames back to back, as the header's frame table lists them
 
 The header carries sender, recipient, epoch, creation time, a per-file nonce, whether
-frames are sealed, the ack state and clock vector, and a frame table: per frame its
-stored length, codec and xxh3-128 digest. A frame's stored bytes are its envelope,
-zstd-compressed when that helps, then AES-256-GCM sealed on encrypted links.
+frames are sealed, the link fields (ack state, floor, missing hints, clock vector), and a
+frame table: per frame its stored length, codec, sequence number and xxh3-128 digest, so a
+reader knows which messages a cut file lost without opening them. A frame's stored bytes
+are its envelope, zstd-compressed when that helps, then AES-256-GCM sealed on encrypted
+links.
 
 Reading trusts nothing before the signature checks out. Truncation, the common fault,
 loses only the frames it cut: every frame that arrived whole, with a matching digest,
@@ -39,7 +41,7 @@ MAGIC = b"MESH"
 VERSION = 1
 _PREFIX = struct.Struct(">4sBI")
 PREFIX_SIZE = _PREFIX.size
-_FRAME_ENTRY = struct.Struct(">QB16s")  # stored length, codec, xxh3-128 digest
+_FRAME_ENTRY = struct.Struct(">QBQ16s")  # stored length, codec, seq, xxh3-128 digest
 FILE_NONCE_SIZE = 8
 _PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _EPOCH = re.compile(r"[0-9a-f]{16}")
@@ -67,7 +69,25 @@ class Limits:
 class FrameInfo:
     length: int
     codec: Codec
+    seq: int
     digest: bytes
+
+
+@dataclass(frozen=True)
+class LinkFields:
+    """What a file tells its recipient about the link, besides its frames.
+
+    `ack` is what the writer has durably received from the recipient while the recipient
+    had epoch `ack_epoch`; `floor` is the writer's lowest unacknowledged sequence number
+    (everything below it was acknowledged, or never existed); `missing` names messages
+    the writer saw cut from a file and wants again; `clock` is the writer's `upto` per peer.
+    """
+
+    ack: ReceivedState | None = None
+    ack_epoch: str | None = None
+    floor: int = 1
+    missing: tuple[int, ...] = ()
+    clock: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,7 @@ class Header:
     created: float
     nonce: bytes
     encrypted: bool
-    ack: ReceivedState | None = None
-    clock: Mapping[str, int] = field(default_factory=dict)
+    link: LinkFields = LinkFields()
     frames: tuple[FrameInfo, ...] = ()
 
 
@@ -109,11 +128,12 @@ def encode_file(
     created: float,
     nonce: bytes,
     frames: Sequence[bytes],
+    seqs: Sequence[int] | None = None,
     link_key: bytes | None = None,
-    ack: ReceivedState | None = None,
-    clock: Mapping[str, int] | None = None,
+    link: LinkFields = LinkFields(),
 ) -> bytes:
-    """A complete signed file holding `frames` (envelope bytes), sealed when `link_key`."""
+    """A complete signed file holding `frames` (envelope bytes, with sequence numbers
+    `seqs`, all 0 when None), sealed when `link_key` is given."""
     if len(nonce) != FILE_NONCE_SIZE:
         raise ValueError(f"nonce must be {FILE_NONCE_SIZE} bytes")
     stored = [
@@ -128,8 +148,8 @@ def encode_file(
         nonce=nonce,
         encrypted=link_key is not None,
         stored=stored,
-        ack=ack,
-        clock=clock,
+        seqs=seqs,
+        link=link,
     )
 
 
@@ -142,8 +162,8 @@ def assemble(
     nonce: bytes,
     encrypted: bool,
     stored: Sequence[tuple[Codec, bytes]],
-    ack: ReceivedState | None = None,
-    clock: Mapping[str, int] | None = None,
+    seqs: Sequence[int] | None = None,
+    link: LinkFields = LinkFields(),
 ) -> bytes:
     """Sign a header over frames already stored (compressed/sealed) and join the file."""
     header = {
@@ -153,9 +173,15 @@ def assemble(
         "t": float(created),
         "n": nonce,
         "x": encrypted,
-        "a": ack.to_wire() if ack is not None else None,
-        "c": dict(clock or {}),
-        "f": b"".join(_FRAME_ENTRY.pack(len(s), codec, _digest(s)) for codec, s in stored),
+        "a": link.ack.to_wire() if link.ack is not None else None,
+        "ae": link.ack_epoch,
+        "b": link.floor,
+        "m": list(link.missing),
+        "c": dict(link.clock),
+        "f": b"".join(
+            _FRAME_ENTRY.pack(len(data), codec, seq, _digest(data))
+            for (codec, data), seq in zip(stored, seqs or [0] * len(stored), strict=True)
+        ),
     }
     head = msgpack.packb(header, use_bin_type=True)
     prefix = _PREFIX.pack(MAGIC, VERSION, len(head))
@@ -293,9 +319,26 @@ def _header_fields(raw: dict[str, Any], limits: Limits) -> Header:
         created=created,
         nonce=nonce,
         encrypted=encrypted,
-        ack=_ack(raw.get("a"), limits),
-        clock=_clock(raw.get("c"), limits),
+        link=_link_fields(raw, limits),
         frames=_frame_table(table, limits),
+    )
+
+
+def _link_fields(raw: dict[str, Any], limits: Limits) -> LinkFields:
+    ack_epoch, floor, missing = raw.get("ae"), raw.get("b", 1), raw.get("m", [])
+    if ack_epoch is not None and not (isinstance(ack_epoch, str) and _EPOCH.fullmatch(ack_epoch)):
+        raise FormatError("bad-header", "header field ae (ack epoch) is not 16 hex digits")
+    if type(floor) is not int or floor < 1:
+        raise FormatError("bad-header", "header field b (floor) is not a whole number >= 1")
+    ok = isinstance(missing, list) and len(missing) <= limits.max_ranges
+    if not ok or not all(type(seq) is int and seq >= 1 for seq in missing):
+        raise FormatError("bad-header", "header field m (missing) is not a list of numbers")
+    return LinkFields(
+        ack=_ack(raw.get("a"), limits),
+        ack_epoch=ack_epoch,
+        floor=floor,
+        missing=tuple(missing),
+        clock=_clock(raw.get("c", {}), limits),
     )
 
 
@@ -326,10 +369,10 @@ def _frame_table(table: Any, limits: Limits) -> tuple[FrameInfo, ...]:
     if not isinstance(table, bytes) or len(table) % _FRAME_ENTRY.size:
         raise FormatError("bad-header", "header field f (frames) is not a frame table")
     frames = []
-    for length, codec, digest in _FRAME_ENTRY.iter_unpack(table):
+    for length, codec, seq, digest in _FRAME_ENTRY.iter_unpack(table):
         if length > limits.max_frame or codec not in (Codec.RAW, Codec.ZSTD):
             raise FormatError("bad-header", f"frame of {length} bytes, codec {codec}: refused")
-        frames.append(FrameInfo(length, Codec(codec), digest))
+        frames.append(FrameInfo(length, Codec(codec), seq, digest))
     if len(frames) > limits.max_frames:
         raise FormatError("bad-header", f"{len(frames)} frames is over {limits.max_frames}")
     return tuple(frames)
@@ -417,6 +460,7 @@ __all__ = [
     "Header",
     "KeySource",
     "Limits",
+    "LinkFields",
     "ParsedHeader",
     "assemble",
     "decode_file",

@@ -28,11 +28,16 @@ def peer(port: int, talks_to: list[str], outbox: str = "pipe", inbox: str = "pip
 def hand_made_file(identity: Identity, recipient: str, folder: Path) -> Path:
     """A well-formed one-frame file signed by `identity`, dropped into `folder`."""
     data = wire.encode_file(
-        identity, recipient=recipient, epoch="00" * 8, created=time.time(),
-        nonce=os.urandom(8), frames=[b"\x93\x04\x01\x80"],
+        identity,
+        recipient=recipient,
+        epoch="00" * 8,
+        created=time.time(),
+        nonce=os.urandom(8),
+        frames=[b"\x93\x04\x01\x80"],
     )
-    name = FileName(time.time_ns(), identity.name, recipient, os.urandom(4).hex(),
-                    FileKind.MESSAGES)
+    name = FileName(
+        time.time_ns(), identity.name, recipient, os.urandom(4).hex(), FileKind.MESSAGES
+    )
     return pipe.write_atomically(folder, name, data)
 
 
@@ -43,16 +48,23 @@ def setup_keys(roster: Path) -> None:
 
 async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
     """alpha talks to bravo and carol; bravo and carol do not talk to each other."""
-    roster = write_roster(tmp_path, {
-        "alpha": peer(18101, ["bravo", "carol"]),
-        "bravo": peer(18102, ["alpha"]),
-        "carol": peer(18103, ["alpha"]),
-    })
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(18101, ["bravo", "carol"]),
+            "bravo": peer(18102, ["alpha"]),
+            "carol": peer(18103, ["alpha"]),
+        },
+    )
     setup_keys(roster)
     folder = tmp_path / "pipe"
     async with mesh_up(roster) as mesh:
-        for me, other in [("alpha", "bravo"), ("alpha", "carol"), ("bravo", "alpha"),
-                          ("carol", "alpha")]:
+        for me, other in [
+            ("alpha", "bravo"),
+            ("alpha", "carol"),
+            ("bravo", "alpha"),
+            ("carol", "alpha"),
+        ]:
             await mesh.wait_for(rf"{me}: first heard from {other} ")
         bravo = keys.load_identity(tmp_path / "keys", "bravo")
         not_whitelisted = hand_made_file(bravo, "carol", folder)
@@ -76,11 +88,17 @@ async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
 async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None:
     """Each peer writes only to its outbox and reads only its inbox; a loop copies across.
     alpha watches its inbox with inotify, bravo polls."""
-    roster = write_roster(tmp_path, {
-        "alpha": peer(18111, ["bravo"], outbox="a-out", inbox="a-in"),
-        "bravo": {**peer(18112, ["alpha"], outbox="b-out", inbox="b-in"),
-                  "watch": "poll", "poll_interval": "50ms"},  # as on a network share
-    })
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(18111, ["bravo"], outbox="a-out", inbox="a-in"),
+            "bravo": {
+                **peer(18112, ["alpha"], outbox="b-out", inbox="b-in"),
+                "watch": "poll",
+                "poll_interval": "50ms",
+            },  # as on a network share
+        },
+    )
     setup_keys(roster)
     for folder in ("a-out", "a-in", "b-out", "b-in"):
         (tmp_path / folder).mkdir()
@@ -115,10 +133,13 @@ async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None
 
 
 async def test_silence_is_noticed_and_a_second_process_is_refused(tmp_path: Path) -> None:
-    roster = write_roster(tmp_path, {
-        "alpha": peer(18121, ["bravo"]),
-        "bravo": peer(18122, ["alpha"]),
-    })
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(18121, ["bravo"]),
+            "bravo": peer(18122, ["alpha"]),
+        },
+    )
     setup_keys(roster)
     async with mesh_up(roster, "alpha") as alpha:
         async with mesh_up(roster, "bravo") as bravo:
@@ -133,10 +154,13 @@ async def test_silence_is_noticed_and_a_second_process_is_refused(tmp_path: Path
 
 
 def test_missing_keys_are_named_with_the_command_that_makes_them(tmp_path: Path) -> None:
-    roster = write_roster(tmp_path, {
-        "alpha": peer(18131, ["bravo"]),
-        "bravo": peer(18132, ["alpha"]),
-    })
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(18131, ["bravo"]),
+            "bravo": peer(18132, ["alpha"]),
+        },
+    )
     result = run_mesh("up", str(roster))
     assert result.returncode == 2
     assert "alpha: private key" in result.stderr and "bravo: private key" in result.stderr

@@ -24,6 +24,13 @@ from tests.conftest import keyring_for
 NONCE = b"\x01" * wire.FILE_NONCE_SIZE
 EPOCH = "0123456789abcdef"
 ID = "ab" * 16
+LINK = wire.LinkFields(
+    ack=ReceivedState(7, ((9, 12),)),
+    ack_epoch="fedcba9876543210",
+    floor=5,
+    missing=(3, 4),
+    clock={"alpha": 3, "carol": 0},
+)
 
 MESSAGES = [
     Request(
@@ -58,9 +65,9 @@ def encode(
         created=1_700_000_000.25,
         nonce=NONCE,
         frames=frames,
+        seqs=list(range(1, len(frames) + 1)),
         link_key=keys.sending_key(recipient),
-        ack=ReceivedState(7, ((9, 12),)),
-        clock={"alpha": 3, "carol": 0},
+        link=LINK,
     )
 
 
@@ -80,8 +87,8 @@ def test_round_trip_of_every_message_kind(identities: dict[str, Identity], encry
     header = decoded.header
     assert (header.sender, header.recipient, header.epoch) == ("alpha", "bravo", EPOCH)
     assert header.created == 1_700_000_000.25 and header.encrypted is encrypted
-    assert header.ack == ReceivedState(7, ((9, 12),))
-    assert header.clock == {"alpha": 3, "carol": 0}
+    assert header.link == LINK
+    assert [f.seq for f in header.frames] == list(range(1, len(MESSAGES) + 1))
     assert wire.Codec.ZSTD in {f.codec for f in header.frames}
     if encrypted:
         assert MESSAGES[0].body not in data  # type: ignore[union-attr]
