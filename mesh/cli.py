@@ -65,7 +65,8 @@ def up(roster: str, peers: tuple[str, ...], log_level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    for chatty in ("watchfiles", "hypercorn.error"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load(roster)
     try:
         code = _up(loaded, list(peers))
@@ -79,7 +80,10 @@ def _up(roster: Roster, peers: list[str]) -> int:
         opened = open_peers(roster, peers)
     except ConfigError as exc:
         _fail(exc)
-    return trio.run(_serve, opened)
+    try:
+        return trio.run(_serve, opened)
+    except* ConfigError as group:  # found while starting, e.g. a port already in use
+        _fail(ConfigError("\n".join(str(e) for e in group.exceptions)))
 
 
 async def _serve(opened: list[Peer]) -> int:

@@ -109,6 +109,11 @@ class Outbound:
     def size(self, seq: int) -> int:
         return self._pending[seq].size
 
+    def attempts(self, seq: int) -> int:
+        """How often `seq` was written so far (0: never, or no longer pending)."""
+        pending = self._pending.get(seq)
+        return pending.attempts if pending is not None else 0
+
     def pending(self) -> list[int]:
         return list(self._order)
 

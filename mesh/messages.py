@@ -35,6 +35,7 @@ class Kind(IntEnum):
     RESPONSE = 2
     FRAGMENT = 3
     CONTROL = 4
+    DATAGRAM = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,19 @@ class Control:
     args: Mapping[str, Any] = field(default_factory=dict)
 
 
-Message: TypeAlias = Request | Response | Fragment | Control
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """Opaque bytes for the recipient's message queue (`/mesh/messages`), no HTTP meaning."""
+
+    id: str
+    body: bytes
+
+
+Message: TypeAlias = Request | Response | Fragment | Control | Datagram
+
+
+def kind_of(message: Message) -> Kind:
+    return _KINDS[type(message)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +118,8 @@ def pack(envelope: Envelope) -> bytes:
         fields = [Kind.RESPONSE, m.id, m.status, _headers_out(m.headers), m.body]
     elif isinstance(m, Fragment):
         fields = [Kind.FRAGMENT, m.id, m.index, m.offset, m.total, m.data]
+    elif isinstance(m, Datagram):
+        fields = [Kind.DATAGRAM, m.id, m.body]
     else:
         fields = [Kind.CONTROL, m.op, dict(m.args)]
     fields.insert(1, envelope.seq)
@@ -204,10 +219,29 @@ def _control(f: list[Any]) -> Control:
     return Control(op, args)
 
 
+def _datagram(f: list[Any]) -> Datagram:
+    id_, body = f
+    return Datagram(_id(id_), _bytes(body, "body"))
+
+
+_KINDS: dict[type, Kind] = {
+    Request: Kind.REQUEST,
+    Response: Kind.RESPONSE,
+    Fragment: Kind.FRAGMENT,
+    Control: Kind.CONTROL,
+    Datagram: Kind.DATAGRAM,
+}
 _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     Kind.REQUEST: _request,
     Kind.RESPONSE: _response,
     Kind.FRAGMENT: _fragment,
     Kind.CONTROL: _control,
+    Kind.DATAGRAM: _datagram,
 }
-_ARITY: dict[int, int] = {Kind.REQUEST: 6, Kind.RESPONSE: 4, Kind.FRAGMENT: 5, Kind.CONTROL: 2}
+_ARITY: dict[int, int] = {
+    Kind.REQUEST: 6,
+    Kind.RESPONSE: 4,
+    Kind.FRAGMENT: 5,
+    Kind.CONTROL: 2,
+    Kind.DATAGRAM: 2,
+}

@@ -10,22 +10,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
 
 from . import keys as keyfiles
 from . import pipe, presence
 from .crypto import Keyring
 from .errors import ConfigError, FormatError
-from .names import FileKind, FileName
+from .ingress import Ingress
+from .link import LinkSettings
+from .links import Links
+from .names import FileName
 from .roster import PeerSettings, Roster
+from .settle import Settling
 from .store import StateLock, Store
 from .units import format_duration
-from .wire import DecodedFile, Limits, decode_file, encode_file
+from .wire import DecodedFile, Limits, decode_file
 
-_NONCE_SIZE = 8
 _DECODE_IN_THREAD_FROM = 1 << 20  # bytes; smaller files decode inline, faster than a hop
 
 
@@ -43,11 +51,12 @@ class Peer:
         )
         self.max_file = 2 * self.limits.max_frame + (16 << 20)
         self._lock = StateLock(roster.state_dir(name), name)
-        self._last_heartbeat: dict[str, Path] = {}
+        self._settling = Settling(self.settings.settle)
         self.store: Store
         self.keyring: Keyring
         self.quarantine: pipe.Quarantine
         self.presence: presence.Presence
+        self.links: Links
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -100,6 +109,14 @@ class Peer:
         """Run until cancelled; `open` must have succeeded. Closes the peer on the way out."""
         silent_after = {p: 3 * self.roster.peer(p).heartbeat for p in self.settings.talks_to}
         self.presence = presence.Presence(silent_after, trio.current_time())
+        self.links = Links(
+            self.name,
+            self.store,
+            self.keyring,
+            {remote: self._link_settings() for remote in self.settings.talks_to},
+            self.settings.outbox,
+            self.settings.linger,
+        )
         self.log.info(
             "%s: up, epoch %s, talks to %s",
             self.name,
@@ -108,42 +125,40 @@ class Peer:
         )
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self.links.run)
                 nursery.start_soon(self._inbox)
                 nursery.start_soon(self._watch_silence, min(silent_after.values(), default=1.0))
+                nursery.start_soon(self._save_status)
+                await self._serve_http(nursery)
                 task_status.started()
         finally:
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self.store.save_status(self.status(running=False))
             self.close()
             self.log.info("%s: stopped", self.name)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            for peer in self.settings.talks_to:
-                await self._send_heartbeat(peer)
-            await trio.sleep(self.settings.heartbeat)
-
-    async def _send_heartbeat(self, peer: str) -> None:
-        """Drop a heartbeat for `peer` and remove our previous one if nobody took it."""
-        name = FileName(time.time_ns(), self.name, peer, os.urandom(4).hex(), FileKind.HEARTBEAT)
-        data = encode_file(
-            self.keyring.identity,
-            recipient=peer,
-            epoch=self.store.epoch,
-            created=time.time(),
-            nonce=os.urandom(_NONCE_SIZE),
-            frames=[],
-            link_key=self.keyring.sending_key(peer),
-        )
+    async def _serve_http(self, nursery: trio.Nursery) -> None:
+        """Listen at `listen`; ConfigError if the address cannot be had."""
+        config = HypercornConfig()
+        config.bind = [str(self.settings.listen)]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
+        config.graceful_timeout = 2.0
         try:
-            path = await trio.to_thread.run_sync(
-                pipe.write_atomically, self.settings.outbox, name, data
-            )
+            app: Any = Ingress(self)  # hypercorn's typing wants its own scope types
+            await nursery.start(partial(serve, app, config, mode="asgi"))
         except OSError as exc:
-            self.log.warning("%s: cannot write heartbeat for %s: %s", self.name, peer, exc)
-            return
-        previous, self._last_heartbeat[peer] = self._last_heartbeat.get(peer), path
-        if previous is not None:
-            await trio.to_thread.run_sync(pipe.remove, previous)
+            raise ConfigError(
+                f"{self.name}.listen: cannot listen on {self.settings.listen}: {exc.strerror}"
+            ) from None
+        self.log.info("%s: HTTP ingress on http://%s", self.name, self.settings.listen)
+
+    def _link_settings(self) -> LinkSettings:
+        return LinkSettings(
+            heartbeat=self.settings.heartbeat,
+            resend_after=self.settings.resend_after,
+            max_bytes=self.settings.fragment_size,
+        )
 
     async def _inbox(self) -> None:
         wake_send, wake_recv = trio.open_memory_channel[None](1)
@@ -154,7 +169,8 @@ class Peer:
             )
             while True:
                 await self._take_inbox()
-                await wake_recv.receive()
+                with trio.move_on_at(self._settling.next_check()):
+                    await wake_recv.receive()
 
     async def _take_inbox(self) -> None:
         try:
@@ -184,18 +200,40 @@ class Peer:
         try:
             decoded = await self._decode(data)
         except FormatError as exc:
+            if exc.reason == "truncated" and not await self._settled(path):
+                return  # maybe still being written in place: look again later
             await self._quarantine(path, exc.reason, exc.detail)
             return
         if decoded.header.sender != name.sender:
             detail = f"named as {name.sender}'s but signed by {decoded.header.sender}"
             await self._quarantine(path, "name-mismatch", detail)
             return
-        self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
-        if decoded.frames:
-            # Message delivery arrives with the reliable link layer; keep the file, visibly.
-            await self._quarantine(path, "no-handler", "messages are not handled yet")
+        if decoded.cut_short and not await self._settled(path):
             return
+        self._settling.forget(path.name)
+        self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
+        self.links.arrived(decoded)
+        if decoded.missing:
+            self.log.info(
+                "%s: %s lost %d of %d frames on the way; asked %s for them again",
+                self.name,
+                path.name,
+                len(decoded.missing),
+                len(decoded.frames),
+                name.sender,
+            )
         await trio.to_thread.run_sync(pipe.remove, path)
+
+    async def _settled(self, path: Path) -> bool:
+        """True once `path` has not changed for `settle` seconds (a mirror writing in place
+        may still be growing it); until then the inbox is looked at again later."""
+        try:
+            info = await trio.to_thread.run_sync(os.stat, path)
+        except FileNotFoundError:
+            self._settling.forget(path.name)
+            return False
+        mark = (info.st_size, info.st_mtime_ns)
+        return self._settling.settled(path.name, mark, trio.current_time())
 
     async def _decode(self, data: bytes) -> DecodedFile:
         if len(data) < _DECODE_IN_THREAD_FROM:
@@ -211,6 +249,37 @@ class Peer:
         while True:
             await trio.sleep(shortest / 6)
             self._record(self.presence.check(trio.current_time()))
+
+    async def _save_status(self) -> None:
+        while True:
+            self.store.save_status(self.status(running=True))
+            await trio.sleep(1.0)
+
+    def status(self, running: bool) -> dict[str, Any]:
+        """What `mesh status` shows of this peer (JSON-ready)."""
+        now = trio.current_time()
+        heard = {}
+        for remote in self.settings.talks_to:
+            contact = self.presence.contacts.get(remote)
+            heard[remote] = {
+                "alive": self.presence.alive(remote),
+                "epoch": contact.epoch if contact else None,
+                "heard_age": now - contact.last_heard if contact else None,
+            }
+        links = self.links.status()
+        for remote, link in links.items():
+            link.update(heard[remote])
+        return {
+            "peer": self.name,
+            "epoch": self.store.epoch,
+            "running": running,
+            "pid": os.getpid(),
+            "at": time.time(),
+            "heartbeat": self.settings.heartbeat,
+            "links": links,
+            "quarantined": self.quarantine.count(),
+            "events_dropped": self.links.events.dropped,
+        }
 
     def _record(self, events: list[presence.PresenceEvent]) -> None:
         for event in events:

@@ -1,22 +1,56 @@
 """A peer's durable state: one folder per peer under the roster's `state`, holding a lock
-file, a SQLite database (WAL) and the quarantine folder.
+file, a SQLite database (WAL, synchronous=FULL) and the quarantine folder.
 
-The lock makes sure only one process runs a peer on a given state; the database holds
-the peer's epoch (a random id made when the state is created, so a peer whose state was
-lost or restored is noticed by the others).
+The lock makes sure only one process runs a peer on a given state. The database holds the
+peer's epoch (a random id made when the state is created, so a peer whose state was lost
+or restored is noticed by the others), per link the numbering and what was received,
+every outbound message until it is acknowledged, and every delivered message until the
+layer above has consumed it. A delivery and the received-state that acknowledges it are
+written in one transaction, so after a crash a message is either delivered and
+acknowledged, or neither.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import PeerLockedError
+from .link import LinkState
+from .received import ReceivedState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS links (
+    remote TEXT PRIMARY KEY,
+    next_seq INTEGER NOT NULL DEFAULT 1,
+    remote_epoch TEXT,
+    received TEXT NOT NULL DEFAULT '[0, []]',
+    retired TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS outbound (
+    remote TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (remote, seq)
+);
+CREATE TABLE IF NOT EXISTS inbound (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    remote TEXT NOT NULL,
+    remote_epoch TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    received REAL NOT NULL,
+    UNIQUE (remote, remote_epoch, seq)
+);
 """
 
 
@@ -53,6 +87,18 @@ class StateLock:
             self._fd = None
 
 
+@dataclass(frozen=True)
+class Inbound:
+    """A delivered message waiting for the layer above."""
+
+    id: int
+    remote: str
+    seq: int
+    kind: int
+    payload: bytes
+    received: float
+
+
 class Store:
     """The SQLite state of one peer. Opening it creates the folder and epoch when new."""
 
@@ -78,6 +124,131 @@ class Store:
     @property
     def quarantine(self) -> Path:
         return self.folder / "quarantine"
+
+    # -- links ---------------------------------------------------------------------------
+
+    def link_state(self, remote: str) -> LinkState:
+        """What to restore the link to `remote` from (a fresh link if never seen)."""
+        row = self.db.execute(
+            "SELECT next_seq, remote_epoch, received, retired FROM links WHERE remote = ?",
+            (remote,),
+        ).fetchone()
+        unacked = tuple(
+            (int(seq), int(size))
+            for seq, size in self.db.execute(
+                "SELECT seq, length(payload) FROM outbound WHERE remote = ? ORDER BY seq",
+                (remote,),
+            )
+        )
+        if row is None:
+            return LinkState(unacked=unacked)
+        next_seq, remote_epoch, received, retired = row
+        return LinkState(
+            next_seq=int(next_seq),
+            unacked=unacked,
+            remote_epoch=remote_epoch,
+            received=ReceivedState.from_wire(json.loads(received), 1 << 20),
+            retired=tuple(json.loads(retired)),
+        )
+
+    def _save_link(self, remote: str, **fields: Any) -> None:
+        self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+        for column, value in fields.items():  # column names are ours, never input
+            self.db.execute(f"UPDATE links SET {column} = ? WHERE remote = ?", (value, remote))
+
+    def add_outbound(self, remote: str, seq: int, payload: bytes, now: float) -> None:
+        """Make message `seq` to `remote` durable, with the link's numbering past it."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO outbound (remote, seq, payload, created) VALUES (?, ?, ?, ?)",
+                (remote, seq, payload, now),
+            )
+            self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+            self.db.execute(
+                "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
+                (seq + 1, remote),
+            )
+
+    def outbound_payloads(self, remote: str, seqs: Sequence[int]) -> dict[int, bytes]:
+        marks = ",".join("?" * len(seqs))
+        rows = self.db.execute(
+            f"SELECT seq, payload FROM outbound WHERE remote = ? AND seq IN ({marks})",
+            (remote, *seqs),
+        )
+        return {int(seq): bytes(payload) for seq, payload in rows}
+
+    def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> None:
+        """Acknowledged messages are dropped; `next_seq` never goes back."""
+        with self.db:
+            self.db.executemany(
+                "DELETE FROM outbound WHERE remote = ? AND seq = ?", ((remote, s) for s in seqs)
+            )
+            self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+            self.db.execute(
+                "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
+                (next_seq, remote),
+            )
+
+    def deliver(
+        self,
+        remote: str,
+        remote_epoch: str,
+        messages: Sequence[tuple[int, int, bytes]],
+        received: ReceivedState,
+        retired: Iterable[str],
+        now: float,
+    ) -> list[int]:
+        """Store delivered messages (seq, kind, payload) and the received-state that
+        acknowledges them, in one transaction; the inbound ids, in order."""
+        ids = []
+        with self.db:
+            for seq, kind, payload in messages:
+                cursor = self.db.execute(
+                    "INSERT INTO inbound (remote, remote_epoch, seq, kind, payload, received)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (remote, remote_epoch, seq, kind, payload, now),
+                )
+                ids.append(int(cursor.lastrowid or 0))
+            self._save_link(
+                remote,
+                remote_epoch=remote_epoch,
+                received=json.dumps(received.to_wire()),
+                retired=json.dumps(sorted(retired)),
+            )
+        return ids
+
+    def inbound(self, after: int, limit: int = 256, kind: int | None = None) -> list[Inbound]:
+        """Delivered messages not yet consumed, with ids above `after`, oldest first."""
+        query = "SELECT id, remote, seq, kind, payload, received FROM inbound WHERE id > ?"
+        args: list[Any] = [after]
+        if kind is not None:
+            query += " AND kind = ?"
+            args.append(kind)
+        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
+        return [Inbound(int(i), r, int(s), int(k), bytes(p), float(t)) for i, r, s, k, p, t in rows]
+
+    def consume_upto(self, last: int, kind: int) -> None:
+        """Consume every delivered message of `kind` with an id up to `last`."""
+        with self.db:
+            self.db.execute("DELETE FROM inbound WHERE id <= ? AND kind = ?", (last, kind))
+
+    def consume(self, ids: Iterable[int]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
+
+    # -- status --------------------------------------------------------------------------
+
+    def save_status(self, status: dict[str, Any]) -> None:
+        """A snapshot for `mesh status`, which reads it whether the peer runs or not."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('status', ?)",
+                (json.dumps(status),),
+            )
+
+    def load_status(self) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'status'").fetchone()
+        return json.loads(row[0]) if row else None
 
     def close(self) -> None:
         self.db.close()

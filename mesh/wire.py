@@ -416,6 +416,7 @@ class DecodedFile:
     header: Header
     frames: tuple[bytes | None, ...]
     problems: tuple[str, ...]
+    cut_short: bool = False  # the file ends before the size its header declares
 
     @property
     def complete(self) -> bool:
@@ -447,7 +448,7 @@ def decode_file(data: bytes, keys: KeySource, limits: Limits = Limits()) -> Deco
         except FormatError as exc:
             frames.append(None)
             problems.append(str(exc))
-    return DecodedFile(parsed.header, tuple(frames), tuple(problems))
+    return DecodedFile(parsed.header, tuple(frames), tuple(problems), len(data) < parsed.size)
 
 
 __all__ = [

@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 from mesh import wire
 from mesh.crypto import Identity, Keyring
 from mesh.errors import FormatError, MessageError
-from mesh.messages import Control, Envelope, Fragment, Request, Response, pack, unpack_envelope
+from mesh.messages import (
+    Control,
+    Datagram,
+    Envelope,
+    Fragment,
+    Request,
+    Response,
+    pack,
+    unpack_envelope,
+)
 from mesh.received import ReceivedState
 from tests.conftest import keyring_for
 
@@ -45,6 +54,7 @@ MESSAGES = [
     Response(ID, 204, (), b""),
     Fragment(ID, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
     Control("missing", {"seq": [4, 5, 9], "note": "frames cut"}),
+    Datagram(ID, b"\x00\xff opaque"),
     Request(ID, "GET", "/", (), b"a" * 100_000, 1.0),  # compressible: zstd codec
 ]
 

@@ -1,0 +1,164 @@
+"""A peer's HTTP ingress (ASGI, served by hypercorn's trio worker at the peer's `listen`).
+
+Routes so far:
+- ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
+- ``POST /mesh/messages/{peer}``: send the body to `peer` as an opaque message; ``202``
+  with its id once it is durable.
+- ``GET /mesh/messages?after=N&wait=S``: messages delivered here with an id above `N`,
+  oldest first, waiting up to `S` seconds (at most 30) for one. Asking with `after=N`
+  consumes every message up to `N`: a client that crashes before it asks again gets the
+  same messages again, so none is lost and none is skipped.
+
+Errors are ``application/problem+json``. The body limit is enforced while reading
+(hypercorn sets none for ASGI apps).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import trio
+
+from .messages import Datagram, Kind, unpack_envelope
+from .store import Inbound
+
+if TYPE_CHECKING:
+    from .peer import Peer
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_WAIT = 30.0
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, title: str, detail: str = "") -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+
+
+async def respond_json(send: Send, status: int, body: Any, content_type: str = "") -> None:
+    data = json.dumps(body).encode()
+    headers = [
+        (b"content-type", (content_type or "application/json").encode()),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body, refusing (413) one over `limit` before reading it all."""
+    chunks, size = [], 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            raise HTTPProblem(400, "client went away")
+        chunk = event.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
+
+
+class Ingress:
+    """The ASGI application of one peer."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except HTTPProblem as problem:
+            body = {"type": "about:blank", "title": problem.title, "status": problem.status}
+            if problem.detail:
+                body["detail"] = problem.detail
+            await respond_json(send, problem.status, body, "application/problem+json")
+
+    @staticmethod
+    async def _lifespan(receive: Receive, send: Send) -> None:
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        parts = path.strip("/").split("/")
+        if path == "/mesh/status" and method == "GET":
+            await respond_json(send, 200, self.peer.status(running=True))
+        elif path == "/mesh/messages" and method == "GET":
+            await self._fetch(scope, send)
+        elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
+            await self._post(parts[2], receive, send)
+        else:
+            raise HTTPProblem(404, "not found", f"no route for {method} {path}")
+
+    async def _post(self, remote: str, receive: Receive, send: Send) -> None:
+        self._check_remote(remote)
+        body = await read_body(receive, self.peer.settings.body_limit)
+        message = Datagram(uuid.uuid4().hex, body)
+        try:
+            message_id = await self.peer.links.send(remote, message)
+        except (OSError, sqlite3.Error) as exc:
+            raise HTTPProblem(503, "cannot store the message", str(exc)) from None
+        reply = {"id": message.id, "to": remote, "seq": message_id.seq}
+        await respond_json(send, 202, reply)
+
+    def _check_remote(self, remote: str) -> None:
+        if remote not in self.peer.roster.peers:
+            raise HTTPProblem(404, "unknown peer", f"no peer {remote!r} in the roster")
+        if remote not in self.peer.settings.talks_to:
+            detail = f"{self.peer.name} does not talk to {remote}"
+            raise HTTPProblem(403, "peer not whitelisted", detail)
+
+    async def _fetch(self, scope: Scope, send: Send) -> None:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            after = int(query.get("after", ["0"])[0])
+            wait = min(max(float(query.get("wait", ["0"])[0]), 0.0), MAX_WAIT)
+            limit = min(max(int(query.get("limit", ["100"])[0]), 1), 1000)
+        except ValueError:
+            raise HTTPProblem(400, "bad query", "after, wait and limit are numbers") from None
+        if not math.isfinite(wait):
+            raise HTTPProblem(400, "bad query", "wait must be finite")
+        store = self.peer.store
+        store.consume_upto(after, Kind.DATAGRAM)
+        items = store.inbound(after, limit, Kind.DATAGRAM)
+        with trio.move_on_after(wait):
+            while not items:
+                await self.peer.links.delivered()
+                items = store.inbound(after, limit, Kind.DATAGRAM)
+        await respond_json(send, 200, {"messages": [_datagram_json(i) for i in items]})
+
+
+def _datagram_json(item: Inbound) -> dict[str, Any]:
+    envelope = unpack_envelope(item.payload, len(item.payload))
+    assert isinstance(envelope.message, Datagram)
+    return {
+        "id": item.id,
+        "from": item.remote,
+        "seq": item.seq,
+        "message_id": envelope.message.id,
+        "body_base64": base64.b64encode(envelope.message.body).decode(),
+        "received": item.received,
+    }

@@ -1,0 +1,30 @@
+"""Settling: a file a mirror writes in place grows under its final name. A file that looks
+cut short is judged only once it has stayed the same for `settle` seconds. Pure."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+
+
+class Settling:
+    """Remembers, per file name, its last seen mark (size, mtime) and since when."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._seen: dict[str, tuple[Hashable, float]] = {}
+
+    def settled(self, name: str, mark: Hashable, now: float) -> bool:
+        """True when `name` has shown `mark` for at least `settle` seconds up to `now`."""
+        seen = self._seen.get(name)
+        if seen is None or seen[0] != mark:
+            self._seen[name] = (mark, now)
+            return self.settle <= 0
+        return now - seen[1] >= self.settle
+
+    def forget(self, name: str) -> None:
+        self._seen.pop(name, None)
+
+    def next_check(self) -> float:
+        """When the earliest waiting file may have settled (inf when none waits)."""
+        return min((since + self.settle for _, since in self._seen.values()), default=math.inf)
