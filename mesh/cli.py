@@ -1,4 +1,4 @@
-"""The `mesh` command: `up`, `keygen`, `mirror` (more to come: `status`).
+"""The `mesh` command: `up`, `keygen`, `mirror`, `status`.
 
 User errors (a wrong roster, missing keys, a peer already running) print what is wrong
 and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a clean stop.
@@ -6,6 +6,7 @@ and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a cl
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -20,6 +21,7 @@ from .errors import ConfigError
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .peer import Peer, open_peers, run_peers
 from .roster import Roster, RosterError, load_roster
+from .status import collect, console, follow, render
 
 EXIT_CONFIG = 2
 EXIT_SIGINT = 130
@@ -192,3 +194,24 @@ def mirror(
         raise SystemExit(EXIT_SIGINT) from None
     codes = {None: 0, signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
     raise SystemExit(codes[stopped_by])
+
+
+@main.command()
+@click.argument("roster", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--watch", is_flag=True, help="Show it again every second, until Ctrl-C.")
+def status(roster: str, as_json: bool, watch: bool) -> None:
+    """Show each peer of ROSTER: alive, epoch, links, files waiting, quarantined.
+
+    Read from the peers' stores and folders, so it works whether they run or not.
+    """
+    loaded = _load(roster)
+    try:
+        if watch:
+            follow(loaded, as_json=as_json)
+        elif as_json:
+            click.echo(json.dumps(collect(loaded), indent=2))
+        else:
+            console().print(render(collect(loaded)))
+    except KeyboardInterrupt:
+        raise SystemExit(EXIT_SIGINT) from None

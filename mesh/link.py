@@ -39,13 +39,15 @@ class LinkSettings:
 
     heartbeat: float
     resend_after: float
+    linger: float = 0.0  # a new message waits this long for others to share its file
     max_frames: int = 512  # messages per file
     max_bytes: int = 64 << 20  # payload bytes per file (a bigger message goes alone)
 
     @property
     def ack_delay(self) -> float:
-        """How soon news worth telling (new acks) goes out when no file is due anyway."""
-        return min(self.heartbeat / 4, 0.5)
+        """How soon news worth telling (new acks) goes out when no file is due anyway: half
+        a heartbeat, so a busy link makes at most two ack-only files per heartbeat."""
+        return self.heartbeat / 2
 
 
 @dataclass
@@ -62,6 +64,25 @@ class _Pending:
     size: int
     attempts: int = 0
     due: float = 0.0
+    sent_at: float = 0.0
+
+
+class RoundTrip:
+    """Smoothed round-trip time of the link, from messages acknowledged after their first
+    write only (Karn's rule: a resent message's ack cannot say which copy it answers)."""
+
+    def __init__(self) -> None:
+        self.smoothed: float | None = None
+
+    def sample(self, seconds: float) -> None:
+        self.smoothed = (
+            seconds if self.smoothed is None else 0.875 * self.smoothed + 0.125 * seconds
+        )
+
+    def timeout(self, floor: float) -> float:
+        """How long to wait for an ack: `floor`, or twice the round trip when longer (a
+        slow or backlogged pipe must not be flooded with copies of what is on its way)."""
+        return floor if self.smoothed is None else max(floor, 2 * self.smoothed)
 
 
 class Outbound:
@@ -79,8 +100,11 @@ class Outbound:
         self.resend_after = resend_after
         self.next_seq = next_seq
         self.stats = LinkStats()
+        self.round_trip = RoundTrip()
         self._pending: dict[int, _Pending] = {}
         self._order: list[int] = []  # the keys of _pending, sorted
+        self._unwritten: set[int] = set()  # pending, never written yet
+        self._proven: set[int] = set()  # the reader proved them missing: resend regardless
         self._heap: list[tuple[float, int]] = []
         for seq, size in sorted(unacked):
             self.queue(seq, size, now)
@@ -94,6 +118,7 @@ class Outbound:
         if seq not in self._pending:
             bisect.insort(self._order, seq)
         self._pending[seq] = _Pending(size, due=now)
+        self._unwritten.add(seq)
         heapq.heappush(self._heap, (now, seq))
         self.next_seq = max(self.next_seq, seq + 1)
 
@@ -118,13 +143,17 @@ class Outbound:
         return list(self._order)
 
     def due(self, now: float) -> list[int]:
-        """Unacknowledged messages whose time to be (re)sent has come, lowest first."""
-        found = []
+        """Unacknowledged messages whose time to be (re)sent has come, lowest first. When
+        any is due, every message never written yet comes along: a burst lingers as long
+        as its first message, then shares one file."""
+        found = set()
         while self._heap and self._heap[0][0] <= now:
             due, seq = heapq.heappop(self._heap)
             pending = self._pending.get(seq)
             if pending is not None and pending.due == due:
-                found.append(seq)
+                found.add(seq)
+        if found:
+            found |= self._unwritten
         return sorted(found)
 
     def next_due(self) -> float | None:
@@ -149,12 +178,31 @@ class Outbound:
             if pending is None:
                 continue
             pending.attempts += 1
+            pending.sent_at = now
+            self._unwritten.discard(seq)
+            self._proven.discard(seq)
             if pending.attempts == 1:
                 self.stats.sent += 1
             else:
                 self.stats.resends += 1
             backoff = min(2 ** (pending.attempts - 1), BACKOFF_LIMIT)
-            self._schedule(seq, now + self.resend_after * backoff)
+            self._schedule(seq, now + self.timeout() * backoff)
+
+    def timeout(self) -> float:
+        """The current wait before a first resend."""
+        return self.round_trip.timeout(self.resend_after)
+
+    def hold_resends(self, seqs: Iterable[int], now: float) -> list[int]:
+        """Of `seqs`, those already written once, put off for another timeout: the pipe
+        has not even taken our earlier files yet. The rest (never written, or proven
+        missing by the reader) are returned."""
+        fresh = []
+        for seq in seqs:
+            if self.attempts(seq) and seq not in self._proven:
+                self._schedule(seq, now + self.timeout())
+            else:
+                fresh.append(seq)
+        return fresh
 
     def retry(self, seqs: Iterable[int], at: float) -> None:
         """A write failed: try these again at `at`, without counting an attempt."""
@@ -165,6 +213,7 @@ class Outbound:
         """The reader proved these missing: send them again at once (if still unacked)."""
         hit = [seq for seq in seqs if seq in self._pending]
         for seq in hit:
+            self._proven.add(seq)
             self._schedule(seq, now)
         return hit
 
@@ -181,7 +230,11 @@ class Outbound:
         for lo, hi in state.ranges:
             done += self._cut(lo, hi)
         for seq in done:
-            del self._pending[seq]
+            self._unwritten.discard(seq)
+            self._proven.discard(seq)
+            pending = self._pending.pop(seq)
+            if pending.attempts == 1:
+                self.round_trip.sample(now - pending.sent_at)
         if done:
             self.stats.acked += len(done)
             self.stats.last_ack = now
@@ -327,14 +380,24 @@ class Protocol:
         return self._links[remote].outbound.assign()
 
     def queued(self, remote: str, seq: int, size: int, now: float) -> None:
-        self._links[remote].outbound.queue(seq, size, now)
+        """`seq` is durable: first written after the link's linger."""
+        link = self._links[remote]
+        link.outbound.queue(seq, size, now + link.settings.linger)
 
-    def outgoing(self, now: float) -> list[OutgoingFile]:
+    def outgoing(self, now: float, backlogged: Iterable[str] = ()) -> list[OutgoingFile]:
         """The files to write now: due messages in batches, else a heartbeat when one is
-        owed (interval passed, missing messages to ask for, or acks to tell)."""
+        owed (interval passed, missing messages to ask for, or acks to tell).
+
+        For `backlogged` remotes (our earlier files to them still wait in the outbox),
+        resends are put off: only messages never written go out.
+        """
         files = []
+        held = set(backlogged)
         for remote, link in self._links.items():
-            batches = self._batches(link, link.outbound.due(now))
+            due = link.outbound.due(now)
+            if remote in held:
+                due = link.outbound.hold_resends(due, now)
+            batches = self._batches(link, due)
             if not batches and self._owes_heartbeat(link, now):
                 batches = [()]
             for i, seqs in enumerate(batches):

@@ -96,13 +96,11 @@ class Links:
         keyring: Keyring,
         settings: dict[str, LinkSettings],
         outbox: Path,
-        linger: float,
     ) -> None:
         self.name = name
         self.store = store
         self.keyring = keyring
         self.outbox = outbox
-        self.linger = linger
         self.log = logging.getLogger(f"mesh.{name}")
         restored = {remote: store.link_state(remote) for remote in settings}
         self.protocol = Protocol(name, store.epoch, settings, restored, trio.current_time())
@@ -110,6 +108,7 @@ class Links:
         self._kick = trio.Event()
         self._delivered = trio.Event()
         self._last_heartbeat: dict[str, Path] = {}
+        self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.last_file_at: dict[str, float] = {}  # wall clock of our last file per remote
 
     def _publish(self, state: str, remote: str, seqs: Iterable[int]) -> None:
@@ -140,13 +139,27 @@ class Links:
     async def run(self) -> None:
         """Write what the protocol plans, when it plans it, until cancelled."""
         while True:
-            for file in self.protocol.outgoing(trio.current_time()):
+            now = trio.current_time()
+            backlogged = await trio.to_thread.run_sync(self._backlogged, now)
+            for file in self.protocol.outgoing(now, backlogged):
                 await self._write(file)
             wake = self.protocol.next_wakeup()
             self._kick = trio.Event()
             with trio.move_on_at(wake if wake is not None else math.inf):
                 await self._kick.wait()
-                await trio.sleep(self.linger)  # let a burst gather into one file
+
+    def _backlogged(self, now: float) -> list[str]:
+        """Remotes for which a file we wrote still waits in the outbox: the pipe has not
+        taken it yet, so resending its messages would only add to the queue. Files older
+        than eight timeouts no longer count (a mirror that copies without deleting must
+        not stop resends for good). Blocking: call from a thread."""
+        found = []
+        for remote, files in self._unread.items():
+            limit = 8 * self.protocol.outbound(remote).timeout()
+            files[:] = [(p, at) for p, at in files if now - at < limit and os.path.exists(p)]
+            if files:
+                found.append(remote)
+        return found
 
     async def _write(self, file: OutgoingFile) -> None:
         payloads = self.store.outbound_payloads(file.remote, file.seqs) if file.seqs else {}
@@ -182,6 +195,7 @@ class Links:
         self.last_file_at[file.remote] = time.time()
         self._publish("sent", file.remote, first)
         self._publish("resent", file.remote, [seq for seq in seqs if seq not in set(first)])
+        self._unread[file.remote].append((path, trio.current_time()))
         await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:

@@ -115,7 +115,6 @@ class Peer:
             self.keyring,
             {remote: self._link_settings() for remote in self.settings.talks_to},
             self.settings.outbox,
-            self.settings.linger,
         )
         self.log.info(
             "%s: up, epoch %s, talks to %s",
@@ -157,6 +156,7 @@ class Peer:
         return LinkSettings(
             heartbeat=self.settings.heartbeat,
             resend_after=self.settings.resend_after,
+            linger=self.settings.linger,
             max_bytes=self.settings.fragment_size,
         )
 
@@ -191,6 +191,14 @@ class Peer:
             await self._quarantine(path, "not-whitelisted", detail)
             return
         try:
+            info = await trio.to_thread.run_sync(os.stat, path)
+        except FileNotFoundError:
+            self._settling.forget(path.name)
+            return
+        mark = (info.st_size, info.st_mtime_ns)
+        if self._settling.waiting(path.name, mark, trio.current_time()):
+            return
+        try:
             data = await trio.to_thread.run_sync(pipe.read_file, path, self.max_file)
         except ValueError as exc:
             await self._quarantine(path, "too-large", str(exc))
@@ -200,7 +208,7 @@ class Peer:
         try:
             decoded = await self._decode(data)
         except FormatError as exc:
-            if exc.reason == "truncated" and not await self._settled(path):
+            if exc.reason == "truncated" and not self._settled(path, mark):
                 return  # maybe still being written in place: look again later
             await self._quarantine(path, exc.reason, exc.detail)
             return
@@ -208,7 +216,7 @@ class Peer:
             detail = f"named as {name.sender}'s but signed by {decoded.header.sender}"
             await self._quarantine(path, "name-mismatch", detail)
             return
-        if decoded.cut_short and not await self._settled(path):
+        if decoded.cut_short and not self._settled(path, mark):
             return
         self._settling.forget(path.name)
         self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
@@ -224,15 +232,9 @@ class Peer:
             )
         await trio.to_thread.run_sync(pipe.remove, path)
 
-    async def _settled(self, path: Path) -> bool:
-        """True once `path` has not changed for `settle` seconds (a mirror writing in place
-        may still be growing it); until then the inbox is looked at again later."""
-        try:
-            info = await trio.to_thread.run_sync(os.stat, path)
-        except FileNotFoundError:
-            self._settling.forget(path.name)
-            return False
-        mark = (info.st_size, info.st_mtime_ns)
+    def _settled(self, path: Path, mark: tuple[int, int]) -> bool:
+        """True once `path` has kept `mark` (size, mtime) for `settle` seconds: a mirror
+        writing in place may still be growing it. Until then it is looked at again later."""
         return self._settling.settled(path.name, mark, trio.current_time())
 
     async def _decode(self, data: bytes) -> DecodedFile:
