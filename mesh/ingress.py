@@ -4,10 +4,12 @@ Routes so far:
 - ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
 - ``POST /mesh/messages/{peer}``: send the body to `peer` as an opaque message; ``202``
   with its id once it is durable.
-- ``GET /mesh/messages?after=N&wait=S``: messages delivered here with an id above `N`,
-  oldest first, waiting up to `S` seconds (at most 30) for one. Asking with `after=N`
+- ``GET /mesh/messages?after=N&epoch=E&wait=S``: messages delivered here with an id above
+  `N`, oldest first, waiting up to `S` seconds (at most 30) for one. Asking with `after=N`
   consumes every message up to `N`: a client that crashes before it asks again gets the
-  same messages again, so none is lost and none is skipped.
+  same messages again, so none is lost and none is skipped. Ids count within this peer's
+  epoch (given in every reply): a cursor from another epoch (the peer's state was
+  created anew) consumes nothing and reads from the start.
 
 Errors are ``application/problem+json``. The body limit is enforced while reading
 (hypercorn sets none for ASGI apps).
@@ -142,13 +144,16 @@ class Ingress:
         if not math.isfinite(wait):
             raise HTTPProblem(400, "bad query", "wait must be finite")
         store = self.peer.store
+        if query.get("epoch", [store.epoch])[0] != store.epoch:
+            after = 0  # a cursor into a state that is gone
         store.consume_upto(after, Kind.DATAGRAM)
         items = store.inbound(after, limit, Kind.DATAGRAM)
         with trio.move_on_after(wait):
             while not items:
                 await self.peer.links.delivered()
                 items = store.inbound(after, limit, Kind.DATAGRAM)
-        await respond_json(send, 200, {"messages": [_datagram_json(i) for i in items]})
+        reply = {"epoch": store.epoch, "messages": [_datagram_json(i) for i in items]}
+        await respond_json(send, 200, reply)
 
 
 def _datagram_json(item: Inbound) -> dict[str, Any]:

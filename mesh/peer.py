@@ -146,9 +146,10 @@ class Peer:
         try:
             app: Any = Ingress(self)  # hypercorn's typing wants its own scope types
             await nursery.start(partial(serve, app, config, mode="asgi"))
-        except OSError as exc:
+        except* OSError as group:  # raised inside hypercorn's nurseries
+            reasons = "; ".join(str(e.strerror or e) for e in _leaves(group))
             raise ConfigError(
-                f"{self.name}.listen: cannot listen on {self.settings.listen}: {exc.strerror}"
+                f"{self.name}.listen: cannot listen on {self.settings.listen}: {reasons}"
             ) from None
         self.log.info("%s: HTTP ingress on http://%s", self.name, self.settings.listen)
 
@@ -314,6 +315,13 @@ class Peer:
                         peer,
                         format_duration(waited),
                     )
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 async def run_peers(peers: list[Peer]) -> None:
