@@ -264,7 +264,7 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
     finally:
         alpha.kill_if_running()
         bravo.kill_if_running()
-    assert alpha.starts + bravo.starts == 8
+    assert alpha.starts + bravo.starts == 8 and min(alpha.starts, bravo.starts) > 1
     assert Counter(at_bravo.ids).most_common(1)[0][1] == 1, "a message was delivered twice"
     assert set(accepted.values()) <= set(at_bravo.ids), "an accepted message was lost"
     # A body may arrive twice only if a POST of it died with its peer (outcome unknown),

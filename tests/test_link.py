@@ -1,0 +1,155 @@
+"""The protocol core, one rule at a time (pure: no files, no clock)."""
+
+from __future__ import annotations
+
+import itertools
+
+from mesh.link import LinkSettings, Protocol, Verdict
+from mesh.received import ReceivedState
+from mesh.settle import Settling
+from mesh.wire import Header, LinkFields
+
+SETTINGS = LinkSettings(heartbeat=5.0, resend_after=10.0, linger=0.0)
+A_EPOCH, B_EPOCH, B_NEW = "a" * 16, "b" * 16, "c" * 16
+
+
+def pair() -> tuple[Protocol, Protocol]:
+    return (
+        Protocol("alpha", A_EPOCH, {"bravo": SETTINGS}),
+        Protocol("bravo", B_EPOCH, {"alpha": SETTINGS}),
+    )
+
+
+def header(sender: str, epoch: str, recipient: str, link: LinkFields) -> Header:
+    return Header(sender, recipient, epoch, 0.0, b"\0" * 8, False, link)
+
+
+def send(alpha: Protocol, n: int, now: float = 0.0) -> list[int]:
+    seqs = [alpha.assign("bravo") for _ in range(n)]
+    for seq in seqs:
+        alpha.queued("bravo", seq, 10, now)
+    return seqs
+
+
+def test_a_file_out_within_the_interval_makes_the_heartbeat_unneeded() -> None:
+    alpha, _ = pair()
+    [beat] = alpha.outgoing(0.0)
+    assert beat.seqs == ()
+    alpha.written(beat, 0.0)
+    send(alpha, 1, now=3.0)
+    [data] = alpha.outgoing(3.0)
+    alpha.written(data, 3.0)
+    assert alpha.outgoing(7.9) == []  # 5s since the last file only at 8.0
+    assert [f.seqs for f in alpha.outgoing(8.0)] == [()]
+
+
+def test_a_burst_shares_one_file_after_its_linger() -> None:
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    send(alpha, 3, now=1.0)
+    send(alpha, 2, now=1.05)
+    assert alpha.outgoing(1.09) == []
+    assert [f.seqs for f in alpha.outgoing(1.1)] == [(1, 2, 3, 4, 5)]
+
+
+def test_resends_back_off_up_to_a_limit() -> None:
+    alpha, _ = pair()
+    send(alpha, 1)
+    times = []
+    now = 0.0
+    for _ in range(6):
+        [file] = [f for f in alpha.outgoing(now) if f.seqs]
+        alpha.written(file, now)
+        times.append(now)
+        now = alpha.outbound("bravo").next_due() or 0.0
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == [10.0, 20.0, 40.0, 80.0, 80.0]
+    assert alpha.outbound("bravo").stats.resends == 5
+
+
+def test_acks_forget_messages_and_only_for_our_epoch() -> None:
+    alpha, _ = pair()
+    send(alpha, 5)
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    stale = LinkFields(ack=ReceivedState(5), ack_epoch="0" * 16)
+    assert alpha.arrived(header("bravo", B_EPOCH, "alpha", stale), [], [], 1.0).acked == ()
+    fields = LinkFields(ack=ReceivedState(2, ((4, 4),)), ack_epoch=A_EPOCH)
+    arrival = alpha.arrived(header("bravo", B_EPOCH, "alpha", fields), [], [], 1.0)
+    assert arrival.acked == (1, 2, 4)
+    assert alpha.outbound("bravo").pending() == [3, 5]
+    assert alpha.outbound("bravo").floor == 3
+
+
+def test_each_number_is_delivered_once_and_missing_frames_are_asked_for_once() -> None:
+    _, bravo = pair()
+    h = header("alpha", A_EPOCH, "bravo", LinkFields())
+    first = bravo.arrived(h, [1, 2, 2], [3], 0.0)
+    assert first.deliver == (1, 2) and first.verdict is Verdict.NEW_EPOCH
+    bravo.stored("alpha", first.deliver)
+    assert bravo.arrived(h, [1, 2], [], 0.1).deliver == ()
+    [ask] = bravo.outgoing(0.1)
+    assert ask.link.missing == (3,) and ask.link.ack == ReceivedState(2)
+    bravo.written(ask, 0.1)
+    assert all(f.link.missing == () for f in bravo.outgoing(20.0))
+
+
+def test_proven_missing_messages_are_resent_at_once_even_when_backlogged() -> None:
+    alpha, _ = pair()
+    send(alpha, 3)
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    hint = LinkFields(missing=(2,))
+    assert alpha.arrived(header("bravo", B_EPOCH, "alpha", hint), [], [], 1.0).resend == (2,)
+    assert [f.seqs for f in alpha.outgoing(1.0, backlogged=["bravo"])] == [(2,)]
+
+
+def test_a_backlogged_pipe_holds_plain_resends() -> None:
+    alpha, _ = pair()
+    send(alpha, 2)
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    assert [f.seqs for f in alpha.outgoing(10.0, backlogged=["bravo"]) if f.seqs] == []
+    assert [f.seqs for f in alpha.outgoing(20.0) if f.seqs] == [(1, 2)]
+
+
+def test_a_new_epoch_starts_from_the_senders_floor_and_retires_the_old() -> None:
+    alpha, bravo = pair()
+    old = header("bravo", B_EPOCH, "alpha", LinkFields(floor=1))
+    alpha.stored("bravo", alpha.arrived(old, [1, 2, 3], [], 0.0).deliver)
+    assert alpha.clock() == {"bravo": 3}
+    renewed = header("bravo", B_NEW, "alpha", LinkFields(floor=1))
+    arrival = alpha.arrived(renewed, [1], [], 1.0)  # bravo's new state numbers from 1 again
+    assert arrival.verdict is Verdict.NEW_EPOCH and arrival.old_epoch == B_EPOCH
+    assert arrival.deliver == (1,)
+    late = alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [4], [], 2.0)
+    assert late.verdict is Verdict.STALE and late.deliver == ()
+    # A reader whose state was wiped takes the sender's floor as received.
+    fresh = Protocol("carol", "d" * 16, {"alpha": SETTINGS})
+    far = header("alpha", A_EPOCH, "carol", LinkFields(floor=40))
+    assert fresh.arrived(far, [39, 40], [], 0.0).deliver == (40,)
+    del bravo
+
+
+def test_round_trips_stretch_the_resend_timeout() -> None:
+    alpha, _ = pair()
+    send(alpha, 1)
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    ack = LinkFields(ack=ReceivedState(1), ack_epoch=A_EPOCH)
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", ack), [], [], 30.0)
+    assert alpha.outbound("bravo").timeout() == 60.0
+
+
+def test_a_restart_resends_what_was_never_acknowledged() -> None:
+    from mesh.link import LinkState
+
+    state = LinkState(next_seq=8, unacked=((5, 10), (7, 10)))
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": SETTINGS}, {"bravo": state}, now=100.0)
+    assert [f.seqs for f in alpha.outgoing(100.0)] == [(5, 7)]
+    assert alpha.assign("bravo") == 8
+
+
+def test_settling_waits_for_an_unchanged_file() -> None:
+    s = Settling(2.0)
+    assert not s.settled("f", (10, 1), 0.0)
+    assert s.waiting("f", (10, 1), 1.0) and not s.settled("f", (10, 1), 1.9)
+    assert not s.settled("f", (20, 2), 2.5)  # it grew: start again
+    assert s.next_check() == 4.5
+    assert s.settled("f", (20, 2), 4.5) and not s.waiting("f", (20, 2), 4.5)
