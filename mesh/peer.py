@@ -182,8 +182,8 @@ class Peer:
         for name, path in found:
             try:
                 await self._take(name, path)
-            except OSError as exc:  # the file stays; the next scan tries it again
-                self.log.warning("%s: cannot take %s yet: %s", self.name, path.name, exc)
+            except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
+                self.log.error("%s: cannot take %s yet: %s", self.name, path.name, exc)
 
     async def _take(self, name: FileName, path: Path) -> None:
         """Read, check and consume one file addressed to us; refused files go to quarantine."""

@@ -16,7 +16,8 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,9 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
-        self.epoch = self._epoch()
+        self.repeats = 0  # deliveries refused because the message was already stored
+        with self.transaction():
+            self.epoch = self._epoch()
         self.created = self._created
 
     def _epoch(self) -> str:
@@ -120,6 +123,18 @@ class Store:
         epoch = os.urandom(8).hex()
         self.db.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
         return epoch
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic, durable transaction. (The connection is in autocommit mode, where
+        `with connection:` would NOT group statements: each would commit on its own.)"""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     @property
     def quarantine(self) -> Path:
@@ -158,7 +173,7 @@ class Store:
 
     def add_outbound(self, remote: str, seq: int, payload: bytes, now: float) -> None:
         """Make message `seq` to `remote` durable, with the link's numbering past it."""
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "INSERT INTO outbound (remote, seq, payload, created) VALUES (?, ?, ?, ?)",
                 (remote, seq, payload, now),
@@ -179,7 +194,7 @@ class Store:
 
     def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> None:
         """Acknowledged messages are dropped; `next_seq` never goes back."""
-        with self.db:
+        with self.transaction():
             self.db.executemany(
                 "DELETE FROM outbound WHERE remote = ? AND seq = ?", ((remote, s) for s in seqs)
             )
@@ -201,14 +216,18 @@ class Store:
         """Store delivered messages (seq, kind, payload) and the received-state that
         acknowledges them, in one transaction; the inbound ids, in order."""
         ids = []
-        with self.db:
+        with self.transaction():
             for seq, kind, payload in messages:
                 cursor = self.db.execute(
-                    "INSERT INTO inbound (remote, remote_epoch, seq, kind, payload, received)"
+                    "INSERT OR IGNORE INTO inbound"
+                    " (remote, remote_epoch, seq, kind, payload, received)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (remote, remote_epoch, seq, kind, payload, now),
                 )
-                ids.append(int(cursor.lastrowid or 0))
+                if cursor.rowcount:
+                    ids.append(int(cursor.lastrowid or 0))
+                else:
+                    self.repeats += 1  # delivered before: never twice
             self._save_link(
                 remote,
                 remote_epoch=remote_epoch,
@@ -229,18 +248,18 @@ class Store:
 
     def consume_upto(self, last: int, kind: int) -> None:
         """Consume every delivered message of `kind` with an id up to `last`."""
-        with self.db:
+        with self.transaction():
             self.db.execute("DELETE FROM inbound WHERE id <= ? AND kind = ?", (last, kind))
 
     def consume(self, ids: Iterable[int]) -> None:
-        with self.db:
+        with self.transaction():
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
 
     # -- status --------------------------------------------------------------------------
 
     def save_status(self, status: dict[str, Any]) -> None:
         """A snapshot for `mesh status`, which reads it whether the peer runs or not."""
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('status', ?)",
                 (json.dumps(status),),

@@ -239,9 +239,10 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
     rng = random.Random(7)
 
     async def chaos() -> None:
-        for _ in range(6):
+        victims = [alpha, bravo] * 3  # each killed three times, in a random order
+        rng.shuffle(victims)
+        for victim in victims:
             await trio.sleep(rng.uniform(0.3, 1.5))  # a random moment, by design
-            victim = rng.choice([alpha, bravo])
             await victim.kill()
             await trio.sleep(rng.uniform(0.0, 0.5))
             await victim.start()
@@ -252,6 +253,7 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
             await bravo.start()
             async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
                 nursery.start_soon(at_bravo.run, client)
+                nursery.start_soon(_report, at_bravo, accepted)
                 async with trio.open_nursery() as senders:
                     senders.start_soon(chaos)
                     senders.start_soon(send_many, client, 18211, "bravo", bodies, accepted, 4)
@@ -264,7 +266,7 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
     finally:
         alpha.kill_if_running()
         bravo.kill_if_running()
-    assert alpha.starts + bravo.starts == 8 and min(alpha.starts, bravo.starts) > 1
+    assert alpha.starts == bravo.starts == 4
     assert Counter(at_bravo.ids).most_common(1)[0][1] == 1, "a message was delivered twice"
     assert set(accepted.values()) <= set(at_bravo.ids), "an accepted message was lost"
     # A body may arrive twice only if a POST of it died with its peer (outcome unknown),
@@ -327,3 +329,10 @@ async def test_a_wiped_peer_is_noticed_and_traffic_resumes(tmp_path: Path) -> No
     assert set(at_alpha.bodies) == set(accepted["bravo"])
     assert set(at_bravo.bodies) == set(accepted["alpha"])
     assert len(at_alpha.bodies) == 100 and len(at_bravo.bodies) == 120
+
+
+async def _report(collector: Collector, accepted: dict[bytes, str]) -> None:
+    """Progress, printed for a run that hangs (pytest shows it with the failure)."""
+    while True:
+        await trio.sleep(5)
+        print(f"delivered {len(set(collector.bodies))}, accepted {len(accepted)}")
