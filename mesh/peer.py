@@ -191,35 +191,9 @@ class Peer:
             detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
             await self._quarantine(path, "not-whitelisted", detail)
             return
-        try:
-            info = await trio.to_thread.run_sync(os.stat, path)
-        except FileNotFoundError:
-            self._settling.forget(path.name)
+        decoded = await self._read_settled(name, path)
+        if decoded is None:
             return
-        mark = (info.st_size, info.st_mtime_ns)
-        if self._settling.waiting(path.name, mark, trio.current_time()):
-            return
-        try:
-            data = await trio.to_thread.run_sync(pipe.read_file, path, self.max_file)
-        except ValueError as exc:
-            await self._quarantine(path, "too-large", str(exc))
-            return
-        if data is None:
-            return
-        try:
-            decoded = await self._decode(data)
-        except FormatError as exc:
-            if exc.reason == "truncated" and not self._settled(path, mark):
-                return  # maybe still being written in place: look again later
-            await self._quarantine(path, exc.reason, exc.detail)
-            return
-        if decoded.header.sender != name.sender:
-            detail = f"named as {name.sender}'s but signed by {decoded.header.sender}"
-            await self._quarantine(path, "name-mismatch", detail)
-            return
-        if decoded.cut_short and not self._settled(path, mark):
-            return
-        self._settling.forget(path.name)
         self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
         self.links.arrived(decoded)
         if decoded.missing:
@@ -232,6 +206,40 @@ class Peer:
                 name.sender,
             )
         await trio.to_thread.run_sync(pipe.remove, path)
+
+    async def _read_settled(self, name: FileName, path: Path) -> DecodedFile | None:
+        """The valid content of `path`, or None: gone, refused (quarantined), or cut short
+        and not yet settled (looked at again later)."""
+        try:
+            info = await trio.to_thread.run_sync(os.stat, path)
+        except FileNotFoundError:
+            self._settling.forget(path.name)
+            return None
+        mark = (info.st_size, info.st_mtime_ns)
+        if self._settling.waiting(path.name, mark, trio.current_time()):
+            return None
+        try:
+            data = await trio.to_thread.run_sync(pipe.read_file, path, self.max_file)
+        except ValueError as exc:
+            await self._quarantine(path, "too-large", str(exc))
+            return None
+        if data is None:
+            return None
+        try:
+            decoded = await self._decode(data)
+        except FormatError as exc:
+            if exc.reason == "truncated" and not self._settled(path, mark):
+                return None  # maybe still being written in place
+            await self._quarantine(path, exc.reason, exc.detail)
+            return None
+        if decoded.header.sender != name.sender:
+            detail = f"named as {name.sender}'s but signed by {decoded.header.sender}"
+            await self._quarantine(path, "name-mismatch", detail)
+            return None
+        if decoded.cut_short and not self._settled(path, mark):
+            return None
+        self._settling.forget(path.name)
+        return decoded
 
     def _settled(self, path: Path, mark: tuple[int, int]) -> bool:
         """True once `path` has kept `mark` (size, mtime) for `settle` seconds: a mirror
