@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from .gateway import RequestRecord, end_to_end
 from .messages import Datagram, Kind, unpack_envelope
 from .store import Inbound
 
@@ -112,8 +113,52 @@ class Ingress:
             await self._fetch(scope, send)
         elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
             await self._post(parts[2], receive, send)
+        elif len(parts) in (3, 4) and parts[:2] == ["mesh", "requests"] and method == "GET":
+            await self._request_status(parts[2], parts[3:] == ["response"], send)
+        elif parts[0] != "mesh" and parts[0]:
+            await self._call(parts[0], scope, receive, send)
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {path}")
+
+    async def _call(self, remote: str, scope: Scope, receive: Receive, send: Send) -> None:
+        """``ANY /{peer}/{path}?{query}``: through the mesh to `peer`'s upstream."""
+        self._check_remote(remote)
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = raw_path[len(remote) + 1 :].decode("latin-1") or "/"
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = {name.lower(): value for name, value in scope["headers"]}
+        body = await read_body(receive, self.peer.settings.body_limit)
+        try:
+            request_id = await self.peer.requests.submit(
+                remote,
+                scope["method"],
+                target,
+                end_to_end(scope["headers"]),
+                body,
+                REQUEST_TTL,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise HTTPProblem(503, "cannot store the request", str(exc)) from None
+        if b"respond-async" in headers.get(b"prefer", b""):
+            await accepted(send, request_id)
+            return
+        record = await self.peer.requests.wait(request_id, _timeout(headers))
+        if record is None or not record.done:
+            await accepted(send, request_id)
+        else:
+            await respond_with(send, record)
+
+    async def _request_status(self, request_id: str, response: bool, send: Send) -> None:
+        record = self.peer.requests.get(request_id)
+        if record is None:
+            raise HTTPProblem(404, "unknown request", f"no request {request_id!r} here")
+        if not response:
+            await respond_json(send, 200, record.as_json())
+        elif record.done:
+            await respond_with(send, record)
+        else:
+            await accepted(send, request_id)
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         self._check_remote(remote)
@@ -154,6 +199,50 @@ class Ingress:
                 items = store.inbound(after, limit, Kind.DATAGRAM)
         reply = {"epoch": store.epoch, "messages": [_datagram_json(i) for i in items]}
         await respond_json(send, 200, reply)
+
+
+REQUEST_TTL = 3600.0  # a request not forwarded within this is answered 504
+DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
+
+
+def _timeout(headers: dict[bytes, bytes]) -> float:
+    """Seconds to wait for the answer: `Mesh-Timeout`, or 30; bad values are a 400."""
+    raw = headers.get(b"mesh-timeout")
+    if raw is None:
+        return DEFAULT_WAIT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise HTTPProblem(400, "bad Mesh-Timeout", "give seconds, e.g. 30") from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise HTTPProblem(400, "bad Mesh-Timeout", "give seconds, e.g. 30")
+    return min(seconds, MAX_WAIT_CALL)
+
+
+async def accepted(send: Send, request_id: str) -> None:
+    """202: the request is durable; its answer will be at the Location."""
+    body = json.dumps({"id": request_id, "status": f"/mesh/requests/{request_id}"}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"location", f"/mesh/requests/{request_id}/response".encode()),
+        (b"retry-after", b"1"),
+        (b"mesh-request-id", request_id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def respond_with(send: Send, record: RequestRecord) -> None:
+    """The upstream's answer as it gave it, with `Mesh-Request-Id`."""
+    assert record.status is not None
+    headers = [
+        *record.headers,
+        (b"content-length", str(len(record.body)).encode()),
+        (b"mesh-request-id", record.id.encode()),
+    ]
+    await send({"type": "http.response.start", "status": record.status, "headers": headers})
+    await send({"type": "http.response.body", "body": record.body})
 
 
 def _datagram_json(item: Inbound) -> dict[str, Any]:

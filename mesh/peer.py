@@ -24,6 +24,7 @@ from . import keys as keyfiles
 from . import pipe, presence
 from .crypto import Keyring
 from .errors import ConfigError, FormatError
+from .gateway import Forwarder, Requests
 from .ingress import Ingress
 from .link import LinkSettings
 from .links import Links
@@ -57,6 +58,8 @@ class Peer:
         self.quarantine: pipe.Quarantine
         self.presence: presence.Presence
         self.links: Links
+        self.requests: Requests
+        self.forwarder: Forwarder
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class Peer:
             {remote: self._link_settings() for remote in self.settings.talks_to},
             self.settings.outbox,
         )
+        self.requests = Requests(self.store, self.links)
+        self.forwarder = Forwarder(self.name, self.store, self.links, self.settings.upstream)
         self.log.info(
             "%s: up, epoch %s, talks to %s",
             self.name,
@@ -125,6 +130,8 @@ class Peer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.links.run)
+                nursery.start_soon(self.requests.run)
+                nursery.start_soon(self.forwarder.run)
                 nursery.start_soon(self._inbox)
                 nursery.start_soon(self._watch_silence, min(silent_after.values(), default=1.0))
                 nursery.start_soon(self._save_status)
@@ -143,6 +150,8 @@ class Peer:
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
         config.graceful_timeout = 2.0
+        config.include_server_header = False  # answers carry the upstream's, not ours
+        config.include_date_header = False
         try:
             app: Any = Ingress(self)  # hypercorn's typing wants its own scope types
             await nursery.start(partial(serve, app, config, mode="asgi"))

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from typing import Any
 from .errors import PeerLockedError
 from .link import LinkState
 from .received import ReceivedState
+
+REQUEST_STATES = ("stored", "sent", "delivered", "forwarded", "responded", "completed", "failed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +44,26 @@ CREATE TABLE IF NOT EXISTS outbound (
     payload BLOB NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (remote, seq)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    remote TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    events TEXT NOT NULL,
+    deadline REAL NOT NULL,
+    status INTEGER,
+    headers BLOB,
+    body BLOB
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request BLOB NOT NULL,
+    updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS inbound (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -254,6 +277,126 @@ class Store:
     def consume(self, ids: Iterable[int]) -> None:
         with self.transaction():
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
+
+    # -- requests (the caller's side) ----------------------------------------------------
+
+    def add_request(
+        self, request_id: str, remote: str, seq: int, method: str, target: str, deadline: float
+    ) -> None:
+        events = json.dumps([["stored", time.time()]])
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO requests (id, remote, seq, method, target, state, events, deadline)"
+                " VALUES (?, ?, ?, ?, ?, 'stored', ?, ?)",
+                (request_id, remote, seq, method, target, events, deadline),
+            )
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT id, remote, method, target, state, events, deadline, status, headers, body"
+            " FROM requests WHERE id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        keys = (
+            "id",
+            "remote",
+            "method",
+            "target",
+            "state",
+            "events",
+            "deadline",
+            "status",
+            "headers",
+            "body",
+        )
+        record = dict(zip(keys, row, strict=True))
+        record["events"] = json.loads(record["events"])
+        return record
+
+    def request_by_seq(self, remote: str, seq: int) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM requests WHERE remote = ? AND seq = ?", (remote, seq)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def add_request_event(self, request_id: str, state: str, at: float) -> None:
+        """Record `state` at `at` if it moves the request forward; a late or repeated
+        event (an ack that comes after the response it made possible) is dropped."""
+        with self.transaction():
+            row = self.db.execute(
+                "SELECT state, events FROM requests WHERE id = ?", (request_id,)
+            ).fetchone()
+            if row is None:
+                return
+            current, events = row[0], json.loads(row[1])
+            if REQUEST_STATES.index(state) <= REQUEST_STATES.index(current):
+                return
+            events.append([state, at])
+            self.db.execute(
+                "UPDATE requests SET state = ?, events = ? WHERE id = ?",
+                (state, json.dumps(events), request_id),
+            )
+
+    def complete_request(
+        self,
+        inbound_id: int,
+        request_id: str,
+        status: int,
+        headers: bytes,
+        body: bytes,
+        at: float,
+    ) -> bool:
+        """Store the response of `request_id` (if it is ours and not done) and consume the
+        delivered message, in one transaction; False if there was nothing to complete."""
+        with self.transaction():
+            row = self.db.execute(
+                "SELECT events FROM requests WHERE id = ? AND state != 'completed'",
+                (request_id,),
+            ).fetchone()
+            if row is not None:
+                events = json.loads(row[0])
+                implied = [s for s in ("sent", "delivered") if s not in {e[0] for e in events}]
+                events += [[s, at] for s in (*implied, "responded", "completed")]
+                self.db.execute(
+                    "UPDATE requests SET state = 'completed', status = ?, headers = ?, body = ?,"
+                    " events = ? WHERE id = ?",
+                    (status, headers, body, json.dumps(events), request_id),
+                )
+            self.db.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
+        return row is not None
+
+    # -- executions (the far side) ---------------------------------------------------------
+
+    def take_execution(
+        self, inbound_id: int, origin: str, request_id: str, request: bytes, at: float
+    ) -> bool:
+        """Record a delivered request for execution and consume the delivery, atomically;
+        False if it was taken before (it is then never executed again)."""
+        with self.transaction():
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO executions (id, origin, state, request, updated)"
+                " VALUES (?, ?, 'received', ?, ?)",
+                (request_id, origin, request, at),
+            )
+            self.db.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
+        return bool(cursor.rowcount)
+
+    def mark_execution(self, request_id: str, state: str, at: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE executions SET state = ?, updated = ? WHERE id = ?",
+                (state, at, request_id),
+            )
+
+    def unfinished_executions(self) -> list[tuple[str, bytes, str]]:
+        """(origin, request, state) of executions not answered yet, oldest first."""
+        rows = self.db.execute(
+            "SELECT origin, request, state FROM executions"
+            " WHERE state IN ('received', 'forwarding') ORDER BY updated"
+        )
+        return [(str(o), bytes(r), str(s)) for o, r, s in rows]
 
     # -- status --------------------------------------------------------------------------
 

@@ -1,0 +1,262 @@
+"""HTTP requests through the mesh, on the reliable links.
+
+`Requests` (the caller's peer) keeps a durable record of each request it accepted, wakes
+the callers waiting for it, and takes the responses that come back. `Forwarder` (the
+far peer) forwards each request to its upstream at most once: the execution is marked
+`forwarding` durably before the request leaves, so after a crash an execution found in
+that state has an unknown outcome, and a non-idempotent request is then answered
+``502 Mesh-Outcome: unknown`` and never sent again (idempotent ones are retried).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgpack
+import trio
+
+from .links import Links
+from .messages import Headers, Kind, Request, Response, unpack_envelope
+from .store import Store
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"host",
+        b"content-length",
+    }
+)
+
+
+def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Headers without hop-by-hop ones (and those `Connection` names) or mesh's own."""
+    pairs = [(name.lower(), value) for name, value in headers]
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return tuple(
+        (name, value)
+        for name, value in pairs
+        if name not in HOP_BY_HOP and name not in named and not name.startswith(b"mesh-")
+    )
+
+
+def problem(request_id: str, status: int, title: str, **extra: str) -> Response:
+    """A gateway error as the far side's answer, in application/problem+json."""
+    body = json.dumps({"type": "about:blank", "title": title, "status": status}).encode()
+    headers = [(b"content-type", b"application/problem+json")]
+    headers += [(f"mesh-{k}".encode(), v.encode()) for k, v in extra.items()]
+    return Response(request_id, status, tuple(headers), body)
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    remote: str
+    method: str
+    target: str
+    state: str
+    events: list[tuple[str, float]]
+    deadline: float
+    status: int | None = None
+    headers: Headers = ()
+    body: bytes = b""
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("completed", "failed")
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "peer": self.remote,
+            "method": self.method,
+            "target": self.target,
+            "state": self.state,
+            "deadline": self.deadline,
+            "response_status": self.status,
+            "events": [{"state": s, "at": at} for s, at in self.events],
+        }
+
+
+class Requests:
+    """The requests this peer accepted from its callers."""
+
+    def __init__(self, store: Store, links: Links) -> None:
+        self.store, self.links = store, links
+        self._changed: dict[str, trio.Event] = {}
+
+    async def submit(
+        self, remote: str, method: str, target: str, headers: Headers, body: bytes, ttl: float
+    ) -> str:
+        """Make the request durable and send it; its id. Errors: KeyError (not a link),
+        OSError/sqlite3.Error (the store cannot take it: nothing is half accepted)."""
+        request_id = uuid.uuid4().hex
+        deadline = time.time() + ttl
+        request = Request(request_id, method, target, headers, body, deadline)
+        sent = await self.links.send(remote, request)
+        self.store.add_request(request_id, remote, sent.seq, method, target, deadline)
+        return request_id
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        row = self.store.get_request(request_id)
+        if row is None:
+            return None
+        return RequestRecord(
+            id=row["id"],
+            remote=row["remote"],
+            method=row["method"],
+            target=row["target"],
+            state=row["state"],
+            events=[(s, at) for s, at in row["events"]],
+            deadline=row["deadline"],
+            status=row["status"],
+            headers=unpack_headers(row["headers"]),
+            body=bytes(row["body"] or b""),
+        )
+
+    async def wait(self, request_id: str, seconds: float) -> RequestRecord | None:
+        """The record once done, or as it stands after `seconds`."""
+        with trio.move_on_after(seconds):
+            while True:
+                record = self.get(request_id)
+                if record is None or record.done:
+                    return record
+                await self._event(request_id).wait()
+        return self.get(request_id)
+
+    def _event(self, request_id: str) -> trio.Event:
+        return self._changed.setdefault(request_id, trio.Event())
+
+    def _notify(self, request_id: str) -> None:
+        event = self._changed.pop(request_id, None)
+        if event is not None:
+            event.set()
+
+    async def run(self) -> None:
+        """Take responses as they are delivered, and follow link events of requests."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_events)
+            async for item in self.links.deliveries(Kind.RESPONSE):
+                message = unpack_envelope(item.payload, len(item.payload)).message
+                assert isinstance(message, Response)
+                self.store.complete_request(
+                    item.id,
+                    message.id,
+                    message.status,
+                    pack_headers(message.headers),
+                    message.body,
+                    time.time(),
+                )
+                self._notify(message.id)
+
+    async def _follow_events(self) -> None:
+        names = {"sent": "sent", "acked": "delivered"}
+        async for event in self.links.events.subscribe():
+            state = names.get(event.state)
+            if state is None:
+                continue
+            request_id = self.store.request_by_seq(event.remote, event.seq)
+            if request_id is not None:
+                self.store.add_request_event(request_id, state, event.at)
+                self._notify(request_id)
+
+
+class Forwarder:
+    """Forwards requests delivered here to the upstream, at most once each."""
+
+    def __init__(self, name: str, store: Store, links: Links, upstream: str | None) -> None:
+        self.name, self.store, self.links, self.upstream = name, store, links, upstream
+        self.log = logging.getLogger(f"mesh.{name}")
+
+    async def run(self) -> None:
+        timeout = httpx.Timeout(60.0, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
+            for origin, packed, state in self.store.unfinished_executions():
+                request = unpack_envelope(packed, len(packed)).message
+                assert isinstance(request, Request)
+                nursery.start_soon(self._execute, client, origin, request, state == "forwarding")
+            async for item in self.links.deliveries(Kind.REQUEST):
+                message = unpack_envelope(item.payload, len(item.payload)).message
+                assert isinstance(message, Request)
+                taken = self.store.take_execution(
+                    item.id, item.remote, message.id, item.payload, time.time()
+                )
+                if taken:
+                    nursery.start_soon(self._execute, client, item.remote, message, False)
+
+    async def _execute(
+        self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
+    ) -> None:
+        if interrupted and request.method not in IDEMPOTENT:
+            answer = problem(
+                request.id,
+                502,
+                "outcome unknown: the peer stopped while the request was with the upstream",
+                outcome="unknown",
+            )
+        elif time.time() > request.deadline:
+            answer = problem(request.id, 504, "request expired in transit")
+        elif self.upstream is None:
+            answer = problem(request.id, 502, f"{self.name} has no upstream")
+        else:
+            answer = await self._forward(client, request)
+        await self.links.send(origin, answer)
+        self.store.mark_execution(request.id, "responded", time.time())
+
+    async def _forward(self, client: httpx.AsyncClient, request: Request) -> Response:
+        """The upstream's answer; connection refused is retried with backoff until the
+        deadline; a failure after the request may have reached it is an unknown outcome."""
+        assert self.upstream is not None
+        url = self.upstream.rstrip("/") + request.target
+        headers = [*end_to_end(request.headers), (b"via", f"1.1 mesh-{self.name}".encode())]
+        delay = 0.1
+        while True:
+            self.store.mark_execution(request.id, "forwarding", time.time())
+            try:
+                async with client.stream(
+                    request.method, url, headers=headers, content=request.body
+                ) as reply:
+                    body = b"".join([chunk async for chunk in reply.aiter_raw()])
+                return Response(request.id, reply.status_code, end_to_end(reply.headers.raw), body)
+            except httpx.ConnectError as exc:
+                self.store.mark_execution(request.id, "received", time.time())
+                if time.time() + delay > request.deadline:
+                    return problem(request.id, 502, f"upstream unreachable: {exc}")
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except httpx.HTTPError as exc:
+                if request.method in IDEMPOTENT and time.time() < request.deadline:
+                    continue
+                self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
+                return problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+
+
+def pack_headers(headers: Headers) -> bytes:
+    return bytes(msgpack.packb([part for pair in headers for part in pair]))
+
+
+def unpack_headers(data: bytes | None) -> Headers:
+    if not data:
+        return ()
+    flat = msgpack.unpackb(data)
+    return tuple(zip(flat[0::2], flat[1::2], strict=True))

@@ -1,0 +1,179 @@
+"""HTTP through `mesh up` processes to a real upstream HTTP server on loopback."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from tests.processes import MeshProcess, mesh_up, run_mesh, write_roster
+
+UPSTREAM, ALPHA = 18290, 18241
+
+
+class Upstream:
+    """A small ASGI service: echoes requests, answers chosen statuses, counts POSTs."""
+
+    def __init__(self) -> None:
+        self.posts: Counter[str] = Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                await send({"type": event["type"] + ".complete"})
+                if event["type"] == "lifespan.shutdown":
+                    return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        path = scope["path"]
+        if scope["method"] == "POST" and path == "/count":
+            self.posts[body.decode()] += 1
+        status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+        headers = [
+            (b"x-echo-method", scope["method"].encode()),
+            (b"x-echo-query", scope["query_string"]),
+            (b"content-type", b"application/octet-stream"),
+        ]
+        headers += [(b"x-got-" + n, v) for n, v in scope["headers"] if n.startswith(b"x-")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+@asynccontextmanager
+async def upstream_served() -> AsyncIterator[Upstream]:
+    app = Upstream()
+    config = Config()
+    config.bind = [f"127.0.0.1:{UPSTREAM}"]
+    config.accesslog = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
+        yield app
+        nursery.cancel_scope.cancel()
+
+
+def roster(tmp_path: Path) -> Path:
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": {
+                "listen": f"127.0.0.1:{ALPHA}",
+                "outbox": "pipe",
+                "inbox": "pipe",
+                "talks_to": ["bravo"],
+                "body_limit": "4MiB",
+            },
+            "bravo": {
+                "listen": "127.0.0.1:18242",
+                "outbox": "pipe",
+                "inbox": "pipe",
+                "talks_to": ["alpha"],
+                "upstream": f"http://127.0.0.1:{UPSTREAM}",
+            },
+            "carol": {"listen": "127.0.0.1:18243", "outbox": "pipe", "inbox": "pipe"},
+        },
+        defaults={"heartbeat": "1s", "linger": "2ms"},
+    )
+    assert run_mesh("keygen", str(path)).returncode == 0
+    return path
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Upstream, httpx.AsyncClient]]:
+    async with upstream_served() as app, mesh_up(roster(tmp_path)) as mesh:
+        await ready(mesh)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=30) as c:
+            yield app, c
+        assert await mesh.stop() == 130
+    assert "Traceback" not in mesh.text
+
+
+async def ready(mesh: MeshProcess) -> None:
+    for name in ("alpha", "bravo", "carol"):
+        await mesh.wait_for(f"{name}: HTTP ingress")
+
+
+async def test_answers_match_a_direct_call_byte_for_byte(tmp_path: Path) -> None:
+    body = os.urandom(1 << 20) + b"\xff\xfe not utf-8"
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{UPSTREAM}")
+            for method, path, content in [
+                ("GET", "/things?x=1&y=%C3%A9", b""),
+                ("POST", "/upload", body),
+                ("PUT", "/things/1", b'{"a": 1}'),
+                ("DELETE", "/things/1", b""),
+                ("GET", "/status/404", b""),
+                ("POST", "/status/418", b"teapot"),
+                ("GET", "/status/500", b""),
+            ]:
+                headers = {"x-trace": "abc", "connection": "keep-alive"}
+                via = await client.request(
+                    method, "/bravo" + path, content=content, headers=headers
+                )
+                plain = await direct.request(method, path, content=content, headers=headers)
+                assert via.status_code == plain.status_code, path
+                assert via.content == plain.content, path
+                for name in ("x-echo-method", "x-echo-query", "x-got-x-trace", "content-type"):
+                    assert via.headers.get(name) == plain.headers.get(name), (path, name)
+                assert len(via.headers["mesh-request-id"]) == 32
+            await direct.aclose()
+
+
+async def test_respond_async_then_poll(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            reply = await client.post(
+                "/bravo/echo", content=b"later", headers={"prefer": "respond-async"}
+            )
+            assert reply.status_code == 202 and reply.headers["retry-after"]
+            location = reply.headers["location"]
+            for _ in range(200):
+                answer = await client.get(location)
+                if answer.status_code != 202:
+                    break
+                await trio.sleep(0.05)  # what a polling client does
+            assert answer.status_code == 200 and answer.content == b"later"
+            status = (await client.get(location.removesuffix("/response"))).json()
+            states = [e["state"] for e in status["events"]]
+            assert states == ["stored", "sent", "delivered", "responded", "completed"]
+
+
+async def test_errors_are_problems_and_nothing_is_half_stored(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            for path, status in [("/nobody/x", 404), ("/carol/x", 403)]:
+                reply = await client.get(path)
+                assert reply.status_code == status
+                assert reply.headers["content-type"] == "application/problem+json"
+            reply = await client.post("/bravo/big", content=b"x" * (5 << 20))
+            assert reply.status_code == 413
+            status = (await client.get("/mesh/status")).json()
+            assert status["links"]["bravo"]["sent"] == 0
+
+
+async def test_each_post_is_executed_exactly_once(tmp_path: Path) -> None:
+    with trio.fail_after(90):
+        async with gateway(tmp_path) as (app, client):
+
+            async def post(i: int) -> None:
+                reply = await client.post("/bravo/count", content=str(i).encode())
+                assert reply.status_code == 200
+
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(post, i)
+    assert app.posts == Counter({str(i): 1 for i in range(200)})
