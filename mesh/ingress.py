@@ -115,16 +115,21 @@ class Ingress:
             await self._post(parts[2], receive, send)
         elif len(parts) in (3, 4) and parts[:2] == ["mesh", "requests"] and method == "GET":
             await self._request_status(parts[2], parts[3:] == ["response"], send)
+        elif path.startswith(("http://", "https://")):  # sent to us as an HTTP proxy
+            remote, target = _proxied(scope.get("raw_path") or path.encode())
+            await self._call(remote, target, scope, receive, send)
         elif parts[0] != "mesh" and parts[0]:
-            await self._call(parts[0], scope, receive, send)
+            raw_path: bytes = scope.get("raw_path") or path.encode()
+            target = raw_path[len(parts[0]) + 1 :].decode("latin-1") or "/"
+            await self._call(parts[0], target, scope, receive, send)
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {path}")
 
-    async def _call(self, remote: str, scope: Scope, receive: Receive, send: Send) -> None:
-        """``ANY /{peer}/{path}?{query}``: through the mesh to `peer`'s upstream."""
+    async def _call(
+        self, remote: str, target: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """``ANY /{peer}/{path}?{query}`` (or its proxy form): to `peer`'s upstream."""
         self._check_remote(remote)
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        target = raw_path[len(remote) + 1 :].decode("latin-1") or "/"
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -203,6 +208,14 @@ class Ingress:
 
 REQUEST_TTL = 3600.0  # a request not forwarded within this is answered 504
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
+
+
+def _proxied(raw_path: bytes) -> tuple[str, str]:
+    """(peer, target) of an absolute-form request ``http://peer[:port]/path``."""
+    rest = raw_path.decode("latin-1").split("://", 1)[1]
+    authority, slash, path = rest.partition("/")
+    host = authority.rsplit("@", 1)[-1].split(":", 1)[0].lower()
+    return host, slash + path if slash else "/"
 
 
 def _timeout(headers: dict[bytes, bytes]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -177,3 +178,29 @@ async def test_each_post_is_executed_exactly_once(tmp_path: Path) -> None:
                 for i in range(200):
                     nursery.start_soon(post, i)
     assert app.posts == Counter({str(i): 1 for i in range(200)})
+
+
+async def test_the_forward_proxy_form_is_the_same_call(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, _client):
+            proxy = f"http://127.0.0.1:{ALPHA}"
+            async with httpx.AsyncClient(proxy=proxy, timeout=30) as client:
+                reply = await client.post("http://bravo/echo?q=1", content=b"via proxy")
+            assert reply.status_code == 200 and reply.content == b"via proxy"
+            assert reply.headers["x-echo-query"] == "q=1"
+            if shutil.which("curl"):
+                curl = await trio.run_process(
+                    [
+                        "curl",
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "-x",
+                        proxy,
+                        "http://bravo:80/status/418",
+                    ],
+                    capture_stdout=True,
+                )
+                assert curl.stdout == b"418"
