@@ -184,8 +184,11 @@ class Requests:
 class Forwarder:
     """Forwards requests delivered here to the upstream, at most once each."""
 
-    def __init__(self, name: str, store: Store, links: Links, upstream: str | None) -> None:
+    def __init__(
+        self, name: str, store: Store, links: Links, upstream: str | None, concurrency: int = 64
+    ) -> None:
         self.name, self.store, self.links, self.upstream = name, store, links, upstream
+        self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
 
     async def run(self) -> None:
@@ -219,7 +222,8 @@ class Forwarder:
         elif self.upstream is None:
             answer = problem(request.id, 502, f"{self.name} has no upstream")
         else:
-            answer = await self._forward(client, request)
+            async with self.limit:
+                answer = await self._forward(client, request)
         await self.links.send(origin, answer)
         self.store.mark_execution(request.id, "responded", time.time())
 

@@ -204,3 +204,51 @@ async def test_the_forward_proxy_form_is_the_same_call(tmp_path: Path) -> None:
                     capture_stdout=True,
                 )
                 assert curl.stdout == b"418"
+
+
+async def test_killing_the_far_peer_mid_burst_executes_no_post_twice(tmp_path: Path) -> None:
+    from tests.test_reliable_e2e import PeerProcess
+
+    path = roster(tmp_path)
+    alpha = PeerProcess(path, "alpha", tmp_path / "alpha.log")
+    bravo = PeerProcess(path, "bravo", tmp_path / "bravo.log")
+    answers: dict[str, tuple[int, str | None]] = {}
+    try:
+        with trio.fail_after(120):
+            async with upstream_served() as app, httpx.AsyncClient(timeout=90) as client:
+                await alpha.start()
+                await bravo.start()
+                await alpha.ready(client, ALPHA)
+                await bravo.ready(client, 18242)
+
+                async def post(i: int) -> None:
+                    reply = await client.post(
+                        f"http://127.0.0.1:{ALPHA}/bravo/count",
+                        content=str(i).encode(),
+                        headers={"mesh-timeout": "80"},
+                    )
+                    answers[str(i)] = (reply.status_code, reply.headers.get("mesh-outcome"))
+
+                async with trio.open_nursery() as nursery:
+                    for i in range(300):
+                        nursery.start_soon(post, i)
+                    await trio.sleep(0.3)  # the burst is under way
+                    await bravo.kill()
+                    await bravo.start()
+                await alpha.ready(client, ALPHA)
+                await bravo.ready(client, 18242)
+            assert await alpha.stop() == 130
+            assert await bravo.stop() == 130
+    finally:
+        alpha.kill_if_running()
+        bravo.kill_if_running()
+    assert len(answers) == 300, "every request is answered"
+    assert max(app.posts.values()) == 1, "a POST was executed twice"
+    for body, (status, outcome) in answers.items():
+        if status == 200:
+            assert app.posts[body] == 1
+        else:
+            assert (status, outcome) == (502, "unknown"), (body, status)
+    logs = (tmp_path / "alpha.log").read_text() + (tmp_path / "bravo.log").read_text()
+    assert "Traceback" not in logs
+    print(f"\n{sum(s == 502 for s, _ in answers.values())} of 300 answered 'outcome unknown'")
