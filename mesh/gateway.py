@@ -24,7 +24,7 @@ import trio
 
 from .links import Links
 from .messages import Headers, Kind, Request, Response, unpack_envelope
-from .store import Store
+from .store import Post, Store
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 HOP_BY_HOP = frozenset(
@@ -101,12 +101,20 @@ class RequestRecord:
 class Requests:
     """The requests this peer accepted from its callers."""
 
-    def __init__(self, store: Store, links: Links) -> None:
-        self.store, self.links = store, links
+    def __init__(self, store: Store, links: Links, poster: Poster) -> None:
+        self.store, self.links, self.poster = store, links, poster
         self._changed: dict[str, trio.Event] = {}
 
     async def submit(
-        self, remote: str, method: str, target: str, headers: Headers, body: bytes, ttl: float
+        self,
+        remote: str,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: bytes,
+        ttl: float,
+        callback: str | None = None,
+        events_url: str | None = None,
     ) -> str:
         """Make the request durable and send it; its id. Errors: KeyError (not a link),
         OSError/sqlite3.Error (the store cannot take it: nothing is half accepted)."""
@@ -114,7 +122,10 @@ class Requests:
         deadline = time.time() + ttl
         request = Request(request_id, method, target, headers, body, deadline)
         sent = await self.links.send(remote, request)
-        self.store.add_request(request_id, remote, sent.seq, method, target, deadline)
+        self.store.add_request(
+            request_id, remote, sent.seq, method, target, deadline, callback, events_url
+        )
+        self.poster.kick()
         return request_id
 
     def get(self, request_id: str) -> RequestRecord | None:
@@ -159,6 +170,11 @@ class Requests:
             async for item in self.links.deliveries(Kind.RESPONSE):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Response)
+                callback_headers = [
+                    *message.headers,
+                    (b"mesh-request-id", message.id.encode()),
+                    (b"mesh-status", str(message.status).encode()),
+                ]
                 self.store.complete_request(
                     item.id,
                     message.id,
@@ -166,8 +182,10 @@ class Requests:
                     pack_headers(message.headers),
                     message.body,
                     time.time(),
+                    callback_headers,
                 )
                 self._notify(message.id)
+                self.poster.kick()
 
     async def _follow_events(self) -> None:
         names = {"sent": "sent", "acked": "delivered"}
@@ -179,6 +197,59 @@ class Requests:
             if request_id is not None:
                 self.store.add_request_event(request_id, state, event.at)
                 self._notify(request_id)
+                self.poster.kick()
+
+
+class Poster:
+    """Delivers queued callback and event POSTs: durably (they are in the store before
+    anything is promised), in order per URL, retried with backoff until a 2xx or the
+    request's deadline."""
+
+    def __init__(self, name: str, store: Store) -> None:
+        self.name, self.store = name, store
+        self.log = logging.getLogger(f"mesh.{name}")
+        self._kick = trio.Event()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+            while True:
+                self._kick = trio.Event()
+                by_url: dict[str, list[Post]] = {}
+                for post in self.store.due_posts(time.time()):
+                    by_url.setdefault(post.url, []).append(post)
+                async with trio.open_nursery() as nursery:
+                    for posts in by_url.values():
+                        nursery.start_soon(self._deliver, client, posts)
+                due = self.store.next_post_due()
+                wait = 3600.0 if due is None else max(due - time.time(), 0.0)
+                with trio.move_on_after(wait):
+                    await self._kick.wait()
+
+    async def _deliver(self, client: httpx.AsyncClient, posts: list[Post]) -> None:
+        """Posts to one URL, in order; the first failure holds back the rest."""
+        for post in posts:
+            now = time.time()
+            if now > post.deadline:
+                self.log.warning(
+                    "%s: gave up posting to %s after %d attempts",
+                    self.name,
+                    post.url,
+                    post.attempts,
+                )
+                self.store.post_done(post.id)
+                continue
+            try:
+                reply = await client.post(post.url, headers=post.headers, content=post.body)
+                ok = 200 <= reply.status_code < 300
+            except httpx.HTTPError:
+                ok = False
+            if not ok:
+                self.store.post_later(post.id, now + min(2.0**post.attempts * 0.5, 60.0))
+                return
+            self.store.post_done(post.id)
 
 
 class Forwarder:

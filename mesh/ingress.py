@@ -18,13 +18,14 @@ Errors are ``application/problem+json``. The body limit is enforced while readin
 from __future__ import annotations
 
 import base64
+import fnmatch
 import json
 import math
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
@@ -133,6 +134,8 @@ class Ingress:
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         headers = {name.lower(): value for name, value in scope["headers"]}
+        callback = self._allowed(headers, b"mesh-callback")
+        events_url = self._allowed(headers, b"mesh-events")
         body = await read_body(receive, self.peer.settings.body_limit)
         try:
             request_id = await self.peer.requests.submit(
@@ -142,10 +145,12 @@ class Ingress:
                 end_to_end(scope["headers"]),
                 body,
                 REQUEST_TTL,
+                callback,
+                events_url,
             )
         except (OSError, sqlite3.Error) as exc:
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
-        if b"respond-async" in headers.get(b"prefer", b""):
+        if callback or b"respond-async" in headers.get(b"prefer", b""):
             await accepted(send, request_id)
             return
         record = await self.peer.requests.wait(request_id, _timeout(headers))
@@ -153,6 +158,25 @@ class Ingress:
             await accepted(send, request_id)
         else:
             await respond_with(send, record)
+
+    def _allowed(self, headers: dict[bytes, bytes], name: bytes) -> str | None:
+        """The URL in header `name`, if the roster's `callbacks` patterns allow it (403
+        otherwise: mesh never posts to a URL the roster did not allow)."""
+        raw = headers.get(name)
+        if raw is None:
+            return None
+        url = raw.decode("latin-1").strip()
+        parsed = urlsplit(url)
+        allowed = (
+            parsed.scheme in ("http", "https")
+            and bool(parsed.hostname)
+            and any(fnmatch.fnmatchcase(url, p) for p in self.peer.settings.callbacks)
+        )
+        if not allowed:
+            header = name.decode().title()
+            detail = f"{url!r} matches none of {self.peer.name}'s callbacks patterns"
+            raise HTTPProblem(403, f"{header} URL not allowed", detail)
+        return url
 
     async def _request_status(self, request_id: str, response: bool, send: Send) -> None:
         record = self.peer.requests.get(request_id)

@@ -24,7 +24,7 @@ from . import keys as keyfiles
 from . import pipe, presence
 from .crypto import Keyring
 from .errors import ConfigError, FormatError
-from .gateway import Forwarder, Requests
+from .gateway import Forwarder, Poster, Requests
 from .ingress import Ingress
 from .link import LinkSettings
 from .links import Links
@@ -59,6 +59,7 @@ class Peer:
         self.presence: presence.Presence
         self.links: Links
         self.requests: Requests
+        self.poster: Poster
         self.forwarder: Forwarder
 
     # -- setup ---------------------------------------------------------------------------
@@ -119,7 +120,8 @@ class Peer:
             {remote: self._link_settings() for remote in self.settings.talks_to},
             self.settings.outbox,
         )
-        self.requests = Requests(self.store, self.links)
+        self.poster = Poster(self.name, self.store)
+        self.requests = Requests(self.store, self.links, self.poster)
         self.forwarder = Forwarder(self.name, self.store, self.links, self.settings.upstream)
         self.log.info(
             "%s: up, epoch %s, talks to %s",
@@ -131,6 +133,7 @@ class Peer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.links.run)
                 nursery.start_soon(self.requests.run)
+                nursery.start_soon(self.poster.run)
                 nursery.start_soon(self.forwarder.run)
                 nursery.start_soon(self._inbox)
                 nursery.start_soon(self._watch_silence, min(silent_after.values(), default=1.0))

@@ -56,7 +56,19 @@ CREATE TABLE IF NOT EXISTS requests (
     deadline REAL NOT NULL,
     status INTEGER,
     headers BLOB,
-    body BLOB
+    body BLOB,
+    callback TEXT,
+    events_url TEXT
+);
+CREATE TABLE IF NOT EXISTS posts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    headers BLOB NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due REAL NOT NULL,
+    deadline REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
@@ -121,6 +133,18 @@ class Inbound:
     kind: int
     payload: bytes
     received: float
+
+
+@dataclass(frozen=True)
+class Post:
+    """A queued POST to a callback or events URL."""
+
+    id: int
+    url: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    attempts: int
+    deadline: float
 
 
 class Store:
@@ -281,14 +305,98 @@ class Store:
     # -- requests (the caller's side) ----------------------------------------------------
 
     def add_request(
-        self, request_id: str, remote: str, seq: int, method: str, target: str, deadline: float
+        self,
+        request_id: str,
+        remote: str,
+        seq: int,
+        method: str,
+        target: str,
+        deadline: float,
+        callback: str | None = None,
+        events_url: str | None = None,
     ) -> None:
-        events = json.dumps([["stored", time.time()]])
+        now = time.time()
         with self.transaction():
             self.db.execute(
-                "INSERT INTO requests (id, remote, seq, method, target, state, events, deadline)"
-                " VALUES (?, ?, ?, ?, ?, 'stored', ?, ?)",
-                (request_id, remote, seq, method, target, events, deadline),
+                "INSERT INTO requests (id, remote, seq, method, target, state, events, deadline,"
+                " callback, events_url) VALUES (?, ?, ?, ?, ?, 'stored', ?, ?, ?, ?)",
+                (
+                    request_id,
+                    remote,
+                    seq,
+                    method,
+                    target,
+                    json.dumps([["stored", now]]),
+                    deadline,
+                    callback,
+                    events_url,
+                ),
+            )
+            self._post_events(request_id, events_url, [("stored", now)], deadline)
+
+    def _post_events(
+        self,
+        request_id: str,
+        url: str | None,
+        events: Iterable[tuple[str, float]],
+        deadline: float,
+    ) -> None:
+        """Queue each event for `url` (inside the caller's transaction)."""
+        if url is None:
+            return
+        for state, at in events:
+            body = json.dumps({"request_id": request_id, "state": state, "at": at}).encode()
+            self.add_post(request_id, url, [(b"content-type", b"application/json")], body, deadline)
+
+    def add_post(
+        self,
+        request_id: str,
+        url: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        deadline: float,
+    ) -> None:
+        """Queue a POST of `body` to `url` (inside the caller's transaction)."""
+        flat = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
+        self.db.execute(
+            "INSERT INTO posts (request_id, url, headers, body, due, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (request_id, url, flat.encode(), body, time.time(), deadline),
+        )
+
+    def due_posts(self, now: float) -> list[Post]:
+        """Posts to send now, oldest first: per URL, the leading run of due posts (a post
+        waiting for its retry holds back the later ones to its URL, keeping their order)."""
+        rows = self.db.execute(
+            "SELECT id, url, headers, body, attempts, deadline, due FROM posts ORDER BY id"
+        )
+        blocked: set[str] = set()
+        found = []
+        for i, url, headers, body, attempts, deadline, due in rows:
+            if url in blocked:
+                continue
+            if due > now:
+                blocked.add(url)
+                continue
+            pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(headers)]
+            found.append(Post(int(i), str(url), pairs, bytes(body), int(attempts), deadline))
+        return found
+
+    def next_post_due(self) -> float | None:
+        """When the earliest post that may go (the oldest for its URL) is due."""
+        row = self.db.execute(
+            "SELECT min(due) FROM posts WHERE id IN (SELECT min(id) FROM posts GROUP BY url)"
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def post_done(self, post_id: int) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM posts WHERE id = ?", (post_id,))
+
+    def post_later(self, post_id: int, due: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE posts SET attempts = attempts + 1, due = ? WHERE id = ?", (due, post_id)
             )
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
@@ -326,7 +434,8 @@ class Store:
         event (an ack that comes after the response it made possible) is dropped."""
         with self.transaction():
             row = self.db.execute(
-                "SELECT state, events FROM requests WHERE id = ?", (request_id,)
+                "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
+                (request_id,),
             ).fetchone()
             if row is None:
                 return
@@ -338,6 +447,7 @@ class Store:
                 "UPDATE requests SET state = ?, events = ? WHERE id = ?",
                 (state, json.dumps(events), request_id),
             )
+            self._post_events(request_id, row[2], [(state, at)], row[3])
 
     def complete_request(
         self,
@@ -347,18 +457,24 @@ class Store:
         headers: bytes,
         body: bytes,
         at: float,
+        callback_headers: list[tuple[bytes, bytes]] | None = None,
     ) -> bool:
         """Store the response of `request_id` (if it is ours and not done) and consume the
         delivered message, in one transaction; False if there was nothing to complete."""
         with self.transaction():
             row = self.db.execute(
-                "SELECT events FROM requests WHERE id = ? AND state != 'completed'",
+                "SELECT events, callback, events_url, deadline FROM requests"
+                " WHERE id = ? AND state != 'completed'",
                 (request_id,),
             ).fetchone()
             if row is not None:
                 events = json.loads(row[0])
                 implied = [s for s in ("sent", "delivered") if s not in {e[0] for e in events}]
-                events += [[s, at] for s in (*implied, "responded", "completed")]
+                new = [(s, at) for s in (*implied, "responded", "completed")]
+                events += [list(e) for e in new]
+                self._post_events(request_id, row[2], new, row[3])
+                if row[1] is not None:
+                    self.add_post(request_id, row[1], callback_headers or [], body, row[3])
                 self.db.execute(
                     "UPDATE requests SET state = 'completed', status = ?, headers = ?, body = ?,"
                     " events = ? WHERE id = ?",

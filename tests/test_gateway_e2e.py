@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections import Counter
@@ -18,7 +19,7 @@ from hypercorn.trio import serve
 
 from tests.processes import MeshProcess, mesh_up, run_mesh, write_roster
 
-UPSTREAM, ALPHA = 18290, 18241
+UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291
 
 
 class Upstream:
@@ -76,6 +77,7 @@ def roster(tmp_path: Path) -> Path:
                 "inbox": "pipe",
                 "talks_to": ["bravo"],
                 "body_limit": "4MiB",
+                "callbacks": [f"http://127.0.0.1:{RECEIVER}/*"],
             },
             "bravo": {
                 "listen": "127.0.0.1:18242",
@@ -252,3 +254,70 @@ async def test_killing_the_far_peer_mid_burst_executes_no_post_twice(tmp_path: P
     logs = (tmp_path / "alpha.log").read_text() + (tmp_path / "bravo.log").read_text()
     assert "Traceback" not in logs
     print(f"\n{sum(s == 502 for s, _ in answers.values())} of 300 answered 'outcome unknown'")
+
+
+class Receiver:
+    """Takes callback and event POSTs; refuses the first `fail` of them with a 500."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail = fail
+        self.got: list[tuple[str, dict[str, str], bytes]] = []
+        self.grew = trio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await Upstream()(scope, receive, send)
+            return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        status = 200
+        if self.fail > 0:
+            self.fail, status = self.fail - 1, 500
+        else:
+            headers = {n.decode(): v.decode() for n, v in scope["headers"]}
+            self.got.append((scope["path"], headers, body))
+            self.grew.set()
+            self.grew = trio.Event()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.got) < count:
+            await self.grew.wait()
+
+
+async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path) -> None:
+    receiver = Receiver(fail=2)
+    config = Config()
+    config.bind = [f"127.0.0.1:{RECEIVER}"]
+    config.accesslog = None
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, receiver, config))  # type: ignore[arg-type]
+            async with gateway(tmp_path) as (_, client):
+                reply = await client.post(
+                    "/bravo/echo",
+                    content=b"call me back",
+                    headers={
+                        "mesh-callback": f"http://127.0.0.1:{RECEIVER}/cb",
+                        "mesh-events": f"http://127.0.0.1:{RECEIVER}/ev",
+                    },
+                )
+                assert reply.status_code == 202
+                request_id = reply.headers["mesh-request-id"]
+                await receiver.wait_for(6)
+                refused = await client.get(
+                    "/bravo/x", headers={"mesh-callback": "http://10.0.0.1/steal"}
+                )
+                assert refused.status_code == 403
+                assert refused.headers["content-type"] == "application/problem+json"
+            nursery.cancel_scope.cancel()
+    events = [json.loads(b)["state"] for p, _, b in receiver.got if p == "/ev"]
+    assert events == ["stored", "sent", "delivered", "responded", "completed"]
+    [(_, headers, body)] = [g for g in receiver.got if g[0] == "/cb"]
+    assert body == b"call me back" and headers["mesh-request-id"] == request_id
+    assert headers["mesh-status"] == "200" and headers["x-echo-method"] == "POST"

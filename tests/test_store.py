@@ -43,3 +43,17 @@ def test_link_state_survives_a_reopen(tmp_path: Path) -> None:
     assert state.next_seq == 3 and state.unacked == ((2, 2),)
     assert state.remote_epoch == EPOCH and state.received == ReceivedState(0, ((4, 4),))
     assert state.retired == ("f" * 16,)
+
+
+def test_posts_keep_their_order_per_url_through_retries(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with store.transaction():
+        for n in range(3):
+            store.add_post("r", "http://a/", [], b"%d" % n, deadline=1e12)
+        store.add_post("r", "http://b/", [], b"b", deadline=1e12)
+    first = store.due_posts(1e10)
+    assert [p.body for p in first] == [b"0", b"1", b"2", b"b"]
+    store.post_later(first[0].id, due=1e11)  # the head of http://a/ must wait
+    assert [p.body for p in store.due_posts(1e10)] == [b"b"]
+    store.post_done(first[3].id)
+    assert store.next_post_due() == 1e11  # not the later posts queued behind it
