@@ -22,8 +22,8 @@ import httpx
 import msgpack
 import trio
 
-from .links import Links
-from .messages import Headers, Kind, Request, Response, unpack_envelope
+from .links import EventHub, Links
+from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .store import Post, Store
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -68,6 +68,18 @@ def problem(request_id: str, status: int, title: str, **extra: str) -> Response:
     return Response(request_id, status, tuple(headers), body)
 
 
+@dataclass(frozen=True)
+class RequestEvent:
+    """A step of a request at the caller's peer, in the contract's order."""
+
+    request_id: str
+    state: str
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "state": self.state, "at": self.at}
+
+
 @dataclass
 class RequestRecord:
     id: str
@@ -103,6 +115,7 @@ class Requests:
 
     def __init__(self, store: Store, links: Links, poster: Poster) -> None:
         self.store, self.links, self.poster = store, links, poster
+        self.events: EventHub[RequestEvent] = EventHub()
         self._changed: dict[str, trio.Event] = {}
 
     async def submit(
@@ -125,7 +138,7 @@ class Requests:
         self.store.add_request(
             request_id, remote, sent.seq, method, target, deadline, callback, events_url
         )
-        self.poster.kick()
+        self._changed_state(request_id, [("stored", time.time())])
         return request_id
 
     def get(self, request_id: str) -> RequestRecord | None:
@@ -158,15 +171,20 @@ class Requests:
     def _event(self, request_id: str) -> trio.Event:
         return self._changed.setdefault(request_id, trio.Event())
 
-    def _notify(self, request_id: str) -> None:
-        event = self._changed.pop(request_id, None)
-        if event is not None:
-            event.set()
+    def _changed_state(self, request_id: str, events: list[tuple[str, float]]) -> None:
+        """Wake those waiting on `request_id`, publish its new events, post them."""
+        waiting = self._changed.pop(request_id, None)
+        if waiting is not None:
+            waiting.set()
+        for state, at in events:
+            self.events.publish(RequestEvent(request_id, state, at))
+        self.poster.kick()
 
     async def run(self) -> None:
         """Take responses as they are delivered, and follow link events of requests."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_events)
+            nursery.start_soon(self._follow_progress)
             async for item in self.links.deliveries(Kind.RESPONSE):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Response)
@@ -175,7 +193,7 @@ class Requests:
                     (b"mesh-request-id", message.id.encode()),
                     (b"mesh-status", str(message.status).encode()),
                 ]
-                self.store.complete_request(
+                added = self.store.complete_request(
                     item.id,
                     message.id,
                     message.status,
@@ -184,8 +202,22 @@ class Requests:
                     time.time(),
                     callback_headers,
                 )
-                self._notify(message.id)
-                self.poster.kick()
+                self._changed_state(message.id, added)
+
+    async def _follow_progress(self) -> None:
+        """The far side's notes on our requests (``forwarded``), as they are delivered."""
+        async for item in self.links.deliveries(Kind.CONTROL):
+            message = unpack_envelope(item.payload, len(item.payload)).message
+            assert isinstance(message, Control)
+            request_id, at = message.args.get("id"), message.args.get("at")
+            if message.op == "forwarded" and isinstance(request_id, str):
+                self._record(request_id, "forwarded", float(at or time.time()))
+            self.links.consume([item.id])
+
+    def _record(self, request_id: str, state: str, at: float) -> None:
+        added = self.store.add_request_event(request_id, state, at)
+        if added:
+            self._changed_state(request_id, added)
 
     async def _follow_events(self) -> None:
         names = {"sent": "sent", "acked": "delivered"}
@@ -195,9 +227,7 @@ class Requests:
                 continue
             request_id = self.store.request_by_seq(event.remote, event.seq)
             if request_id is not None:
-                self.store.add_request_event(request_id, state, event.at)
-                self._notify(request_id)
-                self.poster.kick()
+                self._record(request_id, state, event.at)
 
 
 class Poster:
@@ -293,6 +323,8 @@ class Forwarder:
         elif self.upstream is None:
             answer = problem(request.id, 502, f"{self.name} has no upstream")
         else:
+            note = Control("forwarded", {"id": request.id, "at": time.time()})
+            await self.links.send(origin, note)
             async with self.limit:
                 answer = await self._forward(client, request)
         await self.links.send(origin, answer)

@@ -85,6 +85,9 @@ class Ingress:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             return
         try:
@@ -94,6 +97,26 @@ class Ingress:
             if problem.detail:
                 body["detail"] = problem.detail
             await respond_json(send, problem.status, body, "application/problem+json")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /mesh/events``: each request event of this peer, as JSON text, live."""
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if scope["path"] != "/mesh/events":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({"type": "websocket.accept"})
+        with self.peer.requests.events.subscribe() as events:
+            async with trio.open_nursery() as nursery:
+
+                async def until_closed() -> None:
+                    while (await receive())["type"] != "websocket.disconnect":
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_closed)
+                async for event in events:
+                    await send({"type": "websocket.send", "text": json.dumps(event.as_json())})
 
     @staticmethod
     async def _lifespan(receive: Receive, send: Send) -> None:

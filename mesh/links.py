@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -31,6 +31,7 @@ from .store import Inbound, Store
 from .wire import DecodedFile, encode_file
 
 _ENCODE_IN_THREAD_FROM = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,21 +63,21 @@ class LinkEvent:
         }
 
 
-class EventHub:
+class EventHub(Generic[T]):
     """Fan-out of events to subscribers; a subscriber too slow to keep up loses events
-    (counted), never slows the links."""
+    (counted), never slows the publisher."""
 
     def __init__(self, buffer: int = 1024) -> None:
         self._buffer = buffer
-        self._subscribers: list[trio.MemorySendChannel[LinkEvent]] = []
+        self._subscribers: list[trio.MemorySendChannel[T]] = []
         self.dropped = 0
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[LinkEvent]:
-        send, receive = trio.open_memory_channel[LinkEvent](self._buffer)
+    def subscribe(self) -> trio.MemoryReceiveChannel[T]:
+        send, receive = trio.open_memory_channel[T](self._buffer)
         self._subscribers.append(send)
         return receive
 
-    def publish(self, event: LinkEvent) -> None:
+    def publish(self, event: T) -> None:
         for channel in list(self._subscribers):
             try:
                 channel.send_nowait(event)
@@ -104,7 +105,7 @@ class Links:
         self.log = logging.getLogger(f"mesh.{name}")
         restored = {remote: store.link_state(remote) for remote in settings}
         self.protocol = Protocol(name, store.epoch, settings, restored, trio.current_time())
-        self.events = EventHub()
+        self.events: EventHub[LinkEvent] = EventHub()
         self._kick = trio.Event()
         self._delivered = trio.Event()
         self._last_heartbeat: dict[str, Path] = {}

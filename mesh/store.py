@@ -429,25 +429,29 @@ class Store:
         ).fetchone()
         return str(row[0]) if row else None
 
-    def add_request_event(self, request_id: str, state: str, at: float) -> None:
-        """Record `state` at `at` if it moves the request forward; a late or repeated
-        event (an ack that comes after the response it made possible) is dropped."""
+    def add_request_event(self, request_id: str, state: str, at: float) -> list[tuple[str, float]]:
+        """Record `state` at `at` if it moves the request forward, with the steps before it
+        that were not heard of (a later step implies them); the events added. A late or
+        repeated event (an ack that comes after what it made possible) adds nothing."""
         with self.transaction():
             row = self.db.execute(
                 "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
                 (request_id,),
             ).fetchone()
             if row is None:
-                return
+                return []
             current, events = row[0], json.loads(row[1])
-            if REQUEST_STATES.index(state) <= REQUEST_STATES.index(current):
-                return
-            events.append([state, at])
+            start, end = REQUEST_STATES.index(current) + 1, REQUEST_STATES.index(state)
+            if end < start:
+                return []
+            new = [(s, at) for s in REQUEST_STATES[start:end] if s != "failed"] + [(state, at)]
+            events += [list(e) for e in new]
             self.db.execute(
                 "UPDATE requests SET state = ?, events = ? WHERE id = ?",
                 (state, json.dumps(events), request_id),
             )
-            self._post_events(request_id, row[2], [(state, at)], row[3])
+            self._post_events(request_id, row[2], new, row[3])
+        return new
 
     def complete_request(
         self,
@@ -458,9 +462,11 @@ class Store:
         body: bytes,
         at: float,
         callback_headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> bool:
+    ) -> list[tuple[str, float]]:
         """Store the response of `request_id` (if it is ours and not done) and consume the
-        delivered message, in one transaction; False if there was nothing to complete."""
+        delivered message, in one transaction; the events this added (none if there was
+        nothing to complete). Steps not heard of yet are implied by the response."""
+        new: list[tuple[str, float]] = []
         with self.transaction():
             row = self.db.execute(
                 "SELECT events, callback, events_url, deadline FROM requests"
@@ -469,7 +475,8 @@ class Store:
             ).fetchone()
             if row is not None:
                 events = json.loads(row[0])
-                implied = [s for s in ("sent", "delivered") if s not in {e[0] for e in events}]
+                seen = {e[0] for e in events}
+                implied = [s for s in ("sent", "delivered", "forwarded") if s not in seen]
                 new = [(s, at) for s in (*implied, "responded", "completed")]
                 events += [list(e) for e in new]
                 self._post_events(request_id, row[2], new, row[3])
@@ -481,7 +488,7 @@ class Store:
                     (status, headers, body, json.dumps(events), request_id),
                 )
             self.db.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
-        return row is not None
+        return new
 
     # -- executions (the far side) ---------------------------------------------------------
 

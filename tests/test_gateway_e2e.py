@@ -152,7 +152,7 @@ async def test_respond_async_then_poll(tmp_path: Path) -> None:
             assert answer.status_code == 200 and answer.content == b"later"
             status = (await client.get(location.removesuffix("/response"))).json()
             states = [e["state"] for e in status["events"]]
-            assert states == ["stored", "sent", "delivered", "responded", "completed"]
+            assert states == ["stored", "sent", "delivered", "forwarded", "responded", "completed"]
 
 
 async def test_errors_are_problems_and_nothing_is_half_stored(tmp_path: Path) -> None:
@@ -309,7 +309,7 @@ async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path) -> No
                 )
                 assert reply.status_code == 202
                 request_id = reply.headers["mesh-request-id"]
-                await receiver.wait_for(6)
+                await receiver.wait_for(7)
                 refused = await client.get(
                     "/bravo/x", headers={"mesh-callback": "http://10.0.0.1/steal"}
                 )
@@ -317,7 +317,28 @@ async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path) -> No
                 assert refused.headers["content-type"] == "application/problem+json"
             nursery.cancel_scope.cancel()
     events = [json.loads(b)["state"] for p, _, b in receiver.got if p == "/ev"]
-    assert events == ["stored", "sent", "delivered", "responded", "completed"]
+    assert events == ["stored", "sent", "delivered", "forwarded", "responded", "completed"]
     [(_, headers, body)] = [g for g in receiver.got if g[0] == "/cb"]
     assert body == b"call me back" and headers["mesh-request-id"] == request_id
     assert headers["mesh-status"] == "200" and headers["x-echo-method"] == "POST"
+
+
+async def test_the_events_websocket_shows_every_step_in_order(tmp_path: Path) -> None:
+    from trio_websocket import open_websocket_url
+
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            url = f"ws://127.0.0.1:{ALPHA}/mesh/events"
+            async with open_websocket_url(url) as socket:
+                reply = await client.post("/bravo/echo", content=b"watch me")
+                assert reply.status_code == 200
+                request_id = reply.headers["mesh-request-id"]
+                states = []
+                while states[-1:] != ["completed"]:
+                    event = json.loads(await socket.get_message())
+                    assert event["request_id"] == request_id
+                    states.append(event["state"])
+            status = (await client.get(f"/mesh/requests/{request_id}")).json()
+    expected = ["stored", "sent", "delivered", "forwarded", "responded", "completed"]
+    assert states == expected
+    assert [e["state"] for e in status["events"]] == expected
