@@ -286,9 +286,16 @@ class Forwarder:
     """Forwards requests delivered here to the upstream, at most once each."""
 
     def __init__(
-        self, name: str, store: Store, links: Links, upstream: str | None, concurrency: int = 64
+        self,
+        name: str,
+        store: Store,
+        links: Links,
+        upstream: str | None,
+        max_body: int,
+        concurrency: int = 64,
     ) -> None:
         self.name, self.store, self.links, self.upstream = name, store, links, upstream
+        self.max_body = max_body
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
 
@@ -343,8 +350,15 @@ class Forwarder:
                 async with client.stream(
                     request.method, url, headers=headers, content=request.body
                 ) as reply:
-                    body = b"".join([chunk async for chunk in reply.aiter_raw()])
-                return Response(request.id, reply.status_code, end_to_end(reply.headers.raw), body)
+                    body = await _read_capped_body(reply, self.max_body)
+                if body is None:
+                    limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
+                    return problem(request.id, 502, f"the upstream's response is {limit}")
+                kept = end_to_end(reply.headers.raw)
+                if request.method == "HEAD":  # no body, but the size it would have had
+                    length = reply.headers.get("content-length")
+                    kept += ((b"content-length", length.encode()),) if length else ()
+                return Response(request.id, reply.status_code, kept, body)
             except httpx.ConnectError as exc:
                 self.store.mark_execution(request.id, "received", time.time())
                 if time.time() + delay > request.deadline:
@@ -356,6 +370,17 @@ class Forwarder:
                     continue
                 self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
                 return problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+
+
+async def _read_capped_body(reply: httpx.Response, limit: int) -> bytes | None:
+    """The raw (still encoded) body, or None past `limit` bytes."""
+    chunks, size = [], 0
+    async for chunk in reply.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def pack_headers(headers: Headers) -> bytes:

@@ -159,6 +159,8 @@ class Ingress:
         headers = {name.lower(): value for name, value in scope["headers"]}
         callback = self._allowed(headers, b"mesh-callback")
         events_url = self._allowed(headers, b"mesh-events")
+        if self.peer.links.pipe_error is not None:
+            raise HTTPProblem(503, "pipe not writable", self.peer.links.pipe_error)
         body = await read_body(receive, self.peer.settings.body_limit)
         try:
             request_id = await self.peer.requests.submit(
@@ -294,13 +296,12 @@ async def accepted(send: Send, request_id: str) -> None:
 
 
 async def respond_with(send: Send, record: RequestRecord) -> None:
-    """The upstream's answer as it gave it, with `Mesh-Request-Id`."""
+    """The upstream's answer as it gave it, with `Mesh-Request-Id` (a HEAD answer keeps
+    the upstream's Content-Length)."""
     assert record.status is not None
-    headers = [
-        *record.headers,
-        (b"content-length", str(len(record.body)).encode()),
-        (b"mesh-request-id", record.id.encode()),
-    ]
+    headers = [*record.headers, (b"mesh-request-id", record.id.encode())]
+    if not any(name == b"content-length" for name, _ in record.headers):
+        headers.append((b"content-length", str(len(record.body)).encode()))
     await send({"type": "http.response.start", "status": record.status, "headers": headers})
     await send({"type": "http.response.body", "body": record.body})
 

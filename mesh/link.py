@@ -448,9 +448,10 @@ class Protocol:
         link.inbound.news = False
 
     def failed(self, file: OutgoingFile, now: float) -> None:
-        """The file could not be written: try its messages again after `resend_after`."""
+        """The file could not be written (the outbox is full, gone or read-only): try its
+        messages again within a second; nothing reached the pipe, so nothing is wasted."""
         link = self._links[file.remote]
-        link.outbound.retry(file.seqs, now + link.settings.resend_after)
+        link.outbound.retry(file.seqs, now + min(link.settings.resend_after, 1.0))
 
     def next_wakeup(self) -> float | None:
         """When `outgoing` may next have something to say (None: only after an event)."""

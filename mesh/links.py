@@ -111,6 +111,7 @@ class Links:
         self._last_heartbeat: dict[str, Path] = {}
         self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.last_file_at: dict[str, float] = {}  # wall clock of our last file per remote
+        self.pipe_error: str | None = None  # why the last write to the outbox failed
 
     def _publish(self, state: str, remote: str, seqs: Iterable[int]) -> None:
         at = time.time()
@@ -187,9 +188,14 @@ class Links:
             data = await trio.to_thread.run_sync(encode) if big else encode()
             path = await trio.to_thread.run_sync(pipe.write_atomically, self.outbox, name, data)
         except OSError as exc:
-            self.log.warning("%s: cannot write to %s: %s", self.name, self.outbox, exc)
+            if self.pipe_error is None:
+                self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
+            self.pipe_error = f"cannot write to {self.outbox}: {exc.strerror or exc}"
             self.protocol.failed(file, trio.current_time())
             return
+        if self.pipe_error is not None:
+            self.log.info("%s: %s is writable again", self.name, self.outbox)
+            self.pipe_error = None
         outbound = self.protocol.outbound(file.remote)
         first = [seq for seq in seqs if outbound.attempts(seq) == 0]
         self.protocol.written(file, trio.current_time())

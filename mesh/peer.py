@@ -122,7 +122,9 @@ class Peer:
         )
         self.poster = Poster(self.name, self.store)
         self.requests = Requests(self.store, self.links, self.poster)
-        self.forwarder = Forwarder(self.name, self.store, self.links, self.settings.upstream)
+        self.forwarder = Forwarder(
+            self.name, self.store, self.links, self.settings.upstream, self.settings.body_limit
+        )
         self.log.info(
             "%s: up, epoch %s, talks to %s",
             self.name,
@@ -301,6 +303,8 @@ class Peer:
             "heartbeat": self.settings.heartbeat,
             "links": links,
             "quarantined": self.quarantine.count(),
+            "requests": self.store.requests_in_flight(),
+            "pipe_error": self.links.pipe_error,
             "events_dropped": self.links.events.dropped,
         }
 

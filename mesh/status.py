@@ -64,6 +64,8 @@ class PeerStatus:
     files_unread_by_others: int | None = 0
     quarantined: int | None = 0
     events_dropped: int | None = None
+    requests: dict[str, int] = field(default_factory=dict)  # in flight, by state
+    pipe_error: str | None = None
 
 
 def collect(roster: Roster, now: float | None = None) -> dict[str, Any]:
@@ -174,6 +176,8 @@ def _from_snapshot(
         heartbeat=beat,
         links={str(remote): _aged(link, age) for remote, link in snapshot["links"].items()},
         events_dropped=snapshot.get("events_dropped"),
+        requests=dict(snapshot.get("requests") or {}),
+        pipe_error=snapshot.get("pipe_error"),
     )
 
 
@@ -231,6 +235,7 @@ _COLUMNS = (
     "waiting",
     "unread",
     "quarantined",
+    "in flight",
 )
 _AGE_STEPS = ((10.0, 0.1), (60.0, 1.0), (3600.0, 6.0), (36000.0, 360.0))
 _PIPE_WIDTH = 160  # columns when stdout is no terminal: the table is about 110 wide
@@ -282,6 +287,7 @@ def _peer_row(name: str, peer: dict[str, Any]) -> list[str | Text]:
         _number(peer["files_waiting"]),
         _number(peer["files_unread_by_others"]),
         _number(peer["quarantined"]),
+        _number(sum(peer.get("requests", {}).values())),
     ]
 
 
@@ -295,7 +301,7 @@ def _link_row(remote: str, link: dict[str, Any], peer_alive: bool) -> list[str |
         _age(link.get("heard_age")),
         *(_number(link.get(key)) for key in ("sent", "acked", "unacked", "resends")),
         _age(link.get("last_ack_age")),
-        *[""] * 3,
+        *[""] * 4,
     ]
 
 

@@ -490,6 +490,14 @@ class Store:
             self.db.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
         return new
 
+    def requests_in_flight(self) -> dict[str, int]:
+        """How many of our requests are in each state short of completed."""
+        rows = self.db.execute(
+            "SELECT state, count(*) FROM requests WHERE state NOT IN ('completed', 'failed')"
+            " GROUP BY state"
+        )
+        return {str(state): int(count) for state, count in rows}
+
     # -- executions (the far side) ---------------------------------------------------------
 
     def take_execution(

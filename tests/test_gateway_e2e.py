@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -45,6 +46,9 @@ class Upstream:
         if scope["method"] == "POST" and path == "/count":
             self.posts[body.decode()] += 1
         status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200
+        if path.startswith(("/big/", "/gzip")):
+            await self.special(scope, send)
+            return
         headers = [
             (b"x-echo-method", scope["method"].encode()),
             (b"x-echo-query", scope["query_string"]),
@@ -53,6 +57,21 @@ class Upstream:
         headers += [(b"x-got-" + n, v) for n, v in scope["headers"] if n.startswith(b"x-")]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def special(scope: dict[str, Any], send: Any) -> None:
+        """``/big/N``: N bytes (HEAD: only their length); ``/gzip``: a gzip-encoded body."""
+        if scope["path"] == "/gzip":
+            body = gzip.compress(b"squeezed " * 1000)
+            headers = [(b"content-encoding", b"gzip"), (b"content-type", b"text/plain")]
+        else:
+            body = bytes(range(256)) * (int(scope["path"].rsplit("/", 1)[1]) // 256)
+            headers = [(b"content-type", b"application/octet-stream")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
 
 
 @asynccontextmanager
@@ -85,6 +104,7 @@ def roster(tmp_path: Path) -> Path:
                 "inbox": "pipe",
                 "talks_to": ["alpha"],
                 "upstream": f"http://127.0.0.1:{UPSTREAM}",
+                "body_limit": "4MiB",
             },
             "carol": {"listen": "127.0.0.1:18243", "outbox": "pipe", "inbox": "pipe"},
         },
@@ -342,3 +362,55 @@ async def test_the_events_websocket_shows_every_step_in_order(tmp_path: Path) ->
     expected = ["stored", "sent", "delivered", "forwarded", "responded", "completed"]
     assert states == expected
     assert [e["state"] for e in status["events"]] == expected
+
+
+async def test_head_gzip_and_big_responses_come_through_as_given(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{UPSTREAM}")
+            for method, path in [
+                ("HEAD", "/big/3000000"),
+                ("GET", "/gzip"),
+                ("GET", "/big/3000000"),
+            ]:
+                via = await client.request(method, "/bravo" + path)
+                plain = await direct.request(method, path)
+                assert via.status_code == plain.status_code == 200, path
+                assert via.content == plain.content, path
+                for name in ("content-length", "content-encoding", "content-type"):
+                    assert via.headers.get(name) == plain.headers.get(name), (path, name)
+            too_big = await client.get("/bravo/big/5000000")  # over bravo's 4MiB body_limit
+            assert too_big.status_code == 502
+            assert too_big.headers["content-type"] == "application/problem+json"
+            await direct.aclose()
+
+
+async def test_a_pipe_that_cannot_be_written_is_a_503_until_it_can(tmp_path: Path) -> None:
+    pipe_dir, moved = tmp_path / "pipe", tmp_path / "pipe.away"
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            await trio.to_thread.run_sync(pipe_dir.rename, moved)
+            await trio.to_thread.run_sync(pipe_dir.write_text, "not a folder")
+            first = await client.post(
+                "/bravo/echo", content=b"waits", headers={"prefer": "respond-async"}
+            )
+            assert first.status_code == 202  # durable; only writing it out fails
+            for _ in range(200):
+                status = (await client.get("/mesh/status")).json()
+                if status["pipe_error"]:
+                    break
+                await trio.sleep(0.05)  # until the writer has tried and failed
+            assert status["pipe_error"] and status["requests"] == {"stored": 1}
+            refused = await client.post("/bravo/echo", content=b"refused")
+            assert refused.status_code == 503
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert (await client.get("/mesh/status")).json()["requests"] == {"stored": 1}
+            await trio.to_thread.run_sync(pipe_dir.unlink)
+            await trio.to_thread.run_sync(moved.rename, pipe_dir)
+            location = first.headers["location"]
+            for _ in range(400):
+                answer = await client.get(location)
+                if answer.status_code == 200:
+                    break
+                await trio.sleep(0.05)  # a polling client
+            assert answer.content == b"waits"
