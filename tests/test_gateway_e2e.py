@@ -414,3 +414,69 @@ async def test_a_pipe_that_cannot_be_written_is_a_503_until_it_can(tmp_path: Pat
                     break
                 await trio.sleep(0.05)  # a polling client
             assert answer.content == b"waits"
+
+
+async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path) -> None:
+    from tests.test_reliable_e2e import mirror
+
+    faults = [
+        "--truncate",
+        "0.1",
+        "--drop",
+        "0.05",
+        "--duplicate",
+        "0.05",
+        "--reorder",
+        "--slow-write",
+    ]
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": {
+                "listen": f"127.0.0.1:{ALPHA}",
+                "outbox": "a-out",
+                "inbox": "a-in",
+                "talks_to": ["bravo"],
+            },
+            "bravo": {
+                "listen": "127.0.0.1:18242",
+                "outbox": "b-out",
+                "inbox": "b-in",
+                "talks_to": ["alpha"],
+                "upstream": f"http://127.0.0.1:{UPSTREAM}",
+            },
+        },
+        defaults={"heartbeat": "1s", "resend_after": "4s", "settle": "300ms", "linger": "100ms"},
+    )
+    assert run_mesh("keygen", str(path)).returncode == 0
+    for folder in ("a-out", "b-out", "a-in", "b-in"):
+        (tmp_path / folder).mkdir()
+    answers: Counter[int] = Counter()
+    with trio.fail_after(240):
+        async with (
+            upstream_served() as app,
+            mesh_up(path) as mesh,
+            mirror(tmp_path / "a-out", tmp_path / "b-in", "--seed", "3", *faults),
+            mirror(tmp_path / "b-out", tmp_path / "a-in", "--seed", "4", *faults),
+            httpx.AsyncClient(timeout=200) as client,
+        ):
+            await mesh.wait_for("alpha: HTTP ingress")
+            await mesh.wait_for("bravo: HTTP ingress")
+            queue = list(range(500))
+
+            async def caller() -> None:
+                while queue:
+                    i = queue.pop()
+                    reply = await client.post(
+                        f"http://127.0.0.1:{ALPHA}/bravo/count",
+                        content=str(i).encode(),
+                        headers={"mesh-timeout": "180"},
+                    )
+                    answers[reply.status_code] += 1
+                    assert reply.status_code == 200 and reply.content == str(i).encode()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(50):
+                    nursery.start_soon(caller)
+    assert answers == Counter({200: 500})
+    assert app.posts == Counter({str(i): 1 for i in range(500)})
