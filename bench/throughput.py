@@ -11,6 +11,8 @@ files the mesh wrote per 1,000 requests.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,22 +25,16 @@ import httpx
 import trio
 import yaml
 
+from mesh.ingress import lifespan, read_body
+
 UPSTREAM, ALPHA = 18390, 18391
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            event = await receive()
-            await send({"type": event["type"] + ".complete"})
-            if event["type"] == "lifespan.shutdown":
-                return
-    body = b""
-    while True:
-        event = await receive()
-        body += event.get("body", b"")
-        if not event.get("more_body"):
-            break
+        await lifespan(receive, send)
+        return
+    body = await read_body(receive, 1 << 30)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": body})
 
@@ -103,6 +99,7 @@ async def main(requests: int, concurrency: int, size: int) -> None:
             [str(bin_dir / "hypercorn"), "--bind", f"127.0.0.1:{UPSTREAM}", "throughput:echo"],
             cwd=Path(__file__).parent,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: its worker process ends with it
         )
         peers = await trio.lowlevel.open_process(
             [str(bin_dir / "mesh"), "up", str(path)], stderr=subprocess.DEVNULL
@@ -120,9 +117,10 @@ async def main(requests: int, concurrency: int, size: int) -> None:
             async with httpx.AsyncClient() as client:
                 status = (await client.get(f"http://127.0.0.1:{ALPHA}/mesh/status")).json()
         finally:
-            for process in (peers, upstream):
-                process.terminate()
-                await process.wait()
+            peers.terminate()
+            await peers.wait()
+            os.killpg(upstream.pid, signal.SIGTERM)  # hypercorn and its worker
+            await upstream.wait()
     files = status["links"]["bravo"]["files"]
     print(f"{requests} POSTs of {size} bytes, {concurrency} concurrent callers")
     print(f"{'':<10}{'req/s':>12}{'p50 ms':>12}{'p99 ms':>12}")

@@ -59,6 +59,17 @@ async def respond_json(send: Send, status: int, body: Any, content_type: str = "
     await send({"type": "http.response.body", "body": data})
 
 
+async def lifespan(receive: Receive, send: Send) -> None:
+    """Acknowledge ASGI lifespan events (hypercorn waits for them) until shutdown."""
+    while True:
+        event = await receive()
+        if event["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif event["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The request body, refusing (413) one over `limit` before reading it all."""
     chunks, size = [], 0
@@ -83,7 +94,7 @@ class Ingress:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
@@ -117,16 +128,6 @@ class Ingress:
                 nursery.start_soon(until_closed)
                 async for event in events:
                     await send({"type": "websocket.send", "text": json.dumps(event.as_json())})
-
-    @staticmethod
-    async def _lifespan(receive: Receive, send: Send) -> None:
-        while True:
-            event = await receive()
-            if event["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif event["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]

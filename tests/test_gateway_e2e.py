@@ -18,6 +18,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
+from mesh.ingress import lifespan, read_body
 from tests.processes import MeshProcess, mesh_up, run_mesh, write_roster
 
 UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291
@@ -31,17 +32,9 @@ class Upstream:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                event = await receive()
-                await send({"type": event["type"] + ".complete"})
-                if event["type"] == "lifespan.shutdown":
-                    return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive, 1 << 30)
         path = scope["path"]
         if scope["method"] == "POST" and path == "/count":
             self.posts[body.decode()] += 1
@@ -286,14 +279,9 @@ class Receiver:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await Upstream()(scope, receive, send)
+            await lifespan(receive, send)
             return
-        body = b""
-        while True:
-            event = await receive()
-            body += event.get("body", b"")
-            if not event.get("more_body"):
-                break
+        body = await read_body(receive, 1 << 30)
         status = 200
         if self.fail > 0:
             self.fail, status = self.fail - 1, 500

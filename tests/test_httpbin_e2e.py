@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +27,7 @@ async def httpbin() -> AsyncIterator[str]:
         [str(hypercorn), "--bind", f"127.0.0.1:{HTTPBIN}", "httpbin:app"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: stop_group ends the worker too
     )
     url = f"http://127.0.0.1:{HTTPBIN}"
     try:
@@ -37,8 +40,17 @@ async def httpbin() -> AsyncIterator[str]:
                     await trio.sleep(0.05)  # still starting
         yield url
     finally:
-        process.kill()
-        await process.wait()
+        await stop_group(process)
+
+
+async def stop_group(process: trio.Process) -> None:
+    """End `process` and its children (hypercorn serves from a worker process)."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+        with trio.move_on_after(5):
+            await process.wait()
+            return
 
 
 def three_peers(tmp_path: Path) -> Path:
