@@ -11,16 +11,19 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
 
 from . import keys as keyfiles
+from .echo import echo_app
 from .errors import ConfigError
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .peer import Peer, open_peers, run_peers
-from .roster import Roster, RosterError, load_roster
+from .roster import Address, Roster, RosterError, load_roster
 from .status import collect, console, follow, render
 
 EXIT_CONFIG = 2
@@ -55,12 +58,18 @@ def main() -> None:
 @click.argument("roster", type=click.Path(dir_okay=False))
 @click.option("--peer", "peers", multiple=True, help="Run only this peer (repeatable).")
 @click.option(
+    "--echo",
+    metavar="HOST:PORT",
+    default=None,
+    help="Also serve a small echo service there, to call through the mesh.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def up(roster: str, peers: tuple[str, ...], log_level: str) -> None:
+def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) -> None:
     """Run the peers of ROSTER (all, or those named with --peer) in this process."""
     logging.basicConfig(
         level=log_level.upper(),
@@ -70,36 +79,62 @@ def up(roster: str, peers: tuple[str, ...], log_level: str) -> None:
     for chatty in ("watchfiles", "hypercorn.error"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load(roster)
+    echo_at = _echo_address(echo)
     try:
-        code = _up(loaded, list(peers))
+        code = _up(loaded, list(peers), echo_at)
     except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
         raise SystemExit(EXIT_SIGINT) from None
     raise SystemExit(code)
 
 
-def _up(roster: Roster, peers: list[str]) -> int:
+def _echo_address(text: str | None) -> Address | None:
+    if text is None:
+        return None
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--echo") from None
+
+
+def _up(roster: Roster, peers: list[str], echo: Address | None = None) -> int:
     try:
         opened = open_peers(roster, peers)
     except ConfigError as exc:
         _fail(exc)
     try:
-        return trio.run(_serve, opened)
+        return trio.run(_serve, opened, echo)
     except* ConfigError as group:  # found while starting, e.g. a port already in use
         _fail(ConfigError("\n".join(str(e) for e in group.exceptions)))
 
 
-async def _serve(opened: list[Peer]) -> int:
+async def _serve(opened: list[Peer], echo: Address | None = None) -> int:
     """Run until SIGINT or SIGTERM; the exit status that signal calls for."""
     code = 0
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_peers, opened)
+            if echo is not None:
+                await nursery.start(_serve_echo, echo)
+                logging.getLogger("mesh").info("echo service on http://%s", echo)
             async for signum in signals:
                 code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
                 logging.getLogger("mesh").info("stopping (%s)", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
     return code
+
+
+async def _serve_echo(at: Address, *, task_status: trio.TaskStatus[list[str]]) -> None:
+    """The echo service at `at`; ConfigError if the address cannot be had."""
+    config = HypercornConfig()
+    config.bind = [str(at)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    app: Any = echo_app
+    try:
+        await serve(app, config, mode="asgi", task_status=task_status)
+    except* OSError as group:
+        raise ConfigError(f"--echo: cannot listen on {at}: {group.exceptions[0]}") from None
 
 
 @main.command()

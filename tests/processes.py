@@ -88,9 +88,11 @@ class MeshProcess:
 
 
 @asynccontextmanager
-async def mesh_up(roster: Path, *peers: str) -> AsyncIterator[MeshProcess]:
-    """`mesh up ROSTER [--peer P]...` for the duration of the block; killed if still running."""
-    args = ["up", str(roster)]
+async def mesh_up(
+    roster: Path, *peers: str, extra: tuple[str, ...] = ()
+) -> AsyncIterator[MeshProcess]:
+    """`mesh up ROSTER [--peer P]... EXTRA` for the block's duration; killed if still running."""
+    args = ["up", str(roster), *extra]
     for peer in peers:
         args += ["--peer", peer]
     process = await trio.lowlevel.open_process(

@@ -468,3 +468,39 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
                     nursery.start_soon(caller)
     assert answers == Counter({200: 500})
     assert app.posts == Counter({str(i): 1 for i in range(500)})
+
+
+async def test_mesh_up_can_serve_an_echo_service_to_call(tmp_path: Path) -> None:
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": {
+                "listen": f"127.0.0.1:{ALPHA}",
+                "outbox": "pipe",
+                "inbox": "pipe",
+                "talks_to": ["bravo"],
+            },
+            "bravo": {
+                "listen": "127.0.0.1:18242",
+                "outbox": "pipe",
+                "inbox": "pipe",
+                "talks_to": ["alpha"],
+                "upstream": f"http://127.0.0.1:{UPSTREAM}",
+            },
+        },
+        defaults={"heartbeat": "1s", "linger": "2ms"},
+    )
+    assert run_mesh("keygen", str(path)).returncode == 0
+    with trio.fail_after(30):
+        async with mesh_up(path, extra=("--echo", f"127.0.0.1:{UPSTREAM}")) as mesh:
+            await mesh.wait_for("echo service on")
+            await mesh.wait_for("alpha: HTTP ingress")
+            async with httpx.AsyncClient() as client:
+                reply = await client.post(
+                    f"http://127.0.0.1:{ALPHA}/bravo/hello?x=1", content=b"\xff binary"
+                )
+            assert await mesh.stop() == 130
+    echoed = reply.json()
+    assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/hello", "x=1")
+    assert echoed["body"] == {"base64": "/yBiaW5hcnk="}
+    assert any(h.startswith("via: 1.1 mesh-bravo") for h in echoed["headers"])
