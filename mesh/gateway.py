@@ -359,17 +359,16 @@ class Forwarder:
                     length = reply.headers.get("content-length")
                     kept += ((b"content-length", length.encode()),) if length else ()
                 return Response(request.id, reply.status_code, kept, body)
-            except httpx.ConnectError as exc:
-                self.store.mark_execution(request.id, "received", time.time())
-                if time.time() + delay > request.deadline:
-                    return problem(request.id, 502, f"upstream unreachable: {exc}")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
             except httpx.HTTPError as exc:
-                if request.method in IDEMPOTENT and time.time() < request.deadline:
-                    continue
-                self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
-                return problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+                if isinstance(exc, httpx.ConnectError):  # it never reached the upstream
+                    self.store.mark_execution(request.id, "received", time.time())
+                elif request.method not in IDEMPOTENT:
+                    self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
+                    return problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+                if time.time() + delay > request.deadline:
+                    return problem(request.id, 502, f"upstream failed: {exc}")
+                await trio.sleep(delay)  # every retry backs off, whatever the failure
+                delay = min(delay * 2, 5.0)
 
 
 async def _read_capped_body(reply: httpx.Response, limit: int) -> bytes | None:

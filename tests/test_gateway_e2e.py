@@ -504,3 +504,48 @@ async def test_mesh_up_can_serve_an_echo_service_to_call(tmp_path: Path) -> None
     assert (echoed["method"], echoed["path"], echoed["query"]) == ("POST", "/hello", "x=1")
     assert echoed["body"] == {"base64": "/yBiaW5hcnk="}
     assert any(h.startswith("via: 1.1 mesh-bravo") for h in echoed["headers"])
+
+
+class Dropper:
+    """A raw TCP upstream that hangs up on the first `drops` requests without answering,
+    then answers ``200 ok``; it counts the requests it saw, by method."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.seen: Counter[str] = Counter()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        self.seen[data.split(b" ", 1)[0].decode()] += 1
+        if self.drops > 0:
+            self.drops -= 1
+        else:
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            )
+        await stream.aclose()
+
+
+async def test_retries_back_off_and_a_post_is_never_sent_twice(tmp_path: Path) -> None:
+    dropper = Dropper(drops=3)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_tcp, dropper.handle, UPSTREAM, host="127.0.0.1"))
+            path = roster(tmp_path)
+            async with mesh_up(path) as mesh:
+                await ready(mesh)
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}") as c:
+                    got = await c.get("/bravo/x")  # dropped three times, then answered
+                    assert got.status_code == 200 and got.content == b"ok"
+                    dropper.drops = 1_000_000
+                    posted = await c.post("/bravo/x", content=b"once")
+                assert await mesh.stop() == 130
+            nursery.cancel_scope.cancel()
+    assert dropper.seen["GET"] == 4
+    assert posted.status_code == 502 and posted.headers["mesh-outcome"] == "unknown"
+    assert dropper.seen["POST"] == 1
