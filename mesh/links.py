@@ -197,11 +197,11 @@ class Links:
             self.log.info("%s: %s is writable again", self.name, self.outbox)
             self.pipe_error = None
         outbound = self.protocol.outbound(file.remote)
-        first = [seq for seq in seqs if outbound.attempts(seq) == 0]
+        first = {seq for seq in seqs if outbound.attempts(seq) == 0}
         self.protocol.written(file, trio.current_time())
         self.last_file_at[file.remote] = time.time()
-        self._publish("sent", file.remote, first)
-        self._publish("resent", file.remote, [seq for seq in seqs if seq not in set(first)])
+        self._publish("sent", file.remote, [seq for seq in seqs if seq in first])
+        self._publish("resent", file.remote, [seq for seq in seqs if seq not in first])
         self._unread[file.remote].append((path, trio.current_time()))
         await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
 
@@ -224,6 +224,7 @@ class Links:
         whole = {infos[i].seq: frame for i, frame in enumerate(decoded.frames) if frame}
         cut = [infos[i].seq for i in decoded.missing]
         now = trio.current_time()
+        numbered_to = self.protocol.outbound(header.sender).next_seq
         arrival = self.protocol.arrived(header, whole, cut, now)
         remote = arrival.remote
         if arrival.verdict is Verdict.NEW_EPOCH and arrival.old_epoch is not None:
@@ -237,7 +238,7 @@ class Links:
                 header.link.floor,
             )
         outbound = self.protocol.outbound(remote)
-        if arrival.acked or outbound.next_seq > 1:
+        if arrival.acked or outbound.next_seq > numbered_to:  # else nothing new to keep
             self.store.acked(remote, arrival.acked, outbound.next_seq)
         self._publish("acked", remote, arrival.acked)
         self._store_deliveries(arrival, whole)
