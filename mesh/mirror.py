@@ -35,7 +35,7 @@ import click
 import trio
 
 from .names import parse_name
-from .pipe import fsync_folder
+from .pipe import fsync_folder, replace_atomically, write_all
 from .units import format_duration, parse_duration
 
 __all__ = [
@@ -286,26 +286,9 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _write_atomically(folder: Path, name: str, data: bytes) -> None:
     """`data` as `folder/name`, via an fsync'd ``.`` file renamed over whatever was there."""
-    temp = folder / f".{name}{PART}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        _unlink(temp)
-        raise
-    os.close(fd)
-    os.replace(temp, folder / name)
-    fsync_folder(folder)
+    replace_atomically(folder, name, f".{name}{PART}", data)
 
 
 def _remove_stale_parts(folder: Path) -> None:
@@ -329,7 +312,7 @@ class _InPlace:
 
     def write_to(self, end: int) -> None:
         assert self.fd is not None
-        _write_all(self.fd, self.data[self.done : end])
+        write_all(self.fd, self.data[self.done : end])
         self.done = end
 
     def finish(self) -> None:

@@ -29,17 +29,19 @@ log = logging.getLogger("mesh.pipe")
 
 
 def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
-    """Write `data` as `name` in `folder` so no reader ever sees it half written.
+    """Write `data` as `name` in `folder` so no reader ever sees it half written
+    (see `replace_atomically`). Blocking: call from a thread."""
+    return replace_atomically(folder, str(name), name.temporary, data)
 
-    Written under a dot-name readers skip, fsync'd, renamed into place, and the folder
-    fsync'd so the rename survives a power cut. Blocking: call from a thread.
-    """
-    temp, final = folder / name.temporary, folder / str(name)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+def replace_atomically(folder: Path, name: str, temporary: str, data: bytes) -> Path:
+    """`data` as `folder/name`, replacing what was there: written as `temporary` (a name
+    readers skip), fsync'd, renamed into place, and the folder fsync'd so the rename
+    survives a power cut. A failed write leaves no temporary behind. Blocking."""
+    temp, final = folder / temporary, folder / name
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -47,9 +49,16 @@ def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
             os.unlink(temp)
         raise
     os.close(fd)
-    os.rename(temp, final)
+    os.replace(temp, final)
     fsync_folder(folder)
     return final
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (os.write may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_folder(folder: Path) -> None:
