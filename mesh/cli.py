@@ -15,12 +15,11 @@ from typing import Any, NoReturn
 
 import click
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from . import keys as keyfiles
 from .echo import echo_app
-from .errors import ConfigError
+from .errors import ConfigError, leaves
+from .ingress import serve_at
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .peer import Peer, open_peers, run_peers
 from .roster import Address, Roster, RosterError, load_roster
@@ -104,7 +103,7 @@ def _up(roster: Roster, peers: list[str], echo: Address | None = None) -> int:
     try:
         return trio.run(_serve, opened, echo)
     except* ConfigError as group:  # found while starting, e.g. a port already in use
-        _fail(ConfigError("\n".join(str(e) for e in group.exceptions)))
+        _fail(ConfigError("\n".join(str(e) for e in leaves(group))))
 
 
 async def _serve(opened: list[Peer], echo: Address | None = None) -> int:
@@ -114,7 +113,8 @@ async def _serve(opened: list[Peer], echo: Address | None = None) -> int:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run_peers, opened)
             if echo is not None:
-                await nursery.start(_serve_echo, echo)
+                app: Any = echo_app
+                await serve_at(nursery, app, echo, "--echo")
                 logging.getLogger("mesh").info("echo service on http://%s", echo)
             async for signum in signals:
                 code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
@@ -122,19 +122,6 @@ async def _serve(opened: list[Peer], echo: Address | None = None) -> int:
                 nursery.cancel_scope.cancel()
                 break
     return code
-
-
-async def _serve_echo(at: Address, *, task_status: trio.TaskStatus[list[str]]) -> None:
-    """The echo service at `at`; ConfigError if the address cannot be had."""
-    config = HypercornConfig()
-    config.bind = [str(at)]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    app: Any = echo_app
-    try:
-        await serve(app, config, mode="asgi", task_status=task_status)
-    except* OSError as group:
-        raise ConfigError(f"--echo: cannot listen on {at}: {group.exceptions[0]}") from None
 
 
 @main.command()

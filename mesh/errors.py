@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def leaves(group: BaseExceptionGroup[E]) -> list[E]:
+    """The exceptions in `group` and in the groups nested in it (trio nests a group per
+    nursery), flattened."""
+    found: list[E] = []
+    for exc in group.exceptions:
+        found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
 
 class MeshError(Exception):
     """Base of every error mesh raises on purpose."""

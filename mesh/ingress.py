@@ -20,17 +20,23 @@ from __future__ import annotations
 import base64
 import fnmatch
 import json
+import logging
 import math
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
 
+from .errors import ConfigError, leaves
 from .gateway import RequestRecord, end_to_end
 from .messages import Datagram, Kind, unpack_envelope
+from .roster import Address
 from .store import Inbound
 
 if TYPE_CHECKING:
@@ -41,6 +47,23 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_WAIT = 30.0
+
+
+async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str) -> None:
+    """Serve ASGI `app` at `address` in `nursery`, returning once it listens; ConfigError
+    naming `what` (``alpha.listen``, ``--echo``) when the address cannot be had."""
+    config = HypercornConfig()
+    config.bind = [str(address)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
+    config.graceful_timeout = 2.0
+    config.include_server_header = False  # answers carry the upstream's, not ours
+    config.include_date_header = False
+    try:
+        await nursery.start(partial(serve, app, config, mode="asgi"))
+    except* OSError as group:  # raised inside hypercorn's nurseries
+        reasons = "; ".join(str(e.strerror or e) for e in leaves(group))
+        raise ConfigError(f"{what}: cannot listen on {address}: {reasons}") from None
 
 
 class HTTPProblem(Exception):

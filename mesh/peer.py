@@ -12,20 +12,17 @@ import logging
 import os
 import sqlite3
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from . import keys as keyfiles
 from . import pipe, presence
 from .crypto import Keyring
 from .errors import ConfigError, FormatError
 from .gateway import Forwarder, Poster, Requests
-from .ingress import Ingress
+from .ingress import Ingress, serve_at
 from .link import LinkSettings
 from .links import Links
 from .names import FileName
@@ -150,21 +147,8 @@ class Peer:
 
     async def _serve_http(self, nursery: trio.Nursery) -> None:
         """Listen at `listen`; ConfigError if the address cannot be had."""
-        config = HypercornConfig()
-        config.bind = [str(self.settings.listen)]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
-        config.graceful_timeout = 2.0
-        config.include_server_header = False  # answers carry the upstream's, not ours
-        config.include_date_header = False
-        try:
-            app: Any = Ingress(self)  # hypercorn's typing wants its own scope types
-            await nursery.start(partial(serve, app, config, mode="asgi"))
-        except* OSError as group:  # raised inside hypercorn's nurseries
-            reasons = "; ".join(str(e.strerror or e) for e in _leaves(group))
-            raise ConfigError(
-                f"{self.name}.listen: cannot listen on {self.settings.listen}: {reasons}"
-            ) from None
+        app: Any = Ingress(self)  # hypercorn's typing wants its own scope types
+        await serve_at(nursery, app, self.settings.listen, f"{self.name}.listen")
         self.log.info("%s: HTTP ingress on http://%s", self.name, self.settings.listen)
 
     def _link_settings(self) -> LinkSettings:
@@ -339,13 +323,6 @@ class Peer:
                         peer,
                         format_duration(waited),
                     )
-
-
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    found: list[OSError] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
 
 
 async def run_peers(peers: list[Peer]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -183,3 +184,17 @@ def test_a_wrong_roster_lists_every_problem_without_a_traceback(tmp_path: Path) 
     assert result.returncode == 2 and "Traceback" not in result.stderr
     for where in ("alpha.listen", "alpha.talks_to", "Bad_Name", "bravo.heartbeat"):
         assert where in result.stderr, result.stderr
+
+
+def test_a_listen_address_in_use_is_named_without_a_traceback(tmp_path: Path) -> None:
+    roster = write_roster(tmp_path, {
+        "alpha": peer(18141, ["bravo"]),
+        "bravo": peer(18142, ["alpha"]),
+    })
+    setup_keys(roster)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 18141))
+        taken.listen()
+        result = run_mesh("up", str(roster))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "alpha.listen: cannot listen on 127.0.0.1:18141" in result.stderr, result.stderr
