@@ -35,6 +35,30 @@ def write_roster(
     return path
 
 
+def peer(
+    port: int,
+    talks_to: list[str],
+    outbox: str = "pipe",
+    inbox: str | None = None,
+    **settings: object,
+) -> dict[str, object]:
+    """A peer's roster settings, listening on loopback `port` (`inbox` is `outbox` unless
+    given), plus any other `settings`."""
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "outbox": outbox,
+        "inbox": inbox or outbox,
+        "talks_to": talks_to,
+        **settings,
+    }
+
+
+def keygen(roster: Path) -> None:
+    """`mesh keygen ROSTER`, which must succeed."""
+    result = run_mesh("keygen", str(roster))
+    assert result.returncode == 0, result.stderr
+
+
 def run_mesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         mesh_command(*args), capture_output=True, text=True, timeout=timeout, check=False

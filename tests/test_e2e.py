@@ -14,16 +14,7 @@ import trio
 from mesh import keys, pipe, wire
 from mesh.crypto import Identity
 from mesh.names import FileKind, FileName, parse_name
-from tests.processes import mesh_up, run_mesh, write_roster
-
-
-def peer(port: int, talks_to: list[str], outbox: str = "pipe", inbox: str = "pipe") -> dict:
-    return {
-        "listen": f"127.0.0.1:{port}",
-        "outbox": outbox,
-        "inbox": inbox,
-        "talks_to": talks_to,
-    }
+from tests.processes import keygen, mesh_up, peer, run_mesh, write_roster
 
 
 def hand_made_file(identity: Identity, recipient: str, folder: Path) -> Path:
@@ -42,11 +33,6 @@ def hand_made_file(identity: Identity, recipient: str, folder: Path) -> Path:
     return pipe.write_atomically(folder, name, data)
 
 
-def setup_keys(roster: Path) -> None:
-    result = run_mesh("keygen", str(roster))
-    assert result.returncode == 0, result.stderr
-
-
 async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
     """alpha talks to bravo and carol; bravo and carol do not talk to each other."""
     roster = write_roster(
@@ -57,7 +43,7 @@ async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
             "carol": peer(18103, ["alpha"]),
         },
     )
-    setup_keys(roster)
+    keygen(roster)
     folder = tmp_path / "pipe"
     async with mesh_up(roster) as mesh:
         for me, other in [
@@ -100,7 +86,7 @@ async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None
             },  # as on a network share
         },
     )
-    setup_keys(roster)
+    keygen(roster)
     for folder in ("a-out", "a-in", "b-out", "b-in"):
         (tmp_path / folder).mkdir()
     seen_in_outbox: dict[str, set[str]] = {"a-out": set(), "b-out": set()}
@@ -141,7 +127,7 @@ async def test_silence_is_noticed_and_a_second_process_is_refused(tmp_path: Path
             "bravo": peer(18122, ["alpha"]),
         },
     )
-    setup_keys(roster)
+    keygen(roster)
     async with mesh_up(roster, "alpha") as alpha:
         async with mesh_up(roster, "bravo") as bravo:
             await alpha.wait_for("alpha: first heard from bravo ")
@@ -187,11 +173,14 @@ def test_a_wrong_roster_lists_every_problem_without_a_traceback(tmp_path: Path) 
 
 
 def test_a_listen_address_in_use_is_named_without_a_traceback(tmp_path: Path) -> None:
-    roster = write_roster(tmp_path, {
-        "alpha": peer(18141, ["bravo"]),
-        "bravo": peer(18142, ["alpha"]),
-    })
-    setup_keys(roster)
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(18141, ["bravo"]),
+            "bravo": peer(18142, ["alpha"]),
+        },
+    )
+    keygen(roster)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 18141))
         taken.listen()

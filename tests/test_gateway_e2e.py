@@ -19,7 +19,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mesh.ingress import lifespan, read_body
-from tests.processes import MeshProcess, mesh_up, run_mesh, write_roster
+from tests.processes import MeshProcess, keygen, mesh_up, peer, write_roster
 
 UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291
 
@@ -83,27 +83,17 @@ def roster(tmp_path: Path) -> Path:
     path = write_roster(
         tmp_path,
         {
-            "alpha": {
-                "listen": f"127.0.0.1:{ALPHA}",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["bravo"],
-                "body_limit": "4MiB",
-                "callbacks": [f"http://127.0.0.1:{RECEIVER}/*"],
-            },
-            "bravo": {
-                "listen": "127.0.0.1:18242",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["alpha"],
-                "upstream": f"http://127.0.0.1:{UPSTREAM}",
-                "body_limit": "4MiB",
-            },
-            "carol": {"listen": "127.0.0.1:18243", "outbox": "pipe", "inbox": "pipe"},
+            "alpha": peer(
+                ALPHA, ["bravo"], body_limit="4MiB", callbacks=[f"http://127.0.0.1:{RECEIVER}/*"]
+            ),
+            "bravo": peer(
+                18242, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}", body_limit="4MiB"
+            ),
+            "carol": peer(18243, []),
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
-    assert run_mesh("keygen", str(path)).returncode == 0
+    keygen(path)
     return path
 
 
@@ -420,23 +410,18 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
     path = write_roster(
         tmp_path,
         {
-            "alpha": {
-                "listen": f"127.0.0.1:{ALPHA}",
-                "outbox": "a-out",
-                "inbox": "a-in",
-                "talks_to": ["bravo"],
-            },
-            "bravo": {
-                "listen": "127.0.0.1:18242",
-                "outbox": "b-out",
-                "inbox": "b-in",
-                "talks_to": ["alpha"],
-                "upstream": f"http://127.0.0.1:{UPSTREAM}",
-            },
+            "alpha": peer(ALPHA, ["bravo"], outbox="a-out", inbox="a-in"),
+            "bravo": peer(
+                18242,
+                ["alpha"],
+                outbox="b-out",
+                inbox="b-in",
+                upstream=f"http://127.0.0.1:{UPSTREAM}",
+            ),
         },
         defaults={"heartbeat": "1s", "resend_after": "4s", "settle": "300ms", "linger": "100ms"},
     )
-    assert run_mesh("keygen", str(path)).returncode == 0
+    keygen(path)
     for folder in ("a-out", "b-out", "a-in", "b-in"):
         (tmp_path / folder).mkdir()
     answers: Counter[int] = Counter()
@@ -471,26 +456,7 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
 
 
 async def test_mesh_up_can_serve_an_echo_service_to_call(tmp_path: Path) -> None:
-    path = write_roster(
-        tmp_path,
-        {
-            "alpha": {
-                "listen": f"127.0.0.1:{ALPHA}",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["bravo"],
-            },
-            "bravo": {
-                "listen": "127.0.0.1:18242",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["alpha"],
-                "upstream": f"http://127.0.0.1:{UPSTREAM}",
-            },
-        },
-        defaults={"heartbeat": "1s", "linger": "2ms"},
-    )
-    assert run_mesh("keygen", str(path)).returncode == 0
+    path = roster(tmp_path)
     with trio.fail_after(30):
         async with mesh_up(path, extra=("--echo", f"127.0.0.1:{UPSTREAM}")) as mesh:
             await mesh.wait_for("echo service on")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.processes import mesh_up, run_mesh, write_roster
+from tests.processes import keygen, mesh_up, peer, write_roster
 
 HTTPBIN, ALPHA = 18296, 18251
 
@@ -54,15 +54,6 @@ async def stop_group(process: trio.Process) -> None:
 
 
 def three_peers(tmp_path: Path) -> Path:
-    def peer(port: int, talks_to: list[str], **extra: str) -> dict[str, object]:
-        return {
-            "listen": f"127.0.0.1:{port}",
-            "outbox": "pipe",
-            "inbox": "pipe",
-            "talks_to": talks_to,
-            **extra,
-        }
-
     path = write_roster(
         tmp_path,
         {
@@ -72,7 +63,7 @@ def three_peers(tmp_path: Path) -> Path:
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
-    assert run_mesh("keygen", str(path)).returncode == 0
+    keygen(path)
     return path
 
 

@@ -12,26 +12,13 @@ from mesh.links import LinkEvent
 from mesh.messages import Datagram, Kind, unpack_envelope
 from mesh.peer import Peer, open_peers
 from mesh.roster import load_roster
-from tests.processes import write_roster
+from tests.processes import peer, write_roster
 
 
 def roster_in(tmp_path: Path) -> Path:
     path = write_roster(
         tmp_path,
-        {
-            "alpha": {
-                "listen": "127.0.0.1:18231",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["bravo"],
-            },
-            "bravo": {
-                "listen": "127.0.0.1:18232",
-                "outbox": "pipe",
-                "inbox": "pipe",
-                "talks_to": ["alpha"],
-            },
-        },
+        {"alpha": peer(18231, ["bravo"]), "bravo": peer(18232, ["alpha"])},
         defaults={"heartbeat": "100ms", "linger": "0s"},
     )
     keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
@@ -40,8 +27,8 @@ def roster_in(tmp_path: Path) -> Path:
 
 async def start(path: Path, nursery: trio.Nursery) -> dict[str, Peer]:
     peers = {p.name: p for p in open_peers(load_roster(path), [])}
-    for peer in peers.values():
-        await nursery.start(peer.run)
+    for running in peers.values():
+        await nursery.start(running.run)
     return peers
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.processes import mesh_command, mesh_up, run_mesh, write_roster
+from tests.processes import keygen, mesh_command, mesh_up, peer, write_roster
 
 FAULTS = [
     "--truncate",
@@ -34,16 +34,18 @@ FAST = {"heartbeat": "1s", "resend_after": "4s", "settle": "300ms", "linger": "1
 
 
 def two_peers(tmp_path: Path, ports: tuple[int, int], split: bool) -> Path:
-    def peer(port: int, me: str, other: str) -> dict[str, object]:
-        out, inbox = (f"{me}-out", f"{me}-in") if split else ("pipe", "pipe")
-        return {"listen": f"127.0.0.1:{port}", "outbox": out, "inbox": inbox, "talks_to": [other]}
+    def folders(me: str) -> dict[str, str]:
+        return {"outbox": f"{me}-out", "inbox": f"{me}-in"} if split else {}
 
     roster = write_roster(
         tmp_path,
-        {"alpha": peer(ports[0], "alpha", "bravo"), "bravo": peer(ports[1], "bravo", "alpha")},
+        {
+            "alpha": peer(ports[0], ["bravo"], **folders("alpha")),
+            "bravo": peer(ports[1], ["alpha"], **folders("bravo")),
+        },
         defaults=FAST,
     )
-    assert run_mesh("keygen", str(roster)).returncode == 0
+    keygen(roster)
     return roster
 
 

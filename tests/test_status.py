@@ -19,7 +19,7 @@ from mesh.names import FileKind, FileName
 from mesh.roster import Roster, load_roster
 from mesh.status import collect, render
 from mesh.store import Store
-from tests.processes import mesh_command, run_mesh, write_roster
+from tests.processes import mesh_command, peer, run_mesh, write_roster
 
 NOW = 1_700_000_000.0
 
@@ -27,15 +27,7 @@ NOW = 1_700_000_000.0
 @pytest.fixture
 def roster(tmp_path: Path) -> Roster:
     """alpha and bravo sharing ./pipe, heartbeat 100ms (alive while a snapshot is < 2.3s)."""
-    peers = {
-        name: {
-            "listen": f"127.0.0.1:{port}",
-            "outbox": "pipe",
-            "inbox": "pipe",
-            "talks_to": [other],
-        }
-        for name, port, other in (("alpha", 18201, "bravo"), ("bravo", 18202, "alpha"))
-    }
+    peers = {"alpha": peer(18201, ["bravo"]), "bravo": peer(18202, ["alpha"])}
     return load_roster(write_roster(tmp_path, peers))
 
 
