@@ -213,10 +213,9 @@ class Store:
             retired=tuple(json.loads(retired)),
         )
 
-    def _save_link(self, remote: str, **fields: Any) -> None:
+    def _ensure_link(self, remote: str) -> None:
+        """The link's row exists (inside the caller's transaction)."""
         self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
-        for column, value in fields.items():  # column names are ours, never input
-            self.db.execute(f"UPDATE links SET {column} = ? WHERE remote = ?", (value, remote))
 
     def add_outbound(self, remote: str, seq: int, payload: bytes, now: float) -> None:
         """Make message `seq` to `remote` durable, with the link's numbering past it."""
@@ -225,7 +224,7 @@ class Store:
                 "INSERT INTO outbound (remote, seq, payload, created) VALUES (?, ?, ?, ?)",
                 (remote, seq, payload, now),
             )
-            self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+            self._ensure_link(remote)
             self.db.execute(
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (seq + 1, remote),
@@ -245,7 +244,7 @@ class Store:
             self.db.executemany(
                 "DELETE FROM outbound WHERE remote = ? AND seq = ?", ((remote, s) for s in seqs)
             )
-            self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+            self._ensure_link(remote)
             self.db.execute(
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (next_seq, remote),
@@ -275,11 +274,10 @@ class Store:
                     ids.append(int(cursor.lastrowid or 0))
                 else:
                     self.repeats += 1  # delivered before: never twice
-            self._save_link(
-                remote,
-                remote_epoch=remote_epoch,
-                received=json.dumps(received.to_wire()),
-                retired=json.dumps(sorted(retired)),
+            self._ensure_link(remote)
+            self.db.execute(
+                "UPDATE links SET remote_epoch = ?, received = ?, retired = ? WHERE remote = ?",
+                (remote_epoch, json.dumps(received.to_wire()), json.dumps(sorted(retired)), remote),
             )
         return ids
 
