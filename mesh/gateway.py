@@ -22,9 +22,10 @@ import httpx
 import msgpack
 import trio
 
+from .bodies import Bodies, Body, BodyTooLarge, incoming_name
 from .links import EventHub, Links
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
-from .store import Post, Store
+from .store import Inbound, Post, Store
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 HOP_BY_HOP = frozenset(
@@ -92,6 +93,7 @@ class RequestRecord:
     status: int | None = None
     headers: Headers = ()
     body: bytes = b""
+    body_file: str | None = None  # the response body is in this body file instead
 
     @property
     def done(self) -> bool:
@@ -115,6 +117,7 @@ class Requests:
 
     def __init__(self, store: Store, links: Links, poster: Poster) -> None:
         self.store, self.links, self.poster = store, links, poster
+        self.bodies = links.bodies
         self.events: EventHub[RequestEvent] = EventHub()
         self._changed: dict[str, trio.Event] = {}
 
@@ -124,7 +127,7 @@ class Requests:
         method: str,
         target: str,
         headers: Headers,
-        body: bytes,
+        body: Body,
         ttl: float,
         callback: str | None = None,
         events_url: str | None = None,
@@ -133,8 +136,9 @@ class Requests:
         OSError/sqlite3.Error (the store cannot take it: nothing is half accepted)."""
         request_id = uuid.uuid4().hex
         deadline = time.time() + ttl
-        request = Request(request_id, method, target, headers, body, deadline)
-        sent = await self.links.send(remote, request)
+        length = body.size if body.spooled else None
+        request = Request(request_id, method, target, headers, body.data, deadline, length)
+        sent = await self.links.send(remote, request, body if body.spooled else None)
         self.store.add_request(
             request_id, remote, sent.seq, method, target, deadline, callback, events_url
         )
@@ -156,6 +160,7 @@ class Requests:
             status=row["status"],
             headers=unpack_headers(row["headers"]),
             body=bytes(row["body"] or b""),
+            body_file=row["body_file"],
         )
 
     async def wait(self, request_id: str, seconds: float) -> RequestRecord | None:
@@ -188,21 +193,34 @@ class Requests:
             async for item in self.links.deliveries(Kind.RESPONSE):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Response)
-                callback_headers = [
-                    *message.headers,
-                    (b"mesh-request-id", message.id.encode()),
-                    (b"mesh-status", str(message.status).encode()),
-                ]
-                added = self.store.complete_request(
-                    item.id,
-                    message.id,
-                    message.status,
-                    pack_headers(message.headers),
-                    message.body,
-                    time.time(),
-                    callback_headers,
-                )
-                self._changed_state(message.id, added)
+                if message.body_length:  # its body comes as fragments: complete it then
+                    nursery.start_soon(self._complete, item, message)
+                else:
+                    await self._complete(item, message)
+
+    async def _complete(self, item: Inbound, message: Response) -> None:
+        """Store `message` as its request's response, once its whole body is here."""
+        body_file = None
+        if message.body_length:
+            body_file = await self.links.body_arrived(item.remote, message.id, message.body_length)
+        callback_headers = [
+            *message.headers,
+            (b"mesh-request-id", message.id.encode()),
+            (b"mesh-status", str(message.status).encode()),
+        ]
+        added = self.store.complete_request(
+            item.id,
+            message.id,
+            message.status,
+            pack_headers(message.headers),
+            message.body,
+            time.time(),
+            callback_headers,
+            body_file,
+        )
+        if body_file is not None:
+            self.store.forget_transfer(item.remote, message.id)
+        self._changed_state(message.id, added)
 
     async def _follow_progress(self) -> None:
         """The far side's notes on our requests (``forwarded``), as they are delivered."""
@@ -235,8 +253,8 @@ class Poster:
     anything is promised), in order per URL, retried with backoff until a 2xx or the
     request's deadline."""
 
-    def __init__(self, name: str, store: Store) -> None:
-        self.name, self.store = name, store
+    def __init__(self, name: str, store: Store, bodies: Bodies) -> None:
+        self.name, self.store, self.bodies = name, store, bodies
         self.log = logging.getLogger(f"mesh.{name}")
         self._kick = trio.Event()
 
@@ -272,14 +290,23 @@ class Poster:
                 self.store.post_done(post.id)
                 continue
             try:
-                reply = await client.post(post.url, headers=post.headers, content=post.body)
+                reply = await self._post(client, post)
                 ok = 200 <= reply.status_code < 300
-            except httpx.HTTPError:
+            except (httpx.HTTPError, OSError):
                 ok = False
             if not ok:
                 self.store.post_later(post.id, now + min(2.0**post.attempts * 0.5, 60.0))
                 return
             self.store.post_done(post.id)
+
+    async def _post(self, client: httpx.AsyncClient, post: Post) -> httpx.Response:
+        if post.body_file is None:
+            return await client.post(post.url, headers=post.headers, content=post.body)
+        size = self.bodies.path(post.body_file).stat().st_size
+        headers = [*post.headers, (b"content-length", str(size).encode())]
+        return await client.post(
+            post.url, headers=headers, content=self.bodies.chunks(post.body_file)
+        )
 
 
 class Forwarder:
@@ -296,6 +323,7 @@ class Forwarder:
     ) -> None:
         self.name, self.store, self.links, self.upstream = name, store, links, upstream
         self.max_body = max_body
+        self.bodies = links.bodies
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
 
@@ -309,77 +337,100 @@ class Forwarder:
             async for item in self.links.deliveries(Kind.REQUEST):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Request)
-                taken = self.store.take_execution(
-                    item.id, item.remote, message.id, item.payload, time.time()
-                )
-                if taken:
-                    nursery.start_soon(self._execute, client, item.remote, message, False)
+                if message.body_length:  # its body comes as fragments: take it then
+                    nursery.start_soon(self._take, client, item, message)
+                else:
+                    await self._take(client, item, message)
+
+    async def _take(self, client: httpx.AsyncClient, item: Inbound, request: Request) -> None:
+        """Record `request` for execution once its whole body is here, and start it. A
+        body that does not come by the request's deadline is answered 504."""
+        if request.body_length:
+            with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
+                await self.links.body_arrived(item.remote, request.id, request.body_length)
+        taken = self.store.take_execution(
+            item.id, item.remote, request.id, item.payload, time.time()
+        )
+        if taken:
+            await self._execute(client, item.remote, request, False)
 
     async def _execute(
         self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
     ) -> None:
-        if interrupted and request.method not in IDEMPOTENT:
-            answer = problem(
-                request.id,
-                502,
-                "outcome unknown: the peer stopped while the request was with the upstream",
-                outcome="unknown",
-            )
-        elif time.time() > request.deadline:
-            answer = problem(request.id, 504, "request expired in transit")
-        elif self.upstream is None:
-            answer = problem(request.id, 502, f"{self.name} has no upstream")
-        else:
-            note = Control("forwarded", {"id": request.id, "at": time.time()})
-            await self.links.send(origin, note)
-            async with self.limit:
-                answer = await self._forward(client, request)
-        await self.links.send(origin, answer)
+        answer, body = await self._answer(client, origin, request, interrupted)
+        await self.links.send(origin, answer, body if body.spooled else None)
         self.store.mark_execution(request.id, "responded", time.time())
+        if request.body_length:  # the request's body file has served its purpose
+            self.store.forget_transfer(origin, request.id)
+            await trio.to_thread.run_sync(self.bodies.remove, [incoming_name(origin, request.id)])
 
-    async def _forward(self, client: httpx.AsyncClient, request: Request) -> Response:
-        """The upstream's answer; connection refused is retried with backoff until the
-        deadline; a failure after the request may have reached it is an unknown outcome."""
+    async def _answer(
+        self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
+    ) -> tuple[Response, Body]:
+        if interrupted and request.method not in IDEMPOTENT:
+            title = "outcome unknown: the peer stopped while the request was with the upstream"
+            return problem(request.id, 502, title, outcome="unknown"), Body()
+        if time.time() > request.deadline:
+            return problem(request.id, 504, "request expired in transit"), Body()
+        if self.upstream is None:
+            return problem(request.id, 502, f"{self.name} has no upstream"), Body()
+        if request.body_length and not self._body_here(origin, request):
+            return problem(request.id, 504, "request body did not arrive by its deadline"), Body()
+        note = Control("forwarded", {"id": request.id, "at": time.time()})
+        await self.links.send(origin, note)
+        async with self.limit:
+            return await self._forward(client, origin, request)
+
+    def _body_here(self, origin: str, request: Request) -> bool:
+        return self.store.transfer_received(origin, request.id) >= (request.body_length or 0)
+
+    async def _request_body(self, origin: str, request: Request) -> Any:
+        """What httpx sends: the inline body, or the body file streamed."""
+        if not request.body_length:
+            return request.body
+        return self.bodies.chunks(incoming_name(origin, request.id))
+
+    async def _forward(
+        self, client: httpx.AsyncClient, origin: str, request: Request
+    ) -> tuple[Response, Body]:
+        """The upstream's answer (its body in memory or spooled); connection refused is
+        retried with backoff until the deadline; a failure after the request may have
+        reached it is an unknown outcome."""
         assert self.upstream is not None
         url = self.upstream.rstrip("/") + request.target
         headers = [*end_to_end(request.headers), (b"via", f"1.1 mesh-{self.name}".encode())]
+        if request.body_length:  # streamed: say its length rather than send it chunked
+            headers.append((b"content-length", str(request.body_length).encode()))
         delay = 0.1
         while True:
             self.store.mark_execution(request.id, "forwarding", time.time())
             try:
+                content = await self._request_body(origin, request)
                 async with client.stream(
-                    request.method, url, headers=headers, content=request.body
+                    request.method, url, headers=headers, content=content
                 ) as reply:
-                    body = await _read_capped_body(reply, self.max_body)
-                if body is None:
-                    limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
-                    return problem(request.id, 502, f"the upstream's response is {limit}")
+                    body = await self.bodies.receive(reply.aiter_raw(), self.max_body)
                 kept = end_to_end(reply.headers.raw)
                 if request.method == "HEAD":  # no body, but the size it would have had
                     length = reply.headers.get("content-length")
                     kept += ((b"content-length", length.encode()),) if length else ()
-                return Response(request.id, reply.status_code, kept, body)
+                length = body.size if body.spooled else None
+                return Response(request.id, reply.status_code, kept, body.data, length), body
+            except BodyTooLarge:
+                limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
+                answer = problem(request.id, 502, f"the upstream's response is {limit}")
+                return answer, Body()
             except httpx.HTTPError as exc:
                 if isinstance(exc, httpx.ConnectError):  # it never reached the upstream
                     self.store.mark_execution(request.id, "received", time.time())
                 elif request.method not in IDEMPOTENT:
                     self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
-                    return problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+                    answer = problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
+                    return answer, Body()
                 if time.time() + delay > request.deadline:
-                    return problem(request.id, 502, f"upstream failed: {exc}")
+                    return problem(request.id, 502, f"upstream failed: {exc}"), Body()
                 await trio.sleep(delay)  # every retry backs off, whatever the failure
                 delay = min(delay * 2, 5.0)
-
-
-async def _read_capped_body(reply: httpx.Response, limit: int) -> bytes | None:
-    """The raw (still encoded) body, or None past `limit` bytes."""
-    chunks, size = [], 0
-    async for chunk in reply.aiter_raw():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def pack_headers(headers: Headers) -> bytes:

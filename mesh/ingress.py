@@ -24,7 +24,7 @@ import logging
 import math
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +33,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from .bodies import Bodies, Body, BodyTooLarge
 from .errors import ConfigError, leaves
 from .gateway import RequestRecord, end_to_end
 from .messages import Datagram, Kind, unpack_envelope
@@ -93,20 +94,35 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The request body, refusing (413) one over `limit` before reading it all."""
-    chunks, size = [], 0
+async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it comes; a client that goes away midway is a 400."""
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
             raise HTTPProblem(400, "client went away")
-        chunk = event.get("body", b"")
+        yield event.get("body", b"")
+        if not event.get("more_body", False):
+            return
+
+
+async def discard_body(receive: Receive) -> None:
+    """Read what is left of a refused body and drop it: hypercorn queues body chunks
+    for the app, and a connection whose queue is full is never closed."""
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect" or not event.get("more_body", False):
+            return
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body in memory, refusing (413) one over `limit` before reading it all."""
+    chunks, size = [], 0
+    async for chunk in body_chunks(receive):
         size += len(chunk)
         if size > limit:
             raise HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
         chunks.append(chunk)
-        if not event.get("more_body", False):
-            return b"".join(chunks)
+    return b"".join(chunks)
 
 
 class Ingress:
@@ -131,6 +147,8 @@ class Ingress:
             if problem.detail:
                 body["detail"] = problem.detail
             await respond_json(send, problem.status, body, "application/problem+json")
+            if problem.status == 413:
+                await discard_body(receive)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /mesh/events``: each request event of this peer, as JSON text, live."""
@@ -185,7 +203,7 @@ class Ingress:
         events_url = self._allowed(headers, b"mesh-events")
         if self.peer.links.pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", self.peer.links.pipe_error)
-        body = await read_body(receive, self.peer.settings.body_limit)
+        body = await self._receive_body(receive)
         try:
             request_id = await self.peer.requests.submit(
                 remote,
@@ -198,6 +216,8 @@ class Ingress:
                 events_url,
             )
         except (OSError, sqlite3.Error) as exc:
+            if body.file is not None:
+                await trio.to_thread.run_sync(self.peer.bodies.remove, [body.file])
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
         if callback or b"respond-async" in headers.get(b"prefer", b""):
             await accepted(send, request_id)
@@ -206,7 +226,17 @@ class Ingress:
         if record is None or not record.done:
             await accepted(send, request_id)
         else:
-            await respond_with(send, record)
+            await respond_with(send, record, self.peer.bodies)
+
+    async def _receive_body(self, receive: Receive) -> Body:
+        """The request body, spooled to a file when big; 413 past the body limit."""
+        limit = self.peer.settings.body_limit
+        try:
+            return await self.peer.bodies.receive(body_chunks(receive), limit)
+        except BodyTooLarge:
+            raise HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes") from None
+        except OSError as exc:
+            raise HTTPProblem(503, "cannot store the request", str(exc)) from None
 
     def _allowed(self, headers: dict[bytes, bytes], name: bytes) -> str | None:
         """The URL in header `name`, if the roster's `callbacks` patterns allow it (403
@@ -234,13 +264,13 @@ class Ingress:
         if not response:
             await respond_json(send, 200, record.as_json())
         elif record.done:
-            await respond_with(send, record)
+            await respond_with(send, record, self.peer.bodies)
         else:
             await accepted(send, request_id)
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         self._check_remote(remote)
-        body = await read_body(receive, self.peer.settings.body_limit)
+        body = await read_body(receive, min(self.peer.settings.body_limit, DATAGRAM_LIMIT))
         message = Datagram(uuid.uuid4().hex, body)
         try:
             message_id = await self.peer.links.send(remote, message)
@@ -280,6 +310,7 @@ class Ingress:
 
 
 REQUEST_TTL = 3600.0  # a request not forwarded within this is answered 504
+DATAGRAM_LIMIT = 4 << 20  # bytes: a datagram travels whole, in one frame
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
 
 
@@ -319,15 +350,23 @@ async def accepted(send: Send, request_id: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def respond_with(send: Send, record: RequestRecord) -> None:
+async def respond_with(send: Send, record: RequestRecord, bodies: Bodies) -> None:
     """The upstream's answer as it gave it, with `Mesh-Request-Id` (a HEAD answer keeps
-    the upstream's Content-Length)."""
+    the upstream's Content-Length); a spooled body is streamed from its file."""
     assert record.status is not None
     headers = [*record.headers, (b"mesh-request-id", record.id.encode())]
+    size = len(record.body)
+    if record.body_file is not None:
+        size = (await trio.Path(bodies.path(record.body_file)).stat()).st_size
     if not any(name == b"content-length" for name, _ in record.headers):
-        headers.append((b"content-length", str(len(record.body)).encode()))
+        headers.append((b"content-length", str(size).encode()))
     await send({"type": "http.response.start", "status": record.status, "headers": headers})
-    await send({"type": "http.response.body", "body": record.body})
+    if record.body_file is None:
+        await send({"type": "http.response.body", "body": record.body})
+        return
+    async for chunk in bodies.chunks(record.body_file):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _datagram_json(item: Inbound) -> dict[str, Any]:

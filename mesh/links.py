@@ -10,28 +10,51 @@ API for the layer above:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import trio
 
 from . import pipe
+from .bodies import Bodies, Body, fragments, incoming_name
 from .crypto import Keyring
-from .errors import MessageError
+from .errors import FormatError, MessageError
 from .link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
-from .messages import Envelope, Kind, Message, kind_of, pack, unpack_envelope
+from .messages import (
+    Envelope,
+    Fragment,
+    Kind,
+    Message,
+    Request,
+    Response,
+    kind_of,
+    pack,
+    unpack_envelope,
+)
 from .names import FileKind, FileName
-from .store import Inbound, Store
-from .wire import DecodedFile, encode_file
+from .store import Inbound, OutboundRow, Store
+from .wire import Limits, ScannedFile, read_frame, write_file
 
-_ENCODE_IN_THREAD_FROM = 1 << 20
 T = TypeVar("T")
+
+
+@dataclass
+class _Opened:
+    """The delivered frames of one file, read: messages to store, fragments already
+    written to their body files, seqs refused (authentic but malformed: acknowledged,
+    never delivered) and seqs that could not be read now (left for a resend)."""
+
+    messages: list[tuple[int, int, bytes]]
+    fragments: list[tuple[str, int, int]]
+    refused: list[tuple[int, str]]
+    unread: set[int]
 
 
 @dataclass(frozen=True)
@@ -97,11 +120,19 @@ class Links:
         keyring: Keyring,
         settings: dict[str, LinkSettings],
         outbox: Path,
+        bodies: Bodies,
+        limits: Limits,
+        max_body: int,
+        block: int,
     ) -> None:
         self.name = name
         self.store = store
         self.keyring = keyring
         self.outbox = outbox
+        self.bodies = bodies
+        self.limits = limits
+        self.max_body = max_body  # a fragmented body longer than this is refused
+        self.block = block  # body bytes per fragment
         self.log = logging.getLogger(f"mesh.{name}")
         restored = {remote: store.link_state(remote) for remote in settings}
         self.protocol = Protocol(name, store.epoch, settings, restored, trio.current_time())
@@ -123,20 +154,35 @@ class Links:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, remote: str, message: Message) -> MessageId:
+    async def send(self, remote: str, message: Message, spooled: Body | None = None) -> MessageId:
         """Store `message` for `remote` durably and queue it; its id once durable.
 
+        With `spooled` (a body in a body file), the body's fragments are stored first, all
+        in the same transaction, and read from the file as they are written out; the
+        message (a request or response with `body_length` set) comes after them.
         KeyError for a remote this peer does not talk to.
         """
         if remote not in self.protocol.remotes:
             raise KeyError(f"{self.name} does not talk to {remote}")
+        rows = self._fragment_rows(remote, message, spooled) if spooled is not None else []
         seq = self.protocol.assign(remote)
-        payload = pack(Envelope(seq, message))
-        self.store.add_outbound(remote, seq, payload, time.time())
-        self.protocol.queued(remote, seq, len(payload), trio.current_time())
-        self._publish("stored", remote, [seq])
+        rows.append(OutboundRow(seq, pack(Envelope(seq, message))))
+        self.store.add_outbound(remote, rows, time.time())
+        now = trio.current_time()
+        for row in rows:
+            self.protocol.queued(remote, row.seq, len(row.payload) + row.spool_length, now)
+        self._publish("stored", remote, [row.seq for row in rows])
         self.kick()
         return MessageId(remote, seq)
+
+    def _fragment_rows(self, remote: str, message: Message, body: Body) -> list[OutboundRow]:
+        assert isinstance(message, Request | Response) and body.file is not None
+        rows = []
+        for index, offset, length in fragments(body, self.block):
+            seq = self.protocol.assign(remote)
+            envelope = Envelope(seq, Fragment(message.id, index, offset, body.size, b""))
+            rows.append(OutboundRow(seq, pack(envelope), body.file, length))
+        return rows
 
     async def run(self) -> None:
         """Write what the protocol plans, when it plans it, until cancelled."""
@@ -163,30 +209,45 @@ class Links:
                 found.append(remote)
         return found
 
+    def _frames(self, rows: list[OutboundRow]) -> Iterator[bytes]:
+        """The envelope of each row, a fragment's data read from its body file only when
+        its turn comes (one at a time in memory). Blocking."""
+        for row in rows:
+            if row.spool is None:
+                yield row.payload
+                continue
+            envelope = unpack_envelope(row.payload, len(row.payload))
+            fragment = envelope.message
+            assert isinstance(fragment, Fragment)
+            data = self.bodies.read_at(row.spool, fragment.offset, row.spool_length)
+            yield pack(Envelope(envelope.seq, dataclasses.replace(fragment, data=data)))
+
     async def _write(self, file: OutgoingFile) -> None:
-        payloads = self.store.outbound_payloads(file.remote, file.seqs) if file.seqs else {}
-        seqs = [seq for seq in file.seqs if seq in payloads]  # acked meanwhile: skip
+        stored = self.store.outbound_rows(file.remote, file.seqs) if file.seqs else {}
+        rows = [stored[seq] for seq in file.seqs if seq in stored]  # acked meanwhile: skip
+        seqs = [row.seq for row in rows]
         kind = FileKind.MESSAGES if seqs else FileKind.HEARTBEAT
         name = FileName(time.time_ns(), self.name, file.remote, os.urandom(4).hex(), kind)
-        frames = [payloads[seq] for seq in seqs]
 
-        def encode() -> bytes:
-            return encode_file(
+        def encode(out: BinaryIO) -> None:
+            write_file(
+                out,
                 self.keyring.identity,
                 recipient=file.remote,
                 epoch=self.store.epoch,
                 created=time.time(),
                 nonce=os.urandom(8),
-                frames=frames,
+                frames=self._frames(rows),
+                count=len(rows),
                 seqs=seqs,
                 link_key=self.keyring.sending_key(file.remote),
                 link=file.link,
             )
 
         try:
-            big = sum(map(len, frames)) >= _ENCODE_IN_THREAD_FROM
-            data = await trio.to_thread.run_sync(encode) if big else encode()
-            path = await trio.to_thread.run_sync(pipe.write_atomically, self.outbox, name, data)
+            path = await trio.to_thread.run_sync(
+                pipe.write_atomically_with, self.outbox, name, encode
+            )
         except OSError as exc:
             if self.pipe_error is None:
                 self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
@@ -216,13 +277,14 @@ class Links:
 
     # -- receiving -----------------------------------------------------------------------
 
-    def arrived(self, decoded: DecodedFile) -> Arrival:
-        """Take a valid file from a remote: apply its acks, store its new messages (durably,
-        with the received-state) and only then let them be acknowledged."""
-        header = decoded.header
+    async def arrived(self, path: Path, scanned: ScannedFile) -> Arrival:
+        """Take a valid file from a remote (`path`, as `scan_file` found it): apply its
+        acks, store its new messages (durably, with the received-state; fragments into
+        their body files) and only then let them be acknowledged."""
+        header = scanned.header
         infos = header.frames
-        whole = {infos[i].seq: frame for i, frame in enumerate(decoded.frames) if frame}
-        cut = [infos[i].seq for i in decoded.missing]
+        whole = [infos[i].seq for i, intact in enumerate(scanned.intact) if intact]
+        cut = [infos[i].seq for i in scanned.missing]
         now = trio.current_time()
         numbered_to = self.protocol.outbound(header.sender).next_seq
         arrival = self.protocol.arrived(header, whole, cut, now)
@@ -239,43 +301,85 @@ class Links:
             )
         outbound = self.protocol.outbound(remote)
         if arrival.acked or outbound.next_seq > numbered_to:  # else nothing new to keep
-            self.store.acked(remote, arrival.acked, outbound.next_seq)
+            done = self.store.acked(remote, arrival.acked, outbound.next_seq)
+            if done:
+                await trio.to_thread.run_sync(self.bodies.remove, done)
         self._publish("acked", remote, arrival.acked)
-        self._store_deliveries(arrival, whole)
+        await self._store_deliveries(arrival, path, scanned)
         if arrival.resend or arrival.deliver or cut:
             self.kick()
         return arrival
 
-    def _store_deliveries(self, arrival: Arrival, whole: dict[int, bytes]) -> None:
+    async def _store_deliveries(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> None:
         if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
             return
-        messages = []
-        for seq in arrival.deliver:
-            try:
-                envelope = unpack_envelope(whole[seq], len(whole[seq]))
-                if envelope.seq != seq:
-                    raise MessageError(f"frame says seq {envelope.seq}, header {seq}")
-            except MessageError as exc:
-                # Authentic but malformed: never delivered, but acknowledged so the sender
-                # stops resending what can never be taken.
-                self.log.error(
-                    "%s: message %d from %s refused: %s", self.name, seq, arrival.remote, exc
-                )
-                continue
-            messages.append((seq, int(kind_of(envelope.message)), whole[seq]))
+        opened = await trio.to_thread.run_sync(self._open, arrival, path, scanned)
+        for seq, problem in opened.refused:
+            # Authentic but malformed: never delivered, but acknowledged so the sender
+            # stops resending what can never be taken.
+            self.log.error(
+                "%s: message %d from %s refused: %s", self.name, seq, arrival.remote, problem
+            )
+        taken = [seq for seq in arrival.deliver if seq not in opened.unread]
         inbound = self.protocol.inbound(arrival.remote)
         state = inbound.received
-        for seq in arrival.deliver:
+        for seq in taken:
             state = state.add(seq)
         assert inbound.epoch is not None
         self.store.deliver(
-            arrival.remote, inbound.epoch, messages, state, inbound.retired, time.time()
+            arrival.remote,
+            inbound.epoch,
+            opened.messages,
+            state,
+            inbound.retired,
+            time.time(),
+            opened.fragments,
         )
-        self.protocol.stored(arrival.remote, arrival.deliver)
-        self._publish("delivered", arrival.remote, [seq for seq, _, _ in messages])
-        if messages:
+        self.protocol.stored(arrival.remote, taken)
+        self._publish("delivered", arrival.remote, taken)
+        if opened.messages or opened.fragments:
             self._delivered.set()
             self._delivered = trio.Event()
+
+    def _open(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> _Opened:
+        """Read the frames `arrival` delivers; fragments go straight to their body files
+        (durable on return). Blocking."""
+        index_of: dict[int, int] = {}
+        for index, info in enumerate(scanned.header.frames):
+            if scanned.intact[index]:
+                index_of.setdefault(info.seq, index)
+        opened = _Opened([], [], [], set())
+        with open(path, "rb") as source, self.bodies.writer() as bodies:
+            for seq in arrival.deliver:
+                try:
+                    data = read_frame(
+                        source, scanned.parsed, index_of[seq], self.keyring, self.limits
+                    )
+                except FormatError:  # changed since it was scanned: wait for a resend
+                    opened.unread.add(seq)
+                    continue
+                try:
+                    message = self._message(seq, data)
+                except MessageError as exc:
+                    opened.refused.append((seq, str(exc)))
+                    continue
+                if isinstance(message, Fragment):
+                    bodies.write(
+                        incoming_name(arrival.remote, message.id), message.offset, message.data
+                    )
+                    opened.fragments.append((message.id, message.total, len(message.data)))
+                else:
+                    opened.messages.append((seq, int(kind_of(message)), data))
+        return opened
+
+    def _message(self, seq: int, data: bytes) -> Message:
+        envelope = unpack_envelope(data, len(data))
+        if envelope.seq != seq:
+            raise MessageError(f"frame says seq {envelope.seq}, header {seq}")
+        message = envelope.message
+        if isinstance(message, Fragment) and message.total > self.max_body:
+            raise MessageError(f"a body of {message.total} bytes is over the body limit")
+        return message
 
     async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[Inbound]:
         """Delivered messages (of `kind`) as they come, oldest first, from the store: a
@@ -292,6 +396,13 @@ class Links:
     async def delivered(self) -> None:
         """Return at the next delivery of anything."""
         await self._delivered.wait()
+
+    async def body_arrived(self, remote: str, message_id: str, length: int) -> str:
+        """The body file of `message_id` from `remote`, once all `length` bytes of its
+        fragments are here (durably)."""
+        while self.store.transfer_received(remote, message_id) < length:
+            await self._delivered.wait()
+        return incoming_name(remote, message_id)
 
     def consume(self, ids: Iterable[int]) -> None:
         self.store.consume(ids)

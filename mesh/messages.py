@@ -48,6 +48,7 @@ class Request:
     headers: Headers
     body: bytes
     deadline: float  # wall-clock seconds after which it must not be forwarded
+    body_length: int | None = None  # set when the body comes as fragments (`body` empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class Response:
     status: int
     headers: Headers
     body: bytes
+    body_length: int | None = None  # set when the body comes as fragments (`body` empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +115,10 @@ def pack(envelope: Envelope) -> bytes:
             _headers_out(m.headers),
             m.body,
             float(m.deadline),
+            m.body_length,
         ]
     elif isinstance(m, Response):
-        fields = [Kind.RESPONSE, m.id, m.status, _headers_out(m.headers), m.body]
+        fields = [Kind.RESPONSE, m.id, m.status, _headers_out(m.headers), m.body, m.body_length]
     elif isinstance(m, Fragment):
         fields = [Kind.FRAGMENT, m.id, m.index, m.offset, m.total, m.data]
     elif isinstance(m, Datagram):
@@ -177,8 +180,17 @@ def _headers_in(value: Any) -> Headers:
     return pairs
 
 
+def _body_length(value: Any, body: bytes) -> int | None:
+    """None (the body is inline), or the length of a body that comes as fragments."""
+    if value is None:
+        return None
+    _check(type(value) is int and value >= 0, "body length must be a whole number >= 0")
+    _check(not body, "a body that comes as fragments is not inline too")
+    return int(value)
+
+
 def _request(f: list[Any]) -> Request:
-    id_, method, target, headers, body, deadline = f
+    id_, method, target, headers, body, deadline, length = f
     _check(isinstance(method, str) and _METHOD.fullmatch(method) is not None, "bad method")
     _check(
         isinstance(target, str)
@@ -190,13 +202,17 @@ def _request(f: list[Any]) -> Request:
         "bad target",
     )
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
-    return Request(_id(id_), method, target, _headers_in(headers), _bytes(body, "body"), deadline)
+    body = _bytes(body, "body")
+    return Request(
+        _id(id_), method, target, _headers_in(headers), body, deadline, _body_length(length, body)
+    )
 
 
 def _response(f: list[Any]) -> Response:
-    id_, status, headers, body = f
+    id_, status, headers, body, length = f
     _check(type(status) is int and 100 <= status <= 599, "bad status")
-    return Response(_id(id_), status, _headers_in(headers), _bytes(body, "body"))
+    body = _bytes(body, "body")
+    return Response(_id(id_), status, _headers_in(headers), body, _body_length(length, body))
 
 
 def _fragment(f: list[Any]) -> Fragment:
@@ -239,8 +255,8 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     Kind.DATAGRAM: _datagram,
 }
 _ARITY: dict[int, int] = {
-    Kind.REQUEST: 6,
-    Kind.RESPONSE: 4,
+    Kind.REQUEST: 7,
+    Kind.RESPONSE: 5,
     Kind.FRAGMENT: 5,
     Kind.CONTROL: 2,
     Kind.DATAGRAM: 2,

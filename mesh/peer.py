@@ -19,6 +19,7 @@ import trio
 
 from . import keys as keyfiles
 from . import pipe, presence
+from .bodies import BLOCK, Bodies
 from .crypto import Keyring
 from .errors import ConfigError, FormatError
 from .gateway import Forwarder, Poster, Requests
@@ -30,9 +31,11 @@ from .roster import PeerSettings, Roster
 from .settle import Settling
 from .store import StateLock, Store
 from .units import format_duration
-from .wire import DecodedFile, Limits, decode_file
+from .wire import Limits, ScannedFile, scan_file
 
-_DECODE_IN_THREAD_FROM = 1 << 20  # bytes; smaller files decode inline, faster than a hop
+# Frames hold a message with an inline body (up to bodies.INLINE), a fragment (up to
+# bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
+MAX_FRAME = 16 << 20
 
 
 class Peer:
@@ -43,14 +46,11 @@ class Peer:
         self.name = name
         self.settings: PeerSettings = roster.peer(name)
         self.log = logging.getLogger(f"mesh.{name}")
-        self.limits = Limits(
-            max_frame=self.settings.body_limit + (1 << 20),
-            max_message=self.settings.body_limit + (1 << 20),
-        )
-        self.max_file = 2 * self.limits.max_frame + (16 << 20)
+        self.limits = Limits(max_frame=MAX_FRAME, max_message=MAX_FRAME)
         self._lock = StateLock(roster.state_dir(name), name)
         self._settling = Settling(self.settings.settle)
         self.store: Store
+        self.bodies: Bodies
         self.keyring: Keyring
         self.quarantine: pipe.Quarantine
         self.presence: presence.Presence
@@ -68,6 +68,7 @@ class Peer:
         self._lock.acquire()
         try:
             self.store = Store(state_dir)
+            self.bodies = Bodies(state_dir / "bodies")
             self.keyring = self._load_keys()
             self.quarantine = pipe.Quarantine(self.store.quarantine)
             self._prepare_folders()
@@ -76,6 +77,9 @@ class Peer:
             raise
         if self.store.created:
             self.log.info("%s: new state in %s, epoch %s", self.name, state_dir, self.store.epoch)
+        swept = self.bodies.sweep(self.store.spools_in_use())
+        if swept:
+            self.log.info("%s: removed %d body files nothing refers to", self.name, swept)
 
     def _load_keys(self) -> Keyring:
         folder, talks_to = self.roster.keys, self.settings.talks_to
@@ -116,8 +120,12 @@ class Peer:
             self.keyring,
             {remote: self._link_settings() for remote in self.settings.talks_to},
             self.settings.outbox,
+            self.bodies,
+            self.limits,
+            max_body=self.settings.body_limit,
+            block=min(BLOCK, self.settings.fragment_size),
         )
-        self.poster = Poster(self.name, self.store)
+        self.poster = Poster(self.name, self.store, self.bodies)
         self.requests = Requests(self.store, self.links, self.poster)
         self.forwarder = Forwarder(
             self.name, self.store, self.links, self.settings.upstream, self.settings.body_limit
@@ -193,19 +201,19 @@ class Peer:
         if decoded is None:
             return
         self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
-        self.links.arrived(decoded)
+        await self.links.arrived(path, decoded)
         if decoded.missing:
             self.log.info(
                 "%s: %s lost %d of %d frames on the way; asked %s for them again",
                 self.name,
                 path.name,
                 len(decoded.missing),
-                len(decoded.frames),
+                len(decoded.intact),
                 name.sender,
             )
         await trio.to_thread.run_sync(pipe.remove, path)
 
-    async def _read_settled(self, name: FileName, path: Path) -> DecodedFile | None:
+    async def _read_settled(self, name: FileName, path: Path) -> ScannedFile | None:
         """The valid content of `path`, or None: gone, refused (quarantined), or cut short
         and not yet settled (looked at again later)."""
         try:
@@ -217,14 +225,10 @@ class Peer:
         if self._settling.waiting(path.name, mark, trio.current_time()):
             return None
         try:
-            data = await trio.to_thread.run_sync(pipe.read_file, path, self.max_file)
-        except ValueError as exc:
-            await self._quarantine(path, "too-large", str(exc))
+            decoded = await trio.to_thread.run_sync(self._scan, path)
+        except FileNotFoundError:
+            self._settling.forget(path.name)
             return None
-        if data is None:
-            return None
-        try:
-            decoded = await self._decode(data)
         except FormatError as exc:
             if exc.reason == "truncated" and not self._settled(path, mark):
                 return None  # maybe still being written in place
@@ -244,10 +248,10 @@ class Peer:
         writing in place may still be growing it. Until then it is looked at again later."""
         return self._settling.settled(path.name, mark, trio.current_time())
 
-    async def _decode(self, data: bytes) -> DecodedFile:
-        if len(data) < _DECODE_IN_THREAD_FROM:
-            return decode_file(data, self.keyring, self.limits)
-        return await trio.to_thread.run_sync(decode_file, data, self.keyring, self.limits)
+    def _scan(self, path: Path) -> ScannedFile:
+        """Check `path`'s header and every frame's digest, one chunk at a time. Blocking."""
+        with open(path, "rb") as source:
+            return scan_file(source, self.keyring, self.limits)
 
     async def _quarantine(self, path: Path, reason: str, detail: str) -> None:
         dest = await trio.to_thread.run_sync(self.quarantine.put, path, reason, detail)

@@ -14,9 +14,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import anyio
 import trio
@@ -34,24 +35,43 @@ def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
     return replace_atomically(folder, str(name), name.temporary, data)
 
 
+def write_atomically_with(
+    folder: Path, name: FileName, write: Callable[[BinaryIO], object]
+) -> Path:
+    """`write_atomically` of what `write(file)` writes to a file opened "w+b" (seekable,
+    so a writer may come back to fill in a header), never holding it all in memory.
+    If `write` raises, nothing is left behind. Blocking: call from a thread."""
+    return _replace_with(folder, str(name), name.temporary, write)
+
+
 def replace_atomically(folder: Path, name: str, temporary: str, data: bytes) -> Path:
     """`data` as `folder/name`, replacing what was there: written as `temporary` (a name
     readers skip), fsync'd, renamed into place, and the folder fsync'd so the rename
     survives a power cut. A failed write leaves no temporary behind. Blocking."""
+    return _replace_with(folder, name, temporary, lambda f: f.write(data))
+
+
+def _replace_with(
+    folder: Path, name: str, temporary: str, write: Callable[[BinaryIO], object]
+) -> Path:
+    """`replace_atomically`, the content written by `write` to the open temporary."""
     temp, final = folder / temporary, folder / name
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
+        with open(temp, "w+b", opener=_create) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-    os.close(fd)
     os.replace(temp, final)
     fsync_folder(folder)
     return final
+
+
+def _create(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o644)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -116,18 +136,6 @@ def remove(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def read_file(path: Path, max_size: int) -> bytes | None:
-    """The bytes of `path`, None if it vanished; ValueError if it is over `max_size`."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_size:
-                raise ValueError(f"file of {size} bytes is over the limit of {max_size}")
-            return f.read(max_size + 1)
-    except FileNotFoundError:
-        return None
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,16 @@ CREATE TABLE IF NOT EXISTS outbound (
     seq INTEGER NOT NULL,
     payload BLOB NOT NULL,
     created REAL NOT NULL,
+    spool TEXT,  -- a fragment's body file: its data is read from there when written
+    spool_length INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (remote, seq)
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    remote TEXT NOT NULL,
+    id TEXT NOT NULL,
+    total INTEGER NOT NULL,
+    have INTEGER NOT NULL,
+    PRIMARY KEY (remote, id)
 );
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -57,6 +66,7 @@ CREATE TABLE IF NOT EXISTS requests (
     status INTEGER,
     headers BLOB,
     body BLOB,
+    body_file TEXT,
     callback TEXT,
     events_url TEXT
 );
@@ -66,6 +76,7 @@ CREATE TABLE IF NOT EXISTS posts (
     url TEXT NOT NULL,
     headers BLOB NOT NULL,
     body BLOB NOT NULL,
+    body_file TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
     deadline REAL NOT NULL
@@ -145,6 +156,18 @@ class Post:
     body: bytes
     attempts: int
     deadline: float
+    body_file: str | None = None  # the body is this body file's content instead
+
+
+@dataclass(frozen=True)
+class OutboundRow:
+    """A message to store for sending: its envelope, and for a fragment whose data stays
+    in a body file, that file and how many of its bytes the fragment carries."""
+
+    seq: int
+    payload: bytes
+    spool: str | None = None
+    spool_length: int = 0
 
 
 class Store:
@@ -157,10 +180,24 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.repeats = 0  # deliveries refused because the message was already stored
         with self.transaction():
             self.epoch = self._epoch()
         self.created = self._created
+
+    def _add_missing_columns(self) -> None:
+        """Bring a state made by an earlier version up to this schema."""
+        added = {
+            "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
+            "requests": ("body_file TEXT",),
+            "posts": ("body_file TEXT",),
+        }
+        for table, columns in added.items():
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            for column in columns:
+                if column.split()[0] not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
     def _epoch(self) -> str:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -198,7 +235,8 @@ class Store:
         unacked = tuple(
             (int(seq), int(size))
             for seq, size in self.db.execute(
-                "SELECT seq, length(payload) FROM outbound WHERE remote = ? ORDER BY seq",
+                "SELECT seq, length(payload) + spool_length FROM outbound WHERE remote = ?"
+                " ORDER BY seq",
                 (remote,),
             )
         )
@@ -217,38 +255,61 @@ class Store:
         """The link's row exists (inside the caller's transaction)."""
         self.db.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
 
-    def add_outbound(self, remote: str, seq: int, payload: bytes, now: float) -> None:
-        """Make message `seq` to `remote` durable, with the link's numbering past it."""
+    def add_outbound(self, remote: str, rows: Sequence[OutboundRow], now: float) -> None:
+        """Make messages to `remote` durable, all or none, with the link's numbering past
+        them."""
         with self.transaction():
-            self.db.execute(
-                "INSERT INTO outbound (remote, seq, payload, created) VALUES (?, ?, ?, ?)",
-                (remote, seq, payload, now),
+            self.db.executemany(
+                "INSERT INTO outbound (remote, seq, payload, created, spool, spool_length)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((remote, r.seq, r.payload, now, r.spool, r.spool_length) for r in rows),
             )
             self._ensure_link(remote)
             self.db.execute(
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
-                (seq + 1, remote),
+                (max(r.seq for r in rows) + 1, remote),
             )
 
-    def outbound_payloads(self, remote: str, seqs: Sequence[int]) -> dict[int, bytes]:
+    def outbound_rows(self, remote: str, seqs: Sequence[int]) -> dict[int, OutboundRow]:
+        """The stored messages among `seqs` (those acknowledged meanwhile are gone)."""
         marks = ",".join("?" * len(seqs))
         rows = self.db.execute(
-            f"SELECT seq, payload FROM outbound WHERE remote = ? AND seq IN ({marks})",
+            "SELECT seq, payload, spool, spool_length FROM outbound"
+            f" WHERE remote = ? AND seq IN ({marks})",
             (remote, *seqs),
         )
-        return {int(seq): bytes(payload) for seq, payload in rows}
+        return {int(q): OutboundRow(int(q), bytes(p), s, int(n)) for q, p, s, n in rows}
 
-    def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> None:
-        """Acknowledged messages are dropped; `next_seq` never goes back."""
+    def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> list[str]:
+        """Acknowledged messages are dropped; `next_seq` never goes back. The body files
+        whose every fragment is now acknowledged (for the caller to remove)."""
+        spools: set[str] = set()
         with self.transaction():
-            self.db.executemany(
-                "DELETE FROM outbound WHERE remote = ? AND seq = ?", ((remote, s) for s in seqs)
-            )
+            for seq in seqs:
+                row = self.db.execute(
+                    "DELETE FROM outbound WHERE remote = ? AND seq = ? RETURNING spool",
+                    (remote, seq),
+                ).fetchone()
+                if row is not None and row[0] is not None:
+                    spools.add(str(row[0]))
             self._ensure_link(remote)
             self.db.execute(
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (next_seq, remote),
             )
+            still = {name for name in spools if self._spool_in_use(name)}
+        return sorted(spools - still)
+
+    def _spool_in_use(self, name: str) -> bool:
+        return (
+            self.db.execute("SELECT 1 FROM outbound WHERE spool = ? LIMIT 1", (name,)).fetchone()
+            is not None
+        )
+
+    def spools_in_use(self) -> set[str]:
+        """Body files an unacknowledged fragment still reads from."""
+        rows = self.db.execute("SELECT DISTINCT spool FROM outbound WHERE spool IS NOT NULL")
+        return {str(name) for (name,) in rows}
 
     def deliver(
         self,
@@ -258,11 +319,18 @@ class Store:
         received: ReceivedState,
         retired: Iterable[str],
         now: float,
+        fragments: Iterable[tuple[str, int, int]] = (),
     ) -> list[int]:
-        """Store delivered messages (seq, kind, payload) and the received-state that
-        acknowledges them, in one transaction; the inbound ids, in order."""
+        """Store delivered messages (seq, kind, payload), the (id, total, length) of
+        delivered fragments (whose data is already durable in their body files) and the
+        received-state that acknowledges them, in one transaction; the inbound ids."""
         ids = []
         with self.transaction():
+            self.db.executemany(
+                "INSERT INTO transfers (remote, id, total, have) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (remote, id) DO UPDATE SET have = have + excluded.have",
+                ((remote, i, total, length) for i, total, length in fragments),
+            )
             for seq, kind, payload in messages:
                 cursor = self.db.execute(
                     "INSERT OR IGNORE INTO inbound"
@@ -299,6 +367,19 @@ class Store:
     def consume(self, ids: Iterable[int]) -> None:
         with self.transaction():
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
+
+    def transfer_received(self, remote: str, message_id: str) -> int:
+        """How many bytes of the fragmented body of `message_id` from `remote` are here."""
+        row = self.db.execute(
+            "SELECT have FROM transfers WHERE remote = ? AND id = ?", (remote, message_id)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def forget_transfer(self, remote: str, message_id: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "DELETE FROM transfers WHERE remote = ? AND id = ?", (remote, message_id)
+            )
 
     # -- requests (the caller's side) ----------------------------------------------------
 
@@ -353,31 +434,35 @@ class Store:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         deadline: float,
+        body_file: str | None = None,
     ) -> None:
-        """Queue a POST of `body` to `url` (inside the caller's transaction)."""
+        """Queue a POST of `body` (or of body file `body_file`) to `url` (inside the
+        caller's transaction)."""
         flat = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
         self.db.execute(
-            "INSERT INTO posts (request_id, url, headers, body, due, deadline)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (request_id, url, flat.encode(), body, time.time(), deadline),
+            "INSERT INTO posts (request_id, url, headers, body, body_file, due, deadline)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (request_id, url, flat.encode(), body, body_file, time.time(), deadline),
         )
 
     def due_posts(self, now: float) -> list[Post]:
         """Posts to send now, oldest first: per URL, the leading run of due posts (a post
         waiting for its retry holds back the later ones to its URL, keeping their order)."""
         rows = self.db.execute(
-            "SELECT id, url, headers, body, attempts, deadline, due FROM posts ORDER BY id"
+            "SELECT id, url, headers, body, attempts, deadline, due, body_file FROM posts"
+            " ORDER BY id"
         )
         blocked: set[str] = set()
         found = []
-        for i, url, headers, body, attempts, deadline, due in rows:
+        for i, url, headers, body, attempts, deadline, due, body_file in rows:
             if url in blocked:
                 continue
             if due > now:
                 blocked.add(url)
                 continue
             pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(headers)]
-            found.append(Post(int(i), str(url), pairs, bytes(body), int(attempts), deadline))
+            post = Post(int(i), str(url), pairs, bytes(body), int(attempts), deadline, body_file)
+            found.append(post)
         return found
 
     def next_post_due(self) -> float | None:
@@ -399,8 +484,8 @@ class Store:
 
     def get_request(self, request_id: str) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT id, remote, method, target, state, events, deadline, status, headers, body"
-            " FROM requests WHERE id = ?",
+            "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
+            " body_file FROM requests WHERE id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
@@ -416,6 +501,7 @@ class Store:
             "status",
             "headers",
             "body",
+            "body_file",
         )
         record = dict(zip(keys, row, strict=True))
         record["events"] = json.loads(record["events"])
@@ -460,6 +546,7 @@ class Store:
         body: bytes,
         at: float,
         callback_headers: list[tuple[bytes, bytes]] | None = None,
+        body_file: str | None = None,
     ) -> list[tuple[str, float]]:
         """Store the response of `request_id` (if it is ours and not done) and consume the
         delivered message, in one transaction; the events this added (none if there was
@@ -479,11 +566,12 @@ class Store:
                 events += [list(e) for e in new]
                 self._post_events(request_id, row[2], new, row[3])
                 if row[1] is not None:
-                    self.add_post(request_id, row[1], callback_headers or [], body, row[3])
+                    post_headers = callback_headers or []
+                    self.add_post(request_id, row[1], post_headers, body, row[3], body_file)
                 self.db.execute(
                     "UPDATE requests SET state = 'completed', status = ?, headers = ?, body = ?,"
-                    " events = ? WHERE id = ?",
-                    (status, headers, body, json.dumps(events), request_id),
+                    " body_file = ?, events = ? WHERE id = ?",
+                    (status, headers, body, body_file, json.dumps(events), request_id),
                 )
             self.db.execute("DELETE FROM inbound WHERE id = ?", (inbound_id,))
         return new

@@ -1,4 +1,4 @@
-"""The mesh file format, version 1. Pure: bytes in, bytes out, no I/O, no clock.
+"""The mesh file format, version 1. No clock, and no I/O but on file objects it is handed.
 
 Layout::
 
@@ -17,17 +17,21 @@ links.
 Reading trusts nothing before the signature checks out. Truncation, the common fault,
 loses only the frames it cut: every frame that arrived whole, with a matching digest,
 is still good. Everything decoded is bounded by `Limits`.
+
+Files live in memory (`encode_file`, `decode_file`) or, when big, on disk: `write_file`
+and `scan_file`/`read_frame` hold one frame at a time, never the whole file.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, TypeVar
 
 import msgpack
 import xxhash
@@ -120,6 +124,45 @@ class KeySource(Protocol):
 # -- writing ---------------------------------------------------------------------------
 
 
+def write_file(
+    out: BinaryIO,
+    identity: Identity,
+    *,
+    recipient: str,
+    epoch: str,
+    created: float,
+    nonce: bytes,
+    frames: Iterable[bytes],
+    count: int,
+    seqs: Sequence[int] | None = None,
+    link_key: bytes | None = None,
+    link: LinkFields = LinkFields(),
+) -> int:
+    """Write the file `encode_file` makes to `out` (seekable, at the file's start), taking
+    `frames` one at a time so only one frame is in memory; how many bytes it wrote.
+
+    `count` is how many frames `frames` yields (ValueError if another number). The header
+    is the same size whatever the frame table holds, so a zeroed placeholder of its size
+    goes first and the signed header over it once every frame is written.
+    """
+    if len(nonce) != FILE_NONCE_SIZE:
+        raise ValueError(f"nonce must be {FILE_NONCE_SIZE} bytes")
+    stored = _store_frames(frames, identity.name, recipient, nonce, link_key)
+    return _write(
+        out,
+        identity,
+        recipient=recipient,
+        epoch=epoch,
+        created=created,
+        nonce=nonce,
+        encrypted=link_key is not None,
+        stored=stored,
+        count=count,
+        seqs=seqs,
+        link=link,
+    )
+
+
 def encode_file(
     identity: Identity,
     *,
@@ -134,23 +177,21 @@ def encode_file(
 ) -> bytes:
     """A complete signed file holding `frames` (envelope bytes, with sequence numbers
     `seqs`, all 0 when None), sealed when `link_key` is given."""
-    if len(nonce) != FILE_NONCE_SIZE:
-        raise ValueError(f"nonce must be {FILE_NONCE_SIZE} bytes")
-    stored = [
-        _store_frame(i, payload, identity.name, recipient, nonce, link_key)
-        for i, payload in enumerate(frames)
-    ]
-    return assemble(
+    out = io.BytesIO()
+    write_file(
+        out,
         identity,
         recipient=recipient,
         epoch=epoch,
         created=created,
         nonce=nonce,
-        encrypted=link_key is not None,
-        stored=stored,
+        frames=frames,
+        count=len(frames),
         seqs=seqs,
+        link_key=link_key,
         link=link,
     )
+    return out.getvalue()
 
 
 def assemble(
@@ -166,8 +207,96 @@ def assemble(
     link: LinkFields = LinkFields(),
 ) -> bytes:
     """Sign a header over frames already stored (compressed/sealed) and join the file."""
+    out = io.BytesIO()
+    _write(
+        out,
+        identity,
+        recipient=recipient,
+        epoch=epoch,
+        created=created,
+        nonce=nonce,
+        encrypted=encrypted,
+        stored=stored,
+        count=len(stored),
+        seqs=seqs,
+        link=link,
+    )
+    return out.getvalue()
+
+
+def _write(
+    out: BinaryIO,
+    identity: Identity,
+    *,
+    recipient: str,
+    epoch: str,
+    created: float,
+    nonce: bytes,
+    encrypted: bool,
+    stored: Iterable[tuple[Codec, bytes]],
+    count: int,
+    seqs: Sequence[int] | None,
+    link: LinkFields,
+) -> int:
+    """Write a placeholder header, the `count` stored frames as they come, then the signed
+    header over the placeholder; the file's size."""
+    if count < 0:
+        raise ValueError(f"frame count {count} is negative")
+    if seqs is not None and len(seqs) != count:
+        raise ValueError(f"{len(seqs)} sequence numbers for {count} frames")
+
+    def head(table: bytes) -> bytes:
+        return _head(
+            identity.name,
+            recipient=recipient,
+            epoch=epoch,
+            created=created,
+            nonce=nonce,
+            encrypted=encrypted,
+            link=link,
+            table=table,
+        )
+
+    start = out.tell()
+    head_size = len(head(bytes(count * _FRAME_ENTRY.size))) + SIGNATURE_SIZE
+    out.write(bytes(head_size))  # no mesh file (bad magic) until the real header is in
+    size, entries = head_size, list[bytes]()
+    for codec, data in stored:
+        index = len(entries)
+        if index == count:
+            raise ValueError(f"more than the {count} frames announced")
+        out.write(data)
+        size += len(data)
+        seq = 0 if seqs is None else seqs[index]
+        entries.append(_FRAME_ENTRY.pack(len(data), codec, seq, _digest(data)))
+        del data  # hold no frame while the next one is made
+    if len(entries) != count:
+        raise ValueError(f"{len(entries)} frames, not the {count} announced")
+    signed = head(b"".join(entries))
+    signed += identity.sign(signed)
+    if len(signed) != head_size:  # cannot happen: the table's size is all that varies
+        raise AssertionError(f"header of {len(signed)} bytes over a {head_size}-byte space")
+    out.seek(start)
+    out.write(signed)
+    out.seek(start + size)
+    return size
+
+
+def _head(
+    sender: str,
+    *,
+    recipient: str,
+    epoch: str,
+    created: float,
+    nonce: bytes,
+    encrypted: bool,
+    link: LinkFields,
+    table: bytes,
+) -> bytes:
+    """Prefix and header, to be signed. Its size depends on `table`'s size only: the
+    table is one bin whose entries are fixed-size structs."""
     header = {
-        "s": identity.name,
+        "s": sender,
         "r": recipient,
         "e": epoch,
         "t": float(created),
@@ -178,15 +307,23 @@ def assemble(
         "b": link.floor,
         "m": list(link.missing),
         "c": dict(link.clock),
-        "f": b"".join(
-            _FRAME_ENTRY.pack(len(data), codec, seq, _digest(data))
-            for (codec, data), seq in zip(stored, seqs or [0] * len(stored), strict=True)
-        ),
+        "f": table,
     }
-    head = msgpack.packb(header, use_bin_type=True)
-    prefix = _PREFIX.pack(MAGIC, VERSION, len(head))
-    signature = identity.sign(prefix + head)
-    return b"".join([prefix, head, signature, *(s for _, s in stored)])
+    head: bytes = msgpack.packb(header, use_bin_type=True)
+    return _PREFIX.pack(MAGIC, VERSION, len(head)) + head
+
+
+def _store_frames(
+    frames: Iterable[bytes], sender: str, recipient: str, nonce: bytes, key: bytes | None
+) -> Iterator[tuple[Codec, bytes]]:
+    """Each frame stored as it is asked for, holding no reference to the one before."""
+    index = 0
+    for payload in frames:  # not enumerate: it would hold the last frame meanwhile
+        stored = _store_frame(index, payload, sender, recipient, nonce, key)
+        del payload
+        yield stored
+        del stored
+        index += 1  # noqa: SIM113 (enumerate would hold the last frame meanwhile)
 
 
 def _store_frame(
@@ -197,6 +334,7 @@ def _store_frame(
         packed = bounded.compress(payload)
         if len(packed) < len(payload):
             codec, data = Codec.ZSTD, packed
+        del packed  # an attempt that did not win is not kept while sealing
     if key is not None:
         data = seal(key, _frame_nonce(nonce, index), data, _frame_aad(sender, recipient, index))
     return codec, data
@@ -387,7 +525,7 @@ def open_frame(
     if len(stored) != info.length:
         raise FormatError("truncated", f"frame {index} cut short")
     if _digest(stored) != info.digest:
-        raise FormatError("frame-corrupt", f"frame {index} does not match its digest")
+        raise _corrupt(index)
     data = stored
     if header.encrypted:
         key = keys.link_key(header.sender, header.recipient)
@@ -404,6 +542,10 @@ def open_frame(
     elif len(data) > limits.max_message:
         raise FormatError("frame-corrupt", f"frame {index} is over {limits.max_message} bytes")
     return data
+
+
+def _corrupt(index: int) -> FormatError:
+    return FormatError("frame-corrupt", f"frame {index} does not match its digest")
 
 
 @dataclass(frozen=True)
@@ -433,22 +575,126 @@ def decode_file(data: bytes, keys: KeySource, limits: Limits = Limits()) -> Deco
     A file longer than its header declares is refused ("trailing-bytes"): mesh never
     appends, so the extra bytes mean someone else wrote into it.
     """
-    parsed = read_header(data, keys, limits)
-    if len(data) > parsed.size:
-        raise FormatError("trailing-bytes", f"{len(data) - parsed.size} bytes after the last frame")
-    frames: list[bytes | None] = []
+    parsed = _checked_header(data, len(data), keys, limits)
+
+    def take(index: int, offset: int, length: int) -> bytes:
+        return open_frame(parsed, index, data[offset : offset + length], keys, limits)
+
+    frames, problems = _each_frame(parsed, len(data), take)
+    return DecodedFile(parsed.header, frames, problems, len(data) < parsed.size)
+
+
+@dataclass(frozen=True)
+class ScannedFile:
+    """A file checked on disk without holding its frames: per frame, whether it is all
+    there and matches its digest (`intact`), and why each one that is not is not."""
+
+    parsed: ParsedHeader
+    intact: tuple[bool, ...]
+    problems: tuple[str, ...]
+    cut_short: bool = False  # the file ends before the size its header declares
+
+    @property
+    def header(self) -> Header:
+        return self.parsed.header
+
+    @property
+    def complete(self) -> bool:
+        return all(self.intact)
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        return tuple(i for i, ok in enumerate(self.intact) if not ok)
+
+
+_CHUNK = 1 << 20  # how much of a frame scan_file reads at a time
+
+
+def scan_file(f: BinaryIO, keys: KeySource, limits: Limits = Limits()) -> ScannedFile:
+    """Check the file open as `f` (seekable, binary) as `decode_file` does, in memory
+    bounded by the header and one chunk: the same checks and FormatErrors for the header
+    and the file's size, then each frame's digest, read a chunk at a time. A frame that
+    is intact may still not open (sealed under another key, a bad zstd stream):
+    `read_frame` tells."""
+    f.seek(0)
+    head = _read_up_to(f, PREFIX_SIZE)
+    if len(head) == PREFIX_SIZE:  # else read_header says the file is cut short
+        head += _read_up_to(f, header_size(head, limits) - PREFIX_SIZE)
+    size = f.seek(0, io.SEEK_END)
+    parsed = _checked_header(head, size, keys, limits)
+
+    def take(index: int, offset: int, length: int) -> bool:
+        f.seek(offset)
+        digest = xxhash.xxh3_128()
+        left = length
+        while left:
+            chunk = f.read(min(left, _CHUNK))
+            if not chunk:  # shrank since we measured it
+                raise FormatError("truncated", f"frame {index} cut short")
+            digest.update(chunk)
+            left -= len(chunk)
+        if digest.digest() != parsed.header.frames[index].digest:
+            raise _corrupt(index)
+        return True
+
+    found, problems = _each_frame(parsed, size, take)
+    intact = tuple(ok is not None for ok in found)
+    return ScannedFile(parsed, intact, problems, size < parsed.size)
+
+
+def read_frame(
+    f: BinaryIO, parsed: ParsedHeader, index: int, keys: KeySource, limits: Limits = Limits()
+) -> bytes:
+    """The envelope bytes of frame `index` of the file open as `f`, whose header is
+    `parsed` (from `scan_file`); FormatError when it is cut short or does not open."""
+    offset, length = parsed.spans[index]
+    if f.seek(0, io.SEEK_END) < offset + length:  # an empty frame too, past the cut
+        raise FormatError("truncated", f"frame {index} cut short")
+    f.seek(offset)
+    return open_frame(parsed, index, _read_up_to(f, length), keys, limits)
+
+
+def _checked_header(head: bytes, size: int, keys: KeySource, limits: Limits) -> ParsedHeader:
+    """`read_header` of `head`, the start of a file of `size` bytes, refusing a file
+    longer than its header declares."""
+    parsed = read_header(head, keys, limits)
+    if size > parsed.size:
+        raise FormatError("trailing-bytes", f"{size - parsed.size} bytes after the last frame")
+    return parsed
+
+
+_T = TypeVar("_T")
+
+
+def _each_frame(
+    parsed: ParsedHeader, size: int, take: Callable[[int, int, int], _T]
+) -> tuple[tuple[_T | None, ...], tuple[str, ...]]:
+    """`take(index, offset, length)` of each frame a file of `size` bytes holds whole,
+    None for the others and where `take` raised FormatError; and why, per None."""
+    results: list[_T | None] = []
     problems = []
     for index, (offset, length) in enumerate(parsed.spans):
-        if offset + length > len(data):
-            frames.append(None)
-            problems.append(f"frame {index} cut short")
-            continue
         try:
-            frames.append(open_frame(parsed, index, data[offset : offset + length], keys, limits))
+            if offset + length > size:
+                raise FormatError("truncated", f"frame {index} cut short")
+            results.append(take(index, offset, length))
         except FormatError as exc:
-            frames.append(None)
+            results.append(None)
             problems.append(str(exc))
-    return DecodedFile(parsed.header, tuple(frames), tuple(problems), len(data) < parsed.size)
+    return tuple(results), tuple(problems)
+
+
+def _read_up_to(f: BinaryIO, size: int) -> bytes:
+    """`size` bytes from `f`, fewer only at its end."""
+    data = f.read(size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    left = size - len(data)
+    while left and (more := f.read(left)):
+        parts.append(more)
+        left -= len(more)
+    return b"".join(parts)
 
 
 __all__ = [
@@ -463,10 +709,14 @@ __all__ = [
     "Limits",
     "LinkFields",
     "ParsedHeader",
+    "ScannedFile",
     "assemble",
     "decode_file",
     "encode_file",
     "header_size",
     "open_frame",
+    "read_frame",
     "read_header",
+    "scan_file",
+    "write_file",
 ]

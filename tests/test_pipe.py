@@ -6,12 +6,14 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import trio
 import trio.testing
 
-from mesh import pipe
+from mesh import pipe, wire
+from mesh.crypto import Identity, Keyring
 from mesh.errors import PeerLockedError
 from mesh.names import FileKind, FileName
 from mesh.store import StateLock, Store
@@ -26,6 +28,53 @@ def test_atomic_write_leaves_only_the_final_file(tmp_path: Path) -> None:
     path = pipe.write_atomically(tmp_path, n, b"payload")
     assert path == tmp_path / str(n) and path.read_bytes() == b"payload"
     assert [p.name for p in tmp_path.iterdir()] == [str(n)]
+
+
+def test_atomic_write_with_a_writer_leaves_only_the_final_file(tmp_path: Path) -> None:
+    def writer(f: BinaryIO) -> None:
+        f.write(b"????payload")
+        f.seek(0)  # a seekable file: come back to fill in a header
+        f.write(b"head")
+
+    n = name()
+    path = pipe.write_atomically_with(tmp_path, n, writer)
+    assert path == tmp_path / str(n) and path.read_bytes() == b"headpayload"
+    assert [p.name for p in tmp_path.iterdir()] == [str(n)]
+
+
+def test_a_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:
+    def writer(f: BinaryIO) -> None:
+        f.write(b"half a file")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        pipe.write_atomically_with(tmp_path, name(), writer)
+    with pytest.raises(TypeError):
+        pipe.write_atomically(tmp_path, name(), "not bytes")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mesh_file_streams_into_the_pipe(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    frames = [os.urandom(100_000), b"y" * 50_000, b""]
+    args = {
+        "recipient": "bravo",
+        "epoch": "0123456789abcdef",
+        "created": 1.5,
+        "nonce": b"\x02" * wire.FILE_NONCE_SIZE,
+        "seqs": [4, 5, 6],
+    }
+    path = pipe.write_atomically_with(
+        tmp_path,
+        name(),
+        lambda f: wire.write_file(f, identities["alpha"], frames=iter(frames), count=3, **args),
+    )
+    assert path.read_bytes() == wire.encode_file(identities["alpha"], frames=frames, **args)
+    with open(path, "rb") as f:
+        scanned = wire.scan_file(f, bravo_keys)
+        assert scanned.complete and [i.seq for i in scanned.header.frames] == [4, 5, 6]
+        assert [wire.read_frame(f, scanned.parsed, i, bravo_keys) for i in range(3)] == frames
 
 
 def test_scan_takes_only_finished_files_addressed_to_me(tmp_path: Path) -> None:
@@ -57,15 +106,6 @@ def test_quarantine_moves_the_file_with_its_reason(tmp_path: Path) -> None:
     assert "reason: bad-signature" in reason and "does not verify" in reason
     assert q.count() == 1
     assert q.put(src, "again", "already gone") is None
-
-
-def test_read_file_refuses_oversized_files(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * 100)
-    assert pipe.read_file(path, 100) == b"x" * 100
-    with pytest.raises(ValueError, match="over the limit"):
-        pipe.read_file(path, 99)
-    assert pipe.read_file(tmp_path / "missing", 100) is None
 
 
 @pytest.mark.parametrize("mode", ["notify", "poll", "auto"])

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mesh.received import ReceivedState
-from mesh.store import Store
+from mesh.store import OutboundRow, Store
 
 EPOCH = "0123456789abcdef"
 
@@ -34,8 +34,8 @@ def test_a_repeated_delivery_is_stored_once(tmp_path: Path) -> None:
 
 def test_link_state_survives_a_reopen(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.add_outbound("bravo", 1, b"a", 0.0)
-    store.add_outbound("bravo", 2, b"bb", 0.0)
+    store.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)
+    store.add_outbound("bravo", [OutboundRow(2, b"bb")], 0.0)
     store.acked("bravo", [1], next_seq=3)
     store.deliver("bravo", EPOCH, [(4, 5, b"z")], ReceivedState(0, ((4, 4),)), ["f" * 16], 0.0)
     store.close()
@@ -57,3 +57,24 @@ def test_posts_keep_their_order_per_url_through_retries(tmp_path: Path) -> None:
     assert [p.body for p in store.due_posts(1e10)] == [b"b"]
     store.post_done(first[3].id)
     assert store.next_post_due() == 1e11  # not the later posts queued behind it
+
+
+def test_a_body_file_is_done_when_its_last_fragment_is_acked(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = [OutboundRow(1, b"f1", "out-a", 10), OutboundRow(2, b"f2", "out-a", 5)]
+    store.add_outbound("bravo", [*rows, OutboundRow(3, b"request")], 0.0)
+    assert store.link_state("bravo").unacked == ((1, 12), (2, 7), (3, 7))
+    assert store.spools_in_use() == {"out-a"}
+    assert store.acked("bravo", [1, 3], next_seq=4) == []
+    assert store.acked("bravo", [2], next_seq=4) == ["out-a"]
+    assert store.spools_in_use() == set()
+
+
+def test_fragments_add_up_exactly_once_per_delivery(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.deliver("alpha", EPOCH, [], ReceivedState(1), [], 0.0, [("a" * 32, 30, 10)])
+    store.deliver("alpha", EPOCH, [], ReceivedState(2), [], 0.0, [("a" * 32, 30, 20)])
+    assert store.transfer_received("alpha", "a" * 32) == 30
+    assert store.transfer_received("bravo", "a" * 32) == 0
+    store.forget_transfer("alpha", "a" * 32)
+    assert store.transfer_received("alpha", "a" * 32) == 0

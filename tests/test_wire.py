@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import subprocess
 import sys
 import textwrap
+import time
+import tracemalloc
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 import msgpack
 import pytest
+import xxhash
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,6 +59,8 @@ MESSAGES = [
     ),
     Response(ID, 418, ((b"content-encoding", b"gzip"),), b"\x1f\x8b\x08\x00" + os.urandom(64)),
     Response(ID, 204, (), b""),
+    Request(ID, "PUT", "/big", (), b"", 1.5, body_length=40 << 20),  # body in fragments
+    Response(ID, 200, (), b"", body_length=3 << 30),
     Fragment(ID, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
     Control("missing", {"seq": [4, 5, 9], "note": "frames cut"}),
     Datagram(ID, b"\x00\xff opaque"),
@@ -77,6 +86,31 @@ def encode(
         frames=frames,
         seqs=list(range(1, len(frames) + 1)),
         link_key=keys.sending_key(recipient),
+        link=LINK,
+    )
+
+
+def write(
+    out: BinaryIO,
+    identities: dict[str, Identity],
+    frames: Iterable[bytes],
+    count: int,
+    *,
+    encrypted: bool = False,
+) -> int:
+    """`wire.write_file` with the arguments `encode` gives `encode_file`."""
+    keys = keyring_for(identities, "alpha", ("bravo",), encrypted)
+    return wire.write_file(
+        out,
+        identities["alpha"],
+        recipient="bravo",
+        epoch=EPOCH,
+        created=1_700_000_000.25,
+        nonce=NONCE,
+        frames=frames,
+        count=count,
+        seqs=list(range(1, count + 1)),
+        link_key=keys.sending_key("bravo"),
         link=LINK,
     )
 
@@ -219,18 +253,18 @@ def test_sealed_frames_do_not_open_under_another_link(identities: dict[str, Iden
     assert decoded.frames == (None,) and "decrypt" in decoded.problems[0]
 
 
-@pytest.mark.parametrize(
-    ("data", "reason"),
-    [
-        (b"", "truncated"),
-        (b"MES", "truncated"),
-        (b"NOPE\x01\x00\x00\x00\x10" + b"\x00" * 100, "bad-magic"),
-        (b"MESH\x09\x00\x00\x00\x10" + b"\x00" * 100, "bad-version"),
-        (b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100, "bad-header"),
-        (b"MESH\x01\x00\x00\x00\x05" + b"\xdd\xff\xff\xff\xff" + b"\x00" * 64, "bad-header"),
-        (b"MESH\x01\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
-    ],
-)
+GARBAGE = [
+    (b"", "truncated"),
+    (b"MES", "truncated"),
+    (b"NOPE\x01\x00\x00\x00\x10" + b"\x00" * 100, "bad-magic"),
+    (b"MESH\x09\x00\x00\x00\x10" + b"\x00" * 100, "bad-version"),
+    (b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100, "bad-header"),
+    (b"MESH\x01\x00\x00\x00\x05" + b"\xdd\xff\xff\xff\xff" + b"\x00" * 64, "bad-header"),
+    (b"MESH\x01\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
+]
+
+
+@pytest.mark.parametrize(("data", "reason"), GARBAGE)
 def test_garbage_is_refused_with_a_reason(bravo_keys: Keyring, data: bytes, reason: str) -> None:
     with pytest.raises(FormatError) as caught:
         wire.decode_file(data, bravo_keys)
@@ -318,19 +352,22 @@ def test_bombs_are_refused_within_bounded_memory() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        [1, 1, "short-id", "GET", "/", [], b"", 1.0],
-        [1, 1, ID, "G ET", "/", [], b"", 1.0],
-        [1, 1, ID, "GET", "no-slash", [], b"", 1.0],
-        [1, 1, ID, "GET", "/", [b"odd"], b"", 1.0],
-        [1, 1, ID, "GET", "/", ["text", b"v"], b"", 1.0],
-        [1, 1, ID, "GET", "/", [], "str body", 1.0],
-        [1, 1, ID, "GET", "/", [], b"", float("inf")],
-        [2, 1, ID, 999, [], b""],
+        [1, 1, "short-id", "GET", "/", [], b"", 1.0, None],
+        [1, 1, ID, "G ET", "/", [], b"", 1.0, None],
+        [1, 1, ID, "GET", "no-slash", [], b"", 1.0, None],
+        [1, 1, ID, "GET", "/", [b"odd"], b"", 1.0, None],
+        [1, 1, ID, "GET", "/", ["text", b"v"], b"", 1.0, None],
+        [1, 1, ID, "GET", "/", [], "str body", 1.0, None],
+        [1, 1, ID, "GET", "/", [], b"", float("inf"), None],
+        [1, 1, ID, "GET", "/", [], b"inline too", 1.0, 10],  # body both inline and fragmented
+        [1, 1, ID, "GET", "/", [], b"", 1.0, -1],
+        [2, 1, ID, 999, [], b"", None],
+        [2, 1, ID, 200, [], b"", "10"],
         [3, 1, ID, 0, 10, 5, b"too long for total"],
         [4, 1, "Bad Op", {}],
         [9, 1],
-        [1, -1, ID, "GET", "/", [], b"", 1.0],
-        [1, 1, ID, "GET", "/", [], b""],
+        [1, -1, ID, "GET", "/", [], b"", 1.0, None],
+        [1, 1, ID, "GET", "/", [], b"", 1.0],
         {"not": "a list"},
     ],
 )
@@ -368,3 +405,216 @@ def test_any_frames_survive_the_pipe_or_are_flagged(
         return
     for got, want in zip(decoded.frames, frames, strict=True):
         assert got is None or got == want
+
+
+# -- big files: write_file, scan_file, read_frame ---------------------------------------
+
+SMALL_FRAMES = [os.urandom(40), b"b" * 300, pack(Envelope(3, MESSAGES[0])), b"", b"tail"]
+
+
+def assert_streaming_agrees(data: bytes, keys: Keyring) -> None:
+    """scan_file + read_frame on `data` as a file say what decode_file says of it."""
+    try:
+        decoded = wire.decode_file(data, keys)
+    except FormatError as exc:
+        with pytest.raises(FormatError) as caught:
+            wire.scan_file(io.BytesIO(data), keys)
+        assert (caught.value.reason, str(caught.value)) == (exc.reason, str(exc))
+        return
+    f = io.BytesIO(data)
+    scanned = wire.scan_file(f, keys)
+    assert scanned.header == decoded.header
+    assert scanned.missing == decoded.missing
+    assert scanned.problems == decoded.problems
+    assert scanned.cut_short == decoded.cut_short
+    assert scanned.complete == decoded.complete
+    for index, want in enumerate(decoded.frames):
+        if want is None:
+            assert not scanned.intact[index]
+            with pytest.raises(FormatError):
+                wire.read_frame(f, scanned.parsed, index, keys)
+        else:
+            assert scanned.intact[index]
+            assert wire.read_frame(f, scanned.parsed, index, keys) == want
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_write_file_writes_what_encode_file_makes(
+    identities: dict[str, Identity], encrypted: bool, count: int
+) -> None:
+    frames = (packed_frames() * 2)[:count]
+    taken: list[int] = []
+
+    def lazily() -> Iterator[bytes]:
+        for index, frame in enumerate(frames):
+            taken.append(index)
+            yield frame
+
+    out = io.BytesIO()
+    size = write(out, identities, lazily(), count, encrypted=encrypted)
+    assert out.getvalue() == encode(identities, frames, encrypted=encrypted)
+    assert size == len(out.getvalue()) == out.tell()
+    assert taken == list(range(count))
+
+
+@pytest.mark.parametrize(("yields", "count"), [(2, 3), (3, 2), (1, 0)])
+def test_write_file_refuses_another_number_of_frames_than_announced(
+    identities: dict[str, Identity], yields: int, count: int
+) -> None:
+    with pytest.raises(ValueError, match="announced"):
+        write(io.BytesIO(), identities, [b"frame"] * yields, count)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_scan_and_read_frame_agree_with_decode_file(
+    identities: dict[str, Identity], encrypted: bool
+) -> None:
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    data = encode(identities, packed_frames(), encrypted=encrypted)
+    assert_streaming_agrees(data, keys)
+    scanned = wire.scan_file(io.BytesIO(data), keys)
+    assert scanned.complete and not scanned.missing and not scanned.cut_short
+    assert_streaming_agrees(encode(identities, [], encrypted=encrypted), keys)
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_scan_agrees_with_decode_file_at_every_truncation(
+    identities: dict[str, Identity], encrypted: bool
+) -> None:
+    data = encode(identities, SMALL_FRAMES, encrypted=encrypted)
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    first_frame = wire.read_header(data, keys).spans[0][0]
+    for cut in range(len(data) + 1):
+        assert_streaming_agrees(data[:cut], keys)
+        if cut < first_frame:  # cut inside the header: refused, as decode_file does
+            with pytest.raises(FormatError) as caught:
+                wire.scan_file(io.BytesIO(data[:cut]), keys)
+            assert caught.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_scan_finds_a_corrupted_frame_as_decode_file_does(
+    identities: dict[str, Identity], encrypted: bool
+) -> None:
+    data = encode(identities, SMALL_FRAMES, encrypted=encrypted)
+    keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
+    offset, length = wire.read_header(data, keys).spans[1]
+    damaged = bytearray(data)
+    damaged[offset + length // 2] ^= 0x04
+    assert_streaming_agrees(bytes(damaged), keys)
+    scanned = wire.scan_file(io.BytesIO(bytes(damaged)), keys)
+    assert scanned.missing == (1,) and "does not match its digest" in scanned.problems[0]
+    assert not scanned.cut_short
+
+
+def test_scan_agrees_with_decode_file_on_any_flipped_byte(
+    identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    data = encode(identities, SMALL_FRAMES)
+    for offset in range(len(data)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        assert_streaming_agrees(bytes(damaged), bravo_keys)
+
+
+def test_scan_refuses_trailing_bytes(identities: dict[str, Identity], bravo_keys: Keyring) -> None:
+    data = encode(identities, SMALL_FRAMES) + b"more"
+    assert_streaming_agrees(data, bravo_keys)
+    with pytest.raises(FormatError) as caught:
+        wire.scan_file(io.BytesIO(data), bravo_keys)
+    assert caught.value.reason == "trailing-bytes"
+
+
+@pytest.mark.parametrize(("data", "reason"), GARBAGE)
+def test_scan_refuses_garbage_with_the_same_reason(
+    bravo_keys: Keyring, data: bytes, reason: str
+) -> None:
+    with pytest.raises(FormatError) as caught:
+        wire.scan_file(io.BytesIO(data), bravo_keys)
+    assert caught.value.reason == reason
+    assert_streaming_agrees(data, bravo_keys)
+
+
+class ReadLog(io.BytesIO):
+    """A file that notes how much each read asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.asked.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def test_scan_reads_the_header_then_frames_a_chunk_at_a_time(
+    identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    frames = [os.urandom(3 << 20), os.urandom(10), os.urandom(1 << 20)]
+    data = encode(identities, frames)
+    f = ReadLog(data)
+    scanned = wire.scan_file(f, bravo_keys)
+    assert scanned.complete
+    need = wire.header_size(data)
+    assert f.asked[:2] == [wire.PREFIX_SIZE, need - wire.PREFIX_SIZE]
+    assert f.asked[2:] == [1 << 20] * 3 + [10, 1 << 20]
+    assert [wire.read_frame(f, scanned.parsed, i, bravo_keys) for i in range(3)] == frames
+    huge = ReadLog(b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100)
+    with pytest.raises(FormatError, match="header of"):
+        wire.scan_file(huge, bravo_keys)
+    assert huge.asked == [wire.PREFIX_SIZE]  # refused before reading the header
+
+
+def test_read_frame_of_a_cut_frame_is_refused(
+    identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    data = encode(identities, SMALL_FRAMES)
+    parsed = wire.read_header(data, bravo_keys)
+    offset, length = parsed.spans[1]
+    with pytest.raises(FormatError) as caught:
+        wire.read_frame(io.BytesIO(data[: offset + length - 1]), parsed, 1, bravo_keys)
+    assert caught.value.reason == "truncated"
+
+
+BIG_FRAMES, BIG_FRAME = 64, 4 << 20
+
+
+def test_big_files_are_written_and_read_in_bounded_memory(
+    identities: dict[str, Identity], tmp_path: Path
+) -> None:
+    """256 MiB of incompressible frames through a real file, holding about a frame at a
+    time: write_file pulls each frame as it goes, scan_file and read_frame read one."""
+    digests: list[bytes] = []
+
+    def frames() -> Iterator[bytes]:
+        rng = random.Random(20240601)
+        for _ in range(BIG_FRAMES):
+            frame = rng.randbytes(BIG_FRAME)
+            digests.append(xxhash.xxh3_128_digest(frame))
+            yield frame
+
+    keys = keyring_for(identities, "bravo", ("alpha",))
+    path = tmp_path / "big.mesh"
+    started = time.monotonic()
+    tracemalloc.start()
+    try:
+        with open(path, "w+b") as out:
+            size = write(out, identities, frames(), BIG_FRAMES)
+        _, wrote_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        with open(path, "rb") as f:
+            scanned = wire.scan_file(f, keys)
+            assert scanned.complete and not scanned.cut_short
+            for index in range(BIG_FRAMES):
+                frame = wire.read_frame(f, scanned.parsed, index, keys)
+                assert xxhash.xxh3_128_digest(frame) == digests[index]
+                del frame
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size == path.stat().st_size > BIG_FRAMES * BIG_FRAME
+    assert [f.codec for f in scanned.header.frames] == [wire.Codec.RAW] * BIG_FRAMES
+    assert wrote_peak < 24 << 20, f"writing peaked at {wrote_peak >> 20} MiB"
+    assert read_peak < 24 << 20, f"reading peaked at {read_peak >> 20} MiB"
+    print(f"peaks {wrote_peak >> 20}/{read_peak >> 20} MiB in {time.monotonic() - started:.1f}s")

@@ -1,0 +1,189 @@
+"""Message bodies: small ones in memory, big ones spooled to files in the peer's state.
+
+A body up to `INLINE` bytes travels inside its request or response message. A bigger one
+is written to a file as it arrives from the socket, and crosses as fragments of at most
+`block` bytes, each its own sequenced message; the far side writes each fragment at its
+offset in a file of its own as it arrives, so a body is never whole in memory on
+either side.
+
+Files live in the peer's ``bodies`` folder under names mesh makes (never from a file
+name or header of a remote): ``out-<uuid>`` for ours to send, ``in-<peer>-<id>`` for those
+that arrive (the peer a roster name, the id 32 hex digits, both checked before use), and
+``tmp-<uuid>`` while one is being received from a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
+BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
+CHUNK = 1 << 20  # bytes read from a body file at a time
+_ID = re.compile(r"[0-9a-f]{32}")
+_PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the body is over the limit of {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class Body:
+    """A body: its bytes (`data`) when small, else the name of its file and its size."""
+
+    data: bytes = b""
+    file: str | None = None
+    size: int = 0
+
+    @classmethod
+    def of(cls, data: bytes) -> Body:
+        return cls(data, None, len(data))
+
+    @property
+    def spooled(self) -> bool:
+        return self.file is not None
+
+
+def incoming_name(remote: str, message_id: str) -> str:
+    """The file for a body arriving from `remote` for message `message_id`."""
+    if not (_PEER.fullmatch(remote) and _ID.fullmatch(message_id)):
+        raise ValueError(f"not a body name: {remote!r}, {message_id!r}")
+    return f"in-{remote}-{message_id}"
+
+
+class Bodies:
+    """The body files of one peer."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.folder = folder
+
+    def path(self, name: str) -> Path:
+        return self.folder / name
+
+    async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Body:
+        """The body `chunks` make: in memory up to `INLINE` bytes, else spooled to a file
+        (fsync'd) as it comes. BodyTooLarge past `limit` bytes (nothing is left behind)."""
+        held: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            held.append(chunk)
+            if size > INLINE:
+                return await self._spool(held, size, chunks, limit)
+        return Body.of(b"".join(held))
+
+    async def _spool(
+        self, held: list[bytes], size: int, rest: AsyncIterator[bytes], limit: int
+    ) -> Body:
+        temporary = self.path(f"tmp-{uuid.uuid4().hex}")
+        try:
+            async with await trio.open_file(temporary, "wb") as out:
+                pending = sum(map(len, held))
+                async for chunk in rest:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(limit)
+                    held.append(chunk)
+                    pending += len(chunk)
+                    if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
+                        await out.write(b"".join(held))
+                        held.clear()
+                        pending = 0
+                await out.write(b"".join(held))
+                await out.flush()
+                await trio.to_thread.run_sync(os.fsync, out.fileno())
+            name = f"out-{uuid.uuid4().hex}"
+            await trio.to_thread.run_sync(os.replace, temporary, self.path(name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return Body(b"", name, size)
+
+    async def chunks(self, name: str) -> AsyncIterator[bytes]:
+        """The bytes of body file `name`, `CHUNK` at a time."""
+        async with await trio.open_file(self.path(name), "rb") as source:
+            while chunk := await source.read(CHUNK):
+                yield chunk
+
+    def read_at(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes of `name` from `offset` (OSError if the file is shorter). Blocking."""
+        with open(self.path(name), "rb") as source:
+            data = os.pread(source.fileno(), length, offset)
+        if len(data) != length:
+            raise OSError(f"body file {name} is shorter than expected")
+        return data
+
+    def writer(self) -> BodyWriter:
+        return BodyWriter(self.folder)
+
+    def remove(self, names: Iterable[str]) -> None:
+        """Remove body files (those already gone are fine). Blocking."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(name))
+
+    def sweep(self, keep: set[str]) -> int:
+        """At start-up, remove half-received bodies and our outgoing ones nothing refers
+        to any more (`keep` names those that are still referred to); how many. Blocking."""
+        removed = 0
+        for entry in os.scandir(self.folder):
+            stale = entry.name.startswith("tmp-") or (
+                entry.name.startswith("out-") and entry.name not in keep
+            )
+            if stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+
+class BodyWriter:
+    """Writes data at offsets in body files; on leaving the block without an error, every
+    file written is fsync'd (durable). Blocking: use from a thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._opened: dict[str, int] = {}
+
+    def __enter__(self) -> BodyWriter:
+        return self
+
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        fd = self._opened.get(name)
+        if fd is None:
+            fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._opened[name] = fd
+        view, written = memoryview(data), 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written:], offset + written)
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        try:
+            if error is None:
+                for fd in self._opened.values():
+                    os.fsync(fd)
+        finally:
+            for fd in self._opened.values():
+                os.close(fd)
+
+
+def fragments(body: Body, block: int) -> list[tuple[int, int, int]]:
+    """(index, offset, length) of each fragment of spooled `body`."""
+    return [
+        (index, offset, min(block, body.size - offset))
+        for index, offset in enumerate(range(0, body.size, block))
+    ]
