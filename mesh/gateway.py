@@ -320,16 +320,20 @@ class Forwarder:
         upstream: str | None,
         max_body: int,
         concurrency: int = 64,
+        upstream_timeout: float = 60.0,
     ) -> None:
         self.name, self.store, self.links, self.upstream = name, store, links, upstream
         self.max_body = max_body
         self.bodies = links.bodies
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
+        self.timeout = httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 5.0))
         self.log = logging.getLogger(f"mesh.{name}")
 
     async def run(self) -> None:
-        timeout = httpx.Timeout(60.0, connect=5.0)
-        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
+        async with (
+            httpx.AsyncClient(timeout=self.timeout) as client,
+            trio.open_nursery() as nursery,
+        ):
             for origin, packed, state in self.store.unfinished_executions():
                 request = unpack_envelope(packed, len(packed)).message
                 assert isinstance(request, Request)
@@ -427,9 +431,10 @@ class Forwarder:
                     self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
                     answer = problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
                     return answer, Body()
-                if time.time() + delay > request.deadline:
+                left = request.deadline - time.time()
+                if left <= 0:
                     return problem(request.id, 502, f"upstream failed: {exc}"), Body()
-                await trio.sleep(delay)  # every retry backs off, whatever the failure
+                await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
                 delay = min(delay * 2, 5.0)
 
 

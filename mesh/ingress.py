@@ -211,7 +211,7 @@ class Ingress:
                 target,
                 end_to_end(scope["headers"]),
                 body,
-                REQUEST_TTL,
+                self.peer.settings.request_deadline,
                 callback,
                 events_url,
             )
@@ -309,7 +309,6 @@ class Ingress:
         await respond_json(send, 200, reply)
 
 
-REQUEST_TTL = 3600.0  # a request not forwarded within this is answered 504
 DATAGRAM_LIMIT = 4 << 20  # bytes: a datagram travels whole, in one frame
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
 

@@ -128,7 +128,13 @@ class Peer:
         self.poster = Poster(self.name, self.store, self.bodies)
         self.requests = Requests(self.store, self.links, self.poster)
         self.forwarder = Forwarder(
-            self.name, self.store, self.links, self.settings.upstream, self.settings.body_limit
+            self.name,
+            self.store,
+            self.links,
+            self.settings.upstream,
+            self.settings.body_limit,
+            concurrency=self.settings.upstream_concurrency,
+            upstream_timeout=self.settings.upstream_timeout,
         )
         self.log.info(
             "%s: up, epoch %s, talks to %s",

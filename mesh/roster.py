@@ -187,6 +187,13 @@ def _positive_size(value: object) -> int:
     return size
 
 
+def _positive_count(value: object) -> int:
+    """A whole number above 0 (YAML's bools are not numbers here)."""
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"must be a whole number more than 0, not {describe(value)}")
+    return value
+
+
 def _fragment_size(value: object) -> int:
     size = parse_size(value)
     if size < MIN_FRAGMENT_SIZE:
@@ -221,6 +228,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
 PositiveSize = Annotated[int, BeforeValidator(_positive_size)]
 FragmentSize = Annotated[int, BeforeValidator(_fragment_size)]
+PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Watch = Annotated[Literal["auto", "notify", "poll"], BeforeValidator(_watch)]
 
@@ -252,6 +260,9 @@ class PeerSettings(BaseModel):
     watch: Watch = "auto"
     poll_interval: PositiveDuration = 1.0
     body_limit: PositiveSize = 64 * MiB
+    request_deadline: PositiveDuration = 3600.0  # to be forwarded; callbacks retried as long
+    upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
+    upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
 
     @field_validator("talks_to")
     @classmethod

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -515,3 +516,41 @@ async def test_retries_back_off_and_a_post_is_never_sent_twice(tmp_path: Path) -
     assert dropper.seen["GET"] == 4
     assert posted.status_code == 502 and posted.headers["mesh-outcome"] == "unknown"
     assert dropper.seen["POST"] == 1
+
+
+async def test_past_its_deadline_a_request_is_a_504_and_a_refusing_upstream_a_502(
+    tmp_path: Path,
+) -> None:
+    """alpha's `request_deadline` bounds a request's life: one that reaches bravo after it
+    is never forwarded (504); one whose upstream refuses connections is retried until
+    it, then answered 502."""
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ALPHA, ["bravo"], request_deadline="1500ms"),
+            "bravo": peer(18242, ["alpha"], upstream="http://127.0.0.1:18299"),  # nobody there
+        },
+        defaults={"heartbeat": "200ms", "linger": "2ms"},
+    )
+    keygen(path)
+    with trio.fail_after(30):
+        async with (
+            mesh_up(path, "alpha") as alpha,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=20) as client,
+        ):
+            await alpha.wait_for("alpha: HTTP ingress")
+            late = await client.post("/bravo/x", content=b"1", headers={"prefer": "respond-async"})
+            assert late.status_code == 202
+            await trio.sleep(2.0)  # bravo is down while alpha's 1.5 s deadline passes
+            async with mesh_up(path, "bravo") as bravo:
+                await bravo.wait_for("bravo: HTTP ingress")
+                started = time.monotonic()
+                refused = await client.post(
+                    "/bravo/x", content=b"2", headers={"mesh-timeout": "20"}
+                )
+                assert refused.status_code == 502, refused.text
+                assert refused.json()["title"].startswith("upstream failed")
+                assert 1.0 < time.monotonic() - started < 10  # retried until the deadline
+                answer = await client.get(late.headers["location"])  # answered before that
+                assert answer.status_code == 504, answer.text
+                assert answer.json()["title"] == "request expired in transit"

@@ -124,6 +124,9 @@ def test_built_in_defaults() -> None:
         "watch": "auto",
         "poll_interval": 1.0,
         "body_limit": 64 * 2**20,
+        "request_deadline": 3600.0,
+        "upstream_timeout": 60.0,
+        "upstream_concurrency": 64,
     }
 
 
@@ -142,6 +145,9 @@ def test_built_in_defaults() -> None:
         ("fragment_size", "64KiB", 65536),
         ("collate_below", "1KB", 1000),
         ("body_limit", 1, 1),
+        ("request_deadline", "2h", 7200.0),
+        ("upstream_timeout", "90s", 90.0),
+        ("upstream_concurrency", 8, 8),
         ("encrypt", True, True),
         ("watch", "poll", "poll"),
         ("watch", "notify", "notify"),
@@ -369,6 +375,10 @@ def test_peer_must_be_a_mapping(value: object) -> None:
         ("collate_below", 0, "must be more than 0, not 0"),
         ("body_limit", "0B", "must be more than 0"),
         ("body_limit", "1.1KiB", "not a whole number of bytes"),
+        ("request_deadline", "0s", "must be more than 0"),
+        ("upstream_concurrency", 0, "must be a whole number more than 0, not 0"),
+        ("upstream_concurrency", True, "must be a whole number more than 0, not true"),
+        ("upstream_concurrency", "8", 'must be a whole number more than 0, not "8"'),
         ("encrypt", "true", '"true" is not true or false (write true or false, no quotes)'),
         ("encrypt", 1, "1 is not true or false"),
         ("watch", "inotify", '"inotify" is not one of auto, notify, poll'),
