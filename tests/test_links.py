@@ -42,7 +42,7 @@ async def test_events_come_in_order_and_deliveries_survive_until_consumed(
             peers = await start(path, nursery)
             events = peers["alpha"].links.events.subscribe()
             sent = await peers["alpha"].links.send("bravo", Datagram(uuid.uuid4().hex, body))
-            async for item in peers["bravo"].links.deliveries(Kind.DATAGRAM):
+            async for (item,) in peers["bravo"].links.deliveries(Kind.DATAGRAM):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Datagram) and message.body == body
                 assert (item.remote, item.seq) == ("alpha", sent.seq)
@@ -59,7 +59,7 @@ async def test_events_come_in_order_and_deliveries_survive_until_consumed(
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             bravo = peers["bravo"].links
-            async for item in bravo.deliveries(Kind.DATAGRAM):
+            async for (item,) in bravo.deliveries(Kind.DATAGRAM):
                 assert item.seq == sent.seq
                 bravo.consume([item.id])
                 break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +79,41 @@ def test_fragments_add_up_exactly_once_per_delivery(tmp_path: Path) -> None:
     assert store.transfer_received("bravo", "a" * 32) == 0
     store.forget_transfer("alpha", "a" * 32)
     assert store.transfer_received("alpha", "a" * 32) == 0
+
+
+def test_nested_transactions_commit_once_and_hooks_run_after_it(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    ran: list[str] = []
+    with store.transaction(durable=False):
+        store.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)  # joins the outer one
+        store.after_commit(lambda: ran.append("hook"))
+        assert ran == [] and store.db.in_transaction
+    assert ran == ["hook"] and not store.db.in_transaction
+    store.after_commit(lambda: ran.append("at once"))  # outside a transaction
+    assert ran == ["hook", "at once"]
+    assert store.link_state("bravo").unacked == ((1, 1),)
+
+
+def test_a_failed_transaction_undoes_every_nested_step_and_runs_no_hook(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    ran: list[str] = []
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)
+        store.after_commit(lambda: ran.append("hook"))
+        raise RuntimeError("disk on fire")
+    assert ran == [] and store.link_state("bravo").unacked == ()
+    store.add_outbound("bravo", [OutboundRow(2, b"b")], 0.0)  # the store still works
+    assert store.link_state("bravo").unacked == ((2, 1),)
+
+
+def test_the_log_is_checkpointed_from_another_thread(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.add_outbound("bravo", [OutboundRow(1, b"a" * 100_000)], 0.0)
+    result: list[tuple[int, int]] = []
+    thread = threading.Thread(target=lambda: result.append(store.checkpoint()))
+    thread.start()
+    thread.join()
+    [(logged, copied)] = result
+    assert logged == copied > 0
+    store.close()
+    assert Store(tmp_path).link_state("bravo").unacked == ((1, 100_000),)
