@@ -10,12 +10,14 @@ that state has an unknown outcome, and a non-idempotent request is then answered
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import httpx
@@ -138,10 +140,11 @@ class Requests:
         deadline = time.time() + ttl
         length = body.size if body.spooled else None
         request = Request(request_id, method, target, headers, body.data, deadline, length)
-        sent = await self.links.send(remote, request, body if body.spooled else None)
-        self.store.add_request(
-            request_id, remote, sent.seq, method, target, deadline, callback, events_url
-        )
+        with self.store.transaction():  # one commit for both
+            sent = await self.links.send(remote, request, body if body.spooled else None)
+            self.store.add_request(
+                request_id, remote, sent.seq, method, target, deadline, callback, events_url
+            )
         self._changed_state(request_id, [("stored", time.time())])
         return request_id
 
@@ -190,13 +193,15 @@ class Requests:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_events)
             nursery.start_soon(self._follow_progress)
-            async for item in self.links.deliveries(Kind.RESPONSE):
-                message = unpack_envelope(item.payload, len(item.payload)).message
-                assert isinstance(message, Response)
-                if message.body_length:  # its body comes as fragments: complete it then
-                    nursery.start_soon(self._complete, item, message)
-                else:
-                    await self._complete(item, message)
+            async for batch in self.links.deliveries(Kind.RESPONSE):
+                with self.store.transaction():  # one commit for all those here
+                    for item in batch:
+                        message = unpack_envelope(item.payload, len(item.payload)).message
+                        assert isinstance(message, Response)
+                        if message.body_length:  # its body comes as fragments: later
+                            nursery.start_soon(self._complete, item, message)
+                        else:
+                            await self._complete(item, message)
 
     async def _complete(self, item: Inbound, message: Response) -> None:
         """Store `message` as its request's response, once its whole body is here."""
@@ -220,32 +225,40 @@ class Requests:
         )
         if body_file is not None:
             self.store.forget_transfer(item.remote, message.id)
-        self._changed_state(message.id, added)
+        self.store.after_commit(lambda: self._changed_state(message.id, added))
 
     async def _follow_progress(self) -> None:
         """The far side's notes on our requests (``forwarded``), as they are delivered."""
-        async for item in self.links.deliveries(Kind.CONTROL):
-            message = unpack_envelope(item.payload, len(item.payload)).message
-            assert isinstance(message, Control)
-            request_id, at = message.args.get("id"), message.args.get("at")
-            if message.op == "forwarded" and isinstance(request_id, str):
-                self._record(request_id, "forwarded", float(at or time.time()))
-            self.links.consume([item.id])
+        async for batch in self.links.deliveries(Kind.CONTROL):
+            with self.store.transaction():
+                for item in batch:
+                    message = unpack_envelope(item.payload, len(item.payload)).message
+                    assert isinstance(message, Control)
+                    request_id, at = message.args.get("id"), message.args.get("at")
+                    if message.op == "forwarded" and isinstance(request_id, str):
+                        self._record(request_id, "forwarded", float(at or time.time()))
+                self.links.consume([item.id for item in batch])
 
     def _record(self, request_id: str, state: str, at: float) -> None:
         added = self.store.add_request_event(request_id, state, at)
         if added:
-            self._changed_state(request_id, added)
+            self.store.after_commit(lambda: self._changed_state(request_id, added))
 
     async def _follow_events(self) -> None:
+        """Link events of our requests' messages, those that came together in one commit."""
         names = {"sent": "sent", "acked": "delivered"}
-        async for event in self.links.events.subscribe():
-            state = names.get(event.state)
-            if state is None:
-                continue
-            request_id = self.store.request_by_seq(event.remote, event.seq)
-            if request_id is not None:
-                self._record(request_id, state, event.at)
+        channel = self.links.events.subscribe()
+        async for event in channel:
+            batch = [event]
+            with contextlib.suppress(trio.WouldBlock):
+                while len(batch) < 1024:
+                    batch.append(channel.receive_nowait())
+            with self.store.transaction():
+                for each in batch:
+                    state = names.get(each.state)
+                    request_id = state and self.store.request_by_seq(each.remote, each.seq)
+                    if state and request_id:
+                        self._record(request_id, state, each.at)
 
 
 class Poster:
@@ -257,24 +270,38 @@ class Poster:
         self.name, self.store, self.bodies = name, store, bodies
         self.log = logging.getLogger(f"mesh.{name}")
         self._kick = trio.Event()
+        self._busy: set[str] = set()  # URLs with a POST under way
 
     def kick(self) -> None:
         self._kick.set()
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0)) as client:
+        """Start a delivery per URL with posts due and none under way; a slow URL holds
+        back only its own posts."""
+        timeout = httpx.Timeout(30.0, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
             while True:
                 self._kick = trio.Event()
                 by_url: dict[str, list[Post]] = {}
                 for post in self.store.due_posts(time.time()):
-                    by_url.setdefault(post.url, []).append(post)
-                async with trio.open_nursery() as nursery:
-                    for posts in by_url.values():
-                        nursery.start_soon(self._deliver, client, posts)
-                due = self.store.next_post_due()
+                    if post.url not in self._busy:
+                        by_url.setdefault(post.url, []).append(post)
+                for url, posts in by_url.items():
+                    self._busy.add(url)
+                    nursery.start_soon(self._deliver_then_free, client, url, posts)
+                due = self.store.next_post_due(self._busy)
                 wait = 3600.0 if due is None else max(due - time.time(), 0.0)
                 with trio.move_on_after(wait):
                     await self._kick.wait()
+
+    async def _deliver_then_free(
+        self, client: httpx.AsyncClient, url: str, posts: list[Post]
+    ) -> None:
+        try:
+            await self._deliver(client, posts)
+        finally:
+            self._busy.discard(url)
+            self.kick()
 
     async def _deliver(self, client: httpx.AsyncClient, posts: list[Post]) -> None:
         """Posts to one URL, in order; the first failure holds back the rest."""
@@ -338,15 +365,19 @@ class Forwarder:
                 request = unpack_envelope(packed, len(packed)).message
                 assert isinstance(request, Request)
                 nursery.start_soon(self._execute, client, origin, request, state == "forwarding")
-            async for item in self.links.deliveries(Kind.REQUEST):
-                message = unpack_envelope(item.payload, len(item.payload)).message
-                assert isinstance(message, Request)
-                if message.body_length:  # its body comes as fragments: take it then
-                    nursery.start_soon(self._take, client, item, message)
-                else:
-                    await self._take(client, item, message)
+            async for batch in self.links.deliveries(Kind.REQUEST):
+                with self.store.transaction():  # one commit for all those here
+                    for item in batch:
+                        message = unpack_envelope(item.payload, len(item.payload)).message
+                        assert isinstance(message, Request)
+                        if message.body_length:  # its body comes as fragments: take it then
+                            nursery.start_soon(self._take, client, nursery, item, message)
+                        else:
+                            await self._take(client, nursery, item, message)
 
-    async def _take(self, client: httpx.AsyncClient, item: Inbound, request: Request) -> None:
+    async def _take(
+        self, client: httpx.AsyncClient, nursery: trio.Nursery, item: Inbound, request: Request
+    ) -> None:
         """Record `request` for execution once its whole body is here, and start it. A
         body that does not come by the request's deadline is answered 504."""
         if request.body_length:
@@ -356,14 +387,16 @@ class Forwarder:
             item.id, item.remote, request.id, item.payload, time.time()
         )
         if taken:
-            await self._execute(client, item.remote, request, False)
+            run = partial(self._execute, client, item.remote, request, False)
+            self.store.after_commit(lambda: nursery.start_soon(run))
 
     async def _execute(
         self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
     ) -> None:
         answer, body = await self._answer(client, origin, request, interrupted)
-        await self.links.send(origin, answer, body if body.spooled else None)
-        self.store.mark_execution(request.id, "responded", time.time())
+        with self.store.transaction():  # answered and marked so, or neither
+            await self.links.send(origin, answer, body if body.spooled else None)
+            self.store.mark_execution(request.id, "responded", time.time())
         if request.body_length:  # the request's body file has served its purpose
             self.store.forget_transfer(origin, request.id)
             await trio.to_thread.run_sync(self.bodies.remove, [incoming_name(origin, request.id)])
@@ -380,8 +413,6 @@ class Forwarder:
             return problem(request.id, 502, f"{self.name} has no upstream"), Body()
         if request.body_length and not self._body_here(origin, request):
             return problem(request.id, 504, "request body did not arrive by its deadline"), Body()
-        note = Control("forwarded", {"id": request.id, "at": time.time()})
-        await self.links.send(origin, note)
         async with self.limit:
             return await self._forward(client, origin, request)
 
@@ -405,9 +436,14 @@ class Forwarder:
         headers = [*end_to_end(request.headers), (b"via", f"1.1 mesh-{self.name}".encode())]
         if request.body_length:  # streamed: say its length rather than send it chunked
             headers.append((b"content-length", str(request.body_length).encode()))
-        delay = 0.1
+        delay, attempt = 0.1, 0
         while True:
-            self.store.mark_execution(request.id, "forwarding", time.time())
+            with self.store.transaction():  # one commit: marked, and the caller told
+                self.store.mark_execution(request.id, "forwarding", time.time())
+                if attempt == 0:
+                    note = Control("forwarded", {"id": request.id, "at": time.time()})
+                    await self.links.send(origin, note)
+            attempt += 1
             try:
                 content = await self._request_body(origin, request)
                 async with client.stream(

@@ -39,7 +39,8 @@ class LinkSettings:
 
     heartbeat: float
     resend_after: float
-    linger: float = 0.0  # a new message waits this long for others to share its file
+    linger: float = 0.0  # a new small message waits this long for others to share its file
+    collate_below: int = 64 << 10  # bytes: a message this big or bigger does not wait
     max_frames: int = 512  # messages per file
     max_bytes: int = 64 << 20  # payload bytes per file (a bigger message goes alone)
 
@@ -380,9 +381,11 @@ class Protocol:
         return self._links[remote].outbound.assign()
 
     def queued(self, remote: str, seq: int, size: int, now: float) -> None:
-        """`seq` is durable: first written after the link's linger."""
+        """`seq` is durable: first written at once when it is `collate_below` or more,
+        else after the link's `linger` (with the others that came meanwhile)."""
         link = self._links[remote]
-        link.outbound.queue(seq, size, now + link.settings.linger)
+        small = size < link.settings.collate_below
+        link.outbound.queue(seq, size, now + link.settings.linger if small else now)
 
     def outgoing(self, now: float, backlogged: Iterable[str] = ()) -> list[OutgoingFile]:
         """The files to write now: due messages in batches, else a heartbeat when one is

@@ -2,7 +2,7 @@
 
 API for the layer above:
 - `await links.send(remote, message)` returns once the message is durable, with its id;
-- `links.deliveries()` yields each delivered message (stored before it was acknowledged)
+- `links.deliveries()` yields delivered messages in batches (stored before acknowledged)
   until the layer above `consume`s it;
 - `links.events.subscribe()` streams per-message status events (stored, sent, resent,
   acked, delivered).
@@ -160,7 +160,9 @@ class Links:
         With `spooled` (a body in a body file), the body's fragments are stored first, all
         in the same transaction, and read from the file as they are written out; the
         message (a request or response with `body_length` set) comes after them.
-        KeyError for a remote this peer does not talk to.
+        Inside a store transaction, the message joins it, and is queued once it commits.
+        KeyError for a remote this peer does not talk to. No checkpoint: nothing else runs
+        in between.
         """
         if remote not in self.protocol.remotes:
             raise KeyError(f"{self.name} does not talk to {remote}")
@@ -168,12 +170,15 @@ class Links:
         seq = self.protocol.assign(remote)
         rows.append(OutboundRow(seq, pack(Envelope(seq, message))))
         self.store.add_outbound(remote, rows, time.time())
+        self.store.after_commit(lambda: self._queued(remote, rows))
+        return MessageId(remote, seq)
+
+    def _queued(self, remote: str, rows: list[OutboundRow]) -> None:
         now = trio.current_time()
         for row in rows:
             self.protocol.queued(remote, row.seq, len(row.payload) + row.spool_length, now)
         self._publish("stored", remote, [row.seq for row in rows])
         self.kick()
-        return MessageId(remote, seq)
 
     def _fragment_rows(self, remote: str, message: Message, body: Body) -> list[OutboundRow]:
         assert isinstance(message, Request | Response) and body.file is not None
@@ -381,16 +386,17 @@ class Links:
             raise MessageError(f"a body of {message.total} bytes is over the body limit")
         return message
 
-    async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[Inbound]:
-        """Delivered messages (of `kind`) as they come, oldest first, from the store: a
-        message is yielded again after a restart until it is consumed."""
+    async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Inbound]]:
+        """Delivered messages (of `kind`) as they come, oldest first, in batches of those
+        already here (to take in one transaction), from the store: a message is yielded
+        again after a restart until it is consumed."""
         after = 0
         while True:
             batch = self.store.inbound(after, kind=kind)
-            for item in batch:
-                after = item.id
-                yield item
-            if not batch:
+            if batch:
+                after = batch[-1].id
+                yield batch
+            else:
                 await self._delivered.wait()
 
     async def delivered(self) -> None:

@@ -151,6 +151,7 @@ class Peer:
                 nursery.start_soon(self._inbox)
                 nursery.start_soon(self._watch_silence, min(silent_after.values(), default=1.0))
                 nursery.start_soon(self._save_status)
+                nursery.start_soon(self._checkpoint)
                 await self._serve_http(nursery)
                 task_status.started()
         finally:
@@ -170,6 +171,7 @@ class Peer:
             heartbeat=self.settings.heartbeat,
             resend_after=self.settings.resend_after,
             linger=self.settings.linger,
+            collate_below=self.settings.collate_below,
             max_bytes=self.settings.fragment_size,
         )
 
@@ -268,6 +270,14 @@ class Peer:
         while True:
             await trio.sleep(shortest / 6)
             self._record(self.presence.check(trio.current_time()))
+
+    async def _checkpoint(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            try:
+                await trio.to_thread.run_sync(self.store.checkpoint)
+            except sqlite3.Error as exc:  # busy or full: the log keeps it, tried again
+                self.log.warning("%s: state checkpoint failed: %s", self.name, exc)
 
     async def _save_status(self) -> None:
         while True:

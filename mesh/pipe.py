@@ -277,7 +277,7 @@ async def _notify(
     while True:
         try:
             async for batch in watchfiles.awatch(
-                root, watch_filter=ours, debounce=200, step=5, recursive=False, stop_event=stop
+                root, watch_filter=ours, debounce=10, step=1, recursive=False, stop_event=stop
             ):
                 if trouble is not None:
                     log.info("watching %s again", root)

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS inbound (
     received REAL NOT NULL,
     UNIQUE (remote, remote_epoch, seq)
 );
+CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (remote, seq);
 """
 
 
@@ -179,9 +180,18 @@ class Store:
         self.db = sqlite3.connect(state_dir / "state.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        # Checkpoints (WAL into the database, with fsyncs) would stall whichever commit
+        # crossed the threshold, on the event loop: `checkpoint` does them from a thread.
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.execute(f"PRAGMA journal_size_limit={16 << 20}")
+        self._checkpointer: sqlite3.Connection | None = None
         self.db.executescript(_SCHEMA)
         self._add_missing_columns()
         self.repeats = 0  # deliveries refused because the message was already stored
+        self._depth = 0  # nesting of `transaction` blocks
+        self._durable = True  # whether the open transaction must be fsync'd at commit
+        self._synchronous = True  # the connection's setting: FULL (True) or NORMAL
+        self._after_commit: list[Callable[[], None]] = []
         with self.transaction():
             self.epoch = self._epoch()
         self.created = self._created
@@ -209,16 +219,60 @@ class Store:
         return epoch
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One atomic, durable transaction. (The connection is in autocommit mode, where
-        `with connection:` would NOT group statements: each would commit on its own.)"""
+    def transaction(self, durable: bool = True) -> Iterator[None]:
+        """One atomic transaction, durable (fsync'd) on return unless `durable` is False.
+
+        A lazy transaction is for bookkeeping that promises nothing to anyone (acks taken,
+        events noted, deliveries handed on): a power cut may undo it, never a crash, and
+        only together with everything after it (the WAL is replayed in order), so what it
+        records is then simply redone. Nested blocks join the outermost one, which is
+        durable if any of them asked: several steps share one commit and one fsync. Never
+        checkpoint (await) inside one: another task's block would join it. (The connection
+        is in autocommit mode, where `with connection:` would NOT group statements.)
+        """
+        if self._depth:
+            self._depth += 1
+            self._durable |= durable
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        if self._synchronous != durable:  # SQLite takes this only outside a transaction
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._synchronous = durable
         self.db.execute("BEGIN IMMEDIATE")
+        self._depth, self._durable = 1, durable
         try:
             yield
         except BaseException:
+            self._depth = 0
+            self._after_commit.clear()
             self.db.execute("ROLLBACK")
             raise
+        self._depth = 0
         self.db.execute("COMMIT")
+        if self._durable and not durable:  # a nested block asked for it: fsync the log
+            self._sync_log()
+        hooks, self._after_commit = self._after_commit, []
+        for hook in hooks:
+            hook()
+
+    def _sync_log(self) -> None:
+        """Make every commit so far durable: fsync the write-ahead log they are in."""
+        fd = os.open(self.folder / "state.sqlite-wal", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once the current transaction is durable (never, if it rolls back).
+        Outside a transaction, at once."""
+        if self._depth:
+            self._after_commit.append(hook)
+        else:
+            hook()
 
     @property
     def quarantine(self) -> Path:
@@ -284,7 +338,7 @@ class Store:
         """Acknowledged messages are dropped; `next_seq` never goes back. The body files
         whose every fragment is now acknowledged (for the caller to remove)."""
         spools: set[str] = set()
-        with self.transaction():
+        with self.transaction(durable=False):
             for seq in seqs:
                 row = self.db.execute(
                     "DELETE FROM outbound WHERE remote = ? AND seq = ? RETURNING spool",
@@ -298,6 +352,7 @@ class Store:
                 (next_seq, remote),
             )
             still = {name for name in spools if self._spool_in_use(name)}
+            self._durable |= bool(spools - still)  # their files go: this must not be undone
         return sorted(spools - still)
 
     def _spool_in_use(self, name: str) -> bool:
@@ -361,11 +416,11 @@ class Store:
 
     def consume_upto(self, last: int, kind: int) -> None:
         """Consume every delivered message of `kind` with an id up to `last`."""
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.execute("DELETE FROM inbound WHERE id <= ? AND kind = ?", (last, kind))
 
     def consume(self, ids: Iterable[int]) -> None:
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
 
     def transfer_received(self, remote: str, message_id: str) -> int:
@@ -376,7 +431,7 @@ class Store:
         return int(row[0]) if row else 0
 
     def forget_transfer(self, remote: str, message_id: str) -> None:
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.execute(
                 "DELETE FROM transfers WHERE remote = ? AND id = ?", (remote, message_id)
             )
@@ -465,19 +520,21 @@ class Store:
             found.append(post)
         return found
 
-    def next_post_due(self) -> float | None:
-        """When the earliest post that may go (the oldest for its URL) is due."""
-        row = self.db.execute(
-            "SELECT min(due) FROM posts WHERE id IN (SELECT min(id) FROM posts GROUP BY url)"
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+    def next_post_due(self, busy: Iterable[str] = ()) -> float | None:
+        """When the earliest post that may go (the oldest for its URL) is due, leaving out
+        the URLs in `busy`."""
+        heads = self.db.execute(
+            "SELECT url, due FROM posts WHERE id IN (SELECT min(id) FROM posts GROUP BY url)"
+        )
+        skip = set(busy)
+        return min((float(due) for url, due in heads if url not in skip), default=None)
 
     def post_done(self, post_id: int) -> None:
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.execute("DELETE FROM posts WHERE id = ?", (post_id,))
 
     def post_later(self, post_id: int, due: float) -> None:
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.execute(
                 "UPDATE posts SET attempts = attempts + 1, due = ? WHERE id = ?", (due, post_id)
             )
@@ -517,7 +574,7 @@ class Store:
         """Record `state` at `at` if it moves the request forward, with the steps before it
         that were not heard of (a later step implies them); the events added. A late or
         repeated event (an ack that comes after what it made possible) adds nothing."""
-        with self.transaction():
+        with self.transaction(durable=False):
             row = self.db.execute(
                 "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
                 (request_id,),
@@ -552,7 +609,7 @@ class Store:
         delivered message, in one transaction; the events this added (none if there was
         nothing to complete). Steps not heard of yet are implied by the response."""
         new: list[tuple[str, float]] = []
-        with self.transaction():
+        with self.transaction(durable=False):
             row = self.db.execute(
                 "SELECT events, callback, events_url, deadline FROM requests"
                 " WHERE id = ? AND state != 'completed'",
@@ -591,7 +648,7 @@ class Store:
     ) -> bool:
         """Record a delivered request for execution and consume the delivery, atomically;
         False if it was taken before (it is then never executed again)."""
-        with self.transaction():
+        with self.transaction(durable=False):
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO executions (id, origin, state, request, updated)"
                 " VALUES (?, ?, 'received', ?, ?)",
@@ -619,7 +676,7 @@ class Store:
 
     def save_status(self, status: dict[str, Any]) -> None:
         """A snapshot for `mesh status`, which reads it whether the peer runs or not."""
-        with self.transaction():
+        with self.transaction(durable=False):
             self.db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('status', ?)",
                 (json.dumps(status),),
@@ -629,5 +686,18 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'status'").fetchone()
         return json.loads(row[0]) if row else None
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy the write-ahead log into the database, on a connection of its own, so the
+        log does not grow without end; (pages in the log, pages copied). Blocking: call
+        from a thread, one at a time."""
+        if self._checkpointer is None:
+            self._checkpointer = sqlite3.connect(
+                self.folder / "state.sqlite", isolation_level=None, check_same_thread=False
+            )
+        _, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(logged), int(copied)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.db.close()

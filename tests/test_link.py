@@ -52,6 +52,18 @@ def test_a_burst_shares_one_file_after_its_linger() -> None:
     assert [f.seqs for f in alpha.outgoing(1.1)] == [(1, 2, 3, 4, 5)]
 
 
+def test_a_message_of_collate_below_or_more_does_not_wait() -> None:
+    settings = LinkSettings(5.0, 10.0, linger=0.1, collate_below=1000)
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    small = alpha.assign("bravo")
+    alpha.queued("bravo", small, 999, 1.0)
+    assert alpha.outgoing(1.0) == []  # a small one lingers
+    big = alpha.assign("bravo")
+    alpha.queued("bravo", big, 1000, 1.0)
+    assert [f.seqs for f in alpha.outgoing(1.0)] == [(small, big)]  # it rides along
+
+
 def test_resends_back_off_up_to_a_limit() -> None:
     alpha, _ = pair()
     send(alpha, 1)
