@@ -1,11 +1,14 @@
 """Requests through the mesh beside direct calls to the same upstream, same load, one run.
 
     python bench/throughput.py [--requests 2000] [--concurrency 64] [--body 1024]
+                               [--linger 5ms --linger 50ms]
 
-Starts a small echo upstream (hypercorn, its own process) and a two-peer mesh (`mesh up`
-in a subprocess, one shared folder on local disk), then sends the same POSTs directly and
-through the mesh, and prints requests/s, p50 and p99 latency side by side, and how many
-files the mesh wrote per 1,000 requests.
+Starts a small echo upstream (hypercorn, its own process), then sends the same POSTs
+directly and through a two-peer mesh (`mesh up` in a subprocess, one shared folder on
+local disk) once per `--linger` setting, and prints requests/s, p50 and p99 latency side
+by side, and how many files each peer wrote per 1,000 requests. `linger` is how long a
+small message waits for others to share its file: fewer files, each paying its fsyncs
+and signature once for many messages, against a little latency.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def roster(folder: Path) -> Path:
+def roster(folder: Path, linger: str) -> Path:
     def peer(port: int, other: str, **extra: str) -> dict[str, Any]:
         return {
             "listen": f"127.0.0.1:{port}",
@@ -50,7 +53,7 @@ def roster(folder: Path) -> Path:
         }
 
     doc = {
-        "defaults": {"heartbeat": "2s", "linger": "5ms"},
+        "defaults": {"heartbeat": "2s", "linger": linger},
         "peers": {
             "alpha": peer(ALPHA, "bravo"),
             "bravo": peer(ALPHA + 1, "alpha", upstream=f"http://127.0.0.1:{UPSTREAM}"),
@@ -87,45 +90,79 @@ def row(label: str, latencies: list[float], seconds: float) -> str:
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
-    return f"{label:<10}{len(ordered) / seconds:>12.0f}{p50:>12.1f}{p99:>12.1f}"
+    return f"{label:<14}{len(ordered) / seconds:>8.0f}{p50:>12.1f}{p99:>12.1f}"
 
 
-async def main(requests: int, concurrency: int, size: int) -> None:
+async def started(url: str, bound: float = 20.0) -> None:
+    """Return once `url` answers (a server just launched), failing after `bound` seconds."""
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(bound):
+            while True:
+                try:
+                    await client.get(url)
+                    return
+                except httpx.TransportError:
+                    await trio.sleep(0.05)
+
+
+async def through_mesh(
+    folder: Path, linger: str, requests: int, concurrency: int, body: bytes
+) -> tuple[str, list[int]]:
+    """The mesh's row with `linger`, and the files each peer wrote to the other."""
+    path = roster(folder, linger)
+    peers = await trio.lowlevel.open_process(
+        [str(Path(sys.executable).with_name("mesh")), "up", str(path)], stderr=subprocess.DEVNULL
+    )
+    try:
+        await started(f"http://127.0.0.1:{ALPHA + 1}/mesh/status")
+        await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
+        began = time.perf_counter()
+        latencies = await load(f"http://127.0.0.1:{ALPHA}/bravo/echo", requests, concurrency, body)
+        line = row(f"mesh {linger}", latencies, time.perf_counter() - began)
+        files = []
+        async with httpx.AsyncClient() as client:
+            for port, other in ((ALPHA, "bravo"), (ALPHA + 1, "alpha")):
+                status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
+                files.append(status["links"][other]["files"])
+    finally:
+        peers.terminate()
+        await peers.wait()
+    return line, files
+
+
+async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -> None:
     body = b"x" * size
     bin_dir = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        path = roster(Path(tmp))
-        upstream = await trio.lowlevel.open_process(
-            [str(bin_dir / "hypercorn"), "--bind", f"127.0.0.1:{UPSTREAM}", "throughput:echo"],
-            cwd=Path(__file__).parent,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own group: its worker process ends with it
-        )
-        peers = await trio.lowlevel.open_process(
-            [str(bin_dir / "mesh"), "up", str(path)], stderr=subprocess.DEVNULL
-        )
-        try:
-            await trio.sleep(2)  # let the upstream and the peers start
-            results = []
-            for label, url in [
-                ("direct", f"http://127.0.0.1:{UPSTREAM}/echo"),
-                ("mesh", f"http://127.0.0.1:{ALPHA}/bravo/echo"),
-            ]:
-                started = time.perf_counter()
-                latencies = await load(url, requests, concurrency, body)
-                results.append(row(label, latencies, time.perf_counter() - started))
-            async with httpx.AsyncClient() as client:
-                status = (await client.get(f"http://127.0.0.1:{ALPHA}/mesh/status")).json()
-        finally:
-            peers.terminate()
-            await peers.wait()
-            os.killpg(upstream.pid, signal.SIGTERM)  # hypercorn and its worker
-            await upstream.wait()
-    files = status["links"]["bravo"]["files"]
+    upstream = await trio.lowlevel.open_process(
+        [str(bin_dir / "hypercorn"), "--bind", f"127.0.0.1:{UPSTREAM}", "throughput:echo"],
+        cwd=Path(__file__).parent,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: its worker process ends with it
+    )
+    rows, notes = [], []
+    try:
+        await started(f"http://127.0.0.1:{UPSTREAM}/echo")
+        began = time.perf_counter()
+        latencies = await load(f"http://127.0.0.1:{UPSTREAM}/echo", requests, concurrency, body)
+        rows.append(row("direct", latencies, time.perf_counter() - began))
+        for linger in lingers:
+            with tempfile.TemporaryDirectory() as tmp:
+                line, (to_bravo, to_alpha) = await through_mesh(
+                    Path(tmp), linger, requests, concurrency, body
+                )
+            rows.append(line)
+            per = 1000 / requests
+            notes.append(
+                f"linger {linger}: files per 1,000 requests: {to_bravo * per:.0f} alpha to"
+                f" bravo, {to_alpha * per:.0f} bravo to alpha"
+            )
+    finally:
+        os.killpg(upstream.pid, signal.SIGTERM)  # hypercorn and its worker
+        await upstream.wait()
     print(f"{requests} POSTs of {size} bytes, {concurrency} concurrent callers")
-    print(f"{'':<10}{'req/s':>12}{'p50 ms':>12}{'p99 ms':>12}")
-    print("\n".join(results))
-    print(f"alpha wrote {files} files to bravo: {files * 1000 / requests:.0f} per 1,000 requests")
+    print(f"{'':<14}{'req/s':>8}{'p50 ms':>12}{'p99 ms':>12}")
+    print("\n".join(rows))
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":
@@ -133,5 +170,7 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--body", type=int, default=1024)
+    parser.add_argument("--linger", action="append", help="repeatable; default 5ms and 50ms")
     args = parser.parse_args()
-    trio.run(main, args.requests, args.concurrency, args.body)
+    lingers = args.linger or ["5ms", "50ms"]
+    trio.run(main, args.requests, args.concurrency, args.body, lingers)
