@@ -1,0 +1,235 @@
+"""A big body up and a big body down through the mesh, beside `cp` of the same bytes.
+
+    python bench/bigbody.py [--size 1GiB] [--fragment-size 256MiB] [--truncate 0.2]
+
+Starts an upstream (hypercorn, its own process) that reads a request body and answers its
+SHA-256, or answers N bytes of a fixed pattern; and two peers, each its own `mesh up`
+process, so each one's peak memory can be read. Without `--truncate` the peers share one
+folder; with it, each has its own outbox and inbox, and two `mesh mirror --truncate P`
+copy between them. Prints MB/s of `cp` of a file of that size on the same disk, of the
+upload and of the download through the mesh (each checked by digest), and each peer's
+peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+import yaml
+
+from mesh.ingress import body_chunks, lifespan
+from mesh.units import format_size, parse_size
+
+UPSTREAM, ALPHA, BRAVO = 18395, 18396, 18397
+# 16 MiB of seeded random bytes, repeated: incompressible (zstd's window is smaller).
+BLOCK = random.Random(0).randbytes(16 << 20)
+CHUNK = 1 << 20
+
+
+def pieces(size: int) -> Iterator[bytes]:
+    """`size` bytes of the pattern, a MiB at a time."""
+    for start in range(0, size, CHUNK):
+        at = start % len(BLOCK)
+        yield BLOCK[at : at + min(CHUNK, size - start)]
+
+
+def pattern(size: int) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        for piece in pieces(size):
+            yield piece
+
+    return chunks()
+
+
+def pattern_digest(size: int) -> str:
+    digest = hashlib.sha256()
+    for piece in pieces(size):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+async def upstream(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``POST``: the body's SHA-256; ``GET /bytes/N``: N bytes of the pattern."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    if scope["method"] == "GET":
+        size = int(scope["path"].rsplit("/", 1)[1])
+        headers = [(b"content-length", str(size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for chunk in pattern(size):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    digest = hashlib.sha256()
+    async for chunk in body_chunks(receive):
+        digest.update(chunk)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
+
+
+def roster(folder: Path, fragment_size: str, split: bool, size: int) -> Path:
+    def peer(port: int, me: str, other: str, **extra: str) -> dict[str, Any]:
+        boxes = {"outbox": f"{me}-out", "inbox": f"{me}-in"} if split else {}
+        return {
+            "listen": f"127.0.0.1:{port}",
+            "outbox": "pipe",
+            "inbox": "pipe",
+            "talks_to": [other],
+            **boxes,
+            **extra,
+        }
+
+    limit = format_size(size + (1 << 20))
+    doc = {
+        "defaults": {
+            "heartbeat": "1s",
+            "resend_after": "10s",
+            "settle": "500ms",
+            "fragment_size": fragment_size,
+            "body_limit": limit,
+            "request_deadline": "2h",
+            "upstream_timeout": "10m",
+        },
+        "peers": {
+            "alpha": peer(ALPHA, "alpha", "bravo"),
+            "bravo": peer(BRAVO, "bravo", "alpha", upstream=f"http://127.0.0.1:{UPSTREAM}"),
+        },
+    }
+    path = folder / "roster.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    for name in ("pipe", "alpha-out", "alpha-in", "bravo-out", "bravo-in"):
+        (folder / name).mkdir()
+    mesh = str(Path(sys.executable).with_name("mesh"))
+    subprocess.run([mesh, "keygen", str(path)], check=True, capture_output=True)
+    return path
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def copy_rate(folder: Path, size: int) -> float:
+    """MB/s of `cp` of a `size`-byte file to another on the same disk (both fsync'd)."""
+    source, target = folder / "cp-source", folder / "cp-target"
+    with open(source, "wb") as out:
+        for piece in pieces(size):
+            out.write(piece)
+        os.fsync(out.fileno())
+    began = time.perf_counter()
+    subprocess.run(["cp", str(source), str(target)], check=True)
+    subprocess.run(["sync", str(target)], check=True)
+    seconds = time.perf_counter() - began
+    source.unlink()
+    target.unlink()
+    return size / seconds / 1e6
+
+
+async def started(url: str, bound: float = 30.0) -> None:
+    async with httpx.AsyncClient() as client:
+        with trio.fail_after(bound):
+            while True:
+                try:
+                    await client.get(url)
+                    return
+                except httpx.TransportError:
+                    await trio.sleep(0.05)
+
+
+async def transfer(size: int) -> tuple[float, float]:
+    """MB/s of `size` bytes up (POST, checked by the upstream's digest) and down (GET,
+    checked by digest) through alpha."""
+    base, wait = f"http://127.0.0.1:{ALPHA}/bravo", {"mesh-timeout": "3600"}
+    async with httpx.AsyncClient(timeout=3600) as client:
+        began = time.perf_counter()
+        reply = await client.post(f"{base}/sink", content=pattern(size), headers=wait)
+        up = time.perf_counter() - began
+        assert reply.status_code == 200, reply.text[:300]
+        assert reply.text == pattern_digest(size), "the upload arrived changed"
+        began = time.perf_counter()
+        digest, got = hashlib.sha256(), 0
+        async with client.stream("GET", f"{base}/bytes/{size}", headers=wait) as down:
+            assert down.status_code == 200
+            async for chunk in down.aiter_raw():
+                digest.update(chunk)
+                got += len(chunk)
+        seconds = time.perf_counter() - began
+        assert got == size and digest.hexdigest() == pattern_digest(size), "download changed"
+    return size / up / 1e6, size / seconds / 1e6
+
+
+async def main(size: int, fragment_size: str, truncate: float | None) -> None:
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        folder = Path(tmp)
+        cp = copy_rate(folder, size)
+        path = roster(folder, fragment_size, truncate is not None, size)
+        processes = [
+            await trio.lowlevel.open_process(
+                [str(bin_dir / "hypercorn"), "--bind", f"127.0.0.1:{UPSTREAM}", "bigbody:upstream"],
+                cwd=Path(__file__).parent,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        ]
+        peers = {}
+        for name in ("alpha", "bravo"):
+            peers[name] = await trio.lowlevel.open_process(
+                [str(bin_dir / "mesh"), "up", str(path), "--peer", name],
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            processes.append(peers[name])
+        if truncate is not None:
+            for src, dst, seed in (("alpha-out", "bravo-in", 1), ("bravo-out", "alpha-in", 2)):
+                fault = ["--truncate", str(truncate), "--seed", str(seed)]
+                command = [str(bin_dir / "mesh"), "mirror", str(folder / src), str(folder / dst)]
+                processes.append(
+                    await trio.lowlevel.open_process(
+                        [*command, *fault], stdout=subprocess.DEVNULL, start_new_session=True
+                    )
+                )
+        try:
+            await started(f"http://127.0.0.1:{UPSTREAM}/bytes/0")
+            await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
+            await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
+            up, down = await transfer(size)
+            rss = {name: peak_rss(p.pid) for name, p in peers.items()}
+        finally:
+            for process in processes:
+                os.killpg(process.pid, signal.SIGTERM)
+                await process.wait()
+            shutil.rmtree(folder / "state", ignore_errors=True)
+    faults = f", mirrors truncating {truncate:.0%} of files" if truncate is not None else ""
+    print(f"{format_size(size)} body, fragment_size {fragment_size}{faults}")
+    print(f"cp on the same disk   {cp:8.0f} MB/s")
+    print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / cp:.0%} of cp)")
+    print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / cp:.0%} of cp)")
+    for name, peak in rss.items():
+        print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="1GiB")
+    parser.add_argument("--fragment-size", default="256MiB")
+    parser.add_argument("--truncate", type=float, default=None)
+    args = parser.parse_args()
+    trio.run(main, parse_size(args.size), args.fragment_size, args.truncate)
