@@ -25,7 +25,7 @@ import msgpack
 import trio
 
 from .bodies import Bodies, Body, BodyTooLarge, incoming_name
-from .links import EventHub, Links
+from .links import EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .store import Inbound, Post, Store
 
@@ -78,9 +78,17 @@ class RequestEvent:
     request_id: str
     state: str
     at: float
+    progress: Progress | None = None  # state "progress": how far its body has got
 
     def as_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "state": self.state, "at": self.at}
+        event: dict[str, Any] = {"request_id": self.request_id, "state": self.state, "at": self.at}
+        if self.progress is not None:
+            event.update(
+                direction=self.progress.direction,
+                done=self.progress.done,
+                total=self.progress.total,
+            )
+        return event
 
 
 @dataclass
@@ -193,6 +201,7 @@ class Requests:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_events)
             nursery.start_soon(self._follow_progress)
+            nursery.start_soon(self._follow_transfers)
             async for batch in self.links.deliveries(Kind.RESPONSE):
                 with self.store.transaction():  # one commit for all those here
                     for item in batch:
@@ -238,6 +247,15 @@ class Requests:
                     if message.op == "forwarded" and isinstance(request_id, str):
                         self._record(request_id, "forwarded", float(at or time.time()))
                 self.links.consume([item.id for item in batch])
+
+    async def _follow_transfers(self) -> None:
+        """Progress of our requests' bodies going out and their responses' coming in, as
+        ``progress`` events (live, and posted to the request's `Mesh-Events` URL)."""
+        async for progress in self.links.progress.subscribe():
+            event = RequestEvent(progress.message_id, "progress", time.time(), progress)
+            if self.store.add_progress_post(event.request_id, json.dumps(event.as_json())):
+                self.events.publish(event)
+                self.poster.kick()
 
     def _record(self, request_id: str, state: str, at: float) -> None:
         added = self.store.add_request_event(request_id, state, at)

@@ -86,6 +86,27 @@ class LinkEvent:
         }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a body that crosses in fragments has got: bytes acknowledged by `remote`
+    (sending) or arrived from it (receiving), of `total`."""
+
+    direction: str  # "sending" or "receiving"
+    remote: str
+    message_id: str
+    done: int
+    total: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "peer": self.remote,
+            "id": self.message_id,
+            "done": self.done,
+            "total": self.total,
+        }
+
+
 class EventHub(Generic[T]):
     """Fan-out of events to subscribers; a subscriber too slow to keep up loses events
     (counted), never slows the publisher."""
@@ -137,6 +158,12 @@ class Links:
         restored = {remote: store.link_state(remote) for remote in settings}
         self.protocol = Protocol(name, store.epoch, settings, restored, trio.current_time())
         self.events: EventHub[LinkEvent] = EventHub()
+        self.progress: EventHub[Progress] = EventHub()
+        self._sending: dict[str, tuple[str, str, int]] = {}  # body file: remote, id, total
+        for remote, spool, payload, _ in store.sending():
+            fragment = unpack_envelope(payload, len(payload)).message
+            if isinstance(fragment, Fragment):
+                self._sending[spool] = (remote, fragment.id, fragment.total)
         self._kick = trio.Event()
         self._delivered = trio.Event()
         self._last_heartbeat: dict[str, Path] = {}
@@ -182,6 +209,7 @@ class Links:
 
     def _fragment_rows(self, remote: str, message: Message, body: Body) -> list[OutboundRow]:
         assert isinstance(message, Request | Response) and body.file is not None
+        self._sending[body.file] = (remote, message.id, body.size)
         rows = []
         for index, offset, length in fragments(body, self.block):
             seq = self.protocol.assign(remote)
@@ -306,14 +334,36 @@ class Links:
             )
         outbound = self.protocol.outbound(remote)
         if arrival.acked or outbound.next_seq > numbered_to:  # else nothing new to keep
-            done = self.store.acked(remote, arrival.acked, outbound.next_seq)
-            if done:
-                await trio.to_thread.run_sync(self.bodies.remove, done)
+            waiting = self.store.acked(remote, arrival.acked, outbound.next_seq)
+            await self._sent_further(waiting)
         self._publish("acked", remote, arrival.acked)
         await self._store_deliveries(arrival, path, scanned)
         if arrival.resend or arrival.deliver or cut:
             self.kick()
         return arrival
+
+    async def _sent_further(self, waiting: dict[str, int]) -> None:
+        """Report the progress of bodies some fragments of which were acknowledged, and
+        remove the files of those acknowledged whole."""
+        done = [spool for spool, left in waiting.items() if left == 0]
+        for spool, left in waiting.items():
+            remote, message_id, total = self._sending.get(spool, ("", "", 0))
+            if message_id:
+                self.progress.publish(Progress("sending", remote, message_id, total - left, total))
+        for spool in done:
+            self._sending.pop(spool, None)
+        if done:
+            await trio.to_thread.run_sync(self.bodies.remove, done)
+
+    def transfers(self) -> list[dict[str, Any]]:
+        """Every body crossing in fragments, either way, with how far it has got."""
+        found = []
+        for remote, spool, _, waiting in self.store.sending():
+            _, message_id, total = self._sending.get(spool, (remote, "", 0))
+            found.append(Progress("sending", remote, message_id, total - waiting, total))
+        for remote, message_id, have, total in self.store.receiving():
+            found.append(Progress("receiving", remote, message_id, have, total))
+        return [p.as_json() for p in found]
 
     async def _store_deliveries(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> None:
         if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
@@ -342,6 +392,9 @@ class Links:
         )
         self.protocol.stored(arrival.remote, taken)
         self._publish("delivered", arrival.remote, taken)
+        for message_id, total in {i: t for i, t, _ in opened.fragments}.items():
+            have = self.store.transfer_received(arrival.remote, message_id)
+            self.progress.publish(Progress("receiving", arrival.remote, message_id, have, total))
         if opened.messages or opened.fragments:
             self._delivered.set()
             self._delivered = trio.Event()

@@ -308,6 +308,7 @@ class Peer:
             "links": links,
             "quarantined": self.quarantine.count(),
             "requests": self.store.requests_in_flight(),
+            "transfers": self.links.transfers(),
             "pipe_error": self.links.pipe_error,
             "events_dropped": self.links.events.dropped,
         }

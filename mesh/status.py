@@ -22,15 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from . import pipe
 from .names import parse_name
 from .roster import Roster
-from .units import format_duration
+from .units import format_duration, format_size
 
 __all__ = ["PeerStatus", "collect", "console", "follow", "peer_status", "render"]
 
@@ -66,6 +67,7 @@ class PeerStatus:
     events_dropped: int | None = None
     requests: dict[str, int] = field(default_factory=dict)  # in flight, by state
     pipe_error: str | None = None
+    transfers: list[dict[str, Any]] = field(default_factory=list)  # bodies in fragments
 
 
 def collect(roster: Roster, now: float | None = None) -> dict[str, Any]:
@@ -178,6 +180,7 @@ def _from_snapshot(
         events_dropped=snapshot.get("events_dropped"),
         requests=dict(snapshot.get("requests") or {}),
         pipe_error=snapshot.get("pipe_error"),
+        transfers=list(snapshot.get("transfers") or []),
     )
 
 
@@ -246,7 +249,34 @@ _CAPTION = (
 )
 
 
-def render(report: dict[str, Any]) -> Table:
+def render(report: dict[str, Any]) -> RenderableType:
+    """The peers' table, then a progress bar per body crossing in fragments."""
+    bars = _transfers(report)
+    return _table(report) if bars is None else Group(_table(report), bars)
+
+
+def _transfers(report: dict[str, Any]) -> Table | None:
+    """A row per body crossing in fragments: who, which way, and a bar of how far."""
+    rows = [(name, t) for name, peer in report["peers"].items() for t in peer["transfers"]]
+    if not rows:
+        return None
+    table = Table(title="bodies crossing in fragments", box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("peer", "way", "id", "progress", "bytes"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for name, transfer in rows:
+        arrow = "→" if transfer["direction"] == "sending" else "←"
+        done, total = int(transfer["done"]), max(int(transfer["total"]), 1)
+        table.add_row(
+            name,
+            f"{arrow} {transfer['peer']}",
+            str(transfer["id"])[:8],
+            ProgressBar(total=total, completed=done, width=30),
+            f"{format_size(done)} / {format_size(total)} ({done / total:.0%})",
+        )
+    return table
+
+
+def _table(report: dict[str, Any]) -> Table:
     """A table of `collect`'s report: a row per peer, then a row per link (``→ remote``).
 
     On a link row, state, epoch and age are the remote's as this peer last heard it.

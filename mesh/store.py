@@ -334,9 +334,10 @@ class Store:
         )
         return {int(q): OutboundRow(int(q), bytes(p), s, int(n)) for q, p, s, n in rows}
 
-    def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> list[str]:
-        """Acknowledged messages are dropped; `next_seq` never goes back. The body files
-        whose every fragment is now acknowledged (for the caller to remove)."""
+    def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> dict[str, int]:
+        """Acknowledged messages are dropped; `next_seq` never goes back. Per body file
+        a fragment of which was acknowledged, the bytes of its fragments still waiting
+        (0: all acknowledged, for the caller to remove the file)."""
         spools: set[str] = set()
         with self.transaction(durable=False):
             for seq in seqs:
@@ -351,15 +352,35 @@ class Store:
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (next_seq, remote),
             )
-            still = {name for name in spools if self._spool_in_use(name)}
-            self._durable |= bool(spools - still)  # their files go: this must not be undone
-        return sorted(spools - still)
+            left = {name: self._spool_waiting(name) for name in spools}
+            self._durable |= 0 in left.values()  # their files go: this must not be undone
+        return left
 
-    def _spool_in_use(self, name: str) -> bool:
-        return (
-            self.db.execute("SELECT 1 FROM outbound WHERE spool = ? LIMIT 1", (name,)).fetchone()
-            is not None
-        )
+    def _spool_waiting(self, name: str) -> int:
+        row = self.db.execute(
+            "SELECT sum(spool_length) FROM outbound WHERE spool = ?", (name,)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def sending(self) -> list[tuple[str, str, bytes, int]]:
+        """Per body file being sent: (remote, file, its first fragment's envelope, bytes of
+        fragments not acknowledged yet)."""
+        rows = self.db.execute(
+            "SELECT remote, spool, min(seq), sum(spool_length) FROM outbound"
+            " WHERE spool IS NOT NULL GROUP BY remote, spool"
+        ).fetchall()
+        found = []
+        for remote, spool, seq, waiting in rows:
+            (payload,) = self.db.execute(
+                "SELECT payload FROM outbound WHERE remote = ? AND seq = ?", (remote, seq)
+            ).fetchone()
+            found.append((str(remote), str(spool), bytes(payload), int(waiting)))
+        return found
+
+    def receiving(self) -> list[tuple[str, str, int, int]]:
+        """(remote, message id, bytes here, total) of each body arriving in fragments."""
+        rows = self.db.execute("SELECT remote, id, have, total FROM transfers ORDER BY remote")
+        return [(str(r), str(i), int(h), int(t)) for r, i, h, t in rows]
 
     def spools_in_use(self) -> set[str]:
         """Body files an unacknowledged fragment still reads from."""
@@ -593,6 +614,20 @@ class Store:
             )
             self._post_events(request_id, row[2], new, row[3])
         return new
+
+    def add_progress_post(self, request_id: str, event: str) -> bool:
+        """Queue progress `event` (JSON) for the request's events URL, if it has one;
+        False if `request_id` is not one of our requests."""
+        row = self.db.execute(
+            "SELECT events_url, deadline FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            with self.transaction(durable=False):
+                headers = [(b"content-type", b"application/json")]
+                self.add_post(request_id, row[0], headers, event.encode(), row[1])
+        return True
 
     def complete_request(
         self,

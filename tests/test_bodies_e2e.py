@@ -4,6 +4,7 @@ in fragments, with each peer's memory bounded."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from collections.abc import AsyncIterator
@@ -48,6 +49,11 @@ class Receiver:
     def __init__(self) -> None:
         self.got: list[tuple[dict[str, str], bytes]] = []
         self.arrived = trio.Event()
+        self._more = trio.Event()
+
+    async def more(self) -> None:
+        """Return once another POST came."""
+        await self._more.wait()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -57,6 +63,8 @@ class Receiver:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.got.append((headers, body))
         self.arrived.set()
+        self._more.set()
+        self._more = trio.Event()
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -178,3 +186,100 @@ async def _until_no_body_files(state: Path, peers: list[str]) -> None:
         if all(name.startswith("in-bravo-") for name in left):
             return
         await trio.sleep(0.2)
+
+
+async def test_progress_of_a_big_body_is_posted_as_events_and_shown_in_status(
+    tmp_path: Path,
+) -> None:
+    """12 MiB up and back in 4 MiB fragments: `progress` events say how far each way got,
+    ending at the whole; `/mesh/status` lists no transfer once all is done."""
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ALPHA, ["bravo"], callbacks=[f"http://127.0.0.1:{RECEIVER}/*"]),
+            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+        },
+        defaults={"heartbeat": "1s", "linger": "2ms", "fragment_size": "4MiB"},
+    )
+    keygen(path)
+    receiver = Receiver()
+    size = 12 * MiB
+    with trio.fail_after(60):
+        async with (
+            served(upstream, UPSTREAM),
+            served(receiver, RECEIVER),
+            mesh_up(path) as mesh,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=50) as client,
+        ):
+            await mesh.wait_for("alpha: HTTP ingress")
+            await mesh.wait_for("bravo: HTTP ingress")
+            events_url = f"http://127.0.0.1:{RECEIVER}/events"
+            sent = os.urandom(size)
+            reply = await client.post(
+                "/bravo/echo", content=sent, headers={"mesh-events": events_url}
+            )
+            assert reply.status_code == 200 and reply.content == sent
+            while not any(json.loads(b)["state"] == "completed" for _, b in receiver.got):
+                await receiver.more()
+            events = [json.loads(body) for _, body in receiver.got]
+            for direction in ("sending", "receiving"):
+                done = [e["done"] for e in events if e.get("direction") == direction]
+                assert done == sorted(done) and done[-1] == size, (direction, done)
+                assert {e["total"] for e in events if e.get("direction") == direction} == {size}
+            status = (await client.get("/mesh/status")).json()
+            assert status["transfers"] == []
+            assert await mesh.stop() == 130
+
+
+async def _transfers(port: int) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        reply = await client.get(f"http://127.0.0.1:{port}/mesh/status")
+        return list(reply.json()["transfers"])
+
+
+async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: Path) -> None:
+    """bravo is killed -9 with part of a 48 MiB body here: restarted, it still has those
+    fragments (it goes on from there, not from zero), and the request runs once, whole."""
+    path = roster(tmp_path)
+    sent = os.urandom(48 * MiB)
+    runs: list[str] = []
+
+    async def counting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            runs.append(scope["path"])
+        await upstream(scope, receive, send)
+
+    slow = ["--delay", "300ms..600ms"]
+    with trio.fail_after(120):
+        async with (
+            served(counting, UPSTREAM),
+            mesh_up(path, "alpha") as alpha,
+            mirror(tmp_path / "a-out", tmp_path / "b-in", "--seed", "1", *slow),
+            mirror(tmp_path / "b-out", tmp_path / "a-in", "--seed", "2", *slow),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=60) as client,
+        ):
+            await alpha.wait_for("alpha: HTTP ingress")
+            async with mesh_up(path, "bravo") as bravo:
+                await bravo.wait_for("bravo: HTTP ingress")
+                reply = await client.post(
+                    "/bravo/echo", content=sent, headers={"prefer": "respond-async"}
+                )
+                assert reply.status_code == 202
+                # bravo's state is in another process: nothing to wait on but a poll
+                while not [t for t in await _transfers(BRAVO) if 0 < t["done"] < len(sent)]:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                bravo.process.kill()
+                await bravo.process.wait()
+            async with mesh_up(path, "bravo") as bravo:
+                await bravo.wait_for("bravo: HTTP ingress")
+                for kept in await _transfers(BRAVO):  # none if all came while it restarted
+                    assert kept["done"] > 0 and kept["total"] == len(sent)  # not from zero
+                location = reply.headers["location"]
+                answer = await client.get(location)
+                while answer.status_code == 202:
+                    await trio.sleep(0.2)
+                    answer = await client.get(location)
+                assert answer.status_code == 200 and _sha(answer.content) == _sha(sent)
+                assert runs == ["/echo"]
+                assert await bravo.stop() == 130
+            assert await alpha.stop() == 130

@@ -57,6 +57,7 @@ def save(
     pid: int | None = None,
     age: float = 0.5,
     links: dict[str, Any] | None = None,
+    transfers: list[dict[str, Any]] | None = None,
 ) -> str:
     """Give `name` a store with a snapshot `age` seconds before NOW and a lock file naming
     `pid` (this process by default), as a peer leaves them; its epoch."""
@@ -76,6 +77,7 @@ def save(
                 "links": links,
                 "quarantined": 0,
                 "events_dropped": 0,
+                "transfers": transfers or [],
             }
         )
     finally:
@@ -314,6 +316,18 @@ def test_render(roster: Roster) -> None:
     assert epoch[:8] in text and epoch not in text
     assert "not responding" in text and "stopped" in text
     assert "6.5s" in text  # last ack 1.5s + snapshot age 5s
+
+
+def test_render_shows_a_bar_per_body_crossing_in_fragments(roster: Roster) -> None:
+    sending = {"direction": "sending", "peer": "bravo", "id": "ab" * 16, "done": 3 << 20}
+    save(roster, "alpha", transfers=[{**sending, "total": 12 << 20}])
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(collect(roster, now=NOW)))
+    text = out.getvalue()
+    assert "bodies crossing in fragments" in text
+    assert "→ bravo" in text and "abababab" in text
+    assert "3MiB / 12MiB (25%)" in text
+    assert collect(roster, now=NOW)["peers"]["alpha"]["transfers"][0]["total"] == 12 << 20
 
 
 # -- the command -----------------------------------------------------------------------------
