@@ -50,6 +50,7 @@ FILE_NONCE_SIZE = 8
 _PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _EPOCH = re.compile(r"[0-9a-f]{16}")
 _COMPRESS_FROM = 128  # smaller frames are stored raw: zstd cannot win back its overhead
+_SAMPLE_FROM, _SAMPLE = 1 << 20, 64 << 10  # frames this big are first judged by a sample
 
 
 class Codec(IntFlag):
@@ -330,7 +331,7 @@ def _store_frame(
     index: int, payload: bytes, sender: str, recipient: str, nonce: bytes, key: bytes | None
 ) -> tuple[Codec, bytes]:
     codec, data = Codec.RAW, payload
-    if len(payload) >= _COMPRESS_FROM:
+    if len(payload) >= _COMPRESS_FROM and _may_compress(payload):
         packed = bounded.compress(payload)
         if len(packed) < len(payload):
             codec, data = Codec.ZSTD, packed
@@ -338,6 +339,16 @@ def _store_frame(
     if key is not None:
         data = seal(key, _frame_nonce(nonce, index), data, _frame_aad(sender, recipient, index))
     return codec, data
+
+
+def _may_compress(payload: bytes) -> bool:
+    """Whether zstd may win on `payload`: a big one is judged by a sample from its middle
+    (already compressed or encrypted bodies do not shrink; trying costs a pass over them)."""
+    if len(payload) < _SAMPLE_FROM:
+        return True
+    middle = len(payload) // 2
+    sample = payload[middle : middle + _SAMPLE]
+    return len(bounded.compress(sample)) < 0.9 * len(sample)
 
 
 def _digest(data: bytes) -> bytes:

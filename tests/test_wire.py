@@ -618,3 +618,11 @@ def test_big_files_are_written_and_read_in_bounded_memory(
     assert wrote_peak < 24 << 20, f"writing peaked at {wrote_peak >> 20} MiB"
     assert read_peak < 24 << 20, f"reading peaked at {read_peak >> 20} MiB"
     print(f"peaks {wrote_peak >> 20}/{read_peak >> 20} MiB in {time.monotonic() - started:.1f}s")
+
+
+def test_a_big_frame_that_does_not_compress_is_stored_raw(identities: dict[str, Identity]) -> None:
+    noise, text = os.urandom(2 << 20), b"compressible " * (200 << 10)
+    data = encode(identities, [noise, text])
+    header = wire.read_header(data, keyring_for(identities, "bravo", ("alpha",))).header
+    assert [f.codec for f in header.frames] == [wire.Codec.RAW, wire.Codec.ZSTD]
+    assert header.frames[0].length == len(noise) and header.frames[1].length < len(text) // 10
