@@ -24,6 +24,8 @@ from pathlib import Path
 
 import trio
 
+from .pipe import SyncEvery, write_all
+
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
 CHUNK = 1 << 20  # bytes read from a body file at a time
@@ -89,28 +91,30 @@ class Bodies:
         self, held: list[bytes], size: int, rest: AsyncIterator[bytes], limit: int
     ) -> Body:
         temporary = self.path(f"tmp-{uuid.uuid4().hex}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            async with await trio.open_file(temporary, "wb") as out:
-                pending = sum(map(len, held))
-                async for chunk in rest:
-                    size += len(chunk)
-                    if size > limit:
-                        raise BodyTooLarge(limit)
-                    held.append(chunk)
-                    pending += len(chunk)
-                    if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
-                        await out.write(b"".join(held))
-                        held.clear()
-                        pending = 0
-                await out.write(b"".join(held))
-                await out.flush()
-                await trio.to_thread.run_sync(os.fsync, out.fileno())
+            sync = SyncEvery(fd)
+            pending = sum(map(len, held))
+            async for chunk in rest:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                held.append(chunk)
+                pending += len(chunk)
+                if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
+                    await trio.to_thread.run_sync(_append, fd, b"".join(held), sync)
+                    held.clear()
+                    pending = 0
+            await trio.to_thread.run_sync(_append, fd, b"".join(held), sync)
+            await trio.to_thread.run_sync(os.fsync, fd)
             name = f"out-{uuid.uuid4().hex}"
             await trio.to_thread.run_sync(os.replace, temporary, self.path(name))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+        finally:
+            os.close(fd)
         return Body(b"", name, size)
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
@@ -158,6 +162,7 @@ class BodyWriter:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._opened: dict[str, int] = {}
+        self._syncs: dict[str, SyncEvery] = {}
 
     def __enter__(self) -> BodyWriter:
         return self
@@ -167,9 +172,11 @@ class BodyWriter:
         if fd is None:
             fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT, 0o600)
             self._opened[name] = fd
+            self._syncs[name] = SyncEvery(fd)
         view, written = memoryview(data), 0
         while written < len(view):
             written += os.pwrite(fd, view[written:], offset + written)
+        self._syncs[name].wrote(len(view))
 
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         try:
@@ -179,6 +186,11 @@ class BodyWriter:
         finally:
             for fd in self._opened.values():
                 os.close(fd)
+
+
+def _append(fd: int, data: bytes, sync: SyncEvery) -> None:
+    write_all(fd, data)
+    sync.wrote(len(data))
 
 
 def fragments(body: Body, block: int) -> list[tuple[int, int, int]]:

@@ -71,6 +71,7 @@ class HTTPProblem(Exception):
     def __init__(self, status: int, title: str, detail: str = "") -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
+        self.body_read = False  # the request body was read to its end
 
 
 async def respond_json(send: Send, status: int, body: Any, content_type: str = "") -> None:
@@ -105,13 +106,25 @@ async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def discard_body(receive: Receive) -> None:
-    """Read what is left of a refused body and drop it: hypercorn queues body chunks
-    for the app, and a connection whose queue is full is never closed."""
-    while True:
+async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
+    """Read what is left of a refused body, up to `bound` bytes, and drop it; whether it
+    all came. Before the answer, so a client still sending gets it rather than a closed
+    connection; after it, because hypercorn queues body chunks for the app, and a
+    connection whose queue is full is never closed."""
+    dropped = 0
+    while dropped <= bound:
         event = await receive()
         if event["type"] == "http.disconnect" or not event.get("more_body", False):
-            return
+            return True
+        dropped += len(event.get("body", b""))
+    return False
+
+
+async def too_large(receive: Receive, limit: int) -> HTTPProblem:
+    """The 413 for a body over `limit`, once the rest of it (if not too much) was read."""
+    problem = HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
+    problem.body_read = await discard_body(receive, DISCARD_BEFORE_ANSWER)
+    return problem
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -120,7 +133,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     async for chunk in body_chunks(receive):
         size += len(chunk)
         if size > limit:
-            raise HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
+            raise await too_large(receive, limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -147,7 +160,7 @@ class Ingress:
             if problem.detail:
                 body["detail"] = problem.detail
             await respond_json(send, problem.status, body, "application/problem+json")
-            if problem.status == 413:
+            if problem.status == 413 and not problem.body_read:
                 await discard_body(receive)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -234,7 +247,7 @@ class Ingress:
         try:
             return await self.peer.bodies.receive(body_chunks(receive), limit)
         except BodyTooLarge:
-            raise HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes") from None
+            raise await too_large(receive, limit) from None
         except OSError as exc:
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
 
@@ -310,6 +323,7 @@ class Ingress:
 
 
 DATAGRAM_LIMIT = 4 << 20  # bytes: a datagram travels whole, in one frame
+DISCARD_BEFORE_ANSWER = 64 << 20  # bytes of a refused body read (and dropped) before a 413
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
 
 

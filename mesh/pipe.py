@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import anyio
 import trio
@@ -58,7 +58,7 @@ def _replace_with(
     temp, final = folder / temporary, folder / name
     try:
         with open(temp, "w+b", opener=_create) as f:
-            write(f)
+            write(cast(BinaryIO, _SyncingFile(f)))
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -68,6 +68,51 @@ def _replace_with(
     os.replace(temp, final)
     fsync_folder(folder)
     return final
+
+
+SYNC_EVERY = 32 << 20  # bytes written between two fdatasyncs of a big file
+
+
+class SyncEvery:
+    """fdatasync a file each `SYNC_EVERY` bytes written to it. A big write left to the
+    page cache gets throttled by the kernel and ends in one long flush; synced as it goes,
+    the disk writes while more comes (about three times faster for 1 GiB here)."""
+
+    def __init__(self, fd: int, flush: Callable[[], object] | None = None) -> None:
+        self.fd, self._flush, self._unsynced = fd, flush, 0
+
+    def wrote(self, size: int) -> None:
+        """`size` more bytes were written (flushed first by `flush`, for a buffered file)."""
+        self._unsynced += size
+        if self._unsynced >= SYNC_EVERY:
+            if self._flush is not None:
+                self._flush()
+            os.fdatasync(self.fd)
+            self._unsynced = 0
+
+
+class _SyncingFile:
+    """A buffered binary file that is written in pieces and synced as it grows."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f, self._sync = f, SyncEvery(f.fileno(), f.flush)
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        for start in range(0, len(view), SYNC_EVERY):
+            piece = view[start : start + SYNC_EVERY]
+            self._f.write(piece)
+            self._sync.wrote(len(piece))
+        return len(view)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
 
 def _create(path: str, flags: int) -> int:

@@ -1,4 +1,5 @@
-"""Running the real `mesh` command as a subprocess, and waiting on what it logs."""
+"""Running the real `mesh` command as a subprocess, and waiting on what it logs; serving
+an ASGI app (an upstream, a callback receiver) on loopback for a test."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 import yaml
+from hypercorn.config import Config
+from hypercorn.trio import serve
 
 MESH = Path(sys.executable).with_name("mesh")
 
@@ -132,3 +136,15 @@ async def mesh_up(
                 process.kill()
             with trio.move_on_after(10):
                 await process.wait()
+
+
+@asynccontextmanager
+async def served(app: Any, port: int) -> AsyncIterator[None]:
+    """ASGI `app` served by hypercorn on loopback `port` for the block's duration."""
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, app, config))
+        yield
+        nursery.cancel_scope.cancel()

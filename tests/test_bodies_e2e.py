@@ -7,19 +7,14 @@ import hashlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from mesh.ingress import body_chunks, lifespan
-from tests.processes import MeshProcess, keygen, mesh_up, peer, write_roster
+from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 from tests.test_reliable_e2e import mirror
 
 ALPHA, BRAVO, UPSTREAM, RECEIVER = 18401, 18402, 18490, 18491
@@ -71,17 +66,6 @@ class Receiver:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[None]:
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config))
-        yield
-        nursery.cancel_scope.cancel()
 
 
 def peak_rss(process: MeshProcess) -> int:

@@ -11,20 +11,17 @@ import os
 import random
 import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager, closing
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve
 
 from mesh.ingress import HTTPProblem, lifespan, read_body
-from tests.processes import MeshProcess, keygen, mesh_up, peer, write_roster
+from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 
 ALPHA, BRAVO, UPSTREAM, RECEIVER = 18501, 18502, 18590, 18591
 STATUSES = (200, 201, 404, 500)  # the upstream's answers: a callback carries any of them
@@ -124,17 +121,6 @@ class Receiver:
     async def until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
-
-
-@asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[None]:
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(partial(serve, app, config))
-        yield
-        nursery.cancel_scope.cancel()
 
 
 def roster(tmp_path: Path) -> Path:
