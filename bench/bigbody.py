@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import trio
 import yaml
+from throughput import started  # bench/ is on the path when run as a script
 
 from mesh.ingress import body_chunks, lifespan
 from mesh.units import format_size, parse_size
@@ -140,17 +141,6 @@ def copy_rate(folder: Path, size: int) -> float:
     source.unlink()
     target.unlink()
     return size / seconds / 1e6
-
-
-async def started(url: str, bound: float = 30.0) -> None:
-    async with httpx.AsyncClient() as client:
-        with trio.fail_after(bound):
-            while True:
-                try:
-                    await client.get(url)
-                    return
-                except httpx.TransportError:
-                    await trio.sleep(0.05)
 
 
 async def transfer(size: int) -> tuple[float, float]:
