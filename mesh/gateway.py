@@ -207,6 +207,9 @@ class Requests:
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
                         assert isinstance(message, Response)
+                        if (message.body_length or 0) > self.links.max_body:  # refused
+                            limit = f"over this peer's body_limit of {self.links.max_body} bytes"
+                            message = problem(message.id, 502, f"the response is {limit}")
                         if message.body_length:  # its body comes as fragments: later
                             nursery.start_soon(self._complete, item, message)
                         else:
@@ -397,8 +400,9 @@ class Forwarder:
         self, client: httpx.AsyncClient, nursery: trio.Nursery, item: Inbound, request: Request
     ) -> None:
         """Record `request` for execution once its whole body is here, and start it. A
-        body that does not come by the request's deadline is answered 504."""
-        if request.body_length:
+        body that does not come by the request's deadline is answered 504; one over this
+        peer's body limit (its fragments are refused) is answered 413 at once."""
+        if request.body_length and request.body_length <= self.max_body:
             with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
                 await self.links.body_arrived(item.remote, request.id, request.body_length)
         taken = self.store.take_execution(
@@ -429,6 +433,9 @@ class Forwarder:
             return problem(request.id, 504, "request expired in transit"), Body()
         if self.upstream is None:
             return problem(request.id, 502, f"{self.name} has no upstream"), Body()
+        if (request.body_length or 0) > self.max_body:
+            limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
+            return problem(request.id, 413, f"the request body is {limit}"), Body()
         if request.body_length and not self._body_here(origin, request):
             return problem(request.id, 504, "request body did not arrive by its deadline"), Body()
         async with self.limit:

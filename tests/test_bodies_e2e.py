@@ -267,3 +267,36 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: P
                 assert runs == ["/echo"]
                 assert await bravo.stop() == 130
             assert await alpha.stop() == 130
+
+
+async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline(
+    tmp_path: Path,
+) -> None:
+    """A request body within alpha's body_limit but over bravo's is a 413 from bravo; a
+    response within carol's but over alpha's is a 502 at alpha: both at once."""
+    up = f"http://127.0.0.1:{UPSTREAM}"
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ALPHA, ["bravo", "carol"], body_limit="6MiB"),
+            "bravo": peer(BRAVO, ["alpha"], upstream=up, body_limit="3MiB"),
+            "carol": peer(18403, ["alpha"], upstream=up, body_limit="64MiB"),
+        },
+        defaults={"heartbeat": "1s", "linger": "2ms"},
+    )
+    keygen(path)
+    with trio.fail_after(30):
+        async with (
+            served(upstream, UPSTREAM),
+            mesh_up(path) as mesh,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=25) as client,
+        ):
+            for name in ("alpha", "bravo", "carol"):
+                await mesh.wait_for(f"{name}: HTTP ingress")
+            reply = await client.post("/bravo/echo", content=os.urandom(5 * MiB))
+            assert reply.status_code == 413, reply.text
+            assert "bravo's body_limit" in reply.json()["title"]
+            reply = await client.get(f"/carol/big/{8 * MiB}")
+            assert reply.status_code == 502, reply.text
+            assert "body_limit" in reply.json()["title"]
+            assert await mesh.stop() == 130
