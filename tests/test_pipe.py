@@ -211,3 +211,22 @@ def test_auto_watch_polls_network_shares_only(
     assert pipe.resolve_watch_mode("auto", tmp_path) == "poll"
     monkeypatch.setattr(pipe, "filesystem_type", lambda folder: "ext4")
     assert pipe.resolve_watch_mode("auto", tmp_path) == "notify"
+
+
+def test_a_big_write_is_synced_as_it_goes_and_comes_out_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(pipe, "SYNC_EVERY", 1000)
+    monkeypatch.setattr(pipe.os, "fdatasync", synced.append)
+    data = os.urandom(4500)
+
+    def writer(f: BinaryIO) -> None:
+        f.write(b"????")
+        f.write(data)  # split into pieces of SYNC_EVERY
+        f.seek(0)
+        f.write(b"head")
+
+    path = pipe.write_atomically_with(tmp_path, name(), writer)
+    assert path.read_bytes() == b"head" + data
+    assert len(synced) == 4  # 4504 bytes: a sync after each full 1000
