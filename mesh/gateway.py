@@ -47,6 +47,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# Headers httpx adds to every request unless told otherwise. A caller that sent no
+# Accept-Encoding must not get a body gzip'd on its behalf.
+CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+
+
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """Headers without hop-by-hop ones (and those `Connection` names) or mesh's own."""
     pairs = [(name.lower(), value) for name, value in headers]
@@ -382,6 +387,8 @@ class Forwarder:
             httpx.AsyncClient(timeout=self.timeout) as client,
             trio.open_nursery() as nursery,
         ):
+            for name in CLIENT_DEFAULTS:  # the caller's request goes as it came
+                del client.headers[name]
             for origin, packed, state in self.store.unfinished_executions():
                 request = unpack_envelope(packed, len(packed)).message
                 assert isinstance(request, Request)

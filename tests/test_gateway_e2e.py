@@ -30,12 +30,14 @@ class Upstream:
 
     def __init__(self) -> None:
         self.posts: Counter[str] = Counter()
+        self.header_names: list[bytes] = []  # of the last request
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
         body = await read_body(receive, 1 << 30)
+        self.header_names = [name for name, _ in scope["headers"]]
         path = scope["path"]
         if scope["method"] == "POST" and path == "/count":
             self.posts[body.decode()] += 1
@@ -138,6 +140,23 @@ async def test_answers_match_a_direct_call_byte_for_byte(tmp_path: Path) -> None
                     assert via.headers.get(name) == plain.headers.get(name), (path, name)
                 assert len(via.headers["mesh-request-id"]) == 32
             await direct.aclose()
+
+
+async def test_no_header_is_added_that_the_caller_did_not_send(tmp_path: Path) -> None:
+    """A bare request reaches the upstream with no Accept, Accept-Encoding or User-Agent
+    of mesh's own (a caller that did not ask for gzip must not get it)."""
+    with trio.fail_after(30):
+        async with gateway(tmp_path) as (app, _):
+            stream = await trio.open_tcp_stream("127.0.0.1", ALPHA)
+            await stream.send_all(b"GET /bravo/bare HTTP/1.1\r\nHost: alpha\r\n\r\n")
+            reply = b""
+            while b"\r\n\r\n" not in reply:
+                reply += await stream.receive_some()
+            await stream.aclose()
+            assert reply.startswith(b"HTTP/1.1 200")
+            names = set(app.header_names)
+            assert {b"host", b"via"} <= names  # and hop-by-hop ones (connection)
+            assert not names & {b"accept", b"accept-encoding", b"user-agent"}
 
 
 async def test_respond_async_then_poll(tmp_path: Path) -> None:
