@@ -68,6 +68,11 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     )
 
 
+def over_limit(whose: str, limit: int) -> str:
+    """How a body past a peer's `body_limit` is described in the problem's title."""
+    return f"over {whose} body_limit of {limit} bytes"
+
+
 def problem(request_id: str, status: int, title: str, **extra: str) -> Response:
     """A gateway error as the far side's answer, in application/problem+json."""
     body = json.dumps({"type": "about:blank", "title": title, "status": status}).encode()
@@ -132,7 +137,6 @@ class Requests:
 
     def __init__(self, store: Store, links: Links, poster: Poster) -> None:
         self.store, self.links, self.poster = store, links, poster
-        self.bodies = links.bodies
         self.events: EventHub[RequestEvent] = EventHub()
         self._changed: dict[str, trio.Event] = {}
 
@@ -213,7 +217,7 @@ class Requests:
                         message = unpack_envelope(item.payload, len(item.payload)).message
                         assert isinstance(message, Response)
                         if (message.body_length or 0) > self.links.max_body:  # refused
-                            limit = f"over this peer's body_limit of {self.links.max_body} bytes"
+                            limit = over_limit("this peer's", self.links.max_body)
                             message = problem(message.id, 502, f"the response is {limit}")
                         if message.body_length:  # its body comes as fragments: later
                             nursery.start_soon(self._complete, item, message)
@@ -441,17 +445,15 @@ class Forwarder:
         if self.upstream is None:
             return problem(request.id, 502, f"{self.name} has no upstream"), Body()
         if (request.body_length or 0) > self.max_body:
-            limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
+            limit = over_limit(f"{self.name}'s", self.max_body)
             return problem(request.id, 413, f"the request body is {limit}"), Body()
-        if request.body_length and not self._body_here(origin, request):
+        length = request.body_length
+        if length and not self.links.body_here(origin, request.id, length):
             return problem(request.id, 504, "request body did not arrive by its deadline"), Body()
         async with self.limit:
             return await self._forward(client, origin, request)
 
-    def _body_here(self, origin: str, request: Request) -> bool:
-        return self.store.transfer_received(origin, request.id) >= (request.body_length or 0)
-
-    async def _request_body(self, origin: str, request: Request) -> Any:
+    def _request_body(self, origin: str, request: Request) -> Any:
         """What httpx sends: the inline body, or the body file streamed."""
         if not request.body_length:
             return request.body
@@ -477,7 +479,7 @@ class Forwarder:
                     await self.links.send(origin, note)
             attempt += 1
             try:
-                content = await self._request_body(origin, request)
+                content = self._request_body(origin, request)
                 async with client.stream(
                     request.method, url, headers=headers, content=content
                 ) as reply:
@@ -489,7 +491,7 @@ class Forwarder:
                 length = body.size if body.spooled else None
                 return Response(request.id, reply.status_code, kept, body.data, length), body
             except BodyTooLarge:
-                limit = f"over {self.name}'s body_limit of {self.max_body} bytes"
+                limit = over_limit(f"{self.name}'s", self.max_body)
                 answer = problem(request.id, 502, f"the upstream's response is {limit}")
                 return answer, Body()
             except httpx.HTTPError as exc:

@@ -160,7 +160,8 @@ class Links:
         self.events: EventHub[LinkEvent] = EventHub()
         self.progress: EventHub[Progress] = EventHub()
         self._sending: dict[str, tuple[str, str, int]] = {}  # body file: remote, id, total
-        for remote, spool, payload, _ in store.sending():
+        for remote, spool, seq, _ in store.sending():
+            payload = store.outbound_rows(remote, [seq])[seq].payload
             fragment = unpack_envelope(payload, len(payload)).message
             if isinstance(fragment, Fragment):
                 self._sending[spool] = (remote, fragment.id, fragment.total)
@@ -456,10 +457,14 @@ class Links:
         """Return at the next delivery of anything."""
         await self._delivered.wait()
 
+    def body_here(self, remote: str, message_id: str, length: int) -> bool:
+        """Whether all `length` bytes of the fragments of `message_id` from `remote` are
+        here (durably)."""
+        return self.store.transfer_received(remote, message_id) >= length
+
     async def body_arrived(self, remote: str, message_id: str, length: int) -> str:
-        """The body file of `message_id` from `remote`, once all `length` bytes of its
-        fragments are here (durably)."""
-        while self.store.transfer_received(remote, message_id) < length:
+        """The body file of `message_id` from `remote`, once `body_here`."""
+        while not self.body_here(remote, message_id, length):
             await self._delivered.wait()
         return incoming_name(remote, message_id)
 

@@ -362,20 +362,14 @@ class Store:
         ).fetchone()
         return int(row[0] or 0)
 
-    def sending(self) -> list[tuple[str, str, bytes, int]]:
-        """Per body file being sent: (remote, file, its first fragment's envelope, bytes of
-        fragments not acknowledged yet)."""
+    def sending(self) -> list[tuple[str, str, int, int]]:
+        """Per body file being sent: (remote, file, the seq of its first fragment still
+        out, bytes of fragments not acknowledged yet)."""
         rows = self.db.execute(
             "SELECT remote, spool, min(seq), sum(spool_length) FROM outbound"
             " WHERE spool IS NOT NULL GROUP BY remote, spool"
-        ).fetchall()
-        found = []
-        for remote, spool, seq, waiting in rows:
-            (payload,) = self.db.execute(
-                "SELECT payload FROM outbound WHERE remote = ? AND seq = ?", (remote, seq)
-            ).fetchone()
-            found.append((str(remote), str(spool), bytes(payload), int(waiting)))
-        return found
+        )
+        return [(str(r), str(spool), int(seq), int(left)) for r, spool, seq, left in rows]
 
     def receiving(self) -> list[tuple[str, str, int, int]]:
         """(remote, message id, bytes here, total) of each body arriving in fragments."""
@@ -384,8 +378,7 @@ class Store:
 
     def spools_in_use(self) -> set[str]:
         """Body files an unacknowledged fragment still reads from."""
-        rows = self.db.execute("SELECT DISTINCT spool FROM outbound WHERE spool IS NOT NULL")
-        return {str(name) for (name,) in rows}
+        return {spool for _, spool, _, _ in self.sending()}
 
     def deliver(
         self,

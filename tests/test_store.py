@@ -66,7 +66,8 @@ def test_a_body_file_is_done_when_its_last_fragment_is_acked(tmp_path: Path) -> 
     store.add_outbound("bravo", [*rows, OutboundRow(3, b"request")], 0.0)
     assert store.link_state("bravo").unacked == ((1, 12), (2, 7), (3, 7))
     assert store.spools_in_use() == {"out-a"}
-    assert store.sending() == [("bravo", "out-a", b"f1", 15)]
+    assert store.sending() == [("bravo", "out-a", 1, 15)]
+    assert store.outbound_rows("bravo", [1])[1].payload == b"f1"
     assert store.acked("bravo", [1, 3], next_seq=4) == {"out-a": 5}  # 5 bytes still out
     assert store.acked("bravo", [2], next_seq=4) == {"out-a": 0}  # done: its file may go
     assert store.spools_in_use() == set() and store.sending() == []
