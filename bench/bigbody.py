@@ -149,7 +149,8 @@ async def transfer(size: int) -> tuple[float, float]:
     base, wait = f"http://127.0.0.1:{ALPHA}/bravo", {"mesh-timeout": "3600"}
     async with httpx.AsyncClient(timeout=3600) as client:
         began = time.perf_counter()
-        reply = await client.post(f"{base}/sink", content=pattern(size), headers=wait)
+        declared = {**wait, "content-length": str(size)}  # as `curl -T file` would say
+        reply = await client.post(f"{base}/sink", content=pattern(size), headers=declared)
         up = time.perf_counter() - began
         assert reply.status_code == 200, reply.text[:300]
         assert reply.text == pattern_digest(size), "the upload arrived changed"

@@ -7,9 +7,10 @@ offset in a file of its own as it arrives, so a body is never whole in memory on
 either side.
 
 Files live in the peer's ``bodies`` folder under names mesh makes (never from a file
-name or header of a remote): ``out-<uuid>`` for ours to send, ``in-<peer>-<id>`` for those
-that arrive (the peer a roster name, the id 32 hex digits, both checked before use), and
-``tmp-<uuid>`` while one is being received from a socket.
+name or header of a remote): ``out-<uuid>`` for ours to send (written as it comes from a
+socket, and reported durable as it grows, so its fragments can leave before its end has
+come) and ``in-<peer>-<transfer>`` for those that arrive (the peer a roster name, the
+transfer 32 hex digits, both checked before use).
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from .pipe import SyncEvery, write_all
+from .pipe import SyncEvery, fsync_folder, write_all
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
 CHUNK = 1 << 20  # bytes read from a body file at a time
 _ID = re.compile(r"[0-9a-f]{32}")
 _PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+# Told (body file, bytes of it durable so far) as a spooled body grows, and once more
+# when it is whole.
+Grew = Callable[[str, int], None]
 
 
 class BodyTooLarge(Exception):
@@ -56,11 +61,11 @@ class Body:
         return self.file is not None
 
 
-def incoming_name(remote: str, message_id: str) -> str:
-    """The file for a body arriving from `remote` for message `message_id`."""
-    if not (_PEER.fullmatch(remote) and _ID.fullmatch(message_id)):
-        raise ValueError(f"not a body name: {remote!r}, {message_id!r}")
-    return f"in-{remote}-{message_id}"
+def incoming_name(remote: str, transfer: str) -> str:
+    """The file for body `transfer` arriving from `remote`."""
+    if not (_PEER.fullmatch(remote) and _ID.fullmatch(transfer)):
+        raise ValueError(f"not a body name: {remote!r}, {transfer!r}")
+    return f"in-{remote}-{transfer}"
 
 
 class Bodies:
@@ -73,9 +78,13 @@ class Bodies:
     def path(self, name: str) -> Path:
         return self.folder / name
 
-    async def receive(self, chunks: AsyncIterator[bytes], limit: int) -> Body:
+    async def receive(
+        self, chunks: AsyncIterator[bytes], limit: int, grew: Grew | None = None
+    ) -> Body:
         """The body `chunks` make: in memory up to `INLINE` bytes, else spooled to a file
-        (fsync'd) as it comes. BodyTooLarge past `limit` bytes (nothing is left behind)."""
+        (fsync'd) as it comes, `grew` told each time more of it is durable. BodyTooLarge
+        past `limit` bytes. On any error the file is removed, unless `grew` was told of
+        it (then whoever it told owns the file)."""
         held: list[bytes] = []
         size = 0
         async for chunk in chunks:
@@ -84,14 +93,30 @@ class Bodies:
                 raise BodyTooLarge(limit)
             held.append(chunk)
             if size > INLINE:
-                return await self._spool(held, size, chunks, limit)
+                return await self._spool(held, size, chunks, limit, grew)
         return Body.of(b"".join(held))
 
     async def _spool(
-        self, held: list[bytes], size: int, rest: AsyncIterator[bytes], limit: int
+        self,
+        held: list[bytes],
+        size: int,
+        rest: AsyncIterator[bytes],
+        limit: int,
+        grew: Grew | None,
     ) -> Body:
-        temporary = self.path(f"tmp-{uuid.uuid4().hex}")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        name = f"out-{uuid.uuid4().hex}"
+        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        told = False
+
+        async def flush(data: bytes, written: int, last: bool) -> None:
+            nonlocal told
+            synced = await trio.to_thread.run_sync(_append, fd, data, sync, last)
+            if synced and grew is not None:
+                if not told:  # its name must outlive a power cut before anyone relies on it
+                    await trio.to_thread.run_sync(fsync_folder, self.folder)
+                    told = True
+                grew(name, written)
+
         try:
             sync = SyncEvery(fd)
             pending = sum(map(len, held))
@@ -102,16 +127,14 @@ class Bodies:
                 held.append(chunk)
                 pending += len(chunk)
                 if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
-                    await trio.to_thread.run_sync(_append, fd, b"".join(held), sync)
+                    await flush(b"".join(held), size, last=False)
                     held.clear()
                     pending = 0
-            await trio.to_thread.run_sync(_append, fd, b"".join(held), sync)
-            await trio.to_thread.run_sync(os.fsync, fd)
-            name = f"out-{uuid.uuid4().hex}"
-            await trio.to_thread.run_sync(os.replace, temporary, self.path(name))
+            await flush(b"".join(held), size, last=True)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
+            if not told:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path(name))
             raise
         finally:
             os.close(fd)
@@ -141,8 +164,9 @@ class Bodies:
                 os.unlink(self.path(name))
 
     def sweep(self, keep: set[str]) -> int:
-        """At start-up, remove half-received bodies and our outgoing ones nothing refers
-        to any more (`keep` names those that are still referred to); how many. Blocking."""
+        """At start-up, remove our outgoing bodies nothing refers to any more (`keep`
+        names those that are still referred to; those half-received from a socket are
+        not), and temporaries of earlier versions; how many. Blocking."""
         removed = 0
         for entry in os.scandir(self.folder):
             stale = entry.name.startswith("tmp-") or (
@@ -188,14 +212,11 @@ class BodyWriter:
                 os.close(fd)
 
 
-def _append(fd: int, data: bytes, sync: SyncEvery) -> None:
+def _append(fd: int, data: bytes, sync: SyncEvery, last: bool) -> bool:
+    """Append `data`; whether all written so far is durable (always, when `last`)."""
     write_all(fd, data)
-    sync.wrote(len(data))
-
-
-def fragments(body: Body, block: int) -> list[tuple[int, int, int]]:
-    """(index, offset, length) of each fragment of spooled `body`."""
-    return [
-        (index, offset, min(block, body.size - offset))
-        for index, offset in enumerate(range(0, body.size, block))
-    ]
+    if sync.wrote(len(data)):
+        return True
+    if last:
+        os.fsync(fd)
+    return last

@@ -11,11 +11,12 @@ that state has an unknown outcome, and a non-idempotent request is then answered
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,8 +25,8 @@ import httpx
 import msgpack
 import trio
 
-from .bodies import Bodies, Body, BodyTooLarge, incoming_name
-from .links import EventHub, Links, Progress
+from .bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from .links import BodyStream, EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .store import Inbound, Post, Store
 
@@ -68,6 +69,29 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     )
 
 
+async def receive_body(
+    bodies: Bodies,
+    links: Links,
+    chunks: AsyncIterator[bytes],
+    limit: int,
+    stream: BodyStream | None,
+) -> Body:
+    """`bodies.receive`, with `stream` (if any) sending the body as it becomes durable,
+    and abandoned if it does not arrive whole (the far side then drops its part)."""
+    grew = partial(links.grew, stream) if stream is not None else None
+    try:
+        return await bodies.receive(chunks, limit, grew)
+    except BaseException:
+        if stream is not None:
+            links.abandon(stream)
+        raise
+
+
+def new_id() -> str:
+    """A new request id."""
+    return uuid.uuid4().hex
+
+
 def over_limit(whose: str, limit: int) -> str:
     """How a body past a peer's `body_limit` is described in the problem's title."""
     return f"over {whose} body_limit of {limit} bytes"
@@ -79,6 +103,16 @@ def problem(request_id: str, status: int, title: str, **extra: str) -> Response:
     headers = [(b"content-type", b"application/problem+json")]
     headers += [(f"mesh-{k}".encode(), v.encode()) for k, v in extra.items()]
     return Response(request_id, status, tuple(headers), body)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What goes back for a request: the response, its body when spooled, and the
+    stream that has been sending that body while it arrived."""
+
+    response: Response
+    body: Body = dataclasses.field(default_factory=Body)
+    stream: BodyStream | None = None
 
 
 @dataclass(frozen=True)
@@ -150,15 +184,17 @@ class Requests:
         ttl: float,
         callback: str | None = None,
         events_url: str | None = None,
+        stream: BodyStream | None = None,
     ) -> str:
-        """Make the request durable and send it; its id. Errors: KeyError (not a link),
+        """Make the request durable and send it; its id (`stream`'s message id, when its
+        body was already being sent as it arrived). Errors: KeyError (not a link),
         OSError/sqlite3.Error (the store cannot take it: nothing is half accepted)."""
-        request_id = uuid.uuid4().hex
+        request_id = stream.message_id if stream is not None else new_id()
         deadline = time.time() + ttl
-        length = body.size if body.spooled else None
-        request = Request(request_id, method, target, headers, body.data, deadline, length)
+        request = Request(request_id, method, target, headers, body.data, deadline)
         with self.store.transaction():  # one commit for both
-            sent = await self.links.send(remote, request, body if body.spooled else None)
+            spooled = body if body.spooled else None
+            sent = await self.links.send(remote, request, spooled, stream)
             self.store.add_request(
                 request_id, remote, sent.seq, method, target, deadline, callback, events_url
             )
@@ -227,8 +263,10 @@ class Requests:
     async def _complete(self, item: Inbound, message: Response) -> None:
         """Store `message` as its request's response, once its whole body is here."""
         body_file = None
-        if message.body_length:
-            body_file = await self.links.body_arrived(item.remote, message.id, message.body_length)
+        if message.body_length and message.body_id:
+            body_file = await self.links.body_arrived(
+                item.remote, message.body_id, message.body_length
+            )
         callback_headers = [
             *message.headers,
             (b"mesh-request-id", message.id.encode()),
@@ -244,8 +282,8 @@ class Requests:
             callback_headers,
             body_file,
         )
-        if body_file is not None:
-            self.store.forget_transfer(item.remote, message.id)
+        if body_file is not None and message.body_id:
+            self.store.forget_transfer(item.remote, message.body_id)
         self.store.after_commit(lambda: self._changed_state(message.id, added))
 
     async def _follow_progress(self) -> None:
@@ -413,9 +451,10 @@ class Forwarder:
         """Record `request` for execution once its whole body is here, and start it. A
         body that does not come by the request's deadline is answered 504; one over this
         peer's body limit (its fragments are refused) is answered 413 at once."""
-        if request.body_length and request.body_length <= self.max_body:
+        length, transfer = request.body_length, request.body_id
+        if length and transfer and length <= self.max_body:
             with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
-                await self.links.body_arrived(item.remote, request.id, request.body_length)
+                await self.links.body_arrived(item.remote, transfer, length)
         taken = self.store.take_execution(
             item.id, item.remote, request.id, item.payload, time.time()
         )
@@ -426,42 +465,53 @@ class Forwarder:
     async def _execute(
         self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
     ) -> None:
-        answer, body = await self._answer(client, origin, request, interrupted)
+        answer = await self._answer(client, origin, request, interrupted)
         with self.store.transaction():  # answered and marked so, or neither
-            await self.links.send(origin, answer, body if body.spooled else None)
+            spooled = answer.body if answer.body.spooled else None
+            await self.links.send(origin, answer.response, spooled, answer.stream)
             self.store.mark_execution(request.id, "responded", time.time())
-        if request.body_length:  # the request's body file has served its purpose
-            self.store.forget_transfer(origin, request.id)
-            await trio.to_thread.run_sync(self.bodies.remove, [incoming_name(origin, request.id)])
+        if request.body_id:  # the request's body file has served its purpose
+            self.store.forget_transfer(origin, request.body_id)
+            name = incoming_name(origin, request.body_id)
+            await trio.to_thread.run_sync(self.bodies.remove, [name])
 
     async def _answer(
         self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
-    ) -> tuple[Response, Body]:
+    ) -> Answer:
         if interrupted and request.method not in IDEMPOTENT:
             title = "outcome unknown: the peer stopped while the request was with the upstream"
-            return problem(request.id, 502, title, outcome="unknown"), Body()
+            return Answer(problem(request.id, 502, title, outcome="unknown"))
         if time.time() > request.deadline:
-            return problem(request.id, 504, "request expired in transit"), Body()
+            return Answer(problem(request.id, 504, "request expired in transit"))
         if self.upstream is None:
-            return problem(request.id, 502, f"{self.name} has no upstream"), Body()
+            return Answer(problem(request.id, 502, f"{self.name} has no upstream"))
         if (request.body_length or 0) > self.max_body:
             limit = over_limit(f"{self.name}'s", self.max_body)
-            return problem(request.id, 413, f"the request body is {limit}"), Body()
-        length = request.body_length
-        if length and not self.links.body_here(origin, request.id, length):
-            return problem(request.id, 504, "request body did not arrive by its deadline"), Body()
+            return Answer(problem(request.id, 413, f"the request body is {limit}"))
+        length, transfer = request.body_length, request.body_id
+        if length and transfer and not self.links.body_here(origin, transfer, length):
+            return Answer(problem(request.id, 504, "request body did not arrive by its deadline"))
         async with self.limit:
             return await self._forward(client, origin, request)
 
+    def _stream(self, origin: str, request: Request, reply: httpx.Response) -> BodyStream | None:
+        """A stream for the body of `reply` when it says it is big enough to spool (its
+        fragments then leave while it still arrives), else None."""
+        declared = reply.headers.get("content-length", "")
+        if request.method == "HEAD" or not declared.isdigit():
+            return None
+        size = int(declared)
+        if not INLINE < size <= self.max_body:
+            return None
+        return self.links.stream(origin, request.id, size)
+
     def _request_body(self, origin: str, request: Request) -> Any:
         """What httpx sends: the inline body, or the body file streamed."""
-        if not request.body_length:
+        if not request.body_id:
             return request.body
-        return self.bodies.chunks(incoming_name(origin, request.id))
+        return self.bodies.chunks(incoming_name(origin, request.body_id))
 
-    async def _forward(
-        self, client: httpx.AsyncClient, origin: str, request: Request
-    ) -> tuple[Response, Body]:
+    async def _forward(self, client: httpx.AsyncClient, origin: str, request: Request) -> Answer:
         """The upstream's answer (its body in memory or spooled); connection refused is
         retried with backoff until the deadline; a failure after the request may have
         reached it is an unknown outcome."""
@@ -483,27 +533,31 @@ class Forwarder:
                 async with client.stream(
                     request.method, url, headers=headers, content=content
                 ) as reply:
-                    body = await self.bodies.receive(reply.aiter_raw(), self.max_body)
+                    stream = self._stream(origin, request, reply)
+                    body = await receive_body(
+                        self.bodies, self.links, reply.aiter_raw(), self.max_body, stream
+                    )
                 kept = end_to_end(reply.headers.raw)
                 if request.method == "HEAD":  # no body, but the size it would have had
                     length = reply.headers.get("content-length")
                     kept += ((b"content-length", length.encode()),) if length else ()
-                length = body.size if body.spooled else None
-                return Response(request.id, reply.status_code, kept, body.data, length), body
+                return Answer(
+                    Response(request.id, reply.status_code, kept, body.data), body, stream
+                )
             except BodyTooLarge:
                 limit = over_limit(f"{self.name}'s", self.max_body)
                 answer = problem(request.id, 502, f"the upstream's response is {limit}")
-                return answer, Body()
+                return Answer(answer)
             except httpx.HTTPError as exc:
                 if isinstance(exc, httpx.ConnectError):  # it never reached the upstream
                     self.store.mark_execution(request.id, "received", time.time())
                 elif request.method not in IDEMPOTENT:
                     self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
                     answer = problem(request.id, 502, f"outcome unknown: {exc}", outcome="unknown")
-                    return answer, Body()
+                    return Answer(answer)
                 left = request.deadline - time.time()
                 if left <= 0:
-                    return problem(request.id, 502, f"upstream failed: {exc}"), Body()
+                    return Answer(problem(request.id, 502, f"upstream failed: {exc}"))
                 await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
                 delay = min(delay * 2, 5.0)
 

@@ -18,6 +18,7 @@ Errors are ``application/problem+json``. The body limit is enforced while readin
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import json
 import logging
@@ -33,9 +34,10 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .bodies import Bodies, Body, BodyTooLarge
+from .bodies import INLINE, Bodies, Body, BodyTooLarge
 from .errors import ConfigError, leaves
-from .gateway import RequestRecord, end_to_end
+from .gateway import RequestRecord, end_to_end, new_id, receive_body
+from .links import BodyStream
 from .messages import Datagram, Kind, unpack_envelope
 from .roster import Address
 from .store import Inbound
@@ -216,7 +218,7 @@ class Ingress:
         events_url = self._allowed(headers, b"mesh-events")
         if self.peer.links.pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", self.peer.links.pipe_error)
-        body = await self._receive_body(receive)
+        body, stream = await self._receive_body(remote, headers, receive)
         try:
             request_id = await self.peer.requests.submit(
                 remote,
@@ -227,10 +229,10 @@ class Ingress:
                 self.peer.settings.request_deadline,
                 callback,
                 events_url,
+                stream,
             )
         except (OSError, sqlite3.Error) as exc:
-            if body.file is not None:
-                await trio.to_thread.run_sync(self.peer.bodies.remove, [body.file])
+            await self._drop(body, stream)
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
         if callback or b"respond-async" in headers.get(b"prefer", b""):
             await accepted(send, request_id)
@@ -241,15 +243,33 @@ class Ingress:
         else:
             await respond_with(send, record, self.peer.bodies)
 
-    async def _receive_body(self, receive: Receive) -> Body:
-        """The request body, spooled to a file when big; 413 past the body limit."""
+    async def _receive_body(
+        self, remote: str, headers: dict[bytes, bytes], receive: Receive
+    ) -> tuple[Body, BodyStream | None]:
+        """The request body, spooled to a file when big (and then sent to `remote` as it
+        arrives, when its length was declared); 413 past the body limit."""
         limit = self.peer.settings.body_limit
+        declared = headers.get(b"content-length", b"")
+        stream = None
+        if declared.isdigit() and INLINE < int(declared) <= limit:
+            stream = self.peer.links.stream(remote, new_id(), int(declared))
         try:
-            return await self.peer.bodies.receive(body_chunks(receive), limit)
+            body = await receive_body(
+                self.peer.bodies, self.peer.links, body_chunks(receive), limit, stream
+            )
         except BodyTooLarge:
             raise await too_large(receive, limit) from None
         except OSError as exc:
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
+        return body, stream
+
+    async def _drop(self, body: Body, stream: BodyStream | None) -> None:
+        """Let go of the body of a request that could not be stored."""
+        if stream is not None and stream.opened:  # its fragments went: let the far side know
+            with contextlib.suppress(OSError, sqlite3.Error):  # else start-up does
+                self.peer.links.abandon(stream)
+        elif body.file is not None:
+            await trio.to_thread.run_sync(self.peer.bodies.remove, [body.file])
 
     def _allowed(self, headers: dict[bytes, bytes], name: bytes) -> str | None:
         """The URL in header `name`, if the roster's `callbacks` patterns allow it (403

@@ -2,6 +2,9 @@
 
 API for the layer above:
 - `await links.send(remote, message)` returns once the message is durable, with its id;
+  a big body (a file) goes first as fragments. `links.stream(...)` starts sending a body
+  while it still arrives (`links.grew` as it becomes durable), ended by `send` with it or
+  by `links.abandon` (the far side then drops what it has of it);
 - `links.deliveries()` yields delivered messages in batches (stored before acknowledged)
   until the layer above `consume`s it;
 - `links.events.subscribe()` streams per-message status events (stored, sent, resent,
@@ -14,7 +17,9 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +28,12 @@ from typing import Any, BinaryIO, Generic, TypeVar
 import trio
 
 from . import pipe
-from .bodies import Bodies, Body, fragments, incoming_name
+from .bodies import Bodies, Body, incoming_name
 from .crypto import Keyring
 from .errors import FormatError, MessageError
 from .link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
 from .messages import (
+    Control,
     Envelope,
     Fragment,
     Kind,
@@ -43,18 +49,41 @@ from .store import Inbound, OutboundRow, Store
 from .wire import Limits, ScannedFile, read_frame, write_file
 
 T = TypeVar("T")
+ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)
+_TRANSFER = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
 class _Opened:
     """The delivered frames of one file, read: messages to store, fragments already
-    written to their body files, seqs refused (authentic but malformed: acknowledged,
-    never delivered) and seqs that could not be read now (left for a resend)."""
+    written to their body files ((transfer, message id, total, length)), transfers given
+    up, seqs refused (authentic but malformed: acknowledged, never delivered) and seqs
+    that could not be read now (left for a resend)."""
 
     messages: list[tuple[int, int, bytes]]
-    fragments: list[tuple[str, int, int]]
+    fragments: list[tuple[str, str, int, int]]
+    abandoned: list[str]
     refused: list[tuple[int, str]]
     unread: set[int]
+
+
+@dataclass
+class BodyStream:
+    """A body of `total` bytes for message `message_id`, sent to `remote` in fragments
+    as transfer `transfer`, while it may still be arriving."""
+
+    remote: str
+    message_id: str
+    total: int
+    transfer: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    spool: str | None = None  # its body file, once known
+    queued: int = 0  # bytes of it stored as fragments so far
+    opened: bool = False  # recorded as open: fragments stored, its message not yet
+
+    def progress(self, waiting: int) -> Progress:
+        """How far it has got, with `waiting` bytes of its fragments not acknowledged."""
+        done = max(self.queued - waiting, 0)
+        return Progress("sending", self.remote, self.message_id, done, self.total)
 
 
 @dataclass(frozen=True)
@@ -159,18 +188,23 @@ class Links:
         self.protocol = Protocol(name, store.epoch, settings, restored, trio.current_time())
         self.events: EventHub[LinkEvent] = EventHub()
         self.progress: EventHub[Progress] = EventHub()
-        self._sending: dict[str, tuple[str, str, int]] = {}  # body file: remote, id, total
+        self._sending: dict[str, BodyStream] = {}  # by body file
+        self._streaming: set[str] = set()  # body files still arriving
         for remote, spool, seq, _ in store.sending():
             payload = store.outbound_rows(remote, [seq])[seq].payload
             fragment = unpack_envelope(payload, len(payload)).message
             if isinstance(fragment, Fragment):
-                self._sending[spool] = (remote, fragment.id, fragment.total)
+                total = fragment.total
+                self._sending[spool] = BodyStream(
+                    remote, fragment.id, total, fragment.transfer, spool, queued=total
+                )
         self._kick = trio.Event()
         self._delivered = trio.Event()
         self._last_heartbeat: dict[str, Path] = {}
         self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.last_file_at: dict[str, float] = {}  # wall clock of our last file per remote
         self.pipe_error: str | None = None  # why the last write to the outbox failed
+        self._abandon_streams_left_open()
 
     def _publish(self, state: str, remote: str, seqs: Iterable[int]) -> None:
         at = time.time()
@@ -182,24 +216,48 @@ class Links:
 
     # -- sending -------------------------------------------------------------------------
 
-    async def send(self, remote: str, message: Message, spooled: Body | None = None) -> MessageId:
+    async def send(
+        self,
+        remote: str,
+        message: Message,
+        spooled: Body | None = None,
+        stream: BodyStream | None = None,
+    ) -> MessageId:
         """Store `message` for `remote` durably and queue it; its id once durable.
 
-        With `spooled` (a body in a body file), the body's fragments are stored first, all
-        in the same transaction, and read from the file as they are written out; the
-        message (a request or response with `body_length` set) comes after them.
-        Inside a store transaction, the message joins it, and is queued once it commits.
-        KeyError for a remote this peer does not talk to. No checkpoint: nothing else runs
-        in between.
+        With `spooled` (a request or response body in a body file), the body's fragments
+        are stored first (those `stream` has not stored already), all in the same
+        transaction, and read from the file as they are written out; the message goes
+        after them, with `body_length` and `body_id` set. Inside a store transaction, the
+        message joins it, and is queued once it commits. KeyError for a remote this peer
+        does not talk to; ValueError for a body whose size is not its stream's total.
         """
         if remote not in self.protocol.remotes:
             raise KeyError(f"{self.name} does not talk to {remote}")
-        rows = self._fragment_rows(remote, message, spooled) if spooled is not None else []
+        if spooled is None:
+            return self._store(remote, message)
+        assert isinstance(message, Request | Response) and spooled.file is not None
+        stream = stream or BodyStream(remote, message.id, spooled.size)
+        if spooled.size != stream.total:
+            self.abandon(stream)
+            raise ValueError(f"a body of {spooled.size} bytes, not {stream.total} as declared")
+        message = dataclasses.replace(
+            message, body=b"", body_length=spooled.size, body_id=stream.transfer
+        )
+        with self.store.transaction():
+            self.grew(stream, spooled.file, spooled.size)
+            sent = self._store(remote, message)
+            self._close(stream)
+        return sent
+
+    def _store(self, remote: str, message: Message) -> MessageId:
         seq = self.protocol.assign(remote)
-        rows.append(OutboundRow(seq, pack(Envelope(seq, message))))
+        self._add(remote, [OutboundRow(seq, pack(Envelope(seq, message)))])
+        return MessageId(remote, seq)
+
+    def _add(self, remote: str, rows: list[OutboundRow]) -> None:
         self.store.add_outbound(remote, rows, time.time())
         self.store.after_commit(lambda: self._queued(remote, rows))
-        return MessageId(remote, seq)
 
     def _queued(self, remote: str, rows: list[OutboundRow]) -> None:
         now = trio.current_time()
@@ -208,15 +266,84 @@ class Links:
         self._publish("stored", remote, [row.seq for row in rows])
         self.kick()
 
-    def _fragment_rows(self, remote: str, message: Message, body: Body) -> list[OutboundRow]:
-        assert isinstance(message, Request | Response) and body.file is not None
-        self._sending[body.file] = (remote, message.id, body.size)
+    def stream(self, remote: str, message_id: str, total: int) -> BodyStream:
+        """A body of `total` bytes for `message_id` to send to `remote` as it arrives.
+        KeyError for a remote this peer does not talk to."""
+        if remote not in self.protocol.remotes:
+            raise KeyError(f"{self.name} does not talk to {remote}")
+        return BodyStream(remote, message_id, total)
+
+    def grew(self, stream: BodyStream, spool: str, durable: int) -> None:
+        """The first `durable` bytes of `stream`'s body file `spool` are durable: store and
+        queue its whole blocks among them (and its last one, once all is here).
+        ValueError past the stream's declared total."""
+        if durable > stream.total:
+            raise ValueError(f"the body is longer than the {stream.total} bytes declared")
+        upto = durable if durable == stream.total else durable - durable % self.block
+        if upto <= stream.queued:
+            return
+        with self.store.transaction():
+            if not stream.opened:  # until its message is stored (or it is abandoned)
+                stream.spool, stream.opened = spool, True
+                self.store.open_stream(spool, stream.remote, stream.transfer, stream.message_id)
+                self._sending[spool] = stream
+                self._streaming.add(spool)
+            self._add(stream.remote, self._fragment_rows(stream, upto))
+        stream.queued = upto
+
+    def _fragment_rows(self, stream: BodyStream, upto: int) -> list[OutboundRow]:
+        assert stream.spool is not None
         rows = []
-        for index, offset, length in fragments(body, self.block):
-            seq = self.protocol.assign(remote)
-            envelope = Envelope(seq, Fragment(message.id, index, offset, body.size, b""))
-            rows.append(OutboundRow(seq, pack(envelope), body.file, length))
+        for offset in range(stream.queued, upto, self.block):
+            length = min(self.block, upto - offset)
+            seq = self.protocol.assign(stream.remote)
+            fragment = Fragment(
+                stream.message_id,
+                stream.transfer,
+                offset // self.block,
+                offset,
+                stream.total,
+                b"",
+            )
+            rows.append(OutboundRow(seq, pack(Envelope(seq, fragment)), stream.spool, length))
         return rows
+
+    def abandon(self, stream: BodyStream) -> None:
+        """Give `stream` up: if any of it was queued, tell the far side to drop what it has
+        of it (its fragments still go; the file goes once they are acknowledged). Never
+        awaits, so it runs even in a cancelled scope."""
+        if not stream.opened:
+            return
+        with self.store.transaction():
+            self._store(stream.remote, Control(ABANDON, {"transfer": stream.transfer}))
+            self._close(stream)
+
+    def _close(self, stream: BodyStream) -> None:
+        """`stream` is ended (inside the caller's transaction)."""
+        spool = stream.spool
+        if spool is None or not stream.opened:
+            return
+        self.store.close_stream(spool)
+        stream.opened = False
+
+        def closed() -> None:
+            self._streaming.discard(spool)
+            if self.store.spool_waiting(spool) == 0:  # all acknowledged already
+                self._sending.pop(spool, None)
+                self.bodies.remove([spool])
+
+        self.store.after_commit(closed)
+
+    def _abandon_streams_left_open(self) -> None:
+        """At start-up: give up the bodies a crash cut off while they were arriving."""
+        for spool, remote, transfer, message_id in self.store.streams():
+            stream = BodyStream(remote, message_id, 0, transfer, spool, opened=True)
+            if remote in self.protocol.remotes:
+                self.log.info("%s: giving up a body to %s cut off by a stop", self.name, remote)
+                self.abandon(stream)
+            else:
+                with self.store.transaction():
+                    self._close(stream)
 
     async def run(self) -> None:
         """Write what the protocol plans, when it plans it, until cancelled."""
@@ -346,11 +473,11 @@ class Links:
     async def _sent_further(self, waiting: dict[str, int]) -> None:
         """Report the progress of bodies some fragments of which were acknowledged, and
         remove the files of those acknowledged whole."""
-        done = [spool for spool, left in waiting.items() if left == 0]
+        done = [s for s, left in waiting.items() if left == 0 and s not in self._streaming]
         for spool, left in waiting.items():
-            remote, message_id, total = self._sending.get(spool, ("", "", 0))
-            if message_id:
-                self.progress.publish(Progress("sending", remote, message_id, total - left, total))
+            stream = self._sending.get(spool)
+            if stream is not None:
+                self.progress.publish(stream.progress(left))
         for spool in done:
             self._sending.pop(spool, None)
         if done:
@@ -360,8 +487,8 @@ class Links:
         """Every body crossing in fragments, either way, with how far it has got."""
         found = []
         for remote, spool, _, waiting in self.store.sending():
-            _, message_id, total = self._sending.get(spool, (remote, "", 0))
-            found.append(Progress("sending", remote, message_id, total - waiting, total))
+            stream = self._sending.get(spool, BodyStream(remote, "", 0))
+            found.append(stream.progress(waiting))
         for remote, message_id, have, total in self.store.receiving():
             found.append(Progress("receiving", remote, message_id, have, total))
         return [p.as_json() for p in found]
@@ -369,45 +496,52 @@ class Links:
     async def _store_deliveries(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> None:
         if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
             return
-        opened = await trio.to_thread.run_sync(self._open, arrival, path, scanned)
+        remote = arrival.remote
+        given_up = self.store.abandoned(remote) if arrival.deliver else set()
+        opened = await trio.to_thread.run_sync(self._open, arrival, path, scanned, given_up)
         for seq, problem in opened.refused:
             # Authentic but malformed: never delivered, but acknowledged so the sender
             # stops resending what can never be taken.
-            self.log.error(
-                "%s: message %d from %s refused: %s", self.name, seq, arrival.remote, problem
-            )
+            self.log.error("%s: message %d from %s refused: %s", self.name, seq, remote, problem)
         taken = [seq for seq in arrival.deliver if seq not in opened.unread]
-        inbound = self.protocol.inbound(arrival.remote)
+        inbound = self.protocol.inbound(remote)
         state = inbound.received
         for seq in taken:
             state = state.add(seq)
         assert inbound.epoch is not None
         self.store.deliver(
-            arrival.remote,
+            remote,
             inbound.epoch,
             opened.messages,
             state,
             inbound.retired,
             time.time(),
             opened.fragments,
+            opened.abandoned,
         )
-        self.protocol.stored(arrival.remote, taken)
-        self._publish("delivered", arrival.remote, taken)
-        for message_id, total in {i: t for i, t, _ in opened.fragments}.items():
-            have = self.store.transfer_received(arrival.remote, message_id)
-            self.progress.publish(Progress("receiving", arrival.remote, message_id, have, total))
-        if opened.messages or opened.fragments:
+        self.protocol.stored(remote, taken)
+        self._publish("delivered", remote, taken)
+        if opened.abandoned:
+            files = [incoming_name(remote, transfer) for transfer in opened.abandoned]
+            await trio.to_thread.run_sync(self.bodies.remove, files)
+        for transfer, message_id, total in {(t, m, n) for t, m, n, _ in opened.fragments}:
+            have = self.store.transfer_received(remote, transfer)
+            self.progress.publish(Progress("receiving", remote, message_id, have, total))
+        if opened.messages or opened.fragments or opened.abandoned:
             self._delivered.set()
             self._delivered = trio.Event()
 
-    def _open(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> _Opened:
+    def _open(
+        self, arrival: Arrival, path: Path, scanned: ScannedFile, given_up: set[str]
+    ) -> _Opened:
         """Read the frames `arrival` delivers; fragments go straight to their body files
-        (durable on return). Blocking."""
+        (durable on return), unless their transfer was given up (`given_up`, or an
+        ``abandon`` among these frames). Blocking."""
         index_of: dict[int, int] = {}
         for index, info in enumerate(scanned.header.frames):
             if scanned.intact[index]:
                 index_of.setdefault(info.seq, index)
-        opened = _Opened([], [], [], set())
+        opened = _Opened([], [], [], [], set())
         with open(path, "rb") as source, self.bodies.writer() as bodies:
             for seq in arrival.deliver:
                 try:
@@ -423,10 +557,16 @@ class Links:
                     opened.refused.append((seq, str(exc)))
                     continue
                 if isinstance(message, Fragment):
-                    bodies.write(
-                        incoming_name(arrival.remote, message.id), message.offset, message.data
-                    )
-                    opened.fragments.append((message.id, message.total, len(message.data)))
+                    if message.transfer not in given_up:
+                        name = incoming_name(arrival.remote, message.transfer)
+                        bodies.write(name, message.offset, message.data)
+                        opened.fragments.append(
+                            (message.transfer, message.id, message.total, len(message.data))
+                        )
+                elif isinstance(message, Control) and message.op == ABANDON:
+                    transfer = str(message.args["transfer"])
+                    given_up.add(transfer)
+                    opened.abandoned.append(transfer)
                 else:
                     opened.messages.append((seq, int(kind_of(message)), data))
         return opened
@@ -438,6 +578,10 @@ class Links:
         message = envelope.message
         if isinstance(message, Fragment) and message.total > self.max_body:
             raise MessageError(f"a body of {message.total} bytes is over the body limit")
+        if isinstance(message, Control) and message.op == ABANDON:
+            transfer = message.args.get("transfer")
+            if not (isinstance(transfer, str) and _TRANSFER.fullmatch(transfer)):
+                raise MessageError("abandon names no transfer")
         return message
 
     async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Inbound]]:
@@ -457,16 +601,15 @@ class Links:
         """Return at the next delivery of anything."""
         await self._delivered.wait()
 
-    def body_here(self, remote: str, message_id: str, length: int) -> bool:
-        """Whether all `length` bytes of the fragments of `message_id` from `remote` are
-        here (durably)."""
-        return self.store.transfer_received(remote, message_id) >= length
+    def body_here(self, remote: str, transfer: str, length: int) -> bool:
+        """Whether all `length` bytes of body `transfer` from `remote` are here (durably)."""
+        return self.store.transfer_received(remote, transfer) >= length
 
-    async def body_arrived(self, remote: str, message_id: str, length: int) -> str:
-        """The body file of `message_id` from `remote`, once `body_here`."""
-        while not self.body_here(remote, message_id, length):
+    async def body_arrived(self, remote: str, transfer: str, length: int) -> str:
+        """The file of body `transfer` from `remote`, once `body_here`."""
+        while not self.body_here(remote, transfer, length):
             await self._delivered.wait()
-        return incoming_name(remote, message_id)
+        return incoming_name(remote, transfer)
 
     def consume(self, ids: Iterable[int]) -> None:
         self.store.consume(ids)

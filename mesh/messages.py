@@ -49,6 +49,7 @@ class Request:
     body: bytes
     deadline: float  # wall-clock seconds after which it must not be forwarded
     body_length: int | None = None  # set when the body comes as fragments (`body` empty)
+    body_id: str | None = None  # then: the transfer its fragments name
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +61,17 @@ class Response:
     headers: Headers
     body: bytes
     body_length: int | None = None  # set when the body comes as fragments (`body` empty)
+    body_id: str | None = None  # then: the transfer its fragments name
 
 
 @dataclass(frozen=True, slots=True)
 class Fragment:
-    """Bytes `offset .. offset+len(data)` of a body of `total` bytes, for transfer `id`."""
+    """Bytes `offset .. offset+len(data)` of a body of `total` bytes: the body of message
+    `id` (a request or response) sent as `transfer`. A transfer id is new for each attempt
+    to send a body, so fragments of an abandoned attempt never mix with a later one."""
 
     id: str
+    transfer: str
     index: int
     offset: int
     total: int
@@ -116,11 +121,20 @@ def pack(envelope: Envelope) -> bytes:
             m.body,
             float(m.deadline),
             m.body_length,
+            m.body_id,
         ]
     elif isinstance(m, Response):
-        fields = [Kind.RESPONSE, m.id, m.status, _headers_out(m.headers), m.body, m.body_length]
+        fields = [
+            Kind.RESPONSE,
+            m.id,
+            m.status,
+            _headers_out(m.headers),
+            m.body,
+            m.body_length,
+            m.body_id,
+        ]
     elif isinstance(m, Fragment):
-        fields = [Kind.FRAGMENT, m.id, m.index, m.offset, m.total, m.data]
+        fields = [Kind.FRAGMENT, m.id, m.transfer, m.index, m.offset, m.total, m.data]
     elif isinstance(m, Datagram):
         fields = [Kind.DATAGRAM, m.id, m.body]
     else:
@@ -180,17 +194,18 @@ def _headers_in(value: Any) -> Headers:
     return pairs
 
 
-def _body_length(value: Any, body: bytes) -> int | None:
-    """None (the body is inline), or the length of a body that comes as fragments."""
-    if value is None:
-        return None
-    _check(type(value) is int and value >= 0, "body length must be a whole number >= 0")
+def _fragmented(length: Any, transfer: Any, body: bytes) -> tuple[int | None, str | None]:
+    """(None, None) for an inline body, or the length and transfer id of a body that
+    comes as fragments."""
+    if length is None and transfer is None:
+        return None, None
+    _check(type(length) is int and length >= 0, "body length must be a whole number >= 0")
     _check(not body, "a body that comes as fragments is not inline too")
-    return int(value)
+    return int(length), _id(transfer)
 
 
 def _request(f: list[Any]) -> Request:
-    id_, method, target, headers, body, deadline, length = f
+    id_, method, target, headers, body, deadline, length, transfer = f
     _check(isinstance(method, str) and _METHOD.fullmatch(method) is not None, "bad method")
     _check(
         isinstance(target, str)
@@ -203,22 +218,23 @@ def _request(f: list[Any]) -> Request:
     )
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
     body = _bytes(body, "body")
-    return Request(
-        _id(id_), method, target, _headers_in(headers), body, deadline, _body_length(length, body)
-    )
+    length, transfer = _fragmented(length, transfer, body)
+    return Request(_id(id_), method, target, _headers_in(headers), body, deadline, length, transfer)
 
 
 def _response(f: list[Any]) -> Response:
-    id_, status, headers, body, length = f
+    id_, status, headers, body, length, transfer = f
     _check(type(status) is int and 100 <= status <= 599, "bad status")
     body = _bytes(body, "body")
-    return Response(_id(id_), status, _headers_in(headers), body, _body_length(length, body))
+    length, transfer = _fragmented(length, transfer, body)
+    return Response(_id(id_), status, _headers_in(headers), body, length, transfer)
 
 
 def _fragment(f: list[Any]) -> Fragment:
-    id_, index, offset, total, data = f
+    id_, transfer, index, offset, total, data = f
     fragment = Fragment(
         _id(id_),
+        _id(transfer),
         _count(index, "index"),
         _count(offset, "offset"),
         _count(total, "total"),
@@ -255,9 +271,9 @@ _DECODERS: dict[int, Callable[[list[Any]], Message]] = {
     Kind.DATAGRAM: _datagram,
 }
 _ARITY: dict[int, int] = {
-    Kind.REQUEST: 7,
-    Kind.RESPONSE: 5,
-    Kind.FRAGMENT: 5,
+    Kind.REQUEST: 8,
+    Kind.RESPONSE: 6,
+    Kind.FRAGMENT: 6,
     Kind.CONTROL: 2,
     Kind.DATAGRAM: 2,
 }

@@ -81,14 +81,17 @@ class SyncEvery:
     def __init__(self, fd: int, flush: Callable[[], object] | None = None) -> None:
         self.fd, self._flush, self._unsynced = fd, flush, 0
 
-    def wrote(self, size: int) -> None:
-        """`size` more bytes were written (flushed first by `flush`, for a buffered file)."""
+    def wrote(self, size: int) -> bool:
+        """`size` more bytes were written (flushed first by `flush`, for a buffered file);
+        whether the file was synced just now (all written so far is durable)."""
         self._unsynced += size
-        if self._unsynced >= SYNC_EVERY:
-            if self._flush is not None:
-                self._flush()
-            os.fdatasync(self.fd)
-            self._unsynced = 0
+        if self._unsynced < SYNC_EVERY:
+            return False
+        if self._flush is not None:
+            self._flush()
+        os.fdatasync(self.fd)
+        self._unsynced = 0
+        return True
 
 
 class _SyncingFile:

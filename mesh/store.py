@@ -47,12 +47,20 @@ CREATE TABLE IF NOT EXISTS outbound (
     spool_length INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (remote, seq)
 );
-CREATE TABLE IF NOT EXISTS transfers (
+CREATE TABLE IF NOT EXISTS transfers (  -- bodies arriving in fragments
     remote TEXT NOT NULL,
-    id TEXT NOT NULL,
+    id TEXT NOT NULL,  -- the transfer
     total INTEGER NOT NULL,
     have INTEGER NOT NULL,
+    message TEXT NOT NULL DEFAULT '',  -- the request or response it is the body of
+    abandoned INTEGER NOT NULL DEFAULT 0,  -- the sender gave it up: take no more of it
     PRIMARY KEY (remote, id)
+);
+CREATE TABLE IF NOT EXISTS streams (  -- bodies sent in fragments while still arriving
+    spool TEXT PRIMARY KEY,
+    remote TEXT NOT NULL,
+    transfer TEXT NOT NULL,
+    message TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS requests (
     id TEXT PRIMARY KEY,
@@ -202,6 +210,10 @@ class Store:
             "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
             "requests": ("body_file TEXT",),
             "posts": ("body_file TEXT",),
+            "transfers": (
+                "message TEXT NOT NULL DEFAULT ''",
+                "abandoned INTEGER NOT NULL DEFAULT 0",
+            ),
         }
         for table, columns in added.items():
             have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -373,8 +385,38 @@ class Store:
 
     def receiving(self) -> list[tuple[str, str, int, int]]:
         """(remote, message id, bytes here, total) of each body arriving in fragments."""
-        rows = self.db.execute("SELECT remote, id, have, total FROM transfers ORDER BY remote")
+        rows = self.db.execute(
+            "SELECT remote, message, have, total FROM transfers WHERE NOT abandoned ORDER BY remote"
+        )
         return [(str(r), str(i), int(h), int(t)) for r, i, h, t in rows]
+
+    def abandoned(self, remote: str) -> set[str]:
+        """The transfers from `remote` its sender gave up (later fragments are dropped)."""
+        rows = self.db.execute("SELECT id FROM transfers WHERE remote = ? AND abandoned", (remote,))
+        return {str(row[0]) for row in rows}
+
+    def open_stream(self, spool: str, remote: str, transfer: str, message_id: str) -> None:
+        """Body file `spool` is being sent as `transfer` while it still arrives."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO streams (spool, remote, transfer, message)"
+                " VALUES (?, ?, ?, ?)",
+                (spool, remote, transfer, message_id),
+            )
+
+    def close_stream(self, spool: str) -> None:
+        """Its message was stored, or it was abandoned (inside the caller's transaction)."""
+        with self.transaction():
+            self.db.execute("DELETE FROM streams WHERE spool = ?", (spool,))
+
+    def streams(self) -> list[tuple[str, str, str, str]]:
+        """(spool, remote, transfer, message id) of each stream left open (by a crash)."""
+        rows = self.db.execute("SELECT spool, remote, transfer, message FROM streams")
+        return [(str(s), str(r), str(t), str(m)) for s, r, t, m in rows]
+
+    def spool_waiting(self, spool: str) -> int:
+        """Bytes of fragments of body file `spool` not acknowledged yet."""
+        return self._spool_waiting(spool)
 
     def spools_in_use(self) -> set[str]:
         """Body files an unacknowledged fragment still reads from."""
@@ -388,17 +430,24 @@ class Store:
         received: ReceivedState,
         retired: Iterable[str],
         now: float,
-        fragments: Iterable[tuple[str, int, int]] = (),
+        fragments: Iterable[tuple[str, str, int, int]] = (),
+        abandoned: Iterable[str] = (),
     ) -> list[int]:
-        """Store delivered messages (seq, kind, payload), the (id, total, length) of
-        delivered fragments (whose data is already durable in their body files) and the
-        received-state that acknowledges them, in one transaction; the inbound ids."""
+        """Store delivered messages (seq, kind, payload), the (transfer, message id, total,
+        length) of delivered fragments (whose data is already durable in their body
+        files), the transfers their senders gave up, and the received-state that
+        acknowledges them, in one transaction; the inbound ids."""
         ids = []
         with self.transaction():
             self.db.executemany(
-                "INSERT INTO transfers (remote, id, total, have) VALUES (?, ?, ?, ?)"
+                "INSERT INTO transfers (remote, id, message, total, have) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (remote, id) DO UPDATE SET have = have + excluded.have",
-                ((remote, i, total, length) for i, total, length in fragments),
+                ((remote, t, m, total, length) for t, m, total, length in fragments),
+            )
+            self.db.executemany(
+                "INSERT INTO transfers (remote, id, total, have, abandoned) VALUES (?, ?, 0, 0, 1)"
+                " ON CONFLICT (remote, id) DO UPDATE SET abandoned = 1",
+                ((remote, transfer) for transfer in abandoned),
             )
             for seq, kind, payload in messages:
                 cursor = self.db.execute(
@@ -437,18 +486,16 @@ class Store:
         with self.transaction(durable=False):
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
 
-    def transfer_received(self, remote: str, message_id: str) -> int:
-        """How many bytes of the fragmented body of `message_id` from `remote` are here."""
+    def transfer_received(self, remote: str, transfer: str) -> int:
+        """How many bytes of body `transfer` from `remote` are here."""
         row = self.db.execute(
-            "SELECT have FROM transfers WHERE remote = ? AND id = ?", (remote, message_id)
+            "SELECT have FROM transfers WHERE remote = ? AND id = ?", (remote, transfer)
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def forget_transfer(self, remote: str, message_id: str) -> None:
+    def forget_transfer(self, remote: str, transfer: str) -> None:
         with self.transaction(durable=False):
-            self.db.execute(
-                "DELETE FROM transfers WHERE remote = ? AND id = ?", (remote, message_id)
-            )
+            self.db.execute("DELETE FROM transfers WHERE remote = ? AND id = ?", (remote, transfer))
 
     # -- requests (the caller's side) ----------------------------------------------------
 

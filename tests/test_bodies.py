@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.bodies import BLOCK, INLINE, Bodies, Body, BodyTooLarge, fragments, incoming_name
+from mesh.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -44,10 +44,42 @@ async def test_a_body_over_the_limit_is_refused_and_leaves_nothing(tmp_path: Pat
     assert list(bodies.folder.iterdir()) == []
 
 
-def test_fragments_cover_the_body_exactly() -> None:
-    body = Body(b"", "out-x", 2 * BLOCK + 1)
-    assert fragments(body, BLOCK) == [(0, 0, BLOCK), (1, BLOCK, BLOCK), (2, 2 * BLOCK, 1)]
-    assert fragments(Body(b"", "out-x", BLOCK), BLOCK) == [(0, 0, BLOCK)]
+async def test_a_growing_body_is_reported_durable_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", 2 * INLINE)
+    bodies = Bodies(tmp_path / "bodies")
+    data = os.urandom(5 * INLINE + 3)
+    told: list[tuple[str, int]] = []
+
+    def grew(name: str, durable: int) -> None:
+        assert bodies.path(name).read_bytes()[:durable] == data[:durable]
+        told.append((name, durable))
+
+    body = await bodies.receive(chunks(data), 1 << 30, grew)
+    assert told[-1] == (body.file, len(data))  # whole, at the end
+    sizes = [durable for _, durable in told]
+    assert sizes == sorted(sizes) and len(sizes) >= 3  # and along the way
+
+
+async def test_a_failed_body_leaves_its_file_only_if_it_was_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", 2 * INLINE)
+    bodies = Bodies(tmp_path / "bodies")
+
+    async def cut(size: int) -> AsyncIterator[bytes]:
+        async for chunk in chunks(b"z" * size):
+            yield chunk
+        raise ConnectionError("the client went away")
+
+    with pytest.raises(ConnectionError):
+        await bodies.receive(cut(INLINE + 10), 1 << 30, lambda name, size: None)
+    assert list(bodies.folder.iterdir()) == []  # nothing told: nobody owns it
+    told: list[str] = []
+    with pytest.raises(ConnectionError):
+        await bodies.receive(cut(4 * INLINE), 1 << 30, lambda name, size: told.append(name))
+    assert [p.name for p in bodies.folder.iterdir()] == told[:1]  # its owner removes it
 
 
 def test_fragments_written_in_any_order_make_the_body(tmp_path: Path) -> None:

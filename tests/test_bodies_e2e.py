@@ -300,3 +300,50 @@ async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline
             assert reply.status_code == 502, reply.text
             assert "body_limit" in reply.json()["title"]
             assert await mesh.stop() == 130
+
+
+async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(tmp_path: Path) -> None:
+    """A client declares 96 MiB and goes away after 48: bravo already had part of it (a
+    body leaves while it arrives), is told to drop it, and neither side keeps anything;
+    nothing reaches the upstream."""
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ALPHA, ["bravo"]),
+            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+        },
+        defaults={
+            "heartbeat": "1s",
+            "linger": "2ms",
+            "fragment_size": "8MiB",
+            "body_limit": "128MiB",
+        },
+    )
+    keygen(path)
+    runs: list[str] = []
+
+    async def counting(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            runs.append(scope["path"])
+        await upstream(scope, receive, send)
+
+    with trio.fail_after(60):
+        async with served(counting, UPSTREAM), mesh_up(path) as mesh:
+            await mesh.wait_for("alpha: HTTP ingress")
+            await mesh.wait_for("bravo: HTTP ingress")
+            client = await trio.open_tcp_stream("127.0.0.1", ALPHA)
+            head = f"PUT /bravo/put HTTP/1.1\r\nhost: x\r\ncontent-length: {96 * MiB}\r\n\r\n"
+            await client.send_all(head.encode())
+            for _ in range(48):
+                await client.send_all(os.urandom(MiB))
+            # bravo's state is in another process: nothing to wait on but a poll
+            while not [t for t in await _transfers(BRAVO) if t["done"] > 0]:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            await client.aclose()
+            while await _transfers(BRAVO) or await _transfers(ALPHA):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            await _until_no_body_files(tmp_path / "state", ["alpha", "bravo"])
+            assert not list((tmp_path / "state" / "bravo" / "bodies").iterdir())
+            assert runs == []
+            assert await mesh.stop() == 130
+    assert "Traceback" not in mesh.text

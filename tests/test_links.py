@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from mesh import keys
-from mesh.links import LinkEvent
-from mesh.messages import Datagram, Kind, unpack_envelope
+from mesh.bodies import incoming_name
+from mesh.gateway import receive_body
+from mesh.links import LinkEvent, Links
+from mesh.messages import Datagram, Fragment, Kind, Request, unpack_envelope
 from mesh.peer import Peer, open_peers
 from mesh.roster import load_roster
+from mesh.store import Store
 from tests.processes import peer, write_roster
 
 
@@ -79,4 +86,125 @@ async def test_sending_to_a_peer_not_talked_to_is_refused(tmp_path: Path) -> Non
                 assert "does not talk to carol" in str(exc)
             else:
                 raise AssertionError("sent to a stranger")
+            nursery.cancel_scope.cancel()
+
+
+MiB = 1 << 20
+
+
+def streaming_roster(tmp_path: Path) -> Path:
+    """Fragments of 1 MiB, so a few MiB make a stream."""
+    path = write_roster(
+        tmp_path,
+        {"alpha": peer(18231, ["bravo"]), "bravo": peer(18232, ["alpha"])},
+        defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
+    )
+    keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
+    return path
+
+
+async def until(links: Links, holds: Callable[[], bool]) -> None:
+    """Return once `holds()`, checked after each delivery to `links` (bound the caller)."""
+    while not holds():
+        await links.delivered()
+
+
+async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", MiB)  # durable (and reported) each MiB
+    path = streaming_roster(tmp_path)
+    data = os.urandom(5 * MiB + 7)
+    half = trio.Event()
+
+    async def arriving() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 64 << 10):
+            if start == 3 * MiB:
+                await half.wait()  # the rest comes only once bravo has the first part
+            yield data[start : start + (64 << 10)]
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            stream = alpha.links.stream("bravo", uuid.uuid4().hex, len(data))
+            here = partial(bravo.store.transfer_received, "alpha", stream.transfer)
+
+            async def release() -> None:
+                await until(bravo.links, lambda: here() >= 2 * MiB)
+                half.set()
+
+            nursery.start_soon(release)
+            body = await receive_body(alpha.bodies, alpha.links, arriving(), 1 << 30, stream)
+            request = Request(stream.message_id, "PUT", "/", (), b"", 1e10)
+            await alpha.links.send("bravo", request, body, stream)
+            async for (item,) in bravo.links.deliveries(Kind.REQUEST):
+                message = unpack_envelope(item.payload, len(item.payload)).message
+                break
+            assert isinstance(message, Request) and message.id == stream.message_id
+            assert (message.body_length, message.body_id) == (len(data), stream.transfer)
+            name = await bravo.links.body_arrived("alpha", stream.transfer, len(data))
+            assert bravo.bodies.path(name).read_bytes() == data
+            assert alpha.store.streams() == []  # ended with its message
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_abandoned_body_is_dropped_by_the_far_side_even_if_late(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", MiB)
+    path = streaming_roster(tmp_path)
+
+    async def cut_off() -> AsyncIterator[bytes]:
+        for _ in range(3 * 16):
+            yield os.urandom(64 << 10)
+        raise ConnectionError("the client went away")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            acks = alpha.links.events.subscribe()  # an ack removes a file before it is told
+            stream = alpha.links.stream("bravo", uuid.uuid4().hex, 8 * MiB)
+            with pytest.raises(ConnectionError):
+                await receive_body(alpha.bodies, alpha.links, cut_off(), 1 << 30, stream)
+            assert stream.spool is not None and stream.queued >= MiB
+            await until(bravo.links, lambda: stream.transfer in bravo.store.abandoned("alpha"))
+            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
+            assert bravo.store.receiving() == []
+            # A fragment of it that comes late (a resend) is taken but not kept.
+            late = Fragment(stream.message_id, stream.transfer, 0, 0, 8 * MiB, b"x" * 10)
+            await alpha.links.send("bravo", late)
+            marker = await alpha.links.send("bravo", Datagram(uuid.uuid4().hex, b""))
+            await until(
+                bravo.links,
+                lambda: bravo.links.protocol.inbound("alpha").received.upto >= marker.seq,
+            )
+            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
+            # Once its fragments are acknowledged, alpha's file of it goes too.
+            while alpha.bodies.path(stream.spool).exists():
+                await acks.receive()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_body_cut_off_by_a_stop_is_abandoned_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = streaming_roster(tmp_path)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha = peers["alpha"]
+            stream = alpha.links.stream("bravo", uuid.uuid4().hex, 8 * MiB)
+            spool = "out-" + uuid.uuid4().hex
+            alpha.bodies.path(spool).write_bytes(os.urandom(2 * MiB))
+            alpha.links.grew(stream, spool, 2 * MiB)  # then the peer stops, body half here
+            nursery.cancel_scope.cancel()
+        assert len(Store(tmp_path / "state" / "alpha").streams()) == 1
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            assert alpha.store.streams() == []
+            await until(bravo.links, lambda: stream.transfer in bravo.store.abandoned("alpha"))
+            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
             nursery.cancel_scope.cancel()

@@ -75,12 +75,33 @@ def test_a_body_file_is_done_when_its_last_fragment_is_acked(tmp_path: Path) -> 
 
 def test_fragments_add_up_exactly_once_per_delivery(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    store.deliver("alpha", EPOCH, [], ReceivedState(1), [], 0.0, [("a" * 32, 30, 10)])
-    store.deliver("alpha", EPOCH, [], ReceivedState(2), [], 0.0, [("a" * 32, 30, 20)])
-    assert store.transfer_received("alpha", "a" * 32) == 30
-    assert store.transfer_received("bravo", "a" * 32) == 0
-    store.forget_transfer("alpha", "a" * 32)
-    assert store.transfer_received("alpha", "a" * 32) == 0
+    transfer, message = "a" * 32, "b" * 32
+    store.deliver("alpha", EPOCH, [], ReceivedState(1), [], 0.0, [(transfer, message, 30, 10)])
+    store.deliver("alpha", EPOCH, [], ReceivedState(2), [], 0.0, [(transfer, message, 30, 20)])
+    assert store.transfer_received("alpha", transfer) == 30
+    assert store.transfer_received("bravo", transfer) == 0
+    assert store.receiving() == [("alpha", message, 30, 30)]
+    store.forget_transfer("alpha", transfer)
+    assert store.transfer_received("alpha", transfer) == 0
+
+
+def test_an_abandoned_transfer_is_remembered_and_no_longer_listed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    transfer, message = "a" * 32, "b" * 32
+    store.deliver("alpha", EPOCH, [], ReceivedState(1), [], 0.0, [(transfer, message, 30, 10)])
+    store.deliver("alpha", EPOCH, [], ReceivedState(2), [], 0.0, abandoned=[transfer, "c" * 32])
+    assert store.abandoned("alpha") == {transfer, "c" * 32}
+    assert store.abandoned("bravo") == set()
+    assert store.receiving() == []
+
+
+def test_streams_left_open_are_listed_until_closed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.open_stream("out-a", "bravo", "a" * 32, "b" * 32)
+    store.open_stream("out-a", "bravo", "a" * 32, "b" * 32)  # twice is once
+    assert Store(tmp_path).streams() == [("out-a", "bravo", "a" * 32, "b" * 32)]
+    store.close_stream("out-a")
+    assert store.streams() == []
 
 
 def test_nested_transactions_commit_once_and_hooks_run_after_it(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from tests.conftest import keyring_for
 NONCE = b"\x01" * wire.FILE_NONCE_SIZE
 EPOCH = "0123456789abcdef"
 ID = "ab" * 16
+TRANSFER = "cd" * 16
 LINK = wire.LinkFields(
     ack=ReceivedState(7, ((9, 12),)),
     ack_epoch="fedcba9876543210",
@@ -59,9 +60,11 @@ MESSAGES = [
     ),
     Response(ID, 418, ((b"content-encoding", b"gzip"),), b"\x1f\x8b\x08\x00" + os.urandom(64)),
     Response(ID, 204, (), b""),
-    Request(ID, "PUT", "/big", (), b"", 1.5, body_length=40 << 20),  # body in fragments
-    Response(ID, 200, (), b"", body_length=3 << 30),
-    Fragment(ID, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
+    Request(
+        ID, "PUT", "/big", (), b"", 1.5, body_length=40 << 20, body_id=TRANSFER
+    ),  # body in fragments
+    Response(ID, 200, (), b"", body_length=3 << 30, body_id=TRANSFER),
+    Fragment(ID, TRANSFER, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
     Control("missing", {"seq": [4, 5, 9], "note": "frames cut"}),
     Datagram(ID, b"\x00\xff opaque"),
     Request(ID, "GET", "/", (), b"a" * 100_000, 1.0),  # compressible: zstd codec
@@ -352,22 +355,26 @@ def test_bombs_are_refused_within_bounded_memory() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        [1, 1, "short-id", "GET", "/", [], b"", 1.0, None],
-        [1, 1, ID, "G ET", "/", [], b"", 1.0, None],
-        [1, 1, ID, "GET", "no-slash", [], b"", 1.0, None],
-        [1, 1, ID, "GET", "/", [b"odd"], b"", 1.0, None],
-        [1, 1, ID, "GET", "/", ["text", b"v"], b"", 1.0, None],
-        [1, 1, ID, "GET", "/", [], "str body", 1.0, None],
-        [1, 1, ID, "GET", "/", [], b"", float("inf"), None],
-        [1, 1, ID, "GET", "/", [], b"inline too", 1.0, 10],  # body both inline and fragmented
-        [1, 1, ID, "GET", "/", [], b"", 1.0, -1],
-        [2, 1, ID, 999, [], b"", None],
-        [2, 1, ID, 200, [], b"", "10"],
-        [3, 1, ID, 0, 10, 5, b"too long for total"],
+        [1, 1, "short-id", "GET", "/", [], b"", 1.0, None, None],
+        [1, 1, ID, "G ET", "/", [], b"", 1.0, None, None],
+        [1, 1, ID, "GET", "no-slash", [], b"", 1.0, None, None],
+        [1, 1, ID, "GET", "/", [b"odd"], b"", 1.0, None, None],
+        [1, 1, ID, "GET", "/", ["text", b"v"], b"", 1.0, None, None],
+        [1, 1, ID, "GET", "/", [], "str body", 1.0, None, None],
+        [1, 1, ID, "GET", "/", [], b"", float("inf"), None, None],
+        [1, 1, ID, "GET", "/", [], b"inline too", 1.0, 10, TRANSFER],  # inline and fragmented
+        [1, 1, ID, "GET", "/", [], b"", 1.0, -1, TRANSFER],
+        [1, 1, ID, "GET", "/", [], b"", 1.0, 10, None],  # fragmented, but no transfer named
+        [1, 1, ID, "GET", "/", [], b"", 1.0, None, TRANSFER],  # a transfer, but no length
+        [1, 1, ID, "GET", "/", [], b"", 1.0, 10, "not-an-id"],
+        [2, 1, ID, 999, [], b"", None, None],
+        [2, 1, ID, 200, [], b"", "10", TRANSFER],
+        [3, 1, ID, TRANSFER, 0, 10, 5, b"too long for total"],
+        [3, 1, ID, "bad", 0, 0, 5, b"x"],
         [4, 1, "Bad Op", {}],
         [9, 1],
-        [1, -1, ID, "GET", "/", [], b"", 1.0, None],
-        [1, 1, ID, "GET", "/", [], b"", 1.0],
+        [1, -1, ID, "GET", "/", [], b"", 1.0, None, None],
+        [1, 1, ID, "GET", "/", [], b"", 1.0, None],
         {"not": "a list"},
     ],
 )
