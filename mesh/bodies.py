@@ -25,11 +25,12 @@ from pathlib import Path
 
 import trio
 
-from .pipe import SyncEvery, fsync_folder, write_all
+from .pipe import SyncEvery, fsync_folder
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
 CHUNK = 1 << 20  # bytes read from a body file at a time
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _ID = re.compile(r"[0-9a-f]{32}")
 _PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -108,9 +109,9 @@ class Bodies:
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         told = False
 
-        async def flush(data: bytes, written: int, last: bool) -> None:
+        async def flush(pieces: list[bytes], written: int, last: bool) -> None:
             nonlocal told
-            synced = await trio.to_thread.run_sync(_append, fd, data, sync, last)
+            synced = await trio.to_thread.run_sync(_append, fd, pieces, sync, last)
             if synced and grew is not None:
                 if not told:  # its name must outlive a power cut before anyone relies on it
                     await trio.to_thread.run_sync(fsync_folder, self.folder)
@@ -127,10 +128,9 @@ class Bodies:
                 held.append(chunk)
                 pending += len(chunk)
                 if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
-                    await flush(b"".join(held), size, last=False)
-                    held.clear()
-                    pending = 0
-            await flush(b"".join(held), size, last=True)
+                    await flush(held, size, last=False)
+                    held, pending = [], 0
+            await flush(held, size, last=True)
         except BaseException:
             if not told:
                 with contextlib.suppress(OSError):
@@ -156,6 +156,9 @@ class Bodies:
 
     def writer(self) -> BodyWriter:
         return BodyWriter(self.folder)
+
+    def reader(self) -> BodyReader:
+        return BodyReader(self.folder)
 
     def remove(self, names: Iterable[str]) -> None:
         """Remove body files (those already gone are fine). Blocking."""
@@ -191,7 +194,7 @@ class BodyWriter:
     def __enter__(self) -> BodyWriter:
         return self
 
-    def write(self, name: str, offset: int, data: bytes) -> None:
+    def write(self, name: str, offset: int, data: bytes | memoryview) -> None:
         fd = self._opened.get(name)
         if fd is None:
             fd = os.open(self.folder / name, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -212,10 +215,48 @@ class BodyWriter:
                 os.close(fd)
 
 
-def _append(fd: int, data: bytes, sync: SyncEvery, last: bool) -> bool:
-    """Append `data`; whether all written so far is durable (always, when `last`)."""
-    write_all(fd, data)
-    if sync.wrote(len(data)):
+class BodyReader:
+    """Reads ranges of body files straight into buffers, each file opened once. Blocking:
+    use from a thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._opened: dict[str, int] = {}
+
+    def __enter__(self) -> BodyReader:
+        return self
+
+    def read_into(self, name: str, offset: int, buffer: memoryview) -> None:
+        """Fill `buffer` from `name` at `offset` (OSError if the file is shorter)."""
+        fd = self._opened.get(name)
+        if fd is None:
+            fd = self._opened[name] = os.open(self.folder / name, os.O_RDONLY)
+        done = 0
+        while done < len(buffer):
+            got = os.preadv(fd, [buffer[done:]], offset + done)
+            if got == 0:
+                raise OSError(f"body file {name} is shorter than expected")
+            done += got
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        for fd in self._opened.values():
+            os.close(fd)
+
+
+def _append(fd: int, pieces: list[bytes], sync: SyncEvery, last: bool) -> bool:
+    """Append `pieces` (in one `writev`, not joined first); whether all written so far is
+    durable (always, when `last`)."""
+    views = [memoryview(piece) for piece in pieces if piece]
+    size = sum(map(len, views))
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while written:  # drop what went; a partial write leaves the rest of a piece
+            taken = min(written, len(views[0]))
+            views[0] = views[0][taken:]
+            written -= taken
+            if not views[0]:
+                views.pop(0)
+    if sync.wrote(size):
         return True
     if last:
         os.fsync(fd)

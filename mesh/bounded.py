@@ -82,7 +82,7 @@ def _compressor() -> zstandard.ZstdCompressor:
     return cctx
 
 
-def compress(data: bytes) -> bytes:
+def compress(data: bytes | memoryview) -> bytes:
     return bytes(_compressor().compress(data))
 
 

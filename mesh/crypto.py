@@ -100,7 +100,7 @@ class Identity:
         return key
 
 
-def seal(key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def seal(key: bytes, nonce: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
     """AES-256-GCM: ciphertext followed by its 16-byte tag."""
     cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
     cipher.update(aad)

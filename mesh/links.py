@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Generic, TypeVar
 import trio
 
 from . import pipe
-from .bodies import Bodies, Body, incoming_name
+from .bodies import Bodies, Body, BodyReader, incoming_name
 from .crypto import Keyring
 from .errors import FormatError, MessageError
 from .link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
@@ -40,9 +40,11 @@ from .messages import (
     Message,
     Request,
     Response,
+    fragment_head,
     kind_of,
     pack,
     unpack_envelope,
+    unpack_fragment,
 )
 from .names import FileKind, FileName
 from .store import Inbound, OutboundRow, Store
@@ -370,18 +372,25 @@ class Links:
                 found.append(remote)
         return found
 
-    def _frames(self, rows: list[OutboundRow]) -> Iterator[bytes]:
-        """The envelope of each row, a fragment's data read from its body file only when
-        its turn comes (one at a time in memory). Blocking."""
+    def _frames(self, rows: list[OutboundRow], reader: BodyReader) -> Iterator[bytes | memoryview]:
+        """The envelope of each row; a fragment's frame is built in one buffer, used again
+        for the next (each frame is written before the next is asked for), its data read
+        from its body file straight into place. Blocking."""
+        buffer = bytearray()
         for row in rows:
             if row.spool is None:
                 yield row.payload
                 continue
-            envelope = unpack_envelope(row.payload, len(row.payload))
-            fragment = envelope.message
+            fragment = unpack_envelope(row.payload, len(row.payload)).message
             assert isinstance(fragment, Fragment)
-            data = self.bodies.read_at(row.spool, fragment.offset, row.spool_length)
-            yield pack(Envelope(envelope.seq, dataclasses.replace(fragment, data=data)))
+            head = fragment_head(row.payload, row.spool_length)
+            size = len(head) + row.spool_length
+            if len(buffer) < size:
+                buffer = bytearray(size)
+            frame = memoryview(buffer)[:size]
+            frame[: len(head)] = head
+            reader.read_into(row.spool, fragment.offset, frame[len(head) :])
+            yield frame
 
     async def _write(self, file: OutgoingFile) -> None:
         stored = self.store.outbound_rows(file.remote, file.seqs) if file.seqs else {}
@@ -391,19 +400,20 @@ class Links:
         name = FileName(time.time_ns(), self.name, file.remote, os.urandom(4).hex(), kind)
 
         def encode(out: BinaryIO) -> None:
-            write_file(
-                out,
-                self.keyring.identity,
-                recipient=file.remote,
-                epoch=self.store.epoch,
-                created=time.time(),
-                nonce=os.urandom(8),
-                frames=self._frames(rows),
-                count=len(rows),
-                seqs=seqs,
-                link_key=self.keyring.sending_key(file.remote),
-                link=file.link,
-            )
+            with self.bodies.reader() as reader:
+                write_file(
+                    out,
+                    self.keyring.identity,
+                    recipient=file.remote,
+                    epoch=self.store.epoch,
+                    created=time.time(),
+                    nonce=os.urandom(8),
+                    frames=self._frames(rows, reader),
+                    count=len(rows),
+                    seqs=seqs,
+                    link_key=self.keyring.sending_key(file.remote),
+                    link=file.link,
+                )
 
         try:
             path = await trio.to_thread.run_sync(
@@ -552,16 +562,16 @@ class Links:
                     opened.unread.add(seq)
                     continue
                 try:
-                    message = self._message(seq, data)
+                    message, fragment_data = self._message(seq, data)
                 except MessageError as exc:
                     opened.refused.append((seq, str(exc)))
                     continue
                 if isinstance(message, Fragment):
                     if message.transfer not in given_up:
                         name = incoming_name(arrival.remote, message.transfer)
-                        bodies.write(name, message.offset, message.data)
+                        bodies.write(name, message.offset, fragment_data)
                         opened.fragments.append(
-                            (message.transfer, message.id, message.total, len(message.data))
+                            (message.transfer, message.id, message.total, len(fragment_data))
                         )
                 elif isinstance(message, Control) and message.op == ABANDON:
                     transfer = str(message.args["transfer"])
@@ -571,18 +581,22 @@ class Links:
                     opened.messages.append((seq, int(kind_of(message)), data))
         return opened
 
-    def _message(self, seq: int, data: bytes) -> Message:
-        envelope = unpack_envelope(data, len(data))
+    def _message(self, seq: int, data: bytes) -> tuple[Message, bytes | memoryview]:
+        """The message in frame `data` and, for a fragment, its data (a view of `data`)."""
+        split = unpack_fragment(data, len(data))
+        envelope, fragment_data = split if split else (unpack_envelope(data, len(data)), b"")
         if envelope.seq != seq:
             raise MessageError(f"frame says seq {envelope.seq}, header {seq}")
         message = envelope.message
-        if isinstance(message, Fragment) and message.total > self.max_body:
-            raise MessageError(f"a body of {message.total} bytes is over the body limit")
+        if isinstance(message, Fragment):
+            if message.total > self.max_body:
+                raise MessageError(f"a body of {message.total} bytes is over the body limit")
+            fragment_data = fragment_data if split else message.data
         if isinstance(message, Control) and message.op == ABANDON:
             transfer = message.args.get("transfer")
             if not (isinstance(transfer, str) and _TRANSFER.fullmatch(transfer)):
                 raise MessageError("abandon names no transfer")
-        return message
+        return message, fragment_data
 
     async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Inbound]]:
         """Delivered messages (of `kind`) as they come, oldest first, in batches of those

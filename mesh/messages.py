@@ -143,6 +143,52 @@ def pack(envelope: Envelope) -> bytes:
     return bytes(msgpack.packb(fields, use_bin_type=True))
 
 
+_EMPTY_BIN = b"\xc4\x00"
+_FRAGMENT_HEAD = 256  # bytes: a fragment's fields before its data fit in this
+
+
+def fragment_head(packed: bytes, length: int) -> bytes:
+    """The start of the frame of a fragment `pack`ed with empty data (`packed`) once
+    `length` bytes of data follow it: with the data appended, it unpacks as that
+    fragment with the data (msgpack bin 32). So the data can be read straight into the
+    frame's buffer, never copied by msgpack."""
+    if not packed.endswith(_EMPTY_BIN):
+        raise ValueError("not a fragment packed with empty data")
+    return packed[: -len(_EMPTY_BIN)] + b"\xc6" + length.to_bytes(4, "big")
+
+
+def unpack_fragment(frame: bytes, max_body: int) -> tuple[Envelope, memoryview] | None:
+    """A fragment's envelope (with empty data) and a view of its data in `frame`, the data
+    not copied; None when `frame` is not a fragment with its data last (unpack it whole
+    with `unpack_envelope`). MessageError for a malformed one."""
+    head = bytes(frame[:_FRAGMENT_HEAD])
+    if len(head) < 2 or head[0] != 0x98 or head[1] != Kind.FRAGMENT:  # an array of 8
+        return None
+    unpacker = msgpack.Unpacker(max_buffer_size=len(head), max_bin_len=0, max_ext_len=0)
+    unpacker.feed(head)
+    try:
+        unpacker.read_array_header()
+        for _ in range(7):
+            unpacker.skip()
+    except (ValueError, msgpack.UnpackException):  # OutOfData is one
+        return None
+    at = unpacker.tell()
+    sizes = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+    size = sizes.get(head[at]) if at < len(head) else None
+    if size is None or at + 1 + size > len(head):
+        return None
+    start = at + 1 + size
+    if start + int.from_bytes(head[at + 1 : start], "big") != len(frame):
+        return None
+    envelope = unpack_envelope(head[:at] + _EMPTY_BIN, max_body)
+    data = memoryview(frame)[start:]
+    fragment = envelope.message
+    assert isinstance(fragment, Fragment)
+    _check(len(data) <= max_body, "fragment data over the limit")
+    _check(fragment.offset + len(data) <= fragment.total, "fragment past its total")
+    return envelope, data
+
+
 def unpack_envelope(data: bytes, max_body: int) -> Envelope:
     """The envelope in `data`; `MessageError` saying what is wrong otherwise."""
     try:

@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntFlag
-from typing import Any, BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeAlias, TypeVar
 
 import msgpack
 import xxhash
@@ -40,6 +40,8 @@ from . import bounded
 from .crypto import NONCE_SIZE, SIGNATURE_SIZE, TAG_SIZE, Identity, PublicIdentity, seal, unseal
 from .errors import FormatError
 from .received import ReceivedState
+
+Buffer: TypeAlias = bytes | memoryview  # a frame's bytes, perhaps a view of a buffer
 
 MAGIC = b"MESH"
 VERSION = 1
@@ -133,7 +135,7 @@ def write_file(
     epoch: str,
     created: float,
     nonce: bytes,
-    frames: Iterable[bytes],
+    frames: Iterable[Buffer],
     count: int,
     seqs: Sequence[int] | None = None,
     link_key: bytes | None = None,
@@ -234,7 +236,7 @@ def _write(
     created: float,
     nonce: bytes,
     encrypted: bool,
-    stored: Iterable[tuple[Codec, bytes]],
+    stored: Iterable[tuple[Codec, Buffer]],
     count: int,
     seqs: Sequence[int] | None,
     link: LinkFields,
@@ -315,8 +317,8 @@ def _head(
 
 
 def _store_frames(
-    frames: Iterable[bytes], sender: str, recipient: str, nonce: bytes, key: bytes | None
-) -> Iterator[tuple[Codec, bytes]]:
+    frames: Iterable[Buffer], sender: str, recipient: str, nonce: bytes, key: bytes | None
+) -> Iterator[tuple[Codec, Buffer]]:
     """Each frame stored as it is asked for, holding no reference to the one before."""
     index = 0
     for payload in frames:  # not enumerate: it would hold the last frame meanwhile
@@ -328,8 +330,8 @@ def _store_frames(
 
 
 def _store_frame(
-    index: int, payload: bytes, sender: str, recipient: str, nonce: bytes, key: bytes | None
-) -> tuple[Codec, bytes]:
+    index: int, payload: Buffer, sender: str, recipient: str, nonce: bytes, key: bytes | None
+) -> tuple[Codec, Buffer]:
     codec, data = Codec.RAW, payload
     if len(payload) >= _COMPRESS_FROM and _may_compress(payload):
         packed = bounded.compress(payload)
@@ -341,7 +343,7 @@ def _store_frame(
     return codec, data
 
 
-def _may_compress(payload: bytes) -> bool:
+def _may_compress(payload: Buffer) -> bool:
     """Whether zstd may win on `payload`: a big one is judged by a sample from its middle
     (already compressed or encrypted bodies do not shrink; trying costs a pass over them)."""
     if len(payload) < _SAMPLE_FROM:
@@ -351,7 +353,7 @@ def _may_compress(payload: bytes) -> bool:
     return len(bounded.compress(sample)) < 0.9 * len(sample)
 
 
-def _digest(data: bytes) -> bytes:
+def _digest(data: Buffer) -> bytes:
     return bytes(xxhash.xxh3_128_digest(data))
 
 

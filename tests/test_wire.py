@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -31,8 +32,10 @@ from mesh.messages import (
     Fragment,
     Request,
     Response,
+    fragment_head,
     pack,
     unpack_envelope,
+    unpack_fragment,
 )
 from mesh.received import ReceivedState
 from tests.conftest import keyring_for
@@ -633,3 +636,62 @@ def test_a_big_frame_that_does_not_compress_is_stored_raw(identities: dict[str, 
     header = wire.read_header(data, keyring_for(identities, "bravo", ("alpha",))).header
     assert [f.codec for f in header.frames] == [wire.Codec.RAW, wire.Codec.ZSTD]
     assert header.frames[0].length == len(noise) and header.frames[1].length < len(text) // 10
+
+
+@pytest.mark.parametrize("size", [0, 5, 300, 70_000])
+def test_a_fragment_frame_built_from_its_head_unpacks_whole_and_without_a_copy(
+    size: int,
+) -> None:
+    data = os.urandom(size)
+    empty = pack(Envelope(9, Fragment(ID, TRANSFER, 2, 10, 10 + size, b"")))
+    frame = fragment_head(empty, size) + data
+    assert unpack_envelope(frame, 1 << 20) == Envelope(
+        9, Fragment(ID, TRANSFER, 2, 10, 10 + size, data)
+    )
+    for built in (frame, pack(Envelope(9, Fragment(ID, TRANSFER, 2, 10, 10 + size, data)))):
+        split = unpack_fragment(built, 1 << 20)  # ours, and any packer's (bin 8/16/32)
+        assert split is not None
+        envelope, view = split
+        assert envelope == Envelope(9, Fragment(ID, TRANSFER, 2, 10, 10 + size, b""))
+        assert isinstance(view, memoryview) and view == data
+
+
+def test_only_well_formed_fragments_are_split() -> None:
+    assert unpack_fragment(pack(Envelope(1, Datagram(ID, b"x" * 100))), 1 << 20) is None
+    frame = pack(Envelope(1, Fragment(ID, TRANSFER, 0, 0, 100, b"x" * 100)))
+    assert unpack_fragment(frame[:-1], 1 << 20) is None  # cut: unpacked whole, and refused
+    with pytest.raises(MessageError):
+        unpack_envelope(frame[:-1], 1 << 20)
+    empty = pack(Envelope(1, Fragment(ID, TRANSFER, 0, 0, 100, b"")))
+    past = fragment_head(empty, 101) + b"y" * 101  # more data than its total
+    with pytest.raises(MessageError):
+        unpack_fragment(past, 1 << 20)
+    with pytest.raises(ValueError):
+        fragment_head(pack(Envelope(1, Datagram(ID, b"z"))), 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=64),
+    cut=st.integers(min_value=0, max_value=200),
+    noise=st.binary(max_size=8),
+    at=st.integers(min_value=0, max_value=200),
+)
+def test_a_split_fragment_agrees_with_unpacking_it_whole(
+    data: bytes, cut: int, noise: bytes, at: int
+) -> None:
+    """Any bytes near a fragment frame: split only if whole unpacking gives the same."""
+    frame = pack(Envelope(3, Fragment(ID, TRANSFER, 1, 4, 4 + len(data), data)))
+    frame = frame[:at] + noise + frame[at + len(noise) :] if noise else frame[: len(frame) - cut]
+    try:
+        split = unpack_fragment(frame, 1 << 20)
+    except MessageError:
+        split = None
+        with pytest.raises(MessageError):
+            unpack_envelope(frame, 1 << 20)
+    if split is not None:
+        envelope, view = split
+        whole = unpack_envelope(frame, 1 << 20)
+        assert isinstance(whole.message, Fragment)
+        assert envelope == Envelope(whole.seq, dataclasses.replace(whole.message, data=b""))
+        assert bytes(view) == whole.message.data
