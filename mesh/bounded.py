@@ -25,7 +25,7 @@ class MsgpackBounds:
     max_map: int = 1024
 
 
-def unpack(data: bytes, bounds: MsgpackBounds) -> Any:
+def unpack(data: bytes | memoryview, bounds: MsgpackBounds) -> Any:
     """Exactly one msgpack object filling `data`; extension types are refused."""
     try:
         return msgpack.unpackb(
@@ -86,7 +86,7 @@ def compress(data: bytes | memoryview) -> bytes:
     return bytes(_compressor().compress(data))
 
 
-def decompress(data: bytes, cap: int) -> bytes:
+def decompress(data: bytes | memoryview, cap: int) -> bytes:
     """The decompressed bytes, refusing more than `cap` of output.
 
     `ZstdDecompressor.decompress` ignores its `max_output_size` when the frame declares a

@@ -108,7 +108,7 @@ def seal(key: bytes, nonce: bytes, plaintext: bytes | memoryview, aad: bytes) ->
     return bytes(ciphertext) + bytes(tag)
 
 
-def unseal(key: bytes, nonce: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+def unseal(key: bytes, nonce: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes | None:
     """The plaintext of `seal`'s output, or None when it was altered or sealed with another key."""
     if len(sealed) < TAG_SIZE:
         return None

@@ -48,7 +48,7 @@ from .messages import (
 )
 from .names import FileKind, FileName
 from .store import Inbound, OutboundRow, Store
-from .wire import Limits, ScannedFile, read_frame, write_file
+from .wire import Limits, ReadBuffer, ScannedFile, read_frame, write_file
 
 T = TypeVar("T")
 ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)
@@ -552,11 +552,12 @@ class Links:
             if scanned.intact[index]:
                 index_of.setdefault(info.seq, index)
         opened = _Opened([], [], [], [], set())
+        buffer = ReadBuffer()  # each frame is done with before the next is read
         with open(path, "rb") as source, self.bodies.writer() as bodies:
             for seq in arrival.deliver:
                 try:
                     data = read_frame(
-                        source, scanned.parsed, index_of[seq], self.keyring, self.limits
+                        source, scanned.parsed, index_of[seq], self.keyring, self.limits, buffer
                     )
                 except FormatError:  # changed since it was scanned: wait for a resend
                     opened.unread.add(seq)
@@ -578,10 +579,10 @@ class Links:
                     given_up.add(transfer)
                     opened.abandoned.append(transfer)
                 else:
-                    opened.messages.append((seq, int(kind_of(message)), data))
+                    opened.messages.append((seq, int(kind_of(message)), bytes(data)))
         return opened
 
-    def _message(self, seq: int, data: bytes) -> tuple[Message, bytes | memoryview]:
+    def _message(self, seq: int, data: bytes | memoryview) -> tuple[Message, bytes | memoryview]:
         """The message in frame `data` and, for a fragment, its data (a view of `data`)."""
         split = unpack_fragment(data, len(data))
         envelope, fragment_data = split if split else (unpack_envelope(data, len(data)), b"")

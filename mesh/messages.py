@@ -157,7 +157,7 @@ def fragment_head(packed: bytes, length: int) -> bytes:
     return packed[: -len(_EMPTY_BIN)] + b"\xc6" + length.to_bytes(4, "big")
 
 
-def unpack_fragment(frame: bytes, max_body: int) -> tuple[Envelope, memoryview] | None:
+def unpack_fragment(frame: bytes | memoryview, max_body: int) -> tuple[Envelope, memoryview] | None:
     """A fragment's envelope (with empty data) and a view of its data in `frame`, the data
     not copied; None when `frame` is not a fragment with its data last (unpack it whole
     with `unpack_envelope`). MessageError for a malformed one."""
@@ -189,7 +189,7 @@ def unpack_fragment(frame: bytes, max_body: int) -> tuple[Envelope, memoryview] 
     return envelope, data
 
 
-def unpack_envelope(data: bytes, max_body: int) -> Envelope:
+def unpack_envelope(data: bytes | memoryview, max_body: int) -> Envelope:
     """The envelope in `data`; `MessageError` saying what is wrong otherwise."""
     try:
         obj = unpack(data, MsgpackBounds(max_bin=max_body, max_array=2 * MAX_HEADERS + 8))

@@ -530,9 +530,10 @@ def _frame_table(table: Any, limits: Limits) -> tuple[FrameInfo, ...]:
 
 
 def open_frame(
-    parsed: ParsedHeader, index: int, stored: bytes, keys: KeySource, limits: Limits = Limits()
-) -> bytes:
-    """The envelope bytes of frame `index`, given its stored bytes; FormatError if bad."""
+    parsed: ParsedHeader, index: int, stored: Buffer, keys: KeySource, limits: Limits = Limits()
+) -> Buffer:
+    """The envelope bytes of frame `index`, given its stored bytes (returned as they are
+    for a raw frame); FormatError if bad."""
     header = parsed.header
     info = header.frames[index]
     if len(stored) != info.length:
@@ -591,7 +592,7 @@ def decode_file(data: bytes, keys: KeySource, limits: Limits = Limits()) -> Deco
     parsed = _checked_header(data, len(data), keys, limits)
 
     def take(index: int, offset: int, length: int) -> bytes:
-        return open_frame(parsed, index, data[offset : offset + length], keys, limits)
+        return bytes(open_frame(parsed, index, data[offset : offset + length], keys, limits))
 
     frames, problems = _each_frame(parsed, len(data), take)
     return DecodedFile(parsed.header, frames, problems, len(data) < parsed.size)
@@ -636,16 +637,19 @@ def scan_file(f: BinaryIO, keys: KeySource, limits: Limits = Limits()) -> Scanne
     size = f.seek(0, io.SEEK_END)
     parsed = _checked_header(head, size, keys, limits)
 
+    buffer = ReadBuffer()
+
     def take(index: int, offset: int, length: int) -> bool:
         f.seek(offset)
         digest = xxhash.xxh3_128()
         left = length
         while left:
-            chunk = f.read(min(left, _CHUNK))
-            if not chunk:  # shrank since we measured it
+            chunk = buffer.view(min(left, _CHUNK))
+            got = f.readinto(chunk)  # type: ignore[attr-defined]
+            if not got:  # shrank since we measured it
                 raise FormatError("truncated", f"frame {index} cut short")
-            digest.update(chunk)
-            left -= len(chunk)
+            digest.update(chunk[:got])
+            left -= got
         if digest.digest() != parsed.header.frames[index].digest:
             raise _corrupt(index)
         return True
@@ -656,15 +660,42 @@ def scan_file(f: BinaryIO, keys: KeySource, limits: Limits = Limits()) -> Scanne
 
 
 def read_frame(
-    f: BinaryIO, parsed: ParsedHeader, index: int, keys: KeySource, limits: Limits = Limits()
-) -> bytes:
+    f: BinaryIO,
+    parsed: ParsedHeader,
+    index: int,
+    keys: KeySource,
+    limits: Limits = Limits(),
+    buffer: ReadBuffer | None = None,
+) -> Buffer:
     """The envelope bytes of frame `index` of the file open as `f`, whose header is
-    `parsed` (from `scan_file`); FormatError when it is cut short or does not open."""
+    `parsed` (from `scan_file`); FormatError when it is cut short or does not open. With
+    `buffer`, a raw frame comes as a view of it, valid until the buffer's next use."""
     offset, length = parsed.spans[index]
     if f.seek(0, io.SEEK_END) < offset + length:  # an empty frame too, past the cut
         raise FormatError("truncated", f"frame {index} cut short")
     f.seek(offset)
-    return open_frame(parsed, index, _read_up_to(f, length), keys, limits)
+    if buffer is None:
+        return open_frame(parsed, index, _read_up_to(f, length), keys, limits)
+    stored = buffer.view(length)
+    got = 0
+    while got < length and (more := f.readinto(stored[got:])):  # type: ignore[attr-defined]
+        got += more
+    return open_frame(parsed, index, stored[:got], keys, limits)
+
+
+class ReadBuffer:
+    """One buffer read into again and again, instead of a new one per read (big reads
+    cost page faults each time). A view it gave is overwritten by its next use."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def view(self, size: int) -> memoryview:
+        """A view of `size` bytes of the buffer (grown as needed: a view given before
+        keeps the old buffer alive, never resized under it)."""
+        if len(self._buffer) < size:
+            self._buffer = bytearray(size)
+        return memoryview(self._buffer)[:size]
 
 
 def _checked_header(head: bytes, size: int, keys: KeySource, limits: Limits) -> ParsedHeader:
@@ -722,6 +753,7 @@ __all__ = [
     "Limits",
     "LinkFields",
     "ParsedHeader",
+    "ReadBuffer",
     "ScannedFile",
     "assemble",
     "decode_file",

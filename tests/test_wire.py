@@ -13,7 +13,7 @@ import time
 import tracemalloc
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgpack
 import pytest
@@ -557,6 +557,10 @@ class ReadLog(io.BytesIO):
         self.asked.append(-1 if size is None else size)
         return super().read(size)
 
+    def readinto(self, buffer: Any, /) -> int:
+        self.asked.append(len(buffer))
+        return super().readinto(buffer)
+
 
 def test_scan_reads_the_header_then_frames_a_chunk_at_a_time(
     identities: dict[str, Identity], bravo_keys: Keyring
@@ -570,6 +574,9 @@ def test_scan_reads_the_header_then_frames_a_chunk_at_a_time(
     assert f.asked[:2] == [wire.PREFIX_SIZE, need - wire.PREFIX_SIZE]
     assert f.asked[2:] == [1 << 20] * 3 + [10, 1 << 20]
     assert [wire.read_frame(f, scanned.parsed, i, bravo_keys) for i in range(3)] == frames
+    buffer = wire.ReadBuffer()  # the same frames, read into one buffer again and again
+    for i, frame in enumerate(frames):
+        assert wire.read_frame(f, scanned.parsed, i, bravo_keys, buffer=buffer) == frame
     huge = ReadLog(b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100)
     with pytest.raises(FormatError, match="header of"):
         wire.scan_file(huge, bravo_keys)
