@@ -347,3 +347,52 @@ async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(tmp_path: Path)
             assert runs == []
             assert await mesh.stop() == 130
     assert "Traceback" not in mesh.text
+
+
+async def test_a_response_cut_off_by_the_upstream_is_dropped_and_the_retry_arrives(
+    tmp_path: Path,
+) -> None:
+    """The upstream declares 64 MiB for a GET and dies after 40 (some of it already went
+    to alpha): that attempt is given up on both sides, the GET is retried, and the caller
+    gets the second attempt's body, whole; only its file is left at alpha."""
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ALPHA, ["bravo"]),
+            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+        },
+        defaults={"heartbeat": "1s", "linger": "2ms", "body_limit": "128MiB"},
+    )
+    keygen(path)
+    size, attempts = 64 * MiB, []
+    body = pseudo_random(size, 3)
+
+    async def failing_once(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        attempts.append(scope["path"])
+        headers = [(b"content-length", str(size).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for start in range(0, size, MiB):
+            if len(attempts) == 1 and start == 40 * MiB:
+                raise RuntimeError("the upstream dies mid-body")
+            piece = body[start : start + MiB]
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    with trio.fail_after(60):
+        async with served(failing_once, UPSTREAM), mesh_up(path) as mesh:
+            await mesh.wait_for("alpha: HTTP ingress")
+            await mesh.wait_for("bravo: HTTP ingress")
+            async with httpx.AsyncClient(timeout=50) as client:
+                reply = await client.get(f"http://127.0.0.1:{ALPHA}/bravo/big")
+            assert reply.status_code == 200 and _sha(reply.content) == _sha(body)
+            assert attempts == ["/big", "/big"]
+            # both peers' state is in another process: nothing to wait on but a poll
+            while len(list((tmp_path / "state" / "alpha" / "bodies").iterdir())) > 1:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            await _until_no_body_files(tmp_path / "state", ["alpha", "bravo"])
+            assert await _transfers(ALPHA) == [] and await _transfers(BRAVO) == []
+            assert await mesh.stop() == 130
+    assert "Traceback" not in mesh.text
