@@ -7,8 +7,9 @@ SHA-256, or answers N bytes of a fixed pattern; and two peers, each its own `mes
 process, so each one's peak memory can be read. Without `--truncate` the peers share one
 folder; with it, each has its own outbox and inbox, and two `mesh mirror --truncate P`
 copy between them. Prints MB/s of `cp` of a file of that size on the same disk, of the
-upload and of the download through the mesh (each checked by digest), and each peer's
-peak resident memory.
+same client straight to the same upstream (the harness's own ceiling), of the upload and
+of the download through the mesh (each checked by digest), and each peer's peak resident
+memory. The upload declares its length, as `curl -T` does, so it leaves while it arrives.
 """
 
 from __future__ import annotations
@@ -143,10 +144,10 @@ def copy_rate(folder: Path, size: int) -> float:
     return size / seconds / 1e6
 
 
-async def transfer(size: int) -> tuple[float, float]:
+async def transfer(size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo") -> tuple[float, float]:
     """MB/s of `size` bytes up (POST, checked by the upstream's digest) and down (GET,
-    checked by digest) through alpha."""
-    base, wait = f"http://127.0.0.1:{ALPHA}/bravo", {"mesh-timeout": "3600"}
+    checked by digest) through alpha (or straight to `base`)."""
+    wait = {"mesh-timeout": "3600"}
     async with httpx.AsyncClient(timeout=3600) as client:
         began = time.perf_counter()
         declared = {**wait, "content-length": str(size)}  # as `curl -T file` would say
@@ -201,6 +202,7 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             await started(f"http://127.0.0.1:{UPSTREAM}/bytes/0")
             await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
             await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
+            direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
             up, down = await transfer(size)
             rss = {name: peak_rss(p.pid) for name, p in peers.items()}
         finally:
@@ -211,6 +213,7 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     faults = f", mirrors truncating {truncate:.0%} of files" if truncate is not None else ""
     print(f"{format_size(size)} body, fragment_size {fragment_size}{faults}")
     print(f"cp on the same disk   {cp:8.0f} MB/s")
+    print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
     print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / cp:.0%} of cp)")
     print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / cp:.0%} of cp)")
     for name, peak in rss.items():
