@@ -128,20 +128,23 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def copy_rate(folder: Path, size: int) -> float:
-    """MB/s of `cp` of a `size`-byte file to another on the same disk (both fsync'd)."""
+def copy_rates(folder: Path, size: int, runs: int = 3) -> list[float]:
+    """MB/s of `cp` of a `size`-byte file to another on the same disk (both fsync'd),
+    `runs` times, sorted (it varies a lot from run to run on a VM's disk)."""
     source, target = folder / "cp-source", folder / "cp-target"
     with open(source, "wb") as out:
         for piece in pieces(size):
             out.write(piece)
         os.fsync(out.fileno())
-    began = time.perf_counter()
-    subprocess.run(["cp", str(source), str(target)], check=True)
-    subprocess.run(["sync", str(target)], check=True)
-    seconds = time.perf_counter() - began
+    rates = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run(["cp", str(source), str(target)], check=True)
+        subprocess.run(["sync", str(target)], check=True)
+        rates.append(size / (time.perf_counter() - began) / 1e6)
+        target.unlink()
     source.unlink()
-    target.unlink()
-    return size / seconds / 1e6
+    return sorted(rates)
 
 
 async def transfer(size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo") -> tuple[float, float]:
@@ -171,7 +174,8 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
         folder = Path(tmp)
-        cp = copy_rate(folder, size)
+        rates = copy_rates(folder, size)
+        cp = rates[len(rates) // 2]
         path = roster(folder, fragment_size, truncate is not None, size)
         processes = [
             await trio.lowlevel.open_process(
@@ -212,7 +216,8 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             shutil.rmtree(folder / "state", ignore_errors=True)
     faults = f", mirrors truncating {truncate:.0%} of files" if truncate is not None else ""
     print(f"{format_size(size)} body, fragment_size {fragment_size}{faults}")
-    print(f"cp on the same disk   {cp:8.0f} MB/s")
+    spread = f"(median of {rates[0]:.0f} to {rates[-1]:.0f})"
+    print(f"cp on the same disk   {cp:8.0f} MB/s  {spread}")
     print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
     print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / cp:.0%} of cp)")
     print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / cp:.0%} of cp)")
