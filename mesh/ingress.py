@@ -247,11 +247,14 @@ class Ingress:
         self, remote: str, headers: dict[bytes, bytes], receive: Receive
     ) -> tuple[Body, BodyStream | None]:
         """The request body, spooled to a file when big (and then sent to `remote` as it
-        arrives, when its length was declared); 413 past the body limit."""
+        arrives, when its length was declared); 413 past the body limit, at once (without
+        keeping any of it) when its declared length is."""
         limit = self.peer.settings.body_limit
         declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:  # refused before a byte is kept
+            raise await too_large(receive, limit)
         stream = None
-        if declared.isdigit() and INLINE < int(declared) <= limit:
+        if declared.isdigit() and int(declared) > INLINE:
             stream = self.peer.links.stream(remote, new_id(), int(declared))
         try:
             body = await receive_body(

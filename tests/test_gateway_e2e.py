@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import trio
+import watchfiles
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
@@ -189,6 +190,42 @@ async def test_errors_are_problems_and_nothing_is_half_stored(tmp_path: Path) ->
             assert reply.status_code == 413
             status = (await client.get("/mesh/status")).json()
             assert status["links"]["bravo"]["sent"] == 0
+
+
+async def test_a_body_declared_over_the_limit_is_refused_without_touching_the_disk(
+    tmp_path: Path,
+) -> None:
+    """A body whose Content-Length is over alpha's body_limit is answered 413 without a
+    byte of it written (else any client could make a peer write body_limit bytes per
+    request): alpha's body folder sees no file come and go."""
+    bodies = tmp_path / "state" / "alpha" / "bodies"
+    with trio.fail_after(60):
+        async with gateway(tmp_path) as (_, client):
+            seen: list[str] = []
+            async with trio.open_nursery() as nursery:
+                marks = trio.open_memory_channel[str](10)
+
+                async def watch() -> None:
+                    async for changes in watchfiles.awatch(bodies, debounce=10, step=5):
+                        for _, name in changes:
+                            seen.append(Path(name).name)
+                            if Path(name).name.startswith("mark-"):
+                                await marks[0].send(Path(name).name)
+
+                nursery.start_soon(watch)
+                for mark in ("mark-before", "mark-after"):
+                    if mark == "mark-after":
+                        reply = await client.post("/bravo/big", content=b"x" * (5 << 20))
+                        assert reply.status_code == 413
+                    while True:  # the watcher is ready (before) / has seen all (after)
+                        (bodies / mark).touch()
+                        with trio.move_on_after(0.5):
+                            if await marks[1].receive() == mark:
+                                break
+                nursery.cancel_scope.cancel()
+            assert not [name for name in seen if not name.startswith("mark-")], seen
+            for mark in bodies.glob("mark-*"):
+                mark.unlink()
 
 
 async def test_each_post_is_executed_exactly_once(tmp_path: Path) -> None:
