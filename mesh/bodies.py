@@ -146,14 +146,6 @@ class Bodies:
             while chunk := await source.read(CHUNK):
                 yield chunk
 
-    def read_at(self, name: str, offset: int, length: int) -> bytes:
-        """`length` bytes of `name` from `offset` (OSError if the file is shorter). Blocking."""
-        with open(self.path(name), "rb") as source:
-            data = os.pread(source.fileno(), length, offset)
-        if len(data) != length:
-            raise OSError(f"body file {name} is shorter than expected")
-        return data
-
     def writer(self) -> BodyWriter:
         return BodyWriter(self.folder)
 

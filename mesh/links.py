@@ -191,7 +191,6 @@ class Links:
         self.events: EventHub[LinkEvent] = EventHub()
         self.progress: EventHub[Progress] = EventHub()
         self._sending: dict[str, BodyStream] = {}  # by body file
-        self._streaming: set[str] = set()  # body files still arriving
         for remote, spool, seq, _ in store.sending():
             payload = store.outbound_rows(remote, [seq])[seq].payload
             fragment = unpack_envelope(payload, len(payload)).message
@@ -289,7 +288,6 @@ class Links:
                 stream.spool, stream.opened = spool, True
                 self.store.open_stream(spool, stream.remote, stream.transfer, stream.message_id)
                 self._sending[spool] = stream
-                self._streaming.add(spool)
             self._add(stream.remote, self._fragment_rows(stream, upto))
         stream.queued = upto
 
@@ -329,7 +327,6 @@ class Links:
         stream.opened = False
 
         def closed() -> None:
-            self._streaming.discard(spool)
             if self.store.spool_waiting(spool) == 0:  # all acknowledged already
                 self._sending.pop(spool, None)
                 self.bodies.remove([spool])
@@ -483,7 +480,7 @@ class Links:
     async def _sent_further(self, waiting: dict[str, int]) -> None:
         """Report the progress of bodies some fragments of which were acknowledged, and
         remove the files of those acknowledged whole."""
-        done = [s for s, left in waiting.items() if left == 0 and s not in self._streaming]
+        done = [s for s, left in waiting.items() if left == 0 and not self._arriving(s)]
         for spool, left in waiting.items():
             stream = self._sending.get(spool)
             if stream is not None:
@@ -492,6 +489,11 @@ class Links:
             self._sending.pop(spool, None)
         if done:
             await trio.to_thread.run_sync(self.bodies.remove, done)
+
+    def _arriving(self, spool: str) -> bool:
+        """Whether body file `spool` is still being written (its stream is open)."""
+        stream = self._sending.get(spool)
+        return stream is not None and stream.opened
 
     def transfers(self) -> list[dict[str, Any]]:
         """Every body crossing in fragments, either way, with how far it has got."""

@@ -364,11 +364,12 @@ class Store:
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (next_seq, remote),
             )
-            left = {name: self._spool_waiting(name) for name in spools}
+            left = {name: self.spool_waiting(name) for name in spools}
             self._durable |= 0 in left.values()  # their files go: this must not be undone
         return left
 
-    def _spool_waiting(self, name: str) -> int:
+    def spool_waiting(self, name: str) -> int:
+        """Bytes of fragments of body file `name` not acknowledged yet."""
         row = self.db.execute(
             "SELECT sum(spool_length) FROM outbound WHERE spool = ?", (name,)
         ).fetchone()
@@ -413,10 +414,6 @@ class Store:
         """(spool, remote, transfer, message id) of each stream left open (by a crash)."""
         rows = self.db.execute("SELECT spool, remote, transfer, message FROM streams")
         return [(str(s), str(r), str(t), str(m)) for s, r, t, m in rows]
-
-    def spool_waiting(self, spool: str) -> int:
-        """Bytes of fragments of body file `spool` not acknowledged yet."""
-        return self._spool_waiting(spool)
 
     def spools_in_use(self) -> set[str]:
         """Body files an unacknowledged fragment still reads from."""

@@ -30,9 +30,12 @@ async def test_a_big_body_is_spooled_whole_and_read_back_in_chunks(tmp_path: Pat
     assert body.spooled and body.size == len(data) and body.data == b""
     assert body.file is not None and body.file.startswith("out-")
     assert b"".join([c async for c in bodies.chunks(body.file)]) == data
-    assert bodies.read_at(body.file, INLINE, 10) == data[INLINE : INLINE + 10]
-    with pytest.raises(OSError):
-        bodies.read_at(body.file, len(data) - 2, 10)  # past the end: never short data
+    with bodies.reader() as reader:
+        buffer = bytearray(10)
+        reader.read_into(body.file, INLINE, memoryview(buffer))
+        assert buffer == data[INLINE : INLINE + 10]
+        with pytest.raises(OSError):
+            reader.read_into(body.file, len(data) - 2, memoryview(buffer))  # never short data
 
 
 async def test_a_body_over_the_limit_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
