@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -25,14 +24,14 @@ from pathlib import Path
 
 import trio
 
+from .messages import is_id
 from .pipe import SyncEvery, fsync_folder
+from .roster import PEER_NAME
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
 CHUNK = 1 << 20  # bytes read from a body file at a time
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
-_ID = re.compile(r"[0-9a-f]{32}")
-_PEER = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 # Told (body file, bytes of it durable so far) as a spooled body grows, and once more
 # when it is whole.
@@ -64,7 +63,7 @@ class Body:
 
 def incoming_name(remote: str, transfer: str) -> str:
     """The file for body `transfer` arriving from `remote`."""
-    if not (_PEER.fullmatch(remote) and _ID.fullmatch(transfer)):
+    if not (PEER_NAME.fullmatch(remote) and is_id(transfer)):
         raise ValueError(f"not a body name: {remote!r}, {transfer!r}")
     return f"in-{remote}-{transfer}"
 

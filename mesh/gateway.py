@@ -87,6 +87,22 @@ async def receive_body(
         raise
 
 
+def declared_length(value: str | bytes | None) -> int | None:
+    """The length a Content-Length header declares; None when absent or not a number."""
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def stream_for(
+    links: Links, remote: str, message_id: str, length: int | None, limit: int
+) -> BodyStream | None:
+    """A stream that sends a body of declared `length` to `remote` while it arrives, when
+    it is big enough to be spooled and within `limit`; else None (it goes once whole, or
+    is refused)."""
+    if length is None or not INLINE < length <= limit:
+        return None
+    return links.stream(remote, message_id, length)
+
+
 def new_id() -> str:
     """A new request id."""
     return uuid.uuid4().hex
@@ -193,8 +209,7 @@ class Requests:
         deadline = time.time() + ttl
         request = Request(request_id, method, target, headers, body.data, deadline)
         with self.store.transaction():  # one commit for both
-            spooled = body if body.spooled else None
-            sent = await self.links.send(remote, request, spooled, stream)
+            sent = await self.links.send(remote, request, body, stream)
             self.store.add_request(
                 request_id, remote, sent.seq, method, target, deadline, callback, events_url
             )
@@ -467,8 +482,7 @@ class Forwarder:
     ) -> None:
         answer = await self._answer(client, origin, request, interrupted)
         with self.store.transaction():  # answered and marked so, or neither
-            spooled = answer.body if answer.body.spooled else None
-            await self.links.send(origin, answer.response, spooled, answer.stream)
+            await self.links.send(origin, answer.response, answer.body, answer.stream)
             self.store.mark_execution(request.id, "responded", time.time())
         if request.body_id:  # the request's body file has served its purpose
             self.store.forget_transfer(origin, request.body_id)
@@ -497,13 +511,10 @@ class Forwarder:
     def _stream(self, origin: str, request: Request, reply: httpx.Response) -> BodyStream | None:
         """A stream for the body of `reply` when it says it is big enough to spool (its
         fragments then leave while it still arrives), else None."""
-        declared = reply.headers.get("content-length", "")
-        if request.method == "HEAD" or not declared.isdigit():
+        if request.method == "HEAD":  # its Content-Length is of a body it does not send
             return None
-        size = int(declared)
-        if not INLINE < size <= self.max_body:
-            return None
-        return self.links.stream(origin, request.id, size)
+        length = declared_length(reply.headers.get("content-length"))
+        return stream_for(self.links, origin, request.id, length, self.max_body)
 
     def _request_body(self, origin: str, request: Request) -> Any:
         """What httpx sends: the inline body, or the body file streamed."""

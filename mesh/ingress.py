@@ -34,9 +34,16 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .bodies import INLINE, Bodies, Body, BodyTooLarge
+from .bodies import Bodies, Body, BodyTooLarge
 from .errors import ConfigError, leaves
-from .gateway import RequestRecord, end_to_end, new_id, receive_body
+from .gateway import (
+    RequestRecord,
+    declared_length,
+    end_to_end,
+    new_id,
+    receive_body,
+    stream_for,
+)
 from .links import BodyStream
 from .messages import Datagram, Kind, unpack_envelope
 from .roster import Address
@@ -250,12 +257,10 @@ class Ingress:
         arrives, when its length was declared); 413 past the body limit, at once (without
         keeping any of it) when its declared length is."""
         limit = self.peer.settings.body_limit
-        declared = headers.get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:  # refused before a byte is kept
+        length = declared_length(headers.get(b"content-length"))
+        if length is not None and length > limit:  # refused before a byte is kept
             raise await too_large(receive, limit)
-        stream = None
-        if declared.isdigit() and int(declared) > INLINE:
-            stream = self.peer.links.stream(remote, new_id(), int(declared))
+        stream = stream_for(self.peer.links, remote, new_id(), length, limit)
         try:
             body = await receive_body(
                 self.peer.bodies, self.peer.links, body_chunks(receive), limit, stream

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -41,6 +40,7 @@ from .messages import (
     Request,
     Response,
     fragment_head,
+    is_id,
     kind_of,
     pack,
     unpack_envelope,
@@ -52,7 +52,6 @@ from .wire import Limits, ReadBuffer, ScannedFile, read_frame, write_file
 
 T = TypeVar("T")
 ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)
-_TRANSFER = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass
@@ -221,32 +220,33 @@ class Links:
         self,
         remote: str,
         message: Message,
-        spooled: Body | None = None,
+        body: Body | None = None,
         stream: BodyStream | None = None,
     ) -> MessageId:
         """Store `message` for `remote` durably and queue it; its id once durable.
 
-        With `spooled` (a request or response body in a body file), the body's fragments
-        are stored first (those `stream` has not stored already), all in the same
-        transaction, and read from the file as they are written out; the message goes
-        after them, with `body_length` and `body_id` set. Inside a store transaction, the
-        message joins it, and is queued once it commits. KeyError for a remote this peer
-        does not talk to; ValueError for a body whose size is not its stream's total.
+        With `body` in a body file (a request's or response's), its fragments are stored
+        first (those `stream` has not stored already), all in the same transaction, and
+        read from the file as they are written out; the message goes after them, with
+        `body_length` and `body_id` set. An inline body is in the message already. Inside a
+        store transaction, the message joins it, and is queued once it commits. KeyError
+        for a remote this peer does not talk to; ValueError for a body whose size is not
+        its stream's total.
         """
         if remote not in self.protocol.remotes:
             raise KeyError(f"{self.name} does not talk to {remote}")
-        if spooled is None:
+        if body is None or body.file is None:
             return self._store(remote, message)
-        assert isinstance(message, Request | Response) and spooled.file is not None
-        stream = stream or BodyStream(remote, message.id, spooled.size)
-        if spooled.size != stream.total:
+        assert isinstance(message, Request | Response)
+        stream = stream or BodyStream(remote, message.id, body.size)
+        if body.size != stream.total:
             self.abandon(stream)
-            raise ValueError(f"a body of {spooled.size} bytes, not {stream.total} as declared")
+            raise ValueError(f"a body of {body.size} bytes, not {stream.total} as declared")
         message = dataclasses.replace(
-            message, body=b"", body_length=spooled.size, body_id=stream.transfer
+            message, body=b"", body_length=body.size, body_id=stream.transfer
         )
         with self.store.transaction():
-            self.grew(stream, spooled.file, spooled.size)
+            self.grew(stream, body.file, body.size)
             sent = self._store(remote, message)
             self._close(stream)
         return sent
@@ -595,10 +595,12 @@ class Links:
             if message.total > self.max_body:
                 raise MessageError(f"a body of {message.total} bytes is over the body limit")
             fragment_data = fragment_data if split else message.data
-        if isinstance(message, Control) and message.op == ABANDON:
-            transfer = message.args.get("transfer")
-            if not (isinstance(transfer, str) and _TRANSFER.fullmatch(transfer)):
-                raise MessageError("abandon names no transfer")
+        if (
+            isinstance(message, Control)
+            and message.op == ABANDON
+            and not is_id(message.args.get("transfer"))
+        ):
+            raise MessageError("abandon names no transfer")
         return message, fragment_data
 
     async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Inbound]]:

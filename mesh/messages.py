@@ -145,6 +145,7 @@ def pack(envelope: Envelope) -> bytes:
 
 _EMPTY_BIN = b"\xc4\x00"
 _FRAGMENT_HEAD = 256  # bytes: a fragment's fields before its data fit in this
+_BIN_LENGTH_SIZE = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8/16/32: bytes of its length
 
 
 def fragment_head(packed: bytes, length: int) -> bytes:
@@ -173,8 +174,7 @@ def unpack_fragment(frame: bytes | memoryview, max_body: int) -> tuple[Envelope,
     except (ValueError, msgpack.UnpackException):  # OutOfData is one
         return None
     at = unpacker.tell()
-    sizes = {0xC4: 1, 0xC5: 2, 0xC6: 4}
-    size = sizes.get(head[at]) if at < len(head) else None
+    size = _BIN_LENGTH_SIZE.get(head[at]) if at < len(head) else None
     if size is None or at + 1 + size > len(head):
         return None
     start = at + 1 + size
@@ -212,8 +212,13 @@ def _check(ok: bool, problem: str) -> None:
         raise MessageError(problem)
 
 
+def is_id(value: object) -> bool:
+    """Whether `value` is a message or transfer id: 32 lowercase hex digits."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def _id(value: Any) -> str:
-    _check(isinstance(value, str) and _ID.fullmatch(value) is not None, "bad id")
+    _check(is_id(value), "bad id")
     return str(value)
 
 
