@@ -157,6 +157,22 @@ class Outbound:
             found |= self._unwritten
         return sorted(found)
 
+    def resend_due(self, now: float) -> bool:
+        """Whether a message already written (and not proven missing) is due by `now`:
+        what `hold_resends` would put off. Visits only the heap's entries due by `now`."""
+        heap, stack = self._heap, [0]
+        while stack:
+            i = stack.pop()
+            if i >= len(heap) or heap[i][0] > now:
+                continue  # a heap's children are never due before their parent
+            due, seq = heap[i]
+            pending = self._pending.get(seq)
+            written = pending is not None and pending.due == due and pending.attempts
+            if written and seq not in self._proven:
+                return True
+            stack += (2 * i + 1, 2 * i + 2)
+        return False
+
     def next_due(self) -> float | None:
         while self._heap:
             due, seq = self._heap[0]
@@ -386,6 +402,11 @@ class Protocol:
         link = self._links[remote]
         small = size < link.settings.collate_below
         link.outbound.queue(seq, size, now + link.settings.linger if small else now)
+
+    def resending(self, now: float) -> list[str]:
+        """The remotes with a resend due by `now`: only for them does `outgoing` need to
+        know whether they are backlogged."""
+        return [remote for remote, link in self._links.items() if link.outbound.resend_due(now)]
 
     def outgoing(self, now: float, backlogged: Iterable[str] = ()) -> list[OutgoingFile]:
         """The files to write now: due messages in batches, else a heartbeat when one is

@@ -14,6 +14,7 @@ API for the layer above:
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ from .wire import Limits, ReadBuffer, ScannedFile, read_frame, write_file
 
 T = TypeVar("T")
 ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)
+UNREAD_KEPT = 64  # our newest files per remote checked for still waiting in the outbox
 
 
 @dataclass
@@ -348,7 +350,10 @@ class Links:
         """Write what the protocol plans, when it plans it, until cancelled."""
         while True:
             now = trio.current_time()
-            backlogged = await trio.to_thread.run_sync(self._backlogged, now)
+            backlogged = []
+            resending = self.protocol.resending(now)
+            if resending:  # only then does it matter: not a thread round trip per file
+                backlogged = await trio.to_thread.run_sync(self._backlogged, now, resending)
             for file in self.protocol.outgoing(now, backlogged):
                 await self._write(file)
             wake = self.protocol.next_wakeup()
@@ -356,13 +361,14 @@ class Links:
             with trio.move_on_at(wake if wake is not None else math.inf):
                 await self._kick.wait()
 
-    def _backlogged(self, now: float) -> list[str]:
-        """Remotes for which a file we wrote still waits in the outbox: the pipe has not
-        taken it yet, so resending its messages would only add to the queue. Files older
-        than eight timeouts no longer count (a mirror that copies without deleting must
-        not stop resends for good). Blocking: call from a thread."""
+    def _backlogged(self, now: float, remotes: Iterable[str]) -> list[str]:
+        """Of `remotes`, those for which a file we wrote still waits in the outbox: the
+        pipe has not taken it yet, so resending its messages would only add to the queue.
+        Files older than eight timeouts no longer count (a mirror that copies without
+        deleting must not stop resends for good). Blocking: call from a thread."""
         found = []
-        for remote, files in self._unread.items():
+        for remote in remotes:
+            files = self._unread[remote]
             limit = 8 * self.protocol.outbound(remote).timeout()
             files[:] = [(p, at) for p, at in files if now - at < limit and os.path.exists(p)]
             if files:
@@ -431,7 +437,9 @@ class Links:
         self.last_file_at[file.remote] = time.time()
         self._publish("sent", file.remote, [seq for seq in seqs if seq in first])
         self._publish("resent", file.remote, [seq for seq in seqs if seq not in first])
-        self._unread[file.remote].append((path, trio.current_time()))
+        unread = self._unread[file.remote]
+        unread.append((path, trio.current_time()))
+        del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
         await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:
@@ -445,10 +453,13 @@ class Links:
 
     # -- receiving -----------------------------------------------------------------------
 
-    async def arrived(self, path: Path, scanned: ScannedFile) -> Arrival:
-        """Take a valid file from a remote (`path`, as `scan_file` found it): apply its
-        acks, store its new messages (durably, with the received-state; fragments into
-        their body files) and only then let them be acknowledged."""
+    async def arrived(
+        self, path: Path, scanned: ScannedFile, content: bytes | None = None
+    ) -> Arrival:
+        """Take a valid file from a remote (`path`, as `scan_file` found it; `content`,
+        the whole of it when it was small enough to be read at once): apply its acks,
+        store its new messages (durably, with the received-state; fragments into their
+        body files) and only then let them be acknowledged."""
         header = scanned.header
         infos = header.frames
         whole = [infos[i].seq for i, intact in enumerate(scanned.intact) if intact]
@@ -472,7 +483,7 @@ class Links:
             waiting = self.store.acked(remote, arrival.acked, outbound.next_seq)
             await self._sent_further(waiting)
         self._publish("acked", remote, arrival.acked)
-        await self._store_deliveries(arrival, path, scanned)
+        await self._store_deliveries(arrival, path, scanned, content)
         if arrival.resend or arrival.deliver or cut:
             self.kick()
         return arrival
@@ -505,12 +516,19 @@ class Links:
             found.append(Progress("receiving", remote, message_id, have, total))
         return [p.as_json() for p in found]
 
-    async def _store_deliveries(self, arrival: Arrival, path: Path, scanned: ScannedFile) -> None:
+    async def _store_deliveries(
+        self, arrival: Arrival, path: Path, scanned: ScannedFile, content: bytes | None
+    ) -> None:
         if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
             return
         remote = arrival.remote
         given_up = self.store.abandoned(remote) if arrival.deliver else set()
-        opened = await trio.to_thread.run_sync(self._open, arrival, path, scanned, given_up)
+        if content is not None:  # small: opened here, without a thread round trip
+            opened = self._open(arrival, io.BytesIO(content), scanned, given_up)
+        else:
+            opened = await trio.to_thread.run_sync(
+                self._open_file, arrival, path, scanned, given_up
+            )
         for seq, problem in opened.refused:
             # Authentic but malformed: never delivered, but acknowledged so the sender
             # stops resending what can never be taken.
@@ -533,9 +551,6 @@ class Links:
         )
         self.protocol.stored(remote, taken)
         self._publish("delivered", remote, taken)
-        if opened.abandoned:
-            files = [incoming_name(remote, transfer) for transfer in opened.abandoned]
-            await trio.to_thread.run_sync(self.bodies.remove, files)
         for transfer, message_id, total in {(t, m, n) for t, m, n, _ in opened.fragments}:
             have = self.store.transfer_received(remote, transfer)
             self.progress.publish(Progress("receiving", remote, message_id, have, total))
@@ -543,19 +558,25 @@ class Links:
             self._delivered.set()
             self._delivered = trio.Event()
 
-    def _open(
+    def _open_file(
         self, arrival: Arrival, path: Path, scanned: ScannedFile, given_up: set[str]
     ) -> _Opened:
-        """Read the frames `arrival` delivers; fragments go straight to their body files
-        (durable on return), unless their transfer was given up (`given_up`, or an
-        ``abandon`` among these frames). Blocking."""
+        with open(path, "rb") as source:
+            return self._open(arrival, source, scanned, given_up)
+
+    def _open(
+        self, arrival: Arrival, source: BinaryIO, scanned: ScannedFile, given_up: set[str]
+    ) -> _Opened:
+        """Read the frames `arrival` delivers from `source`; fragments go straight to their
+        body files (durable on return), unless their transfer was given up (`given_up`, or
+        an ``abandon`` among these frames, whose body file is removed here). Blocking."""
         index_of: dict[int, int] = {}
         for index, info in enumerate(scanned.header.frames):
             if scanned.intact[index]:
                 index_of.setdefault(info.seq, index)
         opened = _Opened([], [], [], [], set())
         buffer = ReadBuffer()  # each frame is done with before the next is read
-        with open(path, "rb") as source, self.bodies.writer() as bodies:
+        with self.bodies.writer() as bodies:
             for seq in arrival.deliver:
                 try:
                     data = read_frame(
@@ -580,6 +601,8 @@ class Links:
                     transfer = str(message.args["transfer"])
                     given_up.add(transfer)
                     opened.abandoned.append(transfer)
+                    # Gone before it is marked abandoned: never a partial file left over
+                    self.bodies.remove([incoming_name(arrival.remote, transfer)])
                 else:
                     opened.messages.append((seq, int(kind_of(message)), bytes(data)))
         return opened

@@ -17,11 +17,11 @@ from typing import Any
 
 import trio
 
+from . import inbox, pipe, presence
 from . import keys as keyfiles
-from . import pipe, presence
 from .bodies import BLOCK, Bodies
 from .crypto import Keyring
-from .errors import ConfigError, FormatError
+from .errors import ConfigError
 from .gateway import Forwarder, Poster, Requests
 from .ingress import Ingress, serve_at
 from .link import LinkSettings
@@ -31,7 +31,7 @@ from .roster import PeerSettings, Roster
 from .settle import Settling
 from .store import StateLock, Store
 from .units import format_duration
-from .wire import Limits, ScannedFile, scan_file
+from .wire import Limits, ScannedFile
 
 # Frames hold a message with an inline body (up to bodies.INLINE), a fragment (up to
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
@@ -193,73 +193,85 @@ class Peer:
         except OSError as exc:
             self.log.warning("%s: cannot list inbox %s: %s", self.name, self.settings.inbox, exc)
             return
-        for name, path in found:
-            try:
-                await self._take(name, path)
-            except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
-                self.log.error("%s: cannot take %s yet: %s", self.name, path.name, exc)
+        for start in range(0, len(found), inbox.BATCH):
+            await self._take_batch(found[start : start + inbox.BATCH])
 
-    async def _take(self, name: FileName, path: Path) -> None:
-        """Read, check and consume one file addressed to us; refused files go to quarantine."""
-        if name.sender not in self.settings.talks_to:
-            detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
-            await self._quarantine(path, "not-whitelisted", detail)
+    async def _take_batch(self, files: list[tuple[FileName, Path]]) -> None:
+        """Check `files` in one thread round trip, take the valid ones in order, then
+        remove those taken in another; refused files go to quarantine."""
+        readable = []
+        for name, path in files:
+            if name.sender in self.settings.talks_to:
+                readable.append((name, path))
+            else:
+                detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
+                await self._quarantine(path, "not-whitelisted", detail)
+        if not readable:
             return
-        decoded = await self._read_settled(name, path)
-        if decoded is None:
-            return
-        self._record(self.presence.heard(name.sender, decoded.header.epoch, trio.current_time()))
-        await self.links.arrived(path, decoded)
-        if decoded.missing:
+        settling = self._settling.marks(trio.current_time())
+        checked = await trio.to_thread.run_sync(
+            inbox.check_files, readable, self.keyring, self.limits, settling
+        )
+        taken = []
+        for each in checked:
+            try:
+                if await self._take(each):
+                    taken.append(each.path)
+            except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
+                self.log.error("%s: cannot take %s yet: %s", self.name, each.path.name, exc)
+        if taken:
+            await trio.to_thread.run_sync(inbox.remove_all, taken)
+
+    async def _take(self, checked: inbox.Checked) -> bool:
+        """Take one checked file; whether it was taken (and may now be removed)."""
+        scanned = await self._judge(checked)
+        if scanned is None:
+            return False
+        sender = checked.name.sender
+        self._record(self.presence.heard(sender, scanned.header.epoch, trio.current_time()))
+        await self.links.arrived(checked.path, scanned, checked.content)
+        if scanned.missing:
             self.log.info(
                 "%s: %s lost %d of %d frames on the way; asked %s for them again",
                 self.name,
-                path.name,
-                len(decoded.missing),
-                len(decoded.intact),
-                name.sender,
+                checked.path.name,
+                len(scanned.missing),
+                len(scanned.intact),
+                sender,
             )
-        await trio.to_thread.run_sync(pipe.remove, path)
+        return True
 
-    async def _read_settled(self, name: FileName, path: Path) -> ScannedFile | None:
-        """The valid content of `path`, or None: gone, refused (quarantined), or cut short
-        and not yet settled (looked at again later)."""
-        try:
-            info = await trio.to_thread.run_sync(os.stat, path)
-        except FileNotFoundError:
+    async def _judge(self, checked: inbox.Checked) -> ScannedFile | None:
+        """The valid content of a checked file, or None: gone, unreadable for now, refused
+        (quarantined), or cut short and not yet settled (looked at again later)."""
+        name, path, mark = checked.name, checked.path, checked.mark
+        if mark is None:
             self._settling.forget(path.name)
             return None
-        mark = (info.st_size, info.st_mtime_ns)
-        if self._settling.waiting(path.name, mark, trio.current_time()):
+        if checked.failure is not None:
+            raise checked.failure
+        if checked.waiting:
             return None
-        try:
-            decoded = await trio.to_thread.run_sync(self._scan, path)
-        except FileNotFoundError:
-            self._settling.forget(path.name)
-            return None
-        except FormatError as exc:
-            if exc.reason == "truncated" and not self._settled(path, mark):
+        if checked.error is not None:
+            if checked.error.reason == "truncated" and not self._settled(path, mark):
                 return None  # maybe still being written in place
-            await self._quarantine(path, exc.reason, exc.detail)
+            await self._quarantine(path, checked.error.reason, checked.error.detail)
             return None
-        if decoded.header.sender != name.sender:
-            detail = f"named as {name.sender}'s but signed by {decoded.header.sender}"
+        scanned = checked.scanned
+        assert scanned is not None
+        if scanned.header.sender != name.sender:
+            detail = f"named as {name.sender}'s but signed by {scanned.header.sender}"
             await self._quarantine(path, "name-mismatch", detail)
             return None
-        if decoded.cut_short and not self._settled(path, mark):
+        if scanned.cut_short and not self._settled(path, mark):
             return None
         self._settling.forget(path.name)
-        return decoded
+        return scanned
 
     def _settled(self, path: Path, mark: tuple[int, int]) -> bool:
         """True once `path` has kept `mark` (size, mtime) for `settle` seconds: a mirror
         writing in place may still be growing it. Until then it is looked at again later."""
         return self._settling.settled(path.name, mark, trio.current_time())
-
-    def _scan(self, path: Path) -> ScannedFile:
-        """Check `path`'s header and every frame's digest, one chunk at a time. Blocking."""
-        with open(path, "rb") as source:
-            return scan_file(source, self.keyring, self.limits)
 
     async def _quarantine(self, path: Path, reason: str, detail: str) -> None:
         dest = await trio.to_thread.run_sync(self.quarantine.put, path, reason, detail)

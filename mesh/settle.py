@@ -22,11 +22,12 @@ class Settling:
             return self.settle <= 0
         return now - seen[1] >= self.settle
 
-    def waiting(self, name: str, mark: Hashable, now: float) -> bool:
-        """True when `name` is known to be settling, unchanged, and not due yet: no need to
-        read it again now."""
-        seen = self._seen.get(name)
-        return seen is not None and seen[0] == mark and now - seen[1] < self.settle
+    def marks(self, now: float) -> dict[str, Hashable]:
+        """The mark of each file known to be settling and not due yet at `now`: while it
+        keeps that mark, there is no need to read it again."""
+        return {
+            name: mark for name, (mark, since) in self._seen.items() if now - since < self.settle
+        }
 
     def forget(self, name: str) -> None:
         self._seen.pop(name, None)

@@ -122,6 +122,21 @@ def test_a_backlogged_pipe_holds_plain_resends() -> None:
     assert [f.seqs for f in alpha.outgoing(20.0) if f.seqs] == [(1, 2)]
 
 
+def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:
+    alpha, _ = pair()
+    send(alpha, 2)
+    assert alpha.resending(0.0) == []  # due, but never written: not a resend
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    timeout = alpha.outbound("bravo").timeout()
+    assert alpha.resending(timeout - 0.1) == []
+    assert alpha.resending(timeout) == ["bravo"]
+    alpha.outgoing(timeout, backlogged=["bravo"])  # held for another timeout
+    assert alpha.resending(timeout + 0.1) == []
+    alpha.outbound("bravo").resend_now([1], timeout + 0.2)  # proven missing: never held
+    assert alpha.resending(timeout + 0.2) == []
+    assert alpha.resending(3 * timeout) == ["bravo"]
+
+
 def test_a_new_epoch_starts_from_the_senders_floor_and_retires_the_old() -> None:
     alpha, bravo = pair()
     old = header("bravo", B_EPOCH, "alpha", LinkFields(floor=1))
@@ -161,7 +176,8 @@ def test_a_restart_resends_what_was_never_acknowledged() -> None:
 def test_settling_waits_for_an_unchanged_file() -> None:
     s = Settling(2.0)
     assert not s.settled("f", (10, 1), 0.0)
-    assert s.waiting("f", (10, 1), 1.0) and not s.settled("f", (10, 1), 1.9)
+    assert s.marks(1.0) == {"f": (10, 1)} and not s.settled("f", (10, 1), 1.9)
     assert not s.settled("f", (20, 2), 2.5)  # it grew: start again
     assert s.next_check() == 4.5
-    assert s.settled("f", (20, 2), 4.5) and not s.waiting("f", (20, 2), 4.5)
+    assert s.marks(4.4) == {"f": (20, 2)}
+    assert s.settled("f", (20, 2), 4.5) and s.marks(4.5) == {}

@@ -1,0 +1,80 @@
+"""Reading the inbox: the files addressed to a peer are measured and checked in batches,
+from one worker thread per batch rather than several thread round trips per file (each
+costs milliseconds on a busy event loop). A small file is read whole, so its frames can
+then be opened without the disk or another thread."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import pipe
+from .errors import FormatError
+from .names import FileName
+from .wire import KeySource, Limits, ScannedFile, scan_file
+
+SMALL_FILE = 256 << 10  # bytes: a file this big or smaller is read into memory whole
+BATCH = 64  # files checked per thread round trip (bounds the memory small files hold)
+
+Mark = tuple[int, int]  # (size, mtime_ns): a file that keeps its mark has stopped changing
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `check_files` found of one file. `mark` is None when the file was gone;
+    `waiting` when it kept the mark it is settling with (not read again); `failure` when
+    it could not be read (left where it is, tried again later). Else either `scanned`
+    (with `content`, the whole file, when it is small) or `error` (refused)."""
+
+    name: FileName
+    path: Path
+    mark: Mark | None
+    waiting: bool = False
+    scanned: ScannedFile | None = None
+    content: bytes | None = None
+    error: FormatError | None = None
+    failure: OSError | None = None
+
+
+def check_files(
+    files: Iterable[tuple[FileName, Path]],
+    keys: KeySource,
+    limits: Limits,
+    settling: Mapping[str, Hashable],
+) -> list[Checked]:
+    """Each file's `Checked`, in order. `settling` maps the names of files known to be
+    settling to their mark: such a file is skipped while it keeps that mark. Blocking."""
+    return [_check(name, path, keys, limits, settling.get(path.name)) for name, path in files]
+
+
+def _check(
+    name: FileName, path: Path, keys: KeySource, limits: Limits, settling: Hashable | None
+) -> Checked:
+    mark: Mark | None = None
+    try:
+        info = os.stat(path)
+        mark = (info.st_size, info.st_mtime_ns)
+        if mark == settling:
+            return Checked(name, path, mark, waiting=True)
+        with open(path, "rb") as source:
+            content = source.read(SMALL_FILE + 1) if info.st_size <= SMALL_FILE else None
+            if content is not None and len(content) > SMALL_FILE:  # grew meanwhile
+                content = None
+            whole = io.BytesIO(content) if content is not None else None
+            scanned = scan_file(source if whole is None else whole, keys, limits)
+    except FileNotFoundError:
+        return Checked(name, path, None)
+    except FormatError as exc:
+        return Checked(name, path, mark, error=exc)
+    except OSError as exc:  # unreadable for now (permissions, a share gone away)
+        return Checked(name, path, mark, failure=exc)
+    return Checked(name, path, mark, scanned=scanned, content=content)
+
+
+def remove_all(paths: Iterable[Path]) -> None:
+    """Delete each of `paths`; those already gone are fine. Blocking."""
+    for path in paths:
+        pipe.remove(path)

@@ -1,0 +1,105 @@
+"""Checking inbox files in a batch: what each file turns out to be, read once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+from pathlib import Path
+
+import pytest
+
+from mesh import inbox, wire
+from mesh.crypto import Identity, Keyring
+from mesh.messages import Datagram, Envelope, pack
+from mesh.names import FileKind, FileName
+
+LIMITS = wire.Limits()
+NAME = FileName(1_700_000_000_000_000_000, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES)
+
+
+def mesh_file(folder: Path, identities: dict[str, Identity], data: bytes, n: int = 1) -> Path:
+    """A file alpha signed for bravo holding one datagram of `data`."""
+    frame = pack(Envelope(1, Datagram("ab" * 16, data)))
+    content = wire.encode_file(
+        identities["alpha"],
+        recipient="bravo",
+        epoch="0123456789abcdef",
+        created=1_700_000_000.0,
+        nonce=os.urandom(wire.FILE_NONCE_SIZE),
+        frames=[frame],
+        seqs=[1],
+    )
+    path = folder / str(FileName(NAME.stamp + n, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES))
+    path.write_bytes(content)
+    return path
+
+
+def check(
+    paths: list[Path], keys: Keyring, settling: dict[str, Hashable] | None = None
+) -> list[inbox.Checked]:
+    """`check_files` of `paths` (the names it is given are only passed through)."""
+    return inbox.check_files([(NAME, path) for path in paths], keys, LIMITS, settling or {})
+
+
+def test_a_small_file_is_read_whole_and_a_big_one_is_not(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    small = mesh_file(tmp_path, identities, b"x" * 100, 1)
+    big = mesh_file(tmp_path, identities, os.urandom(inbox.SMALL_FILE), 2)
+    first, second = check([small, big], bravo_keys)
+    assert first.scanned is not None and first.scanned.complete
+    assert first.content == small.read_bytes()
+    assert first.mark == (small.stat().st_size, small.stat().st_mtime_ns)
+    assert second.scanned is not None and second.scanned.complete
+    assert second.content is None  # its frames are read from the disk when opened
+
+
+def test_each_file_has_its_own_outcome(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    good = mesh_file(tmp_path, identities, b"fine", 1)
+    cut = mesh_file(tmp_path, identities, b"cut short", 2)
+    cut.write_bytes(cut.read_bytes()[:-3])
+    gone = tmp_path / "gone.mesh"
+    unreadable = mesh_file(tmp_path, identities, b"", 3)
+    unreadable.unlink()
+    unreadable.mkdir()  # open() fails: left where it is, tried again later
+    results = check([cut, gone, unreadable, good], bravo_keys)
+    assert [r.path for r in results] == [cut, gone, unreadable, good]
+    assert results[0].scanned is not None and results[0].scanned.cut_short
+    assert results[1].mark is None and results[1].scanned is None
+    assert isinstance(results[2].failure, IsADirectoryError)
+    assert results[3].scanned is not None and results[3].error is results[3].failure is None
+
+
+def test_a_settling_file_is_not_read_again_until_it_changes(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    path = mesh_file(tmp_path, identities, b"growing", 1)
+    path.write_bytes(path.read_bytes()[:-5])
+    info = path.stat()
+    mark = (info.st_size, info.st_mtime_ns)
+    (waiting,) = check([path], bravo_keys, {path.name: mark})
+    assert waiting.waiting and waiting.error is None and waiting.scanned is None
+    with path.open("ab") as out:
+        out.write(b"more")
+    (changed,) = check([path], bravo_keys, {path.name: mark})
+    assert not changed.waiting and changed.mark != mark
+    assert changed.scanned is not None or changed.error is not None
+
+
+def test_remove_all_takes_files_already_gone(tmp_path: Path) -> None:
+    kept, taken = tmp_path / "kept", tmp_path / "taken"
+    kept.write_bytes(b"")
+    taken.write_bytes(b"")
+    inbox.remove_all([taken, tmp_path / "never-there"])
+    assert kept.exists() and not taken.exists()
+
+
+@pytest.mark.parametrize("size", [inbox.SMALL_FILE - 1000, inbox.SMALL_FILE + 1000])
+def test_content_is_only_kept_at_or_under_the_bound(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring, size: int
+) -> None:
+    path = mesh_file(tmp_path, identities, os.urandom(size - 400), 1)
+    (checked,) = check([path], bravo_keys)
+    assert (checked.content is not None) == (path.stat().st_size <= inbox.SMALL_FILE)
