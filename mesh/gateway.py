@@ -516,6 +516,11 @@ class Forwarder:
         length = declared_length(reply.headers.get("content-length"))
         return stream_for(self.links, origin, request.id, length, self.max_body)
 
+    def _declared_too_big(self, request: Request, reply: httpx.Response) -> bool:
+        """Whether `reply` declares a body over this peer's body limit."""
+        length = declared_length(reply.headers.get("content-length"))
+        return request.method != "HEAD" and length is not None and length > self.max_body
+
     def _request_body(self, origin: str, request: Request) -> Any:
         """What httpx sends: the inline body, or the body file streamed."""
         if not request.body_id:
@@ -544,6 +549,8 @@ class Forwarder:
                 async with client.stream(
                     request.method, url, headers=headers, content=content
                 ) as reply:
+                    if self._declared_too_big(request, reply):
+                        raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
                     stream = self._stream(origin, request, reply)
                     body = await receive_body(
                         self.bodies, self.links, reply.aiter_raw(), self.max_body, stream
