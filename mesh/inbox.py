@@ -74,7 +74,13 @@ def _check(
     return Checked(name, path, mark, scanned=scanned, content=content)
 
 
-def remove_all(paths: Iterable[Path]) -> None:
-    """Delete each of `paths`; those already gone are fine. Blocking."""
+def remove_all(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:
+    """Delete each of `paths` (those already gone are fine); those that could not be,
+    with why. Blocking."""
+    failed = []
     for path in paths:
-        pipe.remove(path)
+        try:
+            pipe.remove(path)
+        except OSError as exc:
+            failed.append((path, exc))
+    return failed

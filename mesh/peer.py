@@ -219,8 +219,9 @@ class Peer:
                     taken.append(each.path)
             except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
                 self.log.error("%s: cannot take %s yet: %s", self.name, each.path.name, exc)
-        if taken:
-            await trio.to_thread.run_sync(inbox.remove_all, taken)
+        unremoved = await trio.to_thread.run_sync(inbox.remove_all, taken) if taken else []
+        for path, error in unremoved:  # it stays: read again, its messages dropped as repeats
+            self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
 
     async def _take(self, checked: inbox.Checked) -> bool:
         """Take one checked file; whether it was taken (and may now be removed)."""

@@ -88,12 +88,14 @@ def test_a_settling_file_is_not_read_again_until_it_changes(
     assert changed.scanned is not None or changed.error is not None
 
 
-def test_remove_all_takes_files_already_gone(tmp_path: Path) -> None:
-    kept, taken = tmp_path / "kept", tmp_path / "taken"
+def test_remove_all_goes_on_past_files_gone_or_not_removable(tmp_path: Path) -> None:
+    kept, taken, folder = tmp_path / "kept", tmp_path / "taken", tmp_path / "a-folder"
     kept.write_bytes(b"")
     taken.write_bytes(b"")
-    inbox.remove_all([taken, tmp_path / "never-there"])
+    folder.mkdir()
+    failed = inbox.remove_all([tmp_path / "never-there", folder, taken])
     assert kept.exists() and not taken.exists()
+    assert [path for path, _ in failed] == [folder]
 
 
 @pytest.mark.parametrize("size", [inbox.SMALL_FILE - 1000, inbox.SMALL_FILE + 1000])
