@@ -26,6 +26,7 @@ import msgpack
 import trio
 
 from .bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from .durable import Durability
 from .links import BodyStream, EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .store import Inbound, Post, Store
@@ -213,6 +214,7 @@ class Requests:
             self.store.add_request(
                 request_id, remote, sent.seq, method, target, deadline, callback, events_url
             )
+        await self.links.durable.synced()
         self._changed_state(request_id, [("stored", time.time())])
         return request_id
 
@@ -349,8 +351,8 @@ class Poster:
     anything is promised), in order per URL, retried with backoff until a 2xx or the
     request's deadline."""
 
-    def __init__(self, name: str, store: Store, bodies: Bodies) -> None:
-        self.name, self.store, self.bodies = name, store, bodies
+    def __init__(self, name: str, store: Store, bodies: Bodies, durable: Durability) -> None:
+        self.name, self.store, self.bodies, self.durable = name, store, bodies, durable
         self.log = logging.getLogger(f"mesh.{name}")
         self._kick = trio.Event()
         self._busy: set[str] = set()  # URLs with a POST under way
@@ -369,6 +371,8 @@ class Poster:
                 for post in self.store.due_posts(time.time()):
                     if post.url not in self._busy:
                         by_url.setdefault(post.url, []).append(post)
+                if by_url:
+                    await self.durable.synced()  # what is posted stays posted
                 for url, posts in by_url.items():
                     self._busy.add(url)
                     nursery.start_soon(self._deliver_then_free, client, url, posts)
@@ -486,6 +490,7 @@ class Forwarder:
             self.store.mark_execution(request.id, "responded", time.time())
         if request.body_id:  # the request's body file has served its purpose
             self.store.forget_transfer(origin, request.body_id)
+            await self.links.durable.synced()  # answered for good before it goes
             name = incoming_name(origin, request.body_id)
             await trio.to_thread.run_sync(self.bodies.remove, [name])
 
@@ -543,6 +548,7 @@ class Forwarder:
                 if attempt == 0:
                     note = Control("forwarded", {"id": request.id, "at": time.time()})
                     await self.links.send(origin, note)
+            await self.links.durable.synced()  # the mark is on disk before the upstream acts
             attempt += 1
             try:
                 content = self._request_body(origin, request)

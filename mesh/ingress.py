@@ -315,6 +315,7 @@ class Ingress:
         message = Datagram(uuid.uuid4().hex, body)
         try:
             message_id = await self.peer.links.send(remote, message)
+            await self.peer.links.durable.synced()  # a 202 promises it is on disk
         except (OSError, sqlite3.Error) as exc:
             raise HTTPProblem(503, "cannot store the message", str(exc)) from None
         reply = {"id": message.id, "to": remote, "seq": message_id.seq}
@@ -346,6 +347,8 @@ class Ingress:
             while not items:
                 await self.peer.links.delivered()
                 items = store.inbound(after, limit, Kind.DATAGRAM)
+        if items:  # handed out only once on disk: a power cut must not deliver them again
+            await self.peer.links.durable.synced()
         reply = {"epoch": store.epoch, "messages": [_datagram_json(i) for i in items]}
         await respond_json(send, 200, reply)
 

@@ -30,6 +30,7 @@ import trio
 from . import pipe
 from .bodies import Bodies, Body, BodyReader, incoming_name
 from .crypto import Keyring
+from .durable import Durability
 from .errors import FormatError, MessageError
 from .link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
 from .messages import (
@@ -206,6 +207,8 @@ class Links:
         self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.last_file_at: dict[str, float] = {}  # wall clock of our last file per remote
         self.pipe_error: str | None = None  # why the last write to the outbox failed
+        self.durable = Durability(store, self.log)
+        self._finished: list[str] = []  # body files to remove once synced
         self._abandon_streams_left_open()
 
     def _publish(self, state: str, remote: str, seqs: Iterable[int]) -> None:
@@ -331,7 +334,7 @@ class Links:
         def closed() -> None:
             if self.store.spool_waiting(spool) == 0:  # all acknowledged already
                 self._sending.pop(spool, None)
-                self.bodies.remove([spool])
+                self._remove_once_synced([spool])
 
         self.store.after_commit(closed)
 
@@ -349,6 +352,7 @@ class Links:
     async def run(self) -> None:
         """Write what the protocol plans, when it plans it, until cancelled."""
         while True:
+            await self._remove_finished()
             now = trio.current_time()
             backlogged = []
             resending = self.protocol.resending(now)
@@ -396,6 +400,7 @@ class Links:
             yield frame
 
     async def _write(self, file: OutgoingFile) -> None:
+        await self.durable.synced()  # what the file carries and acknowledges is on disk
         stored = self.store.outbound_rows(file.remote, file.seqs) if file.seqs else {}
         rows = [stored[seq] for seq in file.seqs if seq in stored]  # acked meanwhile: skip
         seqs = [row.seq for row in rows]
@@ -481,14 +486,14 @@ class Links:
         outbound = self.protocol.outbound(remote)
         if arrival.acked or outbound.next_seq > numbered_to:  # else nothing new to keep
             waiting = self.store.acked(remote, arrival.acked, outbound.next_seq)
-            await self._sent_further(waiting)
+            self._sent_further(waiting)
         self._publish("acked", remote, arrival.acked)
         await self._store_deliveries(arrival, path, scanned, content)
         if arrival.resend or arrival.deliver or cut:
             self.kick()
         return arrival
 
-    async def _sent_further(self, waiting: dict[str, int]) -> None:
+    def _sent_further(self, waiting: dict[str, int]) -> None:
         """Report the progress of bodies some fragments of which were acknowledged, and
         remove the files of those acknowledged whole."""
         done = [s for s, left in waiting.items() if left == 0 and not self._arriving(s)]
@@ -498,8 +503,21 @@ class Links:
                 self.progress.publish(stream.progress(left))
         for spool in done:
             self._sending.pop(spool, None)
-        if done:
-            await trio.to_thread.run_sync(self.bodies.remove, done)
+        self._remove_once_synced(done)
+
+    def _remove_once_synced(self, spools: list[str]) -> None:
+        """Remove these body files (all their fragments acknowledged) once the commits
+        that say so are on disk: a power cut must not undo the acks and leave fragments
+        to resend from a file that is gone. `run` does it."""
+        if spools:
+            self._finished.extend(spools)
+            self.kick()
+
+    async def _remove_finished(self) -> None:
+        spools, self._finished = self._finished, []
+        if spools:
+            await self.durable.synced()
+            await trio.to_thread.run_sync(self.bodies.remove, spools)
 
     def _arriving(self, spool: str) -> bool:
         """Whether body file `spool` is still being written (its stream is open)."""

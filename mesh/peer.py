@@ -125,7 +125,7 @@ class Peer:
             max_body=self.settings.body_limit,
             block=min(BLOCK, self.settings.fragment_size),
         )
-        self.poster = Poster(self.name, self.store, self.bodies)
+        self.poster = Poster(self.name, self.store, self.bodies, self.links.durable)
         self.requests = Requests(self.store, self.links, self.poster)
         self.forwarder = Forwarder(
             self.name,

@@ -1,5 +1,6 @@
 """A peer's durable state: one folder per peer under the roster's `state`, holding a lock
-file, a SQLite database (WAL, synchronous=FULL) and the quarantine folder.
+file, a SQLite database (WAL; commits are fsync'd in groups, see `durable`) and the
+quarantine folder.
 
 The lock makes sure only one process runs a peer on a given state. The database holds the
 peer's epoch (a random id made when the state is created, so a peer whose state was lost
@@ -187,7 +188,7 @@ class Store:
         self.folder = state_dir
         self.db = sqlite3.connect(state_dir / "state.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # commits reach the disk in groups
         # Checkpoints (WAL into the database, with fsyncs) would stall whichever commit
         # crossed the threshold, on the event loop: `checkpoint` does them from a thread.
         self.db.execute("PRAGMA wal_autocheckpoint=0")
@@ -197,8 +198,7 @@ class Store:
         self._add_missing_columns()
         self.repeats = 0  # deliveries refused because the message was already stored
         self._depth = 0  # nesting of `transaction` blocks
-        self._durable = True  # whether the open transaction must be fsync'd at commit
-        self._synchronous = True  # the connection's setting: FULL (True) or NORMAL
+        self.commits = 0  # transactions committed so far (see durable.Durability)
         self._after_commit: list[Callable[[], None]] = []
         with self.transaction():
             self.epoch = self._epoch()
@@ -231,30 +231,27 @@ class Store:
         return epoch
 
     @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[None]:
-        """One atomic transaction, durable (fsync'd) on return unless `durable` is False.
+    def transaction(self) -> Iterator[None]:
+        """One atomic transaction, committed on return but not fsync'd: it reaches the
+        disk at the next `durable.Durability.synced`, which whatever lets something leave
+        the peer awaits first (a file, a request to the upstream, a 202).
 
-        A lazy transaction is for bookkeeping that promises nothing to anyone (acks taken,
-        events noted, deliveries handed on): a power cut may undo it, never a crash, and
-        only together with everything after it (the WAL is replayed in order), so what it
-        records is then simply redone. Nested blocks join the outermost one, which is
-        durable if any of them asked: several steps share one commit and one fsync. Never
-        checkpoint (await) inside one: another task's block would join it. (The connection
-        is in autocommit mode, where `with connection:` would NOT group statements.)
+        A crash cannot undo a commit; a power cut can undo those not synced yet, but only
+        together with everything after them (the log is replayed in order) and nothing
+        any barrier let out, so what they recorded is simply redone. Nested blocks join
+        the outermost one: several steps share one commit. Never checkpoint (await)
+        inside one: another task's block would join it. (The connection is in autocommit
+        mode, where `with connection:` would NOT group statements.)
         """
         if self._depth:
             self._depth += 1
-            self._durable |= durable
             try:
                 yield
             finally:
                 self._depth -= 1
             return
-        if self._synchronous != durable:  # SQLite takes this only outside a transaction
-            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            self._synchronous = durable
         self.db.execute("BEGIN IMMEDIATE")
-        self._depth, self._durable = 1, durable
+        self._depth = 1
         try:
             yield
         except BaseException:
@@ -264,22 +261,25 @@ class Store:
             raise
         self._depth = 0
         self.db.execute("COMMIT")
-        if self._durable and not durable:  # a nested block asked for it: fsync the log
-            self._sync_log()
+        self.commits += 1
         hooks, self._after_commit = self._after_commit, []
         for hook in hooks:
             hook()
 
-    def _sync_log(self) -> None:
-        """Make every commit so far durable: fsync the write-ahead log they are in."""
-        fd = os.open(self.folder / "state.sqlite-wal", os.O_RDONLY)
+    def sync_log(self) -> None:
+        """Make every commit so far durable: fsync the write-ahead log they are in.
+        Blocking: call from a thread."""
+        try:
+            fd = os.open(self.folder / "state.sqlite-wal", os.O_RDONLY)
+        except FileNotFoundError:  # no log: everything is in the database file
+            return
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def after_commit(self, hook: Callable[[], None]) -> None:
-        """Run `hook` once the current transaction is durable (never, if it rolls back).
+        """Run `hook` once the current transaction commits (never, if it rolls back).
         Outside a transaction, at once."""
         if self._depth:
             self._after_commit.append(hook)
@@ -349,9 +349,9 @@ class Store:
     def acked(self, remote: str, seqs: Iterable[int], next_seq: int) -> dict[str, int]:
         """Acknowledged messages are dropped; `next_seq` never goes back. Per body file
         a fragment of which was acknowledged, the bytes of its fragments still waiting
-        (0: all acknowledged, for the caller to remove the file)."""
+        (0: all acknowledged, for the caller to remove the file once this is synced)."""
         spools: set[str] = set()
-        with self.transaction(durable=False):
+        with self.transaction():
             for seq in seqs:
                 row = self.db.execute(
                     "DELETE FROM outbound WHERE remote = ? AND seq = ? RETURNING spool",
@@ -364,9 +364,7 @@ class Store:
                 "UPDATE links SET next_seq = max(next_seq, ?) WHERE remote = ?",
                 (next_seq, remote),
             )
-            left = {name: self.spool_waiting(name) for name in spools}
-            self._durable |= 0 in left.values()  # their files go: this must not be undone
-        return left
+            return {name: self.spool_waiting(name) for name in spools}
 
     def spool_waiting(self, name: str) -> int:
         """Bytes of fragments of body file `name` not acknowledged yet."""
@@ -476,11 +474,11 @@ class Store:
 
     def consume_upto(self, last: int, kind: int) -> None:
         """Consume every delivered message of `kind` with an id up to `last`."""
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.execute("DELETE FROM inbound WHERE id <= ? AND kind = ?", (last, kind))
 
     def consume(self, ids: Iterable[int]) -> None:
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.executemany("DELETE FROM inbound WHERE id = ?", ((i,) for i in ids))
 
     def transfer_received(self, remote: str, transfer: str) -> int:
@@ -491,7 +489,7 @@ class Store:
         return int(row[0]) if row else 0
 
     def forget_transfer(self, remote: str, transfer: str) -> None:
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.execute("DELETE FROM transfers WHERE remote = ? AND id = ?", (remote, transfer))
 
     # -- requests (the caller's side) ----------------------------------------------------
@@ -588,11 +586,11 @@ class Store:
         return min((float(due) for url, due in heads if url not in skip), default=None)
 
     def post_done(self, post_id: int) -> None:
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.execute("DELETE FROM posts WHERE id = ?", (post_id,))
 
     def post_later(self, post_id: int, due: float) -> None:
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.execute(
                 "UPDATE posts SET attempts = attempts + 1, due = ? WHERE id = ?", (due, post_id)
             )
@@ -632,7 +630,7 @@ class Store:
         """Record `state` at `at` if it moves the request forward, with the steps before it
         that were not heard of (a later step implies them); the events added. A late or
         repeated event (an ack that comes after what it made possible) adds nothing."""
-        with self.transaction(durable=False):
+        with self.transaction():
             row = self.db.execute(
                 "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
                 (request_id,),
@@ -661,7 +659,7 @@ class Store:
         if row is None:
             return False
         if row[0] is not None:
-            with self.transaction(durable=False):
+            with self.transaction():
                 headers = [(b"content-type", b"application/json")]
                 self.add_post(request_id, row[0], headers, event.encode(), row[1])
         return True
@@ -681,7 +679,7 @@ class Store:
         delivered message, in one transaction; the events this added (none if there was
         nothing to complete). Steps not heard of yet are implied by the response."""
         new: list[tuple[str, float]] = []
-        with self.transaction(durable=False):
+        with self.transaction():
             row = self.db.execute(
                 "SELECT events, callback, events_url, deadline FROM requests"
                 " WHERE id = ? AND state != 'completed'",
@@ -720,7 +718,7 @@ class Store:
     ) -> bool:
         """Record a delivered request for execution and consume the delivery, atomically;
         False if it was taken before (it is then never executed again)."""
-        with self.transaction(durable=False):
+        with self.transaction():
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO executions (id, origin, state, request, updated)"
                 " VALUES (?, ?, 'received', ?, ?)",
@@ -748,7 +746,7 @@ class Store:
 
     def save_status(self, status: dict[str, Any]) -> None:
         """A snapshot for `mesh status`, which reads it whether the peer runs or not."""
-        with self.transaction(durable=False):
+        with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('status', ?)",
                 (json.dumps(status),),
@@ -770,6 +768,7 @@ class Store:
         return int(logged), int(copied)
 
     def close(self) -> None:
+        self.sync_log()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.db.close()

@@ -107,11 +107,13 @@ def test_streams_left_open_are_listed_until_closed(tmp_path: Path) -> None:
 def test_nested_transactions_commit_once_and_hooks_run_after_it(tmp_path: Path) -> None:
     store = Store(tmp_path)
     ran: list[str] = []
-    with store.transaction(durable=False):
+    commits = store.commits
+    with store.transaction():
         store.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)  # joins the outer one
         store.after_commit(lambda: ran.append("hook"))
         assert ran == [] and store.db.in_transaction
     assert ran == ["hook"] and not store.db.in_transaction
+    assert store.commits == commits + 1
     store.after_commit(lambda: ran.append("at once"))  # outside a transaction
     assert ran == ["hook", "at once"]
     assert store.link_state("bravo").unacked == ((1, 1),)

@@ -1,0 +1,59 @@
+"""Group commit: the store's commits are cheap (not fsync'd one by one) and reach the disk
+together, at the barriers where something is about to leave the peer."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from .store import Store
+
+
+class Durability:
+    """Whoever is about to let something leave the peer (a file into the pipe, a request
+    to the upstream, a 202 to a caller, the removal of a file a commit made unneeded)
+    first awaits `synced`: one fsync of the store's log, in a thread, covers every commit
+    made before it, for all those waiting at the same time, and never blocks the event
+    loop. A power cut can undo commits not synced yet, but only a suffix of them (the log
+    is replayed in order) and nothing that any barrier let out. A failing fsync is logged
+    and tried again every `retry` seconds: nothing leaves as if durable meanwhile."""
+
+    def __init__(self, store: Store, log: logging.Logger, retry: float = 1.0) -> None:
+        self.store = store
+        self.log = log
+        self.retry = retry
+        self.syncs = 0  # fsyncs done (each may cover many commits)
+        self._synced = store.commits  # those before we started are on disk (or replayed)
+        self._syncing: trio.Event | None = None
+
+    async def synced(self) -> None:
+        """Return once every commit made so far is on disk."""
+        target = self.store.commits
+        while self._synced < target:
+            if self._syncing is not None:  # one is under way: it may not cover ours
+                await self._syncing.wait()
+                continue
+            self._syncing = done = trio.Event()
+            try:
+                await self._sync(self.store.commits)
+            finally:
+                self._syncing = None
+                done.set()
+
+    async def _sync(self, upto: int) -> None:
+        failing = False
+        while True:
+            try:
+                await trio.to_thread.run_sync(self.store.sync_log)
+            except OSError as exc:
+                if not failing:
+                    self.log.error("cannot make the state durable (fsync failed): %s", exc)
+                failing = True
+                await trio.sleep(self.retry)
+                continue
+            if failing:
+                self.log.info("the state is durable again")
+            self.syncs += 1
+            self._synced = max(self._synced, upto)
+            return

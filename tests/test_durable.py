@@ -1,0 +1,100 @@
+"""Group commit on a real store: one fsync covers every commit made before it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from mesh.durable import Durability
+from mesh.store import OutboundRow, Store
+
+
+def commit(store: Store, seq: int) -> None:
+    store.add_outbound("bravo", [OutboundRow(seq, b"x")], 0.0)
+
+
+async def test_waiters_at_the_same_time_share_one_fsync(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    durable = Durability(store, logging.getLogger("test"))
+    with trio.fail_after(10):
+        await durable.synced()
+        assert durable.syncs == 0  # nothing committed since it began: nothing to do
+        for seq in range(1, 4):
+            commit(store, seq)
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(durable.synced)
+        assert durable.syncs == 1
+        await durable.synced()
+        assert durable.syncs == 1  # no commit since: no second fsync
+        commit(store, 4)
+        await durable.synced()
+        assert durable.syncs == 2
+    store.close()
+
+
+async def test_a_commit_made_while_an_fsync_runs_waits_for_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path)
+    durable = Durability(store, logging.getLogger("test"))
+    entered, release = trio.Event(), trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real = store.sync_log
+
+    def slow_sync() -> None:  # runs in a thread: the first one waits for the test
+        if durable.syncs == 0:
+            trio.from_thread.run_sync(entered.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+        real()
+
+    monkeypatch.setattr(store, "sync_log", slow_sync)
+    with trio.fail_after(10):
+        commit(store, 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(durable.synced)
+            await entered.wait()
+            commit(store, 2)  # after that fsync began: it may not be covered
+            second = trio.Event()
+
+            async def wait_second() -> None:
+                await durable.synced()
+                second.set()
+
+            nursery.start_soon(wait_second)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not second.is_set()
+            release.set()
+        assert durable.syncs == 2
+    store.close()
+
+
+async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(tmp_path)
+    durable = Durability(store, logging.getLogger("test"), retry=0.01)
+    failures = [OSError(5, "Input/output error")] * 3
+    real = store.sync_log
+
+    def flaky() -> None:
+        if failures:
+            raise failures.pop()
+        real()
+
+    monkeypatch.setattr(store, "sync_log", flaky)
+    commit(store, 1)
+    caplog.set_level(logging.INFO)
+    with trio.fail_after(10):
+        began = trio.current_time()
+        await durable.synced()
+        assert trio.current_time() - began >= 0.03  # three failures, a retry after each
+    assert durable.syncs == 1
+    errors = [r for r in caplog.records if "cannot make the state durable" in r.message]
+    assert len(errors) == 1  # said once, not at every retry
+    assert any("durable again" in r.message for r in caplog.records)
+    store.close()
