@@ -4,9 +4,10 @@
                                [--linger 5ms --linger 50ms]
 
 Starts a small echo upstream (hypercorn, its own process), then sends the same POSTs
-directly and through a two-peer mesh (`mesh up` in a subprocess, one shared folder on
-local disk) once per `--linger` setting, and prints requests/s, p50 and p99 latency side
-by side, and how many files each peer wrote per 1,000 requests. `linger` is how long a
+directly and through a two-peer mesh (each peer its own `mesh up` process, as at two
+sites; one shared folder on local disk) once per `--linger` setting, and prints
+requests/s, p50 and p99 latency side by side, and how many files each peer wrote per
+1,000 requests. `linger` is how long a
 small message waits for others to share its file: fewer files, each paying its fsyncs
 and signature once for many messages, against a little latency.
 """
@@ -67,22 +68,23 @@ def roster(folder: Path, linger: str) -> Path:
 
 
 async def load(url: str, requests: int, concurrency: int, body: bytes) -> list[float]:
-    """Latencies of `requests` POSTs to `url`, `concurrency` at a time."""
+    """Latencies of `requests` POSTs to `url`, `concurrency` at a time: each caller its
+    own client and connection (one pool shared by all costs httpx time quadratic in the
+    callers waiting for a connection, which would make the harness the bottleneck)."""
     latencies: list[float] = []
     todo = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
-        async def caller() -> None:
+    async def caller() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
             for _ in todo:
                 started = time.perf_counter()
                 reply = await client.post(url, content=body)
                 assert reply.status_code == 200 and reply.content == body
                 latencies.append(time.perf_counter() - started)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(caller)
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(caller)
     return latencies
 
 
@@ -110,9 +112,13 @@ async def through_mesh(
 ) -> tuple[str, list[int]]:
     """The mesh's row with `linger`, and the files each peer wrote to the other."""
     path = roster(folder, linger)
-    peers = await trio.lowlevel.open_process(
-        [str(Path(sys.executable).with_name("mesh")), "up", str(path)], stderr=subprocess.DEVNULL
-    )
+    mesh = str(Path(sys.executable).with_name("mesh"))
+    peers = [
+        await trio.lowlevel.open_process(
+            [mesh, "up", str(path), "--peer", name], stderr=subprocess.DEVNULL
+        )
+        for name in ("alpha", "bravo")
+    ]
     try:
         await started(f"http://127.0.0.1:{ALPHA + 1}/mesh/status")
         await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
@@ -125,8 +131,9 @@ async def through_mesh(
                 status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
                 files.append(status["links"][other]["files"])
     finally:
-        peers.terminate()
-        await peers.wait()
+        for process in peers:
+            process.terminate()
+            await process.wait()
     return line, files
 
 

@@ -76,7 +76,7 @@ def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) ->
         format="%(asctime)s %(levelname)-7s %(message)s",
         stream=sys.stderr,
     )
-    for chatty in ("watchfiles", "hypercorn.error"):
+    for chatty in ("watchfiles", "hypercorn.error", "httpx"):  # httpx: a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load(roster)
     echo_at = _echo_address(echo)

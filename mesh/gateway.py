@@ -52,6 +52,10 @@ HOP_BY_HOP = frozenset(
 # Headers httpx adds to every request unless told otherwise. A caller that sent no
 # Accept-Encoding must not get a body gzip'd on its behalf.
 CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
+# An idle connection to an upstream or a callback URL is dropped after a second: sooner
+# than common servers drop theirs (2 s and up), so a request is never sent on a
+# connection the server is just closing (for a POST, that would be an unknown outcome).
+IDLE_CONNECTION = 1.0
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -364,7 +368,11 @@ class Poster:
         """Start a delivery per URL with posts due and none under way; a slow URL holds
         back only its own posts."""
         timeout = httpx.Timeout(30.0, connect=5.0)
-        async with httpx.AsyncClient(timeout=timeout) as client, trio.open_nursery() as nursery:
+        limits = httpx.Limits(keepalive_expiry=IDLE_CONNECTION)
+        async with (
+            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            trio.open_nursery() as nursery,
+        ):
             while True:
                 self._kick = trio.Event()
                 by_url: dict[str, list[Post]] = {}
@@ -441,11 +449,16 @@ class Forwarder:
         self.bodies = links.bodies
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
         self.timeout = httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 5.0))
+        self.limits = httpx.Limits(  # as many kept as may be used at once: no churn
+            max_connections=None,
+            max_keepalive_connections=concurrency,
+            keepalive_expiry=IDLE_CONNECTION,
+        )
         self.log = logging.getLogger(f"mesh.{name}")
 
     async def run(self) -> None:
         async with (
-            httpx.AsyncClient(timeout=self.timeout) as client,
+            httpx.AsyncClient(timeout=self.timeout, limits=self.limits) as client,
             trio.open_nursery() as nursery,
         ):
             for name in CLIENT_DEFAULTS:  # the caller's request goes as it came

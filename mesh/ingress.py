@@ -57,6 +57,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_WAIT = 30.0
+KEEP_ALIVE = 75.0  # seconds an idle caller's connection is kept (as nginx does)
 
 
 async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str) -> None:
@@ -67,6 +68,9 @@ async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str)
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     config.graceful_timeout = 2.0
+    # Keep an idle caller's connection longer than clients keep theirs (httpx, Node: 5 s),
+    # so a caller never sends a request on a connection we are just closing.
+    config.keep_alive_timeout = KEEP_ALIVE
     config.include_server_header = False  # answers carry the upstream's, not ours
     config.include_date_header = False
     try:
