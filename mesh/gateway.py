@@ -26,6 +26,7 @@ import msgpack
 import trio
 
 from .bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from .clients import Clients
 from .durable import Durability
 from .links import BodyStream, EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
@@ -52,10 +53,6 @@ HOP_BY_HOP = frozenset(
 # Headers httpx adds to every request unless told otherwise. A caller that sent no
 # Accept-Encoding must not get a body gzip'd on its behalf.
 CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
-# An idle connection to an upstream or a callback URL is dropped after a second: sooner
-# than common servers drop theirs (2 s and up), so a request is never sent on a
-# connection the server is just closing (for a POST, that would be an unknown outcome).
-IDLE_CONNECTION = 1.0
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -367,10 +364,8 @@ class Poster:
     async def run(self) -> None:
         """Start a delivery per URL with posts due and none under way; a slow URL holds
         back only its own posts."""
-        timeout = httpx.Timeout(30.0, connect=5.0)
-        limits = httpx.Limits(keepalive_expiry=IDLE_CONNECTION)
         async with (
-            httpx.AsyncClient(timeout=timeout, limits=limits) as client,
+            Clients(httpx.Timeout(30.0, connect=5.0)) as clients,
             trio.open_nursery() as nursery,
         ):
             while True:
@@ -383,17 +378,16 @@ class Poster:
                     await self.durable.synced()  # what is posted stays posted
                 for url, posts in by_url.items():
                     self._busy.add(url)
-                    nursery.start_soon(self._deliver_then_free, client, url, posts)
+                    nursery.start_soon(self._deliver_then_free, clients, url, posts)
                 due = self.store.next_post_due(self._busy)
                 wait = 3600.0 if due is None else max(due - time.time(), 0.0)
                 with trio.move_on_after(wait):
                     await self._kick.wait()
 
-    async def _deliver_then_free(
-        self, client: httpx.AsyncClient, url: str, posts: list[Post]
-    ) -> None:
+    async def _deliver_then_free(self, clients: Clients, url: str, posts: list[Post]) -> None:
         try:
-            await self._deliver(client, posts)
+            async with clients.one() as client:
+                await self._deliver(client, posts)
         finally:
             self._busy.discard(url)
             self.kick()
@@ -449,36 +443,29 @@ class Forwarder:
         self.bodies = links.bodies
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
         self.timeout = httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 5.0))
-        self.limits = httpx.Limits(  # as many kept as may be used at once: no churn
-            max_connections=None,
-            max_keepalive_connections=concurrency,
-            keepalive_expiry=IDLE_CONNECTION,
-        )
         self.log = logging.getLogger(f"mesh.{name}")
 
     async def run(self) -> None:
         async with (
-            httpx.AsyncClient(timeout=self.timeout, limits=self.limits) as client,
+            Clients(self.timeout, strip=CLIENT_DEFAULTS) as clients,  # requests go as they came
             trio.open_nursery() as nursery,
         ):
-            for name in CLIENT_DEFAULTS:  # the caller's request goes as it came
-                del client.headers[name]
             for origin, packed, state in self.store.unfinished_executions():
                 request = unpack_envelope(packed, len(packed)).message
                 assert isinstance(request, Request)
-                nursery.start_soon(self._execute, client, origin, request, state == "forwarding")
+                nursery.start_soon(self._execute, clients, origin, request, state == "forwarding")
             async for batch in self.links.deliveries(Kind.REQUEST):
                 with self.store.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
                         assert isinstance(message, Request)
                         if message.body_length:  # its body comes as fragments: take it then
-                            nursery.start_soon(self._take, client, nursery, item, message)
+                            nursery.start_soon(self._take, clients, nursery, item, message)
                         else:
-                            await self._take(client, nursery, item, message)
+                            await self._take(clients, nursery, item, message)
 
     async def _take(
-        self, client: httpx.AsyncClient, nursery: trio.Nursery, item: Inbound, request: Request
+        self, clients: Clients, nursery: trio.Nursery, item: Inbound, request: Request
     ) -> None:
         """Record `request` for execution once its whole body is here, and start it. A
         body that does not come by the request's deadline is answered 504; one over this
@@ -491,13 +478,13 @@ class Forwarder:
             item.id, item.remote, request.id, item.payload, time.time()
         )
         if taken:
-            run = partial(self._execute, client, item.remote, request, False)
+            run = partial(self._execute, clients, item.remote, request, False)
             self.store.after_commit(lambda: nursery.start_soon(run))
 
     async def _execute(
-        self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
+        self, clients: Clients, origin: str, request: Request, interrupted: bool
     ) -> None:
-        answer = await self._answer(client, origin, request, interrupted)
+        answer = await self._answer(clients, origin, request, interrupted)
         with self.store.transaction():  # answered and marked so, or neither
             await self.links.send(origin, answer.response, answer.body, answer.stream)
             self.store.mark_execution(request.id, "responded", time.time())
@@ -508,7 +495,7 @@ class Forwarder:
             await trio.to_thread.run_sync(self.bodies.remove, [name])
 
     async def _answer(
-        self, client: httpx.AsyncClient, origin: str, request: Request, interrupted: bool
+        self, clients: Clients, origin: str, request: Request, interrupted: bool
     ) -> Answer:
         if interrupted and request.method not in IDEMPOTENT:
             title = "outcome unknown: the peer stopped while the request was with the upstream"
@@ -524,7 +511,7 @@ class Forwarder:
         if length and transfer and not self.links.body_here(origin, transfer, length):
             return Answer(problem(request.id, 504, "request body did not arrive by its deadline"))
         async with self.limit:
-            return await self._forward(client, origin, request)
+            return await self._forward(clients, origin, request)
 
     def _stream(self, origin: str, request: Request, reply: httpx.Response) -> BodyStream | None:
         """A stream for the body of `reply` when it says it is big enough to spool (its
@@ -545,7 +532,7 @@ class Forwarder:
             return request.body
         return self.bodies.chunks(incoming_name(origin, request.body_id))
 
-    async def _forward(self, client: httpx.AsyncClient, origin: str, request: Request) -> Answer:
+    async def _forward(self, clients: Clients, origin: str, request: Request) -> Answer:
         """The upstream's answer (its body in memory or spooled); connection refused is
         retried with backoff until the deadline; a failure after the request may have
         reached it is an unknown outcome."""
@@ -565,9 +552,10 @@ class Forwarder:
             attempt += 1
             try:
                 content = self._request_body(origin, request)
-                async with client.stream(
-                    request.method, url, headers=headers, content=content
-                ) as reply:
+                async with (
+                    clients.one() as client,
+                    client.stream(request.method, url, headers=headers, content=content) as reply,
+                ):
                     if self._declared_too_big(request, reply):
                         raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
                     stream = self._stream(origin, request, reply)
