@@ -24,6 +24,7 @@ from pathlib import Path
 
 import trio
 
+from .errors import unwrapped
 from .messages import is_id
 from .pipe import SyncEvery, fsync_folder
 from .roster import PEER_NAME
@@ -31,6 +32,7 @@ from .roster import PEER_NAME
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
 CHUNK = 1 << 20  # bytes read from a body file at a time
+WRITES_AHEAD = 2  # CHUNKs of a spooled body read from its socket while one is written
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
 
 # Told (body file, bytes of it durable so far) as a spooled body grows, and once more
@@ -104,32 +106,40 @@ class Bodies:
         limit: int,
         grew: Grew | None,
     ) -> Body:
+        """Write the body to a new file while more of it is read from `rest`: a writer
+        task takes `CHUNK`s through a channel of `WRITES_AHEAD`, so the socket is read
+        while the disk writes (and syncs), with at most that much held in memory. When
+        reading fails, what was read is still written (and reported) before the error
+        is raised."""
         name = f"out-{uuid.uuid4().hex}"
         fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         told = False
+        send, receive = trio.open_memory_channel[tuple[list[bytes], int, bool]](WRITES_AHEAD)
 
-        async def flush(pieces: list[bytes], written: int, last: bool) -> None:
+        async def write_behind() -> None:
             nonlocal told
-            synced = await trio.to_thread.run_sync(_append, fd, pieces, sync, last)
-            if synced and grew is not None:
-                if not told:  # its name must outlive a power cut before anyone relies on it
-                    await trio.to_thread.run_sync(fsync_folder, self.folder)
-                    told = True
-                grew(name, written)
-
-        try:
             sync = SyncEvery(fd)
-            pending = sum(map(len, held))
-            async for chunk in rest:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit)
-                held.append(chunk)
-                pending += len(chunk)
-                if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
-                    await flush(held, size, last=False)
-                    held, pending = [], 0
-            await flush(held, size, last=True)
+            async with receive:
+                async for pieces, written, last in receive:
+                    synced = await trio.to_thread.run_sync(_append, fd, pieces, sync, last)
+                    if synced and grew is not None:
+                        if not told:  # its name must outlive a power cut before it is relied on
+                            await trio.to_thread.run_sync(fsync_folder, self.folder)
+                            told = True
+                        grew(name, written)
+
+        failure: Exception | None = None
+        try:
+            with unwrapped():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(write_behind)
+                    async with send:  # closed: the writer ends once it wrote what it has
+                        try:
+                            size = await _read_on(held, size, rest, limit, send)
+                        except Exception as exc:  # raised once what was read is written
+                            failure = exc
+            if failure is not None:
+                raise failure
         except BaseException:
             if not told:
                 with contextlib.suppress(OSError):
@@ -232,6 +242,30 @@ class BodyReader:
     def __exit__(self, kind: object, error: object, trace: object) -> None:
         for fd in self._opened.values():
             os.close(fd)
+
+
+async def _read_on(
+    held: list[bytes],
+    size: int,
+    rest: AsyncIterator[bytes],
+    limit: int,
+    to_disk: trio.MemorySendChannel[tuple[list[bytes], int, bool]],
+) -> int:
+    """Read `rest` to its end, sending what `held` has and what comes to `to_disk` a
+    `CHUNK` at a time (pieces, size so far, whether it is the end); the body's size.
+    BodyTooLarge past `limit` bytes."""
+    pending = sum(map(len, held))
+    async for chunk in rest:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        held.append(chunk)
+        pending += len(chunk)
+        if pending >= CHUNK:  # one hop to a thread per CHUNK, not per chunk
+            await to_disk.send((held, size, False))
+            held, pending = [], 0
+    await to_disk.send((held, size, True))
+    return size
 
 
 def _append(fd: int, pieces: list[bytes], sync: SyncEvery, last: bool) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
@@ -14,6 +16,20 @@ def leaves(group: BaseExceptionGroup[E]) -> list[E]:
     for exc in group.exceptions:
         found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return found
+
+
+@contextmanager
+def unwrapped() -> Iterator[None]:
+    """Raise a group holding one exception (a nursery's, however deeply nested) as that
+    exception, so a nursery inside a function does not change what it raises. A group
+    of several is raised as it is."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        found = leaves(group)
+        if len(found) == 1:
+            raise found[0] from None
+        raise
 
 
 class MeshError(Exception):

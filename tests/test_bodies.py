@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
-from mesh.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from mesh import bodies as bodies_module
+from mesh.bodies import CHUNK, INLINE, WRITES_AHEAD, Bodies, Body, BodyTooLarge, incoming_name
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -83,6 +87,46 @@ async def test_a_failed_body_leaves_its_file_only_if_it_was_reported(
     with pytest.raises(ConnectionError):
         await bodies.receive(cut(4 * INLINE), 1 << 30, lambda name, size: told.append(name))
     assert [p.name for p in bodies.folder.iterdir()] == told[:1]  # its owner removes it
+
+
+async def test_a_spooled_body_is_read_on_while_the_disk_writes_but_only_so_far_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = Bodies(tmp_path / "bodies")
+    disk_free = threading.Event()
+    real_append = bodies_module._append
+
+    def slow_append(*args: object) -> bool:
+        assert disk_free.wait(10)
+        return real_append(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bodies_module, "_append", slow_append)
+    pulled = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(12):
+            pulled += 1
+            yield b"w" * CHUNK
+
+    got: list[Body] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _receive_into(bodies, counted(), got))
+            try:
+                await trio.testing.wait_all_tasks_blocked()
+                # The first write (the 3 CHUNKs read by then: INLINE is one) hangs on the
+                # disk; the socket is read on meanwhile, but only WRITES_AHEAD CHUNKs more
+                # and one in hand.
+                assert INLINE == CHUNK and pulled == 3 + WRITES_AHEAD + 1
+            finally:
+                disk_free.set()
+    [body] = got
+    assert body.size == 12 * CHUNK and bodies.path(body.file or "").stat().st_size == body.size
+
+
+async def _receive_into(bodies: Bodies, source: AsyncIterator[bytes], got: list[Body]) -> None:
+    got.append(await bodies.receive(source, 1 << 30))
 
 
 def test_fragments_written_in_any_order_make_the_body(tmp_path: Path) -> None:
