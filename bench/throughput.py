@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,29 @@ def roster(folder: Path, linger: str) -> Path:
     return path
 
 
-async def load(url: str, requests: int, concurrency: int, body: bytes) -> list[float]:
-    """Latencies of `requests` POSTs to `url`, `concurrency` at a time: each caller its
-    own client and connection (one pool shared by all costs httpx time quadratic in the
-    callers waiting for a connection, which would make the harness the bottleneck)."""
+async def load(
+    url: str,
+    requests: int,
+    concurrency: int,
+    body: bytes,
+    before: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[list[float], float]:
+    """Latencies of `requests` POSTs to `url`, `concurrency` at a time, and the seconds
+    they took. Each caller has its own client and connection (one pool shared by all
+    costs httpx time quadratic in the callers waiting for a connection, which would make
+    the harness the bottleneck) and first makes one untimed request, so connections are
+    open as a long-running client's are (64 opened at once take seconds); then `before`
+    runs, then the timed requests."""
     latencies: list[float] = []
     todo = iter(range(requests))
+    warm, go = trio.Semaphore(0), trio.Event()
 
     async def caller() -> None:
         async with httpx.AsyncClient(timeout=120) as client:
+            reply = await client.post(url, content=body)
+            assert reply.status_code == 200 and reply.content == body
+            warm.release()
+            await go.wait()
             for _ in todo:
                 started = time.perf_counter()
                 reply = await client.post(url, content=body)
@@ -85,7 +100,13 @@ async def load(url: str, requests: int, concurrency: int, body: bytes) -> list[f
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(caller)
-    return latencies
+        for _ in range(concurrency):
+            await warm.acquire()
+        if before is not None:
+            await before()
+        began = time.perf_counter()
+        go.set()
+    return latencies, time.perf_counter() - began
 
 
 def row(label: str, latencies: list[float], seconds: float) -> str:
@@ -122,19 +143,32 @@ async def through_mesh(
     try:
         await started(f"http://127.0.0.1:{ALPHA + 1}/mesh/status")
         await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
-        began = time.perf_counter()
-        latencies = await load(f"http://127.0.0.1:{ALPHA}/bravo/echo", requests, concurrency, body)
-        line = row(f"mesh {linger}", latencies, time.perf_counter() - began)
-        files = []
+        if any(process.returncode is not None for process in peers):
+            raise SystemExit("a peer exited at start: is another one using its port?")
         async with httpx.AsyncClient() as client:
-            for port, other in ((ALPHA, "bravo"), (ALPHA + 1, "alpha")):
-                status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
-                files.append(status["links"][other]["files"])
+
+            async def files() -> list[int]:
+                """Files each peer wrote to the other so far."""
+                written = []
+                for port, other in ((ALPHA, "bravo"), (ALPHA + 1, "alpha")):
+                    status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
+                    written.append(status["links"][other]["files"])
+                return written
+
+            warm: list[int] = []
+
+            async def count_from_here() -> None:
+                warm.extend(await files())
+
+            url = f"http://127.0.0.1:{ALPHA}/bravo/echo"
+            latencies, seconds = await load(url, requests, concurrency, body, count_from_here)
+            line = row(f"mesh {linger}", latencies, seconds)
+            written = [after - before for after, before in zip(await files(), warm, strict=True)]
     finally:
         for process in peers:
             process.terminate()
             await process.wait()
-    return line, files
+    return line, written
 
 
 async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -> None:
@@ -149,9 +183,10 @@ async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -
     rows, notes = [], []
     try:
         await started(f"http://127.0.0.1:{UPSTREAM}/echo")
-        began = time.perf_counter()
-        latencies = await load(f"http://127.0.0.1:{UPSTREAM}/echo", requests, concurrency, body)
-        rows.append(row("direct", latencies, time.perf_counter() - began))
+        latencies, seconds = await load(
+            f"http://127.0.0.1:{UPSTREAM}/echo", requests, concurrency, body
+        )
+        rows.append(row("direct", latencies, seconds))
         for linger in lingers:
             with tempfile.TemporaryDirectory() as tmp:
                 line, (to_bravo, to_alpha) = await through_mesh(

@@ -547,7 +547,7 @@ class Forwarder:
                 self.store.mark_execution(request.id, "forwarding", time.time())
                 if attempt == 0:
                     note = Control("forwarded", {"id": request.id, "at": time.time()})
-                    await self.links.send(origin, note)
+                    self.links.note(origin, note)  # rides with the response, most likely
             await self.links.durable.synced()  # the mark is on disk before the upstream acts
             attempt += 1
             try:

@@ -143,6 +143,10 @@ class Outbound:
     def pending(self) -> list[int]:
         return list(self._order)
 
+    def unwritten(self) -> list[int]:
+        """Pending messages never written yet, lowest first."""
+        return sorted(self._unwritten)
+
     def due(self, now: float) -> list[int]:
         """Unacknowledged messages whose time to be (re)sent has come, lowest first. When
         any is due, every message never written yet comes along: a burst lingers as long
@@ -403,6 +407,13 @@ class Protocol:
         small = size < link.settings.collate_below
         link.outbound.queue(seq, size, now + link.settings.linger if small else now)
 
+    def noted(self, remote: str, seq: int, size: int, now: float) -> None:
+        """`seq` is durable news that need not cost a file of its own (a note on a
+        request's progress): it goes with the next file to `remote`, whatever makes one
+        (a due message, a heartbeat), and after `ack_delay` at the latest."""
+        link = self._links[remote]
+        link.outbound.queue(seq, size, now + link.settings.ack_delay)
+
     def resending(self, now: float) -> list[str]:
         """The remotes with a resend due by `now`: only for them does `outgoing` need to
         know whether they are backlogged."""
@@ -422,8 +433,8 @@ class Protocol:
             if remote in held:
                 due = link.outbound.hold_resends(due, now)
             batches = self._batches(link, due)
-            if not batches and self._owes_heartbeat(link, now):
-                batches = [()]
+            if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
+                batches = self._batches(link, link.outbound.unwritten()) or [()]
             for i, seqs in enumerate(batches):
                 missing = link.inbound.take_missing() if i == 0 else ()
                 files.append(OutgoingFile(remote, seqs, self._fields(remote, link, missing)))

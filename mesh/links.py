@@ -20,7 +20,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
@@ -164,6 +164,10 @@ class EventHub(Generic[T]):
                 self._subscribers.remove(channel)
 
 
+# How a stored message is handed to the protocol: `Protocol.queued` or `Protocol.noted`.
+Queue = Callable[[str, int, int, float], None]
+
+
 class Links:
     """The links of one running peer."""
 
@@ -256,19 +260,30 @@ class Links:
             self._close(stream)
         return sent
 
-    def _store(self, remote: str, message: Message) -> MessageId:
+    def note(self, remote: str, message: Message) -> MessageId:
+        """Store `message` for `remote` durably as news that need not cost a file of its
+        own: it goes with the next file to `remote`, half a heartbeat later at the latest
+        (see `Protocol.noted`). Inside a store transaction, it joins it. KeyError for a
+        remote this peer does not talk to."""
+        if remote not in self.protocol.remotes:
+            raise KeyError(f"{self.name} does not talk to {remote}")
+        return self._store(remote, message, self.protocol.noted)
+
+    def _store(self, remote: str, message: Message, queue: Queue | None = None) -> MessageId:
         seq = self.protocol.assign(remote)
-        self._add(remote, [OutboundRow(seq, pack(Envelope(seq, message)))])
+        self._add(remote, [OutboundRow(seq, pack(Envelope(seq, message)))], queue)
         return MessageId(remote, seq)
 
-    def _add(self, remote: str, rows: list[OutboundRow]) -> None:
+    def _add(self, remote: str, rows: list[OutboundRow], queue: Queue | None = None) -> None:
+        """Store `rows` and, once that commits, hand them to the protocol with `queue`
+        (`Protocol.queued` by default)."""
         self.store.add_outbound(remote, rows, time.time())
-        self.store.after_commit(lambda: self._queued(remote, rows))
+        self.store.after_commit(lambda: self._queued(remote, rows, queue or self.protocol.queued))
 
-    def _queued(self, remote: str, rows: list[OutboundRow]) -> None:
+    def _queued(self, remote: str, rows: list[OutboundRow], queue: Queue) -> None:
         now = trio.current_time()
         for row in rows:
-            self.protocol.queued(remote, row.seq, len(row.payload) + row.spool_length, now)
+            queue(remote, row.seq, len(row.payload) + row.spool_length, now)
         self._publish("stored", remote, [row.seq for row in rows])
         self.kick()
 

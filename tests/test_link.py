@@ -64,6 +64,31 @@ def test_a_message_of_collate_below_or_more_does_not_wait() -> None:
     assert [f.seqs for f in alpha.outgoing(1.0)] == [(small, big)]  # it rides along
 
 
+def test_a_note_rides_with_the_next_file_or_goes_after_ack_delay() -> None:
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    note = alpha.assign("bravo")
+    alpha.noted("bravo", note, 10, 1.0)
+    assert alpha.outgoing(3.49) == []  # no file of its own yet: something may take it
+    [response] = send(alpha, 1, now=3.4)
+    [file] = alpha.outgoing(3.5)
+    assert file.seqs == (note, response)  # it rode along
+    alpha.written(file, 3.5)
+    later = alpha.assign("bravo")
+    alpha.noted("bravo", later, 10, 4.0)
+    assert alpha.next_wakeup() == 4.0 + SETTINGS.heartbeat / 2
+    assert [f.seqs for f in alpha.outgoing(6.5)] == [(later,)]  # nothing came: alone
+
+
+def test_a_heartbeat_takes_along_what_waits() -> None:
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=1.0)})
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    [lingering] = send(alpha, 1, now=4.5)  # due at 5.5
+    note = alpha.assign("bravo")
+    alpha.noted("bravo", note, 10, 4.6)
+    assert [f.seqs for f in alpha.outgoing(5.0)] == [(lingering, note)]  # the heartbeat's
+
+
 def test_resends_back_off_up_to_a_limit() -> None:
     alpha, _ = pair()
     send(alpha, 1)
