@@ -4,6 +4,7 @@ together, at the barriers where something is about to leave the peer."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -26,6 +27,16 @@ class Durability:
         self.syncs = 0  # fsyncs done (each may cover many commits)
         self._synced = store.commits  # those before we started are on disk (or replayed)
         self._syncing: trio.Event | None = None
+        self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
+
+    def after_sync(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once every commit made so far is on disk: at once if it is, else at
+        the end of the next fsync that covers them (whoever awaits `synced` next; the
+        links do before every file they write)."""
+        if self._synced >= self.store.commits:
+            hook()
+        else:
+            self._hooks.append((self.store.commits, hook))
 
     async def synced(self) -> None:
         """Return once every commit made so far is on disk."""
@@ -56,4 +67,8 @@ class Durability:
                 self.log.info("the state is durable again")
             self.syncs += 1
             self._synced = max(self._synced, upto)
+            due = [hook for covers, hook in self._hooks if covers <= self._synced]
+            self._hooks = [(covers, hook) for covers, hook in self._hooks if covers > self._synced]
+            for hook in due:
+                hook()
             return

@@ -204,9 +204,11 @@ class Requests:
         events_url: str | None = None,
         stream: BodyStream | None = None,
     ) -> str:
-        """Make the request durable and send it; its id (`stream`'s message id, when its
-        body was already being sent as it arrived). Errors: KeyError (not a link),
-        OSError/sqlite3.Error (the store cannot take it: nothing is half accepted)."""
+        """Store the request and send it; its id (`stream`'s message id, when its body was
+        already being sent as it arrived). It is committed on return, durable only at the
+        next `durable.synced` (await it before a 202); its ``stored`` event is told then.
+        Errors: KeyError (not a link), OSError/sqlite3.Error (the store cannot take it:
+        nothing is half accepted)."""
         request_id = stream.message_id if stream is not None else new_id()
         deadline = time.time() + ttl
         request = Request(request_id, method, target, headers, body.data, deadline)
@@ -215,8 +217,8 @@ class Requests:
             self.store.add_request(
                 request_id, remote, sent.seq, method, target, deadline, callback, events_url
             )
-        await self.links.durable.synced()
-        self._changed_state(request_id, [("stored", time.time())])
+        at = time.time()
+        self.links.durable.after_sync(lambda: self._changed_state(request_id, [("stored", at)]))
         return request_id
 
     def get(self, request_id: str) -> RequestRecord | None:

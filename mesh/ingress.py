@@ -246,10 +246,14 @@ class Ingress:
             await self._drop(body, stream)
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
         if callback or b"respond-async" in headers.get(b"prefer", b""):
+            await self.peer.links.durable.synced()  # a 202 promises it is on disk
             await accepted(send, request_id)
             return
+        # No need to wait for the disk to wait for the answer: the request leaves in a
+        # file, and the links make it durable before they write one.
         record = await self.peer.requests.wait(request_id, _timeout(headers))
         if record is None or not record.done:
+            await self.peer.links.durable.synced()
             await accepted(send, request_id)
         else:
             await respond_with(send, record, self.peer.bodies)

@@ -98,3 +98,18 @@ async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhil
     assert len(errors) == 1  # said once, not at every retry
     assert any("durable again" in r.message for r in caplog.records)
     store.close()
+
+
+async def test_a_hook_runs_once_what_was_committed_before_it_is_on_disk(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    durable = Durability(store, logging.getLogger("test"))
+    ran: list[str] = []
+    durable.after_sync(lambda: ran.append("nothing to wait for"))
+    assert ran == ["nothing to wait for"]
+    commit(store, 1)
+    durable.after_sync(lambda: ran.append("after the next fsync"))
+    assert ran == ["nothing to wait for"]
+    with trio.fail_after(10):
+        await durable.synced()  # anyone's: the links' before a file, say
+    assert ran == ["nothing to wait for", "after the next fsync"]
+    store.close()
