@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,36 @@ class Checked:
     content: bytes | None = None
     error: FormatError | None = None
     failure: OSError | None = None
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `list_and_check` found: files from peers not talked to (`foreign`, to be
+    quarantined unread), the first `BATCH` of the others checked, and the rest of them
+    (`unchecked`, oldest first) for later batches."""
+
+    foreign: list[tuple[FileName, Path]]
+    checked: list[Checked]
+    unchecked: list[tuple[FileName, Path]]
+
+
+def list_and_check(
+    folder: Path,
+    me: str,
+    talks_to: Container[str],
+    keys: KeySource,
+    limits: Limits,
+    settling: Mapping[str, Hashable],
+) -> Listing:
+    """The files in `folder` addressed to `me`, the first batch of them checked, in one
+    thread round trip (`pipe.addressed_to`, then `check_files`). OSError when the folder
+    cannot be listed. Blocking."""
+    foreign: list[tuple[FileName, Path]] = []
+    readable: list[tuple[FileName, Path]] = []
+    for name, path in pipe.addressed_to(folder, me):
+        (readable if name.sender in talks_to else foreign).append((name, path))
+    checked = check_files(readable[:BATCH], keys, limits, settling)
+    return Listing(foreign, checked, readable[BATCH:])
 
 
 def check_files(

@@ -26,7 +26,6 @@ from .gateway import Forwarder, Poster, Requests
 from .ingress import Ingress, serve_at
 from .link import LinkSettings
 from .links import Links
-from .names import FileName
 from .roster import PeerSettings, Roster
 from .settle import Settling
 from .store import StateLock, Store
@@ -188,30 +187,37 @@ class Peer:
                     await wake_recv.receive()
 
     async def _take_inbox(self) -> None:
+        """Take the files addressed to this peer: listed and the first batch checked in
+        one thread round trip, each further batch checked in one more."""
+        settings = self.settings
         try:
-            found = await trio.to_thread.run_sync(pipe.addressed_to, self.settings.inbox, self.name)
+            listing = await trio.to_thread.run_sync(
+                inbox.list_and_check,
+                settings.inbox,
+                self.name,
+                frozenset(settings.talks_to),
+                self.keyring,
+                self.limits,
+                self._settling.marks(trio.current_time()),
+            )
         except OSError as exc:
-            self.log.warning("%s: cannot list inbox %s: %s", self.name, self.settings.inbox, exc)
+            self.log.warning("%s: cannot list inbox %s: %s", self.name, settings.inbox, exc)
             return
-        for start in range(0, len(found), inbox.BATCH):
-            await self._take_batch(found[start : start + inbox.BATCH])
+        for name, path in listing.foreign:
+            detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
+            await self._quarantine(path, "not-whitelisted", detail)
+        await self._take_checked(listing.checked)
+        for start in range(0, len(listing.unchecked), inbox.BATCH):
+            batch = listing.unchecked[start : start + inbox.BATCH]
+            settling = self._settling.marks(trio.current_time())
+            checked = await trio.to_thread.run_sync(
+                inbox.check_files, batch, self.keyring, self.limits, settling
+            )
+            await self._take_checked(checked)
 
-    async def _take_batch(self, files: list[tuple[FileName, Path]]) -> None:
-        """Check `files` in one thread round trip, take the valid ones in order, then
-        remove those taken in another; refused files go to quarantine."""
-        readable = []
-        for name, path in files:
-            if name.sender in self.settings.talks_to:
-                readable.append((name, path))
-            else:
-                detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
-                await self._quarantine(path, "not-whitelisted", detail)
-        if not readable:
-            return
-        settling = self._settling.marks(trio.current_time())
-        checked = await trio.to_thread.run_sync(
-            inbox.check_files, readable, self.keyring, self.limits, settling
-        )
+    async def _take_checked(self, checked: list[inbox.Checked]) -> None:
+        """Take checked files in order, then remove those taken in one thread round
+        trip; refused files go to quarantine."""
         taken = []
         for each in checked:
             try:

@@ -105,3 +105,22 @@ def test_content_is_only_kept_at_or_under_the_bound(
     path = mesh_file(tmp_path, identities, os.urandom(size - 400), 1)
     (checked,) = check([path], bravo_keys)
     assert (checked.content is not None) == (path.stat().st_size <= inbox.SMALL_FILE)
+
+
+def test_a_listing_splits_off_foreign_files_and_checks_the_first_batch(
+    tmp_path: Path,
+    identities: dict[str, Identity],
+    bravo_keys: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(inbox, "BATCH", 2)
+    ours = [mesh_file(tmp_path, identities, b"m%d" % n, n) for n in (3, 1, 2)]
+    stranger = tmp_path / str(FileName(NAME.stamp, "carol", "bravo", "0a0b0c0d", NAME.kind))
+    stranger.write_bytes(b"never read")
+    (tmp_path / str(FileName(NAME.stamp, "alpha", "carol", "0a0b0c0d", NAME.kind))).touch()
+    listing = inbox.list_and_check(tmp_path, "bravo", {"alpha"}, bravo_keys, LIMITS, {})
+    assert [path for _, path in listing.foreign] == [stranger]
+    oldest_first = sorted(ours)
+    assert [checked.path for checked in listing.checked] == oldest_first[:2]
+    assert all(checked.scanned is not None for checked in listing.checked)
+    assert [path for _, path in listing.unchecked] == oldest_first[2:]
