@@ -32,6 +32,7 @@ from .links import BodyStream, EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .store import Inbound, Post, Store
 
+FINAL_STATES = frozenset({"completed", "failed"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 HOP_BY_HOP = frozenset(
     {
@@ -169,7 +170,7 @@ class RequestRecord:
 
     @property
     def done(self) -> bool:
-        return self.state in ("completed", "failed")
+        return self.state in FINAL_STATES
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -190,7 +191,7 @@ class Requests:
     def __init__(self, store: Store, links: Links, poster: Poster) -> None:
         self.store, self.links, self.poster = store, links, poster
         self.events: EventHub[RequestEvent] = EventHub()
-        self._changed: dict[str, trio.Event] = {}
+        self._finished: dict[str, trio.Event] = {}  # set when the request is done
 
     async def submit(
         self,
@@ -246,17 +247,16 @@ class Requests:
                 record = self.get(request_id)
                 if record is None or record.done:
                     return record
-                await self._event(request_id).wait()
+                await self._finished.setdefault(request_id, trio.Event()).wait()
         return self.get(request_id)
 
-    def _event(self, request_id: str) -> trio.Event:
-        return self._changed.setdefault(request_id, trio.Event())
-
     def _changed_state(self, request_id: str, events: list[tuple[str, float]]) -> None:
-        """Wake those waiting on `request_id`, publish its new events, post them."""
-        waiting = self._changed.pop(request_id, None)
-        if waiting is not None:
-            waiting.set()
+        """Publish the new events of `request_id`, post them, and wake those waiting for
+        it if it is done (only then: each wake-up reads the record again)."""
+        if any(state in FINAL_STATES for state, _ in events):
+            waiting = self._finished.pop(request_id, None)
+            if waiting is not None:
+                waiting.set()
         for state, at in events:
             self.events.publish(RequestEvent(request_id, state, at))
         self.poster.kick()
