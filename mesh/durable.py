@@ -4,17 +4,12 @@ together, at the barriers where something is about to leave the peer."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import trio
 
+from .offload import Offload
 from .store import Store
-
-# An fsync of the log that typically takes less than this is done on the event loop: a
-# round trip to a worker thread costs more than that on a busy loop (5-20 ms measured on
-# two loaded cores), and the loop would only wait for the answer anyway.
-INLINE_BELOW = 0.002  # seconds
 
 
 class Durability:
@@ -27,8 +22,7 @@ class Durability:
     nothing leaves as if durable meanwhile.
 
     The fsync runs in a worker thread, or on the event loop while fsyncs are measured to
-    take under `INLINE_BELOW` (a smoothed figure, so one slow fsync sends the next ones
-    to a thread until the disk is fast again)."""
+    be quick (`offload.Offload`)."""
 
     def __init__(self, store: Store, log: logging.Logger, retry: float = 1.0) -> None:
         self.store = store
@@ -38,7 +32,7 @@ class Durability:
         self._synced = store.commits  # those before we started are on disk (or replayed)
         self._syncing: trio.Event | None = None
         self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
-        self.typical: float | None = None  # smoothed seconds per fsync (None: none yet)
+        self.fsyncs = Offload()
 
     def after_sync(self, hook: Callable[[], None]) -> None:
         """Run `hook` once every commit made so far is on disk: at once if it is, else at
@@ -67,7 +61,7 @@ class Durability:
         failing = False
         while True:
             try:
-                await self._fsync()
+                await self.fsyncs.run(self.store.sync_log)
             except OSError as exc:
                 if not failing:
                     self.log.error("cannot make the state durable (fsync failed): %s", exc)
@@ -83,17 +77,3 @@ class Durability:
             for hook in due:
                 hook()
             return
-
-    async def _fsync(self) -> None:
-        if self.typical is not None and self.typical < INLINE_BELOW:
-            took = self._timed_fsync()
-            await trio.lowlevel.checkpoint()
-        else:
-            took = await trio.to_thread.run_sync(self._timed_fsync)
-        self.typical = took if self.typical is None else 0.8 * self.typical + 0.2 * took
-
-    def _timed_fsync(self) -> float:
-        """Seconds one fsync of the log took (not counting a thread round trip)."""
-        began = time.perf_counter()
-        self.store.sync_log()
-        return time.perf_counter() - began

@@ -6,6 +6,7 @@ then be opened without the disk or another thread."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from collections.abc import Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -57,16 +58,29 @@ def list_and_check(
     keys: KeySource,
     limits: Limits,
     settling: Mapping[str, Hashable],
+    small_only: bool = False,
 ) -> Listing:
     """The files in `folder` addressed to `me`, the first batch of them checked, in one
-    thread round trip (`pipe.addressed_to`, then `check_files`). OSError when the folder
-    cannot be listed. Blocking."""
+    call (`pipe.addressed_to`, then `check_files`); with `small_only`, checking stops at
+    the first file over `SMALL_FILE` bytes (to be checked in a thread). OSError when the
+    folder cannot be listed. Blocking."""
     foreign: list[tuple[FileName, Path]] = []
     readable: list[tuple[FileName, Path]] = []
     for name, path in pipe.addressed_to(folder, me):
         (readable if name.sender in talks_to else foreign).append((name, path))
-    checked = check_files(readable[:BATCH], keys, limits, settling)
-    return Listing(foreign, checked, readable[BATCH:])
+    batch = readable[:BATCH]
+    if small_only:
+        batch = list(itertools.takewhile(lambda file: _size(file[1]) <= SMALL_FILE, batch))
+    checked = check_files(batch, keys, limits, settling)
+    return Listing(foreign, checked, readable[len(batch) :])
+
+
+def _size(path: Path) -> int:
+    """The size of `path` (0 if it is gone: `check_files` then says so)."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
 
 
 def check_files(

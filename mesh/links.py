@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -49,12 +50,14 @@ from .messages import (
     unpack_fragment,
 )
 from .names import FileKind, FileName
+from .offload import Offload
 from .store import Inbound, OutboundRow, Store
 from .wire import Limits, ReadBuffer, ScannedFile, read_frame, write_file
 
 T = TypeVar("T")
 ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)
 UNREAD_KEPT = 64  # our newest files per remote checked for still waiting in the outbox
+SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written on the loop
 
 
 @dataclass
@@ -212,6 +215,7 @@ class Links:
         self.last_file_at: dict[str, float] = {}  # wall clock of our last file per remote
         self.pipe_error: str | None = None  # why the last write to the outbox failed
         self.durable = Durability(store, self.log)
+        self.small_writes = Offload(allowed=pipe.is_local(outbox))  # on the loop if quick
         self._finished: list[str] = []  # body files to remove once synced
         self._abandon_streams_left_open()
 
@@ -438,10 +442,10 @@ class Links:
                     link=file.link,
                 )
 
-        try:
-            path = await trio.to_thread.run_sync(
-                pipe.write_atomically_with, self.outbox, name, encode
-            )
+        write = partial(pipe.write_atomically_with, self.outbox, name, encode)
+        small = sum(len(row.payload) + row.spool_length for row in rows) <= SMALL_WRITE
+        try:  # big data is hashed (and maybe sealed, compressed) in a thread
+            path = await (self.small_writes.run(write) if small else trio.to_thread.run_sync(write))
         except OSError as exc:
             if self.pipe_error is None:
                 self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)

@@ -12,6 +12,7 @@ import logging
 import os
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .gateway import Forwarder, Poster, Requests
 from .ingress import Ingress, serve_at
 from .link import LinkSettings
 from .links import Links
+from .offload import Offload
 from .roster import PeerSettings, Roster
 from .settle import Settling
 from .store import StateLock, Store
@@ -52,6 +54,7 @@ class Peer:
         self.bodies: Bodies
         self.keyring: Keyring
         self.quarantine: pipe.Quarantine
+        self.inbox_reads: Offload  # listing and checking small files: on the loop if quick
         self.presence: presence.Presence
         self.links: Links
         self.requests: Requests
@@ -71,6 +74,7 @@ class Peer:
             self.keyring = self._load_keys()
             self.quarantine = pipe.Quarantine(self.store.quarantine)
             self._prepare_folders()
+            self.inbox_reads = Offload(allowed=pipe.is_local(self.settings.inbox))
         except BaseException:
             self._lock.release()
             raise
@@ -188,18 +192,20 @@ class Peer:
 
     async def _take_inbox(self) -> None:
         """Take the files addressed to this peer: listed and the first batch checked in
-        one thread round trip, each further batch checked in one more."""
+        one call (on the loop while that is quick), each further batch in a thread."""
         settings = self.settings
+        listed = partial(
+            inbox.list_and_check,
+            settings.inbox,
+            self.name,
+            frozenset(settings.talks_to),
+            self.keyring,
+            self.limits,
+            self._settling.marks(trio.current_time()),
+            small_only=self.inbox_reads.inline,  # a big file is read and hashed in a thread
+        )
         try:
-            listing = await trio.to_thread.run_sync(
-                inbox.list_and_check,
-                settings.inbox,
-                self.name,
-                frozenset(settings.talks_to),
-                self.keyring,
-                self.limits,
-                self._settling.marks(trio.current_time()),
-            )
+            listing = await self.inbox_reads.run(listed)
         except OSError as exc:
             self.log.warning("%s: cannot list inbox %s: %s", self.name, settings.inbox, exc)
             return

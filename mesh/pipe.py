@@ -248,6 +248,13 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
+def is_local(folder: Path, mounts: str | None = None) -> bool:
+    """Whether `folder` is on a known local filesystem (not a network share, not FUSE),
+    where a small read or write never hangs for long."""
+    kind = filesystem_type(folder, mounts)
+    return kind is not None and kind not in NETWORK_FILESYSTEMS and not kind.startswith("fuse")
+
+
 def filesystem_type(folder: Path, mounts: str | None = None) -> str | None:
     """The type of the filesystem `folder` is on, from /proc/self/mounts (None if unknown)."""
     if mounts is None:

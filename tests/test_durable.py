@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import trio
 import trio.testing
 
-from mesh import durable as durable_module
 from mesh.durable import Durability
 from mesh.store import OutboundRow, Store
 
@@ -115,29 +112,4 @@ async def test_a_hook_runs_once_what_was_committed_before_it_is_on_disk(tmp_path
     with trio.fail_after(10):
         await durable.synced()  # anyone's: the links' before a file, say
     assert ran == ["nothing to wait for", "after the next fsync"]
-    store.close()
-
-
-async def test_fast_fsyncs_run_on_the_loop_and_a_slow_one_sends_the_next_to_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = Store(tmp_path)
-    durable = Durability(store, logging.getLogger("test"))
-    clock, cost = [0.0], [0.0001]
-    on_the_loop: list[bool] = []
-
-    def fsync() -> None:  # takes `cost` seconds on a clock of its own
-        on_the_loop.append(threading.current_thread() is threading.main_thread())
-        clock[0] += cost[0]
-
-    monkeypatch.setattr(durable_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    monkeypatch.setattr(store, "sync_log", fsync)
-    with trio.fail_after(10):
-        for seq, took in enumerate([0.0001, 0.0001, 0.5, 0.0001, 0.0001], start=1):
-            cost[0] = took
-            commit(store, seq)
-            await durable.synced()
-    # The first (nothing measured yet) and the one after the slow one ran in a thread.
-    assert on_the_loop == [False, True, True, False, False]
-    assert durable.typical is not None and durable.typical > durable_module.INLINE_BELOW
     store.close()

@@ -124,3 +124,16 @@ def test_a_listing_splits_off_foreign_files_and_checks_the_first_batch(
     assert [checked.path for checked in listing.checked] == oldest_first[:2]
     assert all(checked.scanned is not None for checked in listing.checked)
     assert [path for _, path in listing.unchecked] == oldest_first[2:]
+
+
+def test_a_listing_of_small_files_only_stops_at_the_first_big_one(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    small = mesh_file(tmp_path, identities, b"s", 1)
+    big = mesh_file(tmp_path, identities, os.urandom(inbox.SMALL_FILE), 2)
+    after = mesh_file(tmp_path, identities, b"a", 3)
+    listing = inbox.list_and_check(
+        tmp_path, "bravo", {"alpha"}, bravo_keys, LIMITS, {}, small_only=True
+    )
+    assert [checked.path for checked in listing.checked] == [small]
+    assert [path for _, path in listing.unchecked] == [big, after]  # for a thread

@@ -202,6 +202,15 @@ def test_filesystem_type_takes_the_deepest_mount(folder: str, kind: str) -> None
     assert pipe.filesystem_type(Path(folder), MOUNTS) == kind
 
 
+def test_only_known_local_filesystems_count_as_local() -> None:
+    assert pipe.is_local(Path("/work/x"), MOUNTS)
+    assert pipe.is_local(Path("/mnt/share/tmp/in"), MOUNTS)
+    assert not pipe.is_local(Path("/mnt/share/in"), MOUNTS)  # nfs4
+    assert not pipe.is_local(Path("/mnt/my pipe/in"), MOUNTS)  # cifs
+    assert not pipe.is_local(Path("/mnt/fuse"), MOUNTS + "me@host: /mnt/fuse fuse.foo rw 0 0\n")
+    assert not pipe.is_local(Path("/anywhere"), "")  # unknown
+
+
 def test_auto_watch_polls_network_shares_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
