@@ -222,8 +222,8 @@ class Peer:
             await self._take_checked(checked)
 
     async def _take_checked(self, checked: list[inbox.Checked]) -> None:
-        """Take checked files in order, then remove those taken in one thread round
-        trip; refused files go to quarantine."""
+        """Take checked files in order, then remove those taken in one call; refused
+        files go to quarantine."""
         taken = []
         for each in checked:
             try:
@@ -231,7 +231,7 @@ class Peer:
                     taken.append(each.path)
             except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
                 self.log.error("%s: cannot take %s yet: %s", self.name, each.path.name, exc)
-        unremoved = await trio.to_thread.run_sync(inbox.remove_all, taken) if taken else []
+        unremoved = await self.inbox_reads.run(partial(inbox.remove_all, taken)) if taken else []
         for path, error in unremoved:  # it stays: read again, its messages dropped as repeats
             self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
 
