@@ -1,6 +1,6 @@
 """Requests through the mesh beside direct calls to the same upstream, same load, one run.
 
-    python bench/throughput.py [--requests 2000] [--concurrency 64] [--body 1024]
+    python bench/throughput.py [--requests 4000] [--concurrency 64] [--body 1024]
                                [--linger 5ms --linger 50ms]
 
 Starts a small echo upstream (hypercorn, its own process), then sends the same POSTs
@@ -209,7 +209,7 @@ async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--body", type=int, default=1024)
     parser.add_argument("--linger", action="append", help="repeatable; default 5ms and 50ms")
