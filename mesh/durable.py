@@ -9,6 +9,7 @@ from collections.abc import Callable
 import trio
 
 from .offload import Offload
+from .pipe import is_local
 from .store import Store
 
 
@@ -32,7 +33,7 @@ class Durability:
         self._synced = store.commits  # those before we started are on disk (or replayed)
         self._syncing: trio.Event | None = None
         self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
-        self.fsyncs = Offload()
+        self.fsyncs = Offload(allowed=is_local(store.folder))  # never on the loop on a share
 
     def after_sync(self, hook: Callable[[], None]) -> None:
         """Run `hook` once every commit made so far is on disk: at once if it is, else at
