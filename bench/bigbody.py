@@ -206,6 +206,8 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             await started(f"http://127.0.0.1:{UPSTREAM}/bytes/0")
             await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
             await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
+            if any(process.returncode is not None for process in processes):
+                raise SystemExit("a process exited at start: is another one using its port?")
             direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
             up, down = await transfer(size)
             rss = {name: peak_rss(p.pid) for name, p in peers.items()}
