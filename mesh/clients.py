@@ -1,16 +1,17 @@
-"""Outgoing HTTP for many requests at once: one httpx client per request under way.
+"""Outgoing HTTP to any URL (callbacks, event posts): one httpx client per post under way.
 
 httpcore's connection pool spends time quadratic in the requests in flight on it (each
 request start and end rescans every request against every connection; encode/httpcore
 #1035), which made a single shared client the bottleneck of a peer forwarding 64
-requests at once. Here each client holds at most one connection and serves one request
-at a time, taken from a free list and given back (the warmest first), so each pool
-stays trivial and a connection is still kept alive between requests.
+requests at once (the forwarder now uses `mesh.origin`). Here each client holds at most
+one connection and serves one request at a time, taken from a free list and given back
+(the warmest first), so each pool stays trivial and a connection is still kept alive
+between requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
 
@@ -27,13 +28,11 @@ ONE_CONNECTION = httpx.Limits(
 
 
 class Clients:
-    """httpx clients handed out one request at a time; `strip` names default headers
-    httpx would add to every request, removed so requests go as given. As many clients
-    exist as were ever in use at once; all are closed on exit."""
+    """httpx clients handed out one request at a time. As many clients exist as were ever
+    in use at once; all are closed on exit."""
 
-    def __init__(self, timeout: httpx.Timeout, strip: Iterable[str] = ()) -> None:
+    def __init__(self, timeout: httpx.Timeout) -> None:
         self.timeout = timeout
-        self.strip = tuple(strip)
         self._free: list[httpx.AsyncClient] = []
         self._all: list[httpx.AsyncClient] = []
 
@@ -48,8 +47,6 @@ class Clients:
 
     def _new(self) -> httpx.AsyncClient:
         client = httpx.AsyncClient(timeout=self.timeout, limits=ONE_CONNECTION)
-        for name in self.strip:
-            del client.headers[name]
         self._all.append(client)
         return client
 

@@ -30,6 +30,7 @@ from .clients import Clients
 from .durable import Durability
 from .links import BodyStream, EventHub, Links, Progress
 from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
+from .origin import NeverSent, Origin, Reply, UpstreamError
 from .store import Inbound, Post, Store
 
 FINAL_STATES = frozenset({"completed", "failed"})
@@ -49,11 +50,6 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
-
-
-# Headers httpx adds to every request unless told otherwise. A caller that sent no
-# Accept-Encoding must not get a body gzip'd on its behalf.
-CLIENT_DEFAULTS = ("accept", "accept-encoding", "user-agent")
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -444,30 +440,34 @@ class Forwarder:
         self.max_body = max_body
         self.bodies = links.bodies
         self.limit = trio.CapacityLimiter(concurrency)  # requests with the upstream at once
-        self.timeout = httpx.Timeout(upstream_timeout, connect=min(upstream_timeout, 5.0))
+        self.upstream_timeout = upstream_timeout
         self.log = logging.getLogger(f"mesh.{name}")
 
     async def run(self) -> None:
-        async with (
-            Clients(self.timeout, strip=CLIENT_DEFAULTS) as clients,  # requests go as they came
-            trio.open_nursery() as nursery,
-        ):
+        async with self._origin() as upstream, trio.open_nursery() as nursery:
             for origin, packed, state in self.store.unfinished_executions():
                 request = unpack_envelope(packed, len(packed)).message
                 assert isinstance(request, Request)
-                nursery.start_soon(self._execute, clients, origin, request, state == "forwarding")
+                nursery.start_soon(self._execute, upstream, origin, request, state == "forwarding")
             async for batch in self.links.deliveries(Kind.REQUEST):
                 with self.store.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
                         assert isinstance(message, Request)
                         if message.body_length:  # its body comes as fragments: take it then
-                            nursery.start_soon(self._take, clients, nursery, item, message)
+                            nursery.start_soon(self._take, upstream, nursery, item, message)
                         else:
-                            await self._take(clients, nursery, item, message)
+                            await self._take(upstream, nursery, item, message)
+
+    def _origin(self) -> contextlib.AbstractAsyncContextManager[Origin | None]:
+        """Where requests go (None without an upstream: each is answered 502)."""
+        if self.upstream is None:
+            return contextlib.nullcontext(None)
+        timeout = self.upstream_timeout
+        return Origin(self.upstream, timeout, connect_timeout=min(timeout, 5.0))
 
     async def _take(
-        self, clients: Clients, nursery: trio.Nursery, item: Inbound, request: Request
+        self, upstream: Origin | None, nursery: trio.Nursery, item: Inbound, request: Request
     ) -> None:
         """Record `request` for execution once its whole body is here, and start it. A
         body that does not come by the request's deadline is answered 504; one over this
@@ -480,13 +480,13 @@ class Forwarder:
             item.id, item.remote, request.id, item.payload, time.time()
         )
         if taken:
-            run = partial(self._execute, clients, item.remote, request, False)
+            run = partial(self._execute, upstream, item.remote, request, False)
             self.store.after_commit(lambda: nursery.start_soon(run))
 
     async def _execute(
-        self, clients: Clients, origin: str, request: Request, interrupted: bool
+        self, upstream: Origin | None, origin: str, request: Request, interrupted: bool
     ) -> None:
-        answer = await self._answer(clients, origin, request, interrupted)
+        answer = await self._answer(upstream, origin, request, interrupted)
         with self.store.transaction():  # answered and marked so, or neither
             await self.links.send(origin, answer.response, answer.body, answer.stream)
             self.store.mark_execution(request.id, "responded", time.time())
@@ -497,14 +497,14 @@ class Forwarder:
             await trio.to_thread.run_sync(self.bodies.remove, [name])
 
     async def _answer(
-        self, clients: Clients, origin: str, request: Request, interrupted: bool
+        self, upstream: Origin | None, origin: str, request: Request, interrupted: bool
     ) -> Answer:
         if interrupted and request.method not in IDEMPOTENT:
             title = "outcome unknown: the peer stopped while the request was with the upstream"
             return Answer(problem(request.id, 502, title, outcome="unknown"))
         if time.time() > request.deadline:
             return Answer(problem(request.id, 504, "request expired in transit"))
-        if self.upstream is None:
+        if upstream is None:
             return Answer(problem(request.id, 502, f"{self.name} has no upstream"))
         if (request.body_length or 0) > self.max_body:
             limit = over_limit(f"{self.name}'s", self.max_body)
@@ -513,36 +513,35 @@ class Forwarder:
         if length and transfer and not self.links.body_here(origin, transfer, length):
             return Answer(problem(request.id, 504, "request body did not arrive by its deadline"))
         async with self.limit:
-            return await self._forward(clients, origin, request)
+            return await self._forward(upstream, origin, request)
 
-    def _stream(self, origin: str, request: Request, reply: httpx.Response) -> BodyStream | None:
+    def _stream(self, origin: str, request: Request, reply: Reply) -> BodyStream | None:
         """A stream for the body of `reply` when it says it is big enough to spool (its
         fragments then leave while it still arrives), else None."""
         if request.method == "HEAD":  # its Content-Length is of a body it does not send
             return None
-        length = declared_length(reply.headers.get("content-length"))
+        length = declared_length(reply.header(b"content-length"))
         return stream_for(self.links, origin, request.id, length, self.max_body)
 
-    def _declared_too_big(self, request: Request, reply: httpx.Response) -> bool:
+    def _declared_too_big(self, request: Request, reply: Reply) -> bool:
         """Whether `reply` declares a body over this peer's body limit."""
-        length = declared_length(reply.headers.get("content-length"))
+        length = declared_length(reply.header(b"content-length"))
         return request.method != "HEAD" and length is not None and length > self.max_body
 
-    def _request_body(self, origin: str, request: Request) -> Any:
-        """What httpx sends: the inline body, or the body file streamed."""
+    def _request_body(self, origin: str, request: Request) -> bytes | AsyncIterator[bytes]:
+        """What is sent: the inline body, or the body file streamed."""
         if not request.body_id:
             return request.body
         return self.bodies.chunks(incoming_name(origin, request.body_id))
 
-    async def _forward(self, clients: Clients, origin: str, request: Request) -> Answer:
-        """The upstream's answer (its body in memory or spooled); connection refused is
-        retried with backoff until the deadline; a failure after the request may have
-        reached it is an unknown outcome."""
-        assert self.upstream is not None
-        url = self.upstream.rstrip("/") + request.target
+    async def _forward(self, upstream: Origin, origin: str, request: Request) -> Answer:
+        """The upstream's answer (its body in memory or spooled); no connection is retried
+        with backoff until the deadline; a failure after the request may have reached it
+        is an unknown outcome."""
         headers = [*end_to_end(request.headers), (b"via", f"1.1 mesh-{self.name}".encode())]
-        if request.body_length:  # streamed: say its length rather than send it chunked
-            headers.append((b"content-length", str(request.body_length).encode()))
+        length = request.body_length or len(request.body)
+        if length or request.method in ("POST", "PUT", "PATCH"):  # streamed too: never chunked
+            headers.append((b"content-length", str(length).encode()))
         delay, attempt = 0.1, 0
         while True:
             with self.store.transaction():  # one commit: marked, and the caller told
@@ -554,29 +553,26 @@ class Forwarder:
             attempt += 1
             try:
                 content = self._request_body(origin, request)
-                async with (
-                    clients.one() as client,
-                    client.stream(request.method, url, headers=headers, content=content) as reply,
-                ):
+                async with upstream.request(
+                    request.method, request.target, headers, content
+                ) as reply:
                     if self._declared_too_big(request, reply):
                         raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
                     stream = self._stream(origin, request, reply)
                     body = await receive_body(
-                        self.bodies, self.links, reply.aiter_raw(), self.max_body, stream
+                        self.bodies, self.links, reply.chunks(), self.max_body, stream
                     )
-                kept = end_to_end(reply.headers.raw)
+                kept = end_to_end(reply.headers)
                 if request.method == "HEAD":  # no body, but the size it would have had
-                    length = reply.headers.get("content-length")
-                    kept += ((b"content-length", length.encode()),) if length else ()
-                return Answer(
-                    Response(request.id, reply.status_code, kept, body.data), body, stream
-                )
+                    declared = reply.header(b"content-length")
+                    kept += ((b"content-length", declared),) if declared else ()
+                return Answer(Response(request.id, reply.status, kept, body.data), body, stream)
             except BodyTooLarge:
                 limit = over_limit(f"{self.name}'s", self.max_body)
                 answer = problem(request.id, 502, f"the upstream's response is {limit}")
                 return Answer(answer)
-            except httpx.HTTPError as exc:
-                if isinstance(exc, httpx.ConnectError):  # it never reached the upstream
+            except UpstreamError as exc:
+                if isinstance(exc, NeverSent):  # it never reached the upstream
                     self.store.mark_execution(request.id, "received", time.time())
                 elif request.method not in IDEMPOTENT:
                     self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)

@@ -1,4 +1,4 @@
-"""The pool of one-connection httpx clients the forwarder and the poster use."""
+"""The pool of one-connection httpx clients the poster uses."""
 
 from __future__ import annotations
 
@@ -19,12 +19,11 @@ async def test_a_client_serves_one_request_at_a_time_and_is_used_again() -> None
     assert all(client.is_closed for client in (a, b, c))
 
 
-async def test_default_headers_are_stripped_and_clients_close_even_when_cancelled() -> None:
+async def test_clients_close_even_when_cancelled() -> None:
     with trio.CancelScope() as scope:
-        async with Clients(httpx.Timeout(5.0), strip=("user-agent", "accept")) as clients:
+        async with Clients(httpx.Timeout(5.0)) as clients:
             async with clients.one() as client:
-                assert "user-agent" not in client.headers and "accept" not in client.headers
-                assert "accept-encoding" in client.headers
+                pass
             scope.cancel()
             await trio.sleep_forever()
     assert client.is_closed
