@@ -89,12 +89,16 @@ def compress(data: bytes | memoryview) -> bytes:
 def decompress(data: bytes | memoryview, cap: int) -> bytes:
     """The decompressed bytes, refusing more than `cap` of output.
 
-    `ZstdDecompressor.decompress` ignores its `max_output_size` when the frame declares a
-    content size, so the cap is enforced by reading a stream, never trusting the header.
+    A single frame that declares its size (as ours do) is decompressed in one call: the
+    output buffer is that size, already checked against `cap`, and zstd refuses a frame
+    whose content differs from it; anything after that frame is refused. Otherwise the
+    cap is enforced by reading a stream, never trusting the header.
     """
     declared = zstandard.frame_content_size(data) if len(data) >= 18 else -1
     if declared > cap:
         raise DecodeError(f"decompresses to more than {cap} bytes (declares {declared})")
+    if declared >= 0:
+        return _decompress_declared(data, declared)
     chunks: list[bytes] = []
     total = 0
     try:
@@ -109,3 +113,13 @@ def decompress(data: bytes | memoryview, cap: int) -> bytes:
     if declared >= 0 and declared != total:
         raise DecodeError(f"zstd data is cut short ({total} of {declared} bytes)")
     return b"".join(chunks)
+
+
+def _decompress_declared(data: bytes | memoryview, declared: int) -> bytes:
+    try:
+        out = _decompressor().decompress(data, max_output_size=declared, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise DecodeError(f"bad zstd data: {exc}") from None
+    if len(out) != declared:
+        raise DecodeError(f"zstd data is cut short ({len(out)} of {declared} bytes)")
+    return bytes(out)

@@ -22,7 +22,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh import wire
+from mesh import bounded, wire
 from mesh.crypto import Identity, Keyring
 from mesh.errors import FormatError, MessageError
 from mesh.messages import (
@@ -312,6 +312,19 @@ def test_decompression_bomb_is_refused(
     decoded = wire.decode_file(data, bravo_keys, limits)
     assert decoded.frames == (None,)
     assert "more than" in decoded.problems[0]
+
+
+def test_a_zstd_frame_decompresses_to_exactly_what_it_declares() -> None:
+    data = b"0123456789abcdef" * 100
+    frame = bounded.compress(data)
+    assert zstandard.frame_content_size(frame) == len(data)  # ours always declare it
+    assert bounded.decompress(frame, len(data)) == data
+    with pytest.raises(bounded.DecodeError, match="more than 100 bytes"):
+        bounded.decompress(frame, 100)
+    with pytest.raises(bounded.DecodeError, match="unused data"):
+        bounded.decompress(frame + frame, 1 << 20)  # a second frame is never ours
+    with pytest.raises(bounded.DecodeError, match="bad zstd data"):
+        bounded.decompress(frame[:-4], 1 << 20)
 
 
 BOUNDED_MEMORY_SCRIPT = textwrap.dedent(
