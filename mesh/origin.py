@@ -88,7 +88,7 @@ class Origin:
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         self.netloc = parts.netloc.rsplit("@", 1)[-1].encode()
-        self.prefix = parts.path.rstrip("/")
+        self.prefix = parts.path.rstrip("/").encode()
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._idle: list[_Connection] = []
         self._ssl: ssl.SSLContext | None = None
@@ -101,18 +101,21 @@ class Origin:
         headers: RawHeaders,
         body: bytes | AsyncIterable[bytes] = b"",
     ) -> AsyncIterator[Reply]:
-        """Send a request (`target` the path and query; `headers` all but ``Host``, with
-        ``Content-Length`` when there is a body) and give its reply once its head is
-        here. The connection is kept for another request if the body was read to its end
-        inside the block, else closed."""
-        connection = await self._connection()
-        reply: Reply | None = None
+        """Send a request (`target` the path and query, its bytes as latin-1; `headers`
+        all but ``Host``, with ``Content-Length`` when there is a body) and give its reply
+        once its head is here. The connection is kept for another request if the body was
+        read to its end inside the block, else closed."""
         try:
             head = h11.Request(
                 method=method,
-                target=(self.prefix + target).encode(),
+                target=self.prefix + target.encode("latin-1"),
                 headers=[(b"host", self.netloc), *headers],
             )
+        except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
+            raise UpstreamError(f"cannot send the request: {exc}") from None
+        connection = await self._connection()
+        reply: Reply | None = None
+        try:
             try:
                 await self._send(connection, head, body)
             except _WriteFailed as failure:  # it may have answered before it stopped reading

@@ -88,13 +88,14 @@ async def test_requests_go_as_given_and_share_one_connection() -> None:
             serving(echo_server(seen, connections)) as port,
             Origin(f"http://127.0.0.1:{port}/api/", 5, 5) as origin,
         ):
-            assert await read_all(origin, "POST", "/x?y=1", b"hello") == (200, b"hello")
+            assert await read_all(origin, "POST", "/x%20?y=%C3%A9", b"hello") == (200, b"hello")
             async with origin.request("GET", "/z", [(b"accept", b"*/*")]) as reply:
                 assert reply.header(b"x-a") == b"1"
                 assert [c async for c in reply.chunks()] == []
     assert connections == [1]  # kept alive between the two
     first, second = seen
-    assert first.startswith(b"POST /api/x?y=1 HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n" % port)
+    head = b"POST /api/x%20?y=%C3%A9 HTTP/1.1\r\nhost: 127.0.0.1:" + str(port).encode()
+    assert first.startswith(head + b"\r\n")
     assert first.endswith(b"\r\n\r\nhello")
     assert second.startswith(b"GET /api/z HTTP/1.1\r\n") and b"accept: */*" in second
 
@@ -195,7 +196,7 @@ async def test_an_answer_given_before_the_body_was_taken_is_the_reply() -> None:
                 assert b"".join([c async for c in reply.chunks()]) == b"no"
 
 
-async def test_a_body_shorter_than_declared_is_an_error() -> None:
+async def test_a_request_that_cannot_be_sent_is_an_error() -> None:
     seen: list[bytes] = []
     with trio.fail_after(10):
         async with (
