@@ -158,7 +158,12 @@ class Origin:
             with trio.fail_after(self.connect_timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
                 if self.tls:
-                    stream = trio.SSLStream(stream, self._ssl_context(), server_hostname=self.host)
+                    context, host = self._ssl_context(), self.host
+                    # https_compatible: a server may end a reply by closing without TLS's
+                    # close_notify, as HTTPS allows
+                    stream = trio.SSLStream(
+                        stream, context, server_hostname=host, https_compatible=True
+                    )
                     await stream.do_handshake()
         except trio.TooSlowError:
             raise NeverSent(
