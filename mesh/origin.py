@@ -78,9 +78,16 @@ class Reply:
 class Origin:
     """Requests to the origin of `url` (its path is put before each request's target).
     `timeout` bounds each wait for the upstream (a read, a write); `connect_timeout`,
-    making a connection. Close it with `aclose` (or use it as an async context)."""
+    making a connection. An https origin is checked against `ssl_context` (by default,
+    the certifi roots). Close it with `aclose` (or use it as an async context)."""
 
-    def __init__(self, url: str, timeout: float, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -91,7 +98,7 @@ class Origin:
         self.prefix = parts.path.rstrip("/").encode()
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._idle: list[_Connection] = []
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context
 
     @asynccontextmanager
     async def request(
@@ -258,6 +265,13 @@ def _reusable(conn: h11.Connection) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
+    """What went wrong, in words (trio wraps a TLS failure as the cause of another)."""
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate was refused: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__

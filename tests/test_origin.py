@@ -4,16 +4,18 @@ needs, so every failure an upstream can cause is met for real."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 
 import pytest
 import trio
+import trustme
 
 from mesh.origin import NeverSent, Origin, UpstreamError
 
-Handler = Callable[[trio.SocketStream], Awaitable[None]]
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -31,14 +33,14 @@ async def serving(handler: Handler) -> AsyncIterator[int]:
         nursery.cancel_scope.cancel()
 
 
-async def receive(stream: trio.SocketStream) -> bytes:
+async def receive(stream: trio.abc.Stream) -> bytes:
     data = await stream.receive_some()
     if not data:
         raise EOFError
     return data
 
 
-async def read_request(stream: trio.SocketStream) -> bytes:
+async def read_request(stream: trio.abc.Stream) -> bytes:
     """A request's head and its Content-Length body, as sent."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -58,7 +60,7 @@ async def read_request(stream: trio.SocketStream) -> bytes:
 
 
 def echo_server(seen: list[bytes], connections: list[int]) -> Handler:
-    async def handler(stream: trio.SocketStream) -> None:
+    async def handler(stream: trio.abc.Stream) -> None:
         connections.append(1)
         while True:
             request = await read_request(stream)
@@ -220,4 +222,28 @@ async def test_an_idle_connection_is_dropped_before_the_server_would() -> None:
             await read_all(origin, "HEAD", "/")
             origin._idle[0].idle_since -= 60  # as if a minute had passed
             await read_all(origin, "GET", "/")
+    assert connections == [1, 1]
+
+
+async def test_tls_to_a_trusted_upstream_and_never_to_an_untrusted_one() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    connections: list[int] = []
+    plain = echo_server([], connections)
+
+    async def tls(stream: trio.abc.Stream) -> None:
+        await plain(trio.SSLStream(stream, server_context, server_side=True))
+
+    with trio.fail_after(10):
+        async with serving(tls) as port:
+            url = f"https://127.0.0.1:{port}"
+            async with Origin(url, 5, 5, ssl_context=trusting) as origin:
+                assert await read_all(origin, "POST", "/", b"secret") == (200, b"secret")
+                assert await read_all(origin, "POST", "/", b"again") == (200, b"again")
+            async with Origin(url, 5, 5) as origin:  # the certifi roots do not know this CA
+                with pytest.raises(NeverSent, match="certificate"):
+                    await read_all(origin, "GET", "/")
     assert connections == [1, 1]
