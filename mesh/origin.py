@@ -8,11 +8,13 @@ but ``Host``. Errors come in two kinds, which decide whether a request may be se
 and `UpstreamError` (anything later: it may have).
 
 An idle connection is kept for `IDLE_CONNECTION` seconds, shorter than servers keep
-theirs, so a request is not written to a connection the server is closing.
+theirs, and used again only if nothing came on it meanwhile (a server's close, most
+often), so a request is not written to a connection the server is closing.
 """
 
 from __future__ import annotations
 
+import select
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -151,11 +153,11 @@ class Origin:
             await self.aclose()
 
     async def _connection(self) -> _Connection:
-        """The most recently used idle connection still fresh, or a new one."""
+        """The most recently used idle connection still fresh and quiet, or a new one."""
         now = trio.current_time()
         while self._idle:
             connection = self._idle.pop()
-            if now - connection.idle_since < IDLE_CONNECTION:
+            if now - connection.idle_since < IDLE_CONNECTION and _quiet(connection.stream):
                 return connection
             await trio.aclose_forcefully(connection.stream)
         return await self._connect()
@@ -241,23 +243,38 @@ async def _next_event(connection: _Connection) -> h11.Event:
     """The next event from the upstream (never NEED_DATA); UpstreamError if the connection
     fails, closes early, goes silent too long or breaks the protocol."""
     conn, silence = connection.h11, connection.silence
+    closed = UpstreamError("the upstream closed the connection before its reply ended")
+    data = b"-"
     try:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 with trio.fail_after(silence):
-                    data = await connection.stream.receive_some(READ_SIZE)
-                conn.receive_data(bytes(data))
+                    data = bytes(await connection.stream.receive_some(READ_SIZE))
+                conn.receive_data(data)
                 continue
             if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Event):
-                raise UpstreamError("the upstream closed the connection before its reply ended")
+                raise closed
             return event
     except trio.TooSlowError:
         raise UpstreamError(f"no data from the upstream for {silence:g} s") from None
     except h11.RemoteProtocolError as exc:
+        if not data:  # h11 refuses an end of stream in the middle of a reply
+            raise closed from None
         raise UpstreamError(f"bad reply from the upstream: {exc}") from exc
     except (OSError, trio.BrokenResourceError) as exc:
         raise UpstreamError(f"lost the upstream: {_reason(exc)}") from exc
+
+
+def _quiet(stream: trio.abc.Stream) -> bool:
+    """Whether nothing has come on an idle connection: anything (most often the server's
+    close) means a request sent on it might never be read."""
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(transport, trio.SocketStream):
+        return True
+    poll = select.poll()
+    poll.register(transport.socket.fileno(), select.POLLIN)
+    return not poll.poll(0)
 
 
 def _reusable(conn: h11.Connection) -> bool:

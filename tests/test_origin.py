@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from mesh.origin import NeverSent, Origin, UpstreamError
+from mesh.origin import NeverSent, Origin, UpstreamError, _quiet
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -157,7 +157,7 @@ async def test_a_reply_cut_short_is_an_error_and_its_connection_is_not_kept() ->
 
     with trio.fail_after(10):
         async with serving(cut) as port, Origin(f"http://127.0.0.1:{port}", 5, 5) as origin:
-            with pytest.raises(UpstreamError) as caught:
+            with pytest.raises(UpstreamError, match="closed the connection before") as caught:
                 await read_all(origin, "POST", "/", b"x")
             assert not isinstance(caught.value, NeverSent)
             with pytest.raises(UpstreamError):
@@ -247,3 +247,35 @@ async def test_tls_to_a_trusted_upstream_and_never_to_an_untrusted_one() -> None
                 with pytest.raises(NeverSent, match="certificate"):
                     await read_all(origin, "GET", "/")
     assert connections == [1, 1]
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
+    connections: list[int] = []
+
+    async def once(stream: trio.abc.Stream) -> None:
+        connections.append(1)
+        request = await read_request(stream)
+        body = request.partition(b"\r\n\r\n")[2]
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await stream.aclose()  # no "Connection: close" said: the client cannot know
+
+    with trio.fail_after(10):
+        async with serving(once) as port, Origin(f"http://127.0.0.1:{port}", 5, 5) as origin:
+            assert await read_all(origin, "POST", "/", b"one") == (200, b"one")
+            idle = origin._idle[0].stream
+            assert isinstance(idle, trio.SocketStream)
+            await trio.lowlevel.wait_readable(idle.socket)  # the server's close has come
+            assert not _quiet(idle)
+            assert await read_all(origin, "POST", "/", b"two") == (200, b"two")
+    assert connections == [1, 1]
+
+
+async def test_a_reply_that_is_not_http_is_an_error() -> None:
+    async def garbage(stream: trio.abc.Stream) -> None:
+        await read_request(stream)
+        await stream.send_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+
+    with trio.fail_after(10):
+        async with serving(garbage) as port, Origin(f"http://127.0.0.1:{port}", 5, 5) as origin:
+            with pytest.raises(UpstreamError, match="bad reply from the upstream"):
+                await read_all(origin, "GET", "/")
