@@ -8,8 +8,10 @@ process, so each one's peak memory can be read. Without `--truncate` the peers s
 folder; with it, each has its own outbox and inbox, and two `mesh mirror --truncate P`
 copy between them. Prints MB/s of `cp` of a file of that size on the same disk, of the
 same client straight to the same upstream (the harness's own ceiling), of the upload and
-of the download through the mesh (each checked by digest), and each peer's peak resident
-memory. The upload declares its length, as `curl -T` does, so it leaves while it arrives.
+of the download through the mesh (each checked by digest), each peer's peak resident
+memory, and how fast alpha alone takes a body and makes it durable (the sender's stage,
+a bound on the rest). The upload declares its length, as `curl -T` does, so it leaves
+while it arrives.
 """
 
 from __future__ import annotations
@@ -170,6 +172,20 @@ async def transfer(size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo") -> 
     return size / up / 1e6, size / seconds / 1e6
 
 
+async def stored(size: int) -> float:
+    """MB/s at which alpha takes a body and makes it durable: a POST answered ``202`` once
+    stored (``Prefer: respond-async``), its far side still to come. The sender's stage
+    alone: the mesh cannot carry a body faster than this."""
+    headers = {"content-length": str(size), "prefer": "respond-async"}
+    async with httpx.AsyncClient(timeout=3600) as client:
+        began = time.perf_counter()
+        url = f"http://127.0.0.1:{ALPHA}/bravo/sink"
+        reply = await client.post(url, content=pattern(size), headers=headers)
+        seconds = time.perf_counter() - began
+    assert reply.status_code == 202, reply.text[:300]
+    return size / seconds / 1e6
+
+
 async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
@@ -211,6 +227,7 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
             up, down = await transfer(size)
             rss = {name: peak_rss(p.pid) for name, p in peers.items()}
+            taken = await stored(size)
         finally:
             for process in processes:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -223,6 +240,7 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
     print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / cp:.0%} of cp)")
     print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / cp:.0%} of cp)")
+    print(f"alpha stores it (202) {taken:8.0f} MB/s  ({taken / cp:.0%} of cp: the sender's bound)")
     for name, peak in rss.items():
         print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")
 
