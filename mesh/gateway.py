@@ -492,9 +492,7 @@ class Forwarder:
             self.store.mark_execution(request.id, "responded", time.time())
         if request.body_id:  # the request's body file has served its purpose
             self.store.forget_transfer(origin, request.body_id)
-            await self.links.durable.synced()  # answered for good before it goes
-            name = incoming_name(origin, request.body_id)
-            await trio.to_thread.run_sync(self.bodies.remove, [name])
+            self.links.remove_once_synced([incoming_name(origin, request.body_id)])
 
     async def _answer(
         self, upstream: Origin | None, origin: str, request: Request, interrupted: bool

@@ -246,15 +246,13 @@ class Ingress:
             await self._drop(body, stream)
             raise HTTPProblem(503, "cannot store the request", str(exc)) from None
         if callback or b"respond-async" in headers.get(b"prefer", b""):
-            await self.peer.links.durable.synced()  # a 202 promises it is on disk
-            await accepted(send, request_id)
+            await self._accepted(send, request_id)
             return
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
         record = await self.peer.requests.wait(request_id, _timeout(headers))
         if record is None or not record.done:
-            await self.peer.links.durable.synced()
-            await accepted(send, request_id)
+            await self._accepted(send, request_id)
         else:
             await respond_with(send, record, self.peer.bodies)
 
@@ -315,7 +313,12 @@ class Ingress:
         elif record.done:
             await respond_with(send, record, self.peer.bodies)
         else:
-            await accepted(send, request_id)
+            await self._accepted(send, request_id)
+
+    async def _accepted(self, send: Send, request_id: str) -> None:
+        """`accepted`, once what the 202 promises (the request is stored) is on disk."""
+        await self.peer.links.durable.synced()
+        await accepted(send, request_id)
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         self._check_remote(remote)

@@ -353,7 +353,7 @@ class Links:
         def closed() -> None:
             if self.store.spool_waiting(spool) == 0:  # all acknowledged already
                 self._sending.pop(spool, None)
-                self._remove_once_synced([spool])
+                self.remove_once_synced([spool])
 
         self.store.after_commit(closed)
 
@@ -522,21 +522,22 @@ class Links:
                 self.progress.publish(stream.progress(left))
         for spool in done:
             self._sending.pop(spool, None)
-        self._remove_once_synced(done)
+        self.remove_once_synced(done)
 
-    def _remove_once_synced(self, spools: list[str]) -> None:
-        """Remove these body files (all their fragments acknowledged) once the commits
-        that say so are on disk: a power cut must not undo the acks and leave fragments
-        to resend from a file that is gone. `run` does it."""
-        if spools:
-            self._finished.extend(spools)
+    def remove_once_synced(self, names: list[str]) -> None:
+        """Remove these body files, no longer needed, once the commits that say so are
+        on disk: a power cut must not undo them (the acks of a body's fragments, the
+        answer to a request) and leave something to redo from a file that is gone.
+        `run` does it."""
+        if names:
+            self._finished.extend(names)
             self.kick()
 
     async def _remove_finished(self) -> None:
-        spools, self._finished = self._finished, []
-        if spools:
+        names, self._finished = self._finished, []
+        if names:
             await self.durable.synced()
-            await trio.to_thread.run_sync(self.bodies.remove, spools)
+            await trio.to_thread.run_sync(self.bodies.remove, names)
 
     def _arriving(self, spool: str) -> bool:
         """Whether body file `spool` is still being written (its stream is open)."""

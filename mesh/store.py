@@ -268,7 +268,7 @@ class Store:
 
     def sync_log(self) -> None:
         """Make every commit so far durable: fsync the write-ahead log they are in.
-        Blocking: call from a thread."""
+        Blocking (`durable.Durability` decides where it runs)."""
         try:
             fd = os.open(self.folder / "state.sqlite-wal", os.O_RDONLY)
         except FileNotFoundError:  # no log: everything is in the database file
