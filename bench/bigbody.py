@@ -35,8 +35,8 @@ import trio
 import yaml
 from throughput import started  # bench/ is on the path when run as a script
 
-from mesh.ingress import body_chunks, lifespan
-from mesh.units import format_size, parse_size
+from mesh.config.units import format_size, parse_size
+from mesh.http.ingress import body_chunks, lifespan
 
 UPSTREAM, ALPHA, BRAVO = 18395, 18396, 18397
 # 16 MiB of seeded random bytes, repeated: incompressible (zstd's window is smaller).

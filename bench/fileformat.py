@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import xxhash
 
-from mesh import bounded, wire
-from mesh.crypto import Identity, Keyring, seal
-from mesh.messages import Envelope, Response, pack
+from mesh.wire import bounded
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity, Keyring, seal
+from mesh.wire.messages import Envelope, Response, pack
 
 
 def body(size: int) -> bytes:

@@ -1,12 +1,14 @@
 """mesh: HTTP API calls across a file-transfer pipe.
 
-The public API is re-exported here; modules hold one concept each:
-`roster` (settings), `keys`/`crypto` (identities), `wire` (the file format),
-`messages` (what frames hold), `received` (ack state), `names` (file names),
-`pipe` (folders), `presence` (who is alive), `store` (durable state), `peer` (a running peer).
+The public API is re-exported here. The package is laid out as its layers, each a folder
+imported only by the layers above it (`tests/test_layers.py` holds the rules): `proto`
+(the pure core), `wire` (what crosses the pipe), `state` (SQLite), `pipe` (folders and the
+links driver), `http` (ingress, forwarder, callbacks), `cli`; `config` (roster, keys,
+units) beside them; `peer` puts one running peer together.
 """
 
-from .crypto import Identity, Keyring, PublicIdentity
+from .config.keys import keygen, load_identity, load_public
+from .config.roster import PeerSettings, Roster, RosterError, load_roster, parse_roster
 from .errors import (
     ConfigError,
     FormatError,
@@ -15,13 +17,12 @@ from .errors import (
     MessageError,
     PeerLockedError,
 )
-from .keys import keygen, load_identity, load_public
-from .messages import Control, Envelope, Fragment, Request, Response
-from .names import FileKind, FileName, parse_name
 from .peer import Peer, open_peers, run_peers
-from .received import ReceivedState
-from .roster import PeerSettings, Roster, RosterError, load_roster, parse_roster
-from .wire import DecodedFile, Header, Limits, decode_file, encode_file, read_header
+from .proto.received import ReceivedState
+from .wire.crypto import Identity, Keyring, PublicIdentity
+from .wire.fileformat import DecodedFile, Header, Limits, decode_file, encode_file, read_header
+from .wire.messages import Control, Envelope, Fragment, Request, Response
+from .wire.names import FileKind, FileName, parse_name
 
 __all__ = [
     "ConfigError",

@@ -18,21 +18,23 @@ from typing import Any
 
 import trio
 
-from . import inbox, pipe, presence
-from . import keys as keyfiles
-from .bodies import BLOCK, Bodies
-from .crypto import Keyring
+from .config import keys as keyfiles
+from .config.roster import PeerSettings, Roster
+from .config.units import format_duration
 from .errors import ConfigError
-from .gateway import Forwarder, Poster, Requests
-from .ingress import Ingress, serve_at
-from .link import LinkSettings
-from .links import Links
-from .offload import Offload
-from .roster import PeerSettings, Roster
-from .settle import Settling
-from .store import StateLock, Store
-from .units import format_duration
-from .wire import Limits, ScannedFile
+from .http.gateway import Forwarder, Poster, Requests
+from .http.ingress import Ingress, serve_at
+from .pipe import folder as pipe
+from .pipe import inbox
+from .pipe.bodies import BLOCK, Bodies
+from .pipe.links import Links
+from .proto import presence
+from .proto.link import LinkSettings
+from .proto.settle import Settling
+from .state.offload import Offload
+from .state.store import StateLock, Store
+from .wire.crypto import Keyring
+from .wire.fileformat import Limits, ScannedFile
 
 # Frames hold a message with an inline body (up to bodies.INLINE), a fragment (up to
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.crypto import Identity, Keyring
+from mesh.wire.crypto import Identity, Keyring
 
 
 @pytest.fixture(scope="session")

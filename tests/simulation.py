@@ -14,11 +14,11 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from mesh import wire
-from mesh.crypto import Identity, Keyring
 from mesh.errors import FormatError
-from mesh.link import LinkSettings, Protocol
-from mesh.messages import Control, Envelope, pack, unpack_envelope
+from mesh.proto.link import LinkSettings, Protocol
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity, Keyring
+from mesh.wire.messages import Control, Envelope, pack, unpack_envelope
 
 SETTINGS = LinkSettings(heartbeat=1.0, resend_after=2.0, max_frames=256)
 

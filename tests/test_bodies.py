@@ -11,8 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh import bodies as bodies_module
-from mesh.bodies import CHUNK, INLINE, WRITES_AHEAD, Bodies, Body, BodyTooLarge, incoming_name
+from mesh.pipe import bodies as bodies_module
+from mesh.pipe.bodies import CHUNK, INLINE, WRITES_AHEAD, Bodies, Body, BodyTooLarge, incoming_name
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -54,7 +54,7 @@ async def test_a_body_over_the_limit_is_refused_and_leaves_nothing(tmp_path: Pat
 async def test_a_growing_body_is_reported_durable_as_it_grows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", 2 * INLINE)
+    monkeypatch.setattr("mesh.pipe.folder.SYNC_EVERY", 2 * INLINE)
     bodies = Bodies(tmp_path / "bodies")
     data = os.urandom(5 * INLINE + 3)
     told: list[tuple[str, int]] = []
@@ -72,7 +72,7 @@ async def test_a_growing_body_is_reported_durable_as_it_grows(
 async def test_a_failed_body_leaves_its_file_only_if_it_was_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", 2 * INLINE)
+    monkeypatch.setattr("mesh.pipe.folder.SYNC_EVERY", 2 * INLINE)
     bodies = Bodies(tmp_path / "bodies")
 
     async def cut(size: int) -> AsyncIterator[bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from mesh.clients import Clients
+from mesh.http.clients import Clients
 
 
 async def test_a_client_serves_one_request_at_a_time_and_is_used_again() -> None:

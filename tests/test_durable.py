@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from mesh.durable import Durability
-from mesh.store import OutboundRow, Store
+from mesh.state.durable import Durability
+from mesh.state.store import OutboundRow, Store
 
 
 def commit(store: Store, seq: int) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import trio
 
-from mesh import keys, pipe, wire
-from mesh.crypto import Identity
-from mesh.names import FileKind, FileName, parse_name
+from mesh.config import keys
+from mesh.pipe import folder as pipe
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity
+from mesh.wire.names import FileKind, FileName, parse_name
 from tests.processes import keygen, mesh_up, peer, run_mesh, write_roster
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mesh import inbox, wire
-from mesh.crypto import Identity, Keyring
-from mesh.messages import Datagram, Envelope, pack
-from mesh.names import FileKind, FileName
+from mesh.pipe import inbox
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity, Keyring
+from mesh.wire.messages import Datagram, Envelope, pack
+from mesh.wire.names import FileKind, FileName
 
 LIMITS = wire.Limits()
 NAME = FileName(1_700_000_000_000_000_000, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh import keys
-from mesh.crypto import Identity
+from mesh.config import keys
 from mesh.errors import KeyFileError
+from mesh.wire.crypto import Identity
 
 
 def test_keygen_creates_private_0600_and_public_files(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from mesh.link import LinkSettings, Protocol, Verdict
-from mesh.received import ReceivedState
-from mesh.settle import Settling
-from mesh.wire import Header, LinkFields
+from mesh.proto.link import LinkSettings, Protocol, Verdict
+from mesh.proto.received import ReceivedState
+from mesh.proto.settle import Settling
+from mesh.wire.fileformat import Header, LinkFields
 
 SETTINGS = LinkSettings(heartbeat=5.0, resend_after=10.0, linger=0.0)
 A_EPOCH, B_EPOCH, B_NEW = "a" * 16, "b" * 16, "c" * 16
@@ -190,7 +190,7 @@ def test_round_trips_stretch_the_resend_timeout() -> None:
 
 
 def test_a_restart_resends_what_was_never_acknowledged() -> None:
-    from mesh.link import LinkState
+    from mesh.proto.link import LinkState
 
     state = LinkState(next_seq=8, unacked=((5, 10), (7, 10)))
     alpha = Protocol("alpha", A_EPOCH, {"bravo": SETTINGS}, {"bravo": state}, now=100.0)

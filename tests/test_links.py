@@ -12,14 +12,14 @@ import pytest
 import trio
 import watchfiles
 
-from mesh import keys
-from mesh.bodies import incoming_name
-from mesh.gateway import receive_body
-from mesh.links import LinkEvent, Links
-from mesh.messages import Datagram, Fragment, Kind, Request, unpack_envelope
+from mesh.config import keys
+from mesh.config.roster import load_roster
+from mesh.http.gateway import receive_body
 from mesh.peer import Peer, open_peers
-from mesh.roster import load_roster
-from mesh.store import Store
+from mesh.pipe.bodies import incoming_name
+from mesh.pipe.links import LinkEvent, Links
+from mesh.state.store import Store
+from mesh.wire.messages import Datagram, Fragment, Kind, Request, unpack_envelope
 from tests.processes import peer, write_roster
 
 
@@ -123,7 +123,7 @@ async def gone(path: Path) -> None:
 async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", MiB)  # durable (and reported) each MiB
+    monkeypatch.setattr("mesh.pipe.folder.SYNC_EVERY", MiB)  # durable (and reported) each MiB
     path = streaming_roster(tmp_path)
     data = os.urandom(5 * MiB + 7)
     half = trio.Event()
@@ -163,7 +163,7 @@ async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
 async def test_an_abandoned_body_is_dropped_by_the_far_side_even_if_late(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mesh.pipe.SYNC_EVERY", MiB)
+    monkeypatch.setattr("mesh.pipe.folder.SYNC_EVERY", MiB)
     path = streaming_roster(tmp_path)
 
     async def cut_off() -> AsyncIterator[bytes]:

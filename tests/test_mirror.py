@@ -14,8 +14,8 @@ import pytest
 import trio
 from click.testing import CliRunner
 
-from mesh.cli import main
-from mesh.mirror import (
+from mesh.cli.commands import main
+from mesh.cli.mirror import (
     AGAIN_PASSES,
     HOLD,
     PART,
@@ -30,7 +30,7 @@ from mesh.mirror import (
     plan,
     run_mirror,
 )
-from mesh.names import FileKind, FileName
+from mesh.wire.names import FileKind, FileName
 
 MESH = Path(sys.executable).with_name("mesh")
 PROBABILITIES = ("truncate", "corrupt", "drop", "duplicate")

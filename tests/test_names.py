@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.names import FileKind, FileName, parse_name
+from mesh.wire.names import FileKind, FileName, parse_name
 
 
 def test_round_trip_and_order() -> None:

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from mesh import offload as offload_module
-from mesh.offload import INLINE_BELOW, Offload
+from mesh.state import offload as offload_module
+from mesh.state.offload import INLINE_BELOW, Offload
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 import trio
 import trustme
 
-from mesh.origin import NeverSent, Origin, UpstreamError, _quiet
+from mesh.http.origin import NeverSent, Origin, UpstreamError, _quiet
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 

@@ -12,11 +12,12 @@ import pytest
 import trio
 import trio.testing
 
-from mesh import pipe, wire
-from mesh.crypto import Identity, Keyring
 from mesh.errors import PeerLockedError
-from mesh.names import FileKind, FileName
-from mesh.store import StateLock, Store
+from mesh.pipe import folder as pipe
+from mesh.state.store import StateLock, Store
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity, Keyring
+from mesh.wire.names import FileKind, FileName
 
 
 def name(sender: str = "alpha", recipient: str = "bravo", stamp: int = 1) -> FileName:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.presence import Back, FirstHeard, NewEpoch, NotHeard, Presence, WentSilent
+from mesh.proto.presence import Back, FirstHeard, NewEpoch, NotHeard, Presence, WentSilent
 
 
 def test_first_heard_then_silent_then_back() -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.received import ReceivedState
+from mesh.proto.received import ReceivedState
 
 seqs = st.sets(st.integers(min_value=1, max_value=80), max_size=40)
 

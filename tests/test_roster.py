@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mesh.roster import (
+from mesh.config.roster import (
     PEER_NAME,
     Address,
     PeerSettings,

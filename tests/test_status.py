@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from mesh import pipe
-from mesh.names import FileKind, FileName
-from mesh.roster import Roster, load_roster
-from mesh.status import collect, render
-from mesh.store import Store
+from mesh.cli.status import collect, render
+from mesh.config.roster import Roster, load_roster
+from mesh.pipe import folder as pipe
+from mesh.state.store import Store
+from mesh.wire.names import FileKind, FileName
 from tests.processes import mesh_command, peer, run_mesh, write_roster
 
 NOW = 1_700_000_000.0

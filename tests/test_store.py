@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mesh.received import ReceivedState
-from mesh.store import OutboundRow, Store
+from mesh.proto.received import ReceivedState
+from mesh.state.store import OutboundRow, Store
 
 EPOCH = "0123456789abcdef"
 

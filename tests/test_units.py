@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mesh.units import describe, format_duration, format_size, parse_duration, parse_size
+from mesh.config.units import describe, format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

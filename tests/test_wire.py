@@ -22,10 +22,12 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh import bounded, wire
-from mesh.crypto import Identity, Keyring
 from mesh.errors import FormatError, MessageError
-from mesh.messages import (
+from mesh.proto.received import ReceivedState
+from mesh.wire import bounded
+from mesh.wire import fileformat as wire
+from mesh.wire.crypto import Identity, Keyring
+from mesh.wire.messages import (
     Control,
     Datagram,
     Envelope,
@@ -37,7 +39,6 @@ from mesh.messages import (
     unpack_envelope,
     unpack_fragment,
 )
-from mesh.received import ReceivedState
 from tests.conftest import keyring_for
 
 NONCE = b"\x01" * wire.FILE_NONCE_SIZE
@@ -332,8 +333,8 @@ BOUNDED_MEMORY_SCRIPT = textwrap.dedent(
     import resource, sys
     sys.path.insert(0, sys.argv[1])
     from tests.test_wire import _bomb
-    from mesh import bounded
-    from mesh.messages import unpack_envelope
+    from mesh.wire import bounded
+    from mesh.wire.messages import unpack_envelope
     from mesh.errors import MessageError
     bomb = _bomb(1 << 30, declare_size=False)  # 1 GiB of zeros in ~32 KiB
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

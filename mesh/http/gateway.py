@@ -25,13 +25,13 @@ import httpx
 import msgpack
 import trio
 
-from .bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.links import BodyStream, EventHub, Links, Progress
+from ..state.durable import Durability
+from ..state.store import Inbound, Post, Store
+from ..wire.messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .clients import Clients
-from .durable import Durability
-from .links import BodyStream, EventHub, Links, Progress
-from .messages import Control, Headers, Kind, Request, Response, unpack_envelope
 from .origin import NeverSent, Origin, Reply, UpstreamError
-from .store import Inbound, Post, Store
 
 FINAL_STATES = frozenset({"completed", "failed"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})

@@ -17,8 +17,8 @@ from typing import Any, TypeAlias
 
 import msgpack
 
+from ..errors import MessageError
 from .bounded import DecodeError, MsgpackBounds, unpack
-from .errors import MessageError
 
 Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
 

@@ -28,10 +28,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from . import pipe
-from .names import parse_name
-from .roster import Roster
-from .units import format_duration, format_size
+from ..config.roster import Roster
+from ..config.units import format_duration, format_size
+from ..pipe import folder as pipe
+from ..wire.names import parse_name
 
 __all__ = ["PeerStatus", "collect", "console", "follow", "peer_status", "render"]
 

@@ -28,8 +28,8 @@ from pydantic import (
     field_validator,
 )
 
-from mesh.errors import ConfigError
-from mesh.units import describe, format_size, parse_duration, parse_size
+from ..errors import ConfigError
+from .units import describe, format_size, parse_duration, parse_size
 
 __all__ = [
     "PEER_NAME",

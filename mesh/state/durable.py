@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import trio
 
+from ..pipe.folder import is_local
 from .offload import Offload
-from .pipe import is_local
 from .store import Store
 
 

@@ -12,10 +12,10 @@ from collections.abc import Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import pipe
-from .errors import FormatError
-from .names import FileName
-from .wire import KeySource, Limits, ScannedFile, scan_file
+from ..errors import FormatError
+from ..wire.fileformat import KeySource, Limits, ScannedFile, scan_file
+from ..wire.names import FileName
+from . import folder as pipe
 
 SMALL_FILE = 256 << 10  # bytes: a file this big or smaller is read into memory whole
 BATCH = 64  # files checked per thread round trip (bounds the memory small files hold)

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
+from ..wire.fileformat import Header, LinkFields
 from .received import ReceivedState
-from .wire import Header, LinkFields
 
 BACKOFF_LIMIT = 8  # resend delays: 1, 2, 4, 8, 8, 8... times resend_after
 NOTHING = ReceivedState()

@@ -34,8 +34,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from .bodies import Bodies, Body, BodyTooLarge
-from .errors import ConfigError, leaves
+from ..config.roster import Address
+from ..errors import ConfigError, leaves
+from ..pipe.bodies import Bodies, Body, BodyTooLarge
+from ..pipe.links import BodyStream
+from ..state.store import Inbound
+from ..wire.messages import Datagram, Kind, unpack_envelope
 from .gateway import (
     RequestRecord,
     declared_length,
@@ -44,13 +48,9 @@ from .gateway import (
     receive_body,
     stream_for,
 )
-from .links import BodyStream
-from .messages import Datagram, Kind, unpack_envelope
-from .roster import Address
-from .store import Inbound
 
 if TYPE_CHECKING:
-    from .peer import Peer
+    from ..peer import Peer
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

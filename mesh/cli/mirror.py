@@ -34,9 +34,9 @@ from typing import Any
 import click
 import trio
 
-from .names import parse_name
-from .pipe import fsync_folder, replace_atomically, write_all
-from .units import format_duration, parse_duration
+from ..config.units import format_duration, parse_duration
+from ..pipe.folder import fsync_folder, replace_atomically, write_all
+from ..wire.names import parse_name
 
 __all__ = [
     "DELAY",

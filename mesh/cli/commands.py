@@ -17,13 +17,13 @@ from typing import Any, NoReturn
 import click
 import trio
 
-from . import keys as keyfiles
-from .echo import echo_app
-from .errors import ConfigError, leaves
-from .ingress import serve_at
+from ..config import keys as keyfiles
+from ..config.roster import Address, Roster, RosterError, load_roster
+from ..errors import ConfigError, leaves
+from ..http.echo import echo_app
+from ..http.ingress import serve_at
+from ..peer import Peer, open_peers, run_peers
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
-from .peer import Peer, open_peers, run_peers
-from .roster import Address, Roster, RosterError, load_roster
 from .status import collect, console, follow, render
 
 EXIT_CONFIG = 2

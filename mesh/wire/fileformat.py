@@ -36,10 +36,10 @@ from typing import Any, BinaryIO, Protocol, TypeAlias, TypeVar
 import msgpack
 import xxhash
 
+from ..errors import FormatError
+from ..proto.received import ReceivedState
 from . import bounded
 from .crypto import NONCE_SIZE, SIGNATURE_SIZE, TAG_SIZE, Identity, PublicIdentity, seal, unseal
-from .errors import FormatError
-from .received import ReceivedState
 
 Buffer: TypeAlias = bytes | memoryview  # a frame's bytes, perhaps a view of a buffer
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import trio
 
-from .errors import unwrapped
-from .messages import is_id
-from .pipe import SyncEvery, fsync_folder
-from .roster import PEER_NAME
+from ..config.roster import PEER_NAME
+from ..errors import unwrapped
+from ..wire.messages import is_id
+from .folder import SyncEvery, fsync_folder
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)

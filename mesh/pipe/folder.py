@@ -23,7 +23,7 @@ import anyio
 import trio
 import watchfiles
 
-from .names import SUFFIX, TEMP_PREFIX, FileName, parse_name
+from ..wire.names import SUFFIX, TEMP_PREFIX, FileName, parse_name
 
 WatchMode = Literal["auto", "notify", "poll"]
 log = logging.getLogger("mesh.pipe")

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .crypto import Identity, PublicIdentity
-from .errors import KeyFileError
+from ..errors import KeyFileError
+from ..wire.crypto import Identity, PublicIdentity
 
 _PRIVATE_HEADER = "# mesh private key: keep it secret, keep it mode 0600"
 _PUBLIC_HEADER = "# mesh public key: copy it to every site whose peers talk to this one"

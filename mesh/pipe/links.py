@@ -28,13 +28,14 @@ from typing import Any, BinaryIO, Generic, TypeVar
 
 import trio
 
-from . import pipe
-from .bodies import Bodies, Body, BodyReader, incoming_name
-from .crypto import Keyring
-from .durable import Durability
-from .errors import FormatError, MessageError
-from .link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
-from .messages import (
+from ..errors import FormatError, MessageError
+from ..proto.link import Arrival, LinkSettings, OutgoingFile, Protocol, Verdict
+from ..state.durable import Durability
+from ..state.offload import Offload
+from ..state.store import Inbound, OutboundRow, Store
+from ..wire.crypto import Keyring
+from ..wire.fileformat import Limits, ReadBuffer, ScannedFile, read_frame, write_file
+from ..wire.messages import (
     Control,
     Envelope,
     Fragment,
@@ -49,10 +50,9 @@ from .messages import (
     unpack_envelope,
     unpack_fragment,
 )
-from .names import FileKind, FileName
-from .offload import Offload
-from .store import Inbound, OutboundRow, Store
-from .wire import Limits, ReadBuffer, ScannedFile, read_frame, write_file
+from ..wire.names import FileKind, FileName
+from . import folder as pipe
+from .bodies import Bodies, Body, BodyReader, incoming_name
 
 T = TypeVar("T")
 ABANDON = "abandon"  # the control op that gives up a transfer (handled here, not above)

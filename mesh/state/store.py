@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PeerLockedError
-from .link import LinkState
-from .received import ReceivedState
+from ..errors import PeerLockedError
+from ..proto.link import LinkState
+from ..proto.received import ReceivedState
 
 REQUEST_STATES = ("stored", "sent", "delivered", "forwarded", "responded", "completed", "failed")
 

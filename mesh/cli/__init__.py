@@ -1,0 +1,1 @@
+"""The `mesh` command and the tools it runs: `up`, `status`, `keygen`, `mirror`."""

@@ -1,0 +1,1 @@
+"""What a user writes: the roster, key files, and durations and sizes with units."""

@@ -1,0 +1,2 @@
+"""What crosses the pipe: the file format, the messages in it, bounded decoding, crypto,
+and file names."""
