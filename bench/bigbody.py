@@ -36,7 +36,7 @@ import yaml
 from throughput import started  # bench/ is on the path when run as a script
 
 from mesh.config.units import format_size, parse_size
-from mesh.http.ingress import body_chunks, lifespan
+from mesh.http.asgi import body_chunks, lifespan
 
 UPSTREAM, ALPHA, BRAVO = 18395, 18396, 18397
 # 16 MiB of seeded random bytes, repeated: incompressible (zstd's window is smaller).

@@ -30,7 +30,7 @@ import httpx
 import trio
 import yaml
 
-from mesh.http.ingress import lifespan, read_body
+from mesh.http.asgi import lifespan, read_body
 
 UPSTREAM, ALPHA = 18390, 18391
 

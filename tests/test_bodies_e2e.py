@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import trio
 
-from mesh.http.ingress import body_chunks, lifespan
+from mesh.http.asgi import body_chunks, lifespan
 from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 from tests.test_reliable_e2e import mirror
 

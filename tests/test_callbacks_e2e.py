@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import trio
 
-from mesh.http.ingress import HTTPProblem, lifespan, read_body
+from mesh.http.asgi import lifespan, read_body
+from mesh.http.problems import HTTPProblem
 from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 
 ALPHA, BRAVO, UPSTREAM, RECEIVER = 18501, 18502, 18590, 18591

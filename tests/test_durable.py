@@ -10,16 +10,17 @@ import trio
 import trio.testing
 
 from mesh.state.durable import Durability
-from mesh.state.store import OutboundRow, Store
+from mesh.state.links import OutboundRow
+from mesh.state.store import Store
 
 
 def commit(store: Store, seq: int) -> None:
-    store.add_outbound("bravo", [OutboundRow(seq, b"x")], 0.0)
+    store.links.add_outbound("bravo", [OutboundRow(seq, b"x")], 0.0)
 
 
 async def test_waiters_at_the_same_time_share_one_fsync(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    durable = Durability(store, logging.getLogger("test"))
+    durable = Durability(store.database, logging.getLogger("test"))
     with trio.fail_after(10):
         await durable.synced()
         assert durable.syncs == 0  # nothing committed since it began: nothing to do
@@ -41,10 +42,10 @@ async def test_a_commit_made_while_an_fsync_runs_waits_for_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = Store(tmp_path)
-    durable = Durability(store, logging.getLogger("test"))
+    durable = Durability(store.database, logging.getLogger("test"))
     entered, release = trio.Event(), trio.Event()
     token = trio.lowlevel.current_trio_token()
-    real = store.sync_log
+    real = store.database.sync_log
 
     def slow_sync() -> None:  # runs in a thread: the first one waits for the test
         if durable.syncs == 0:
@@ -52,7 +53,7 @@ async def test_a_commit_made_while_an_fsync_runs_waits_for_the_next(
             trio.from_thread.run(release.wait, trio_token=token)
         real()
 
-    monkeypatch.setattr(store, "sync_log", slow_sync)
+    monkeypatch.setattr(store.database, "sync_log", slow_sync)
     with trio.fail_after(10):
         commit(store, 1)
         async with trio.open_nursery() as nursery:
@@ -77,16 +78,16 @@ async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhil
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = Store(tmp_path)
-    durable = Durability(store, logging.getLogger("test"), retry=0.01)
+    durable = Durability(store.database, logging.getLogger("test"), retry=0.01)
     failures = [OSError(5, "Input/output error")] * 3
-    real = store.sync_log
+    real = store.database.sync_log
 
     def flaky() -> None:
         if failures:
             raise failures.pop()
         real()
 
-    monkeypatch.setattr(store, "sync_log", flaky)
+    monkeypatch.setattr(store.database, "sync_log", flaky)
     commit(store, 1)
     caplog.set_level(logging.INFO)
     with trio.fail_after(10):
@@ -102,7 +103,7 @@ async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhil
 
 async def test_a_hook_runs_once_what_was_committed_before_it_is_on_disk(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    durable = Durability(store, logging.getLogger("test"))
+    durable = Durability(store.database, logging.getLogger("test"))
     ran: list[str] = []
     durable.after_sync(lambda: ran.append("nothing to wait for"))
     assert ran == ["nothing to wait for"]

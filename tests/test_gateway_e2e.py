@@ -20,7 +20,7 @@ import watchfiles
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from mesh.http.ingress import lifespan, read_body
+from mesh.http.asgi import lifespan, read_body
 from tests.processes import MeshProcess, keygen, mesh_up, peer, write_roster
 
 UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291

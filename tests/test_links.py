@@ -14,11 +14,13 @@ import watchfiles
 
 from mesh.config import keys
 from mesh.config.roster import load_roster
-from mesh.http.gateway import receive_body
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import incoming_name
-from mesh.pipe.links import LinkEvent, Links
-from mesh.state.store import Store
+from mesh.pipe.events import LinkEvent
+from mesh.pipe.receiving import Receiving
+from mesh.pipe.sending import receive_body
+from mesh.state.database import Database
+from mesh.state.links import LinkTables
 from mesh.wire.messages import Datagram, Fragment, Kind, Request, unpack_envelope
 from tests.processes import peer, write_roster
 
@@ -49,8 +51,10 @@ async def test_events_come_in_order_and_deliveries_survive_until_consumed(
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             events = peers["alpha"].links.events.subscribe()
-            sent = await peers["alpha"].links.send("bravo", Datagram(uuid.uuid4().hex, body))
-            async for (item,) in peers["bravo"].links.deliveries(Kind.DATAGRAM):
+            sent = await peers["alpha"].links.sending.send(
+                "bravo", Datagram(uuid.uuid4().hex, body)
+            )
+            async for (item,) in peers["bravo"].links.receiving.deliveries(Kind.DATAGRAM):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 assert isinstance(message, Datagram) and message.body == body
                 assert (item.remote, item.seq) == ("alpha", sent.seq)
@@ -66,13 +70,13 @@ async def test_events_come_in_order_and_deliveries_survive_until_consumed(
         # Not consumed: a restarted bravo offers it again; consumed: never again.
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
-            bravo = peers["bravo"].links
+            bravo = peers["bravo"].links.receiving
             async for (item,) in bravo.deliveries(Kind.DATAGRAM):
                 assert item.seq == sent.seq
                 bravo.consume([item.id])
                 break
-            assert peers["bravo"].store.inbound(0) == []
-            assert peers["alpha"].links.protocol.outbound("bravo").unacked == 0
+            assert peers["bravo"].store.links.delivered(0) == []
+            assert peers["alpha"].links.protocol.status("bravo").unacked == 0
             nursery.cancel_scope.cancel()
 
 
@@ -82,7 +86,7 @@ async def test_sending_to_a_peer_not_talked_to_is_refused(tmp_path: Path) -> Non
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             try:
-                await peers["alpha"].links.send("carol", Datagram(uuid.uuid4().hex, b""))
+                await peers["alpha"].links.sending.send("carol", Datagram(uuid.uuid4().hex, b""))
             except KeyError as exc:
                 assert "does not talk to carol" in str(exc)
             else:
@@ -104,7 +108,7 @@ def streaming_roster(tmp_path: Path) -> Path:
     return path
 
 
-async def until(links: Links, holds: Callable[[], bool]) -> None:
+async def until(links: Receiving, holds: Callable[[], bool]) -> None:
     """Return once `holds()`, checked after each delivery to `links` (bound the caller)."""
     while not holds():
         await links.delivered()
@@ -138,25 +142,27 @@ async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             alpha, bravo = peers["alpha"], peers["bravo"]
-            stream = alpha.links.stream("bravo", uuid.uuid4().hex, len(data))
-            here = partial(bravo.store.transfer_received, "alpha", stream.transfer)
+            stream = alpha.links.sending.stream("bravo", uuid.uuid4().hex, len(data))
+            here = partial(bravo.store.links.transfer_received, "alpha", stream.transfer)
 
             async def release() -> None:
-                await until(bravo.links, lambda: here() >= 2 * MiB)
+                await until(bravo.links.receiving, lambda: here() >= 2 * MiB)
                 half.set()
 
             nursery.start_soon(release)
-            body = await receive_body(alpha.bodies, alpha.links, arriving(), 1 << 30, stream)
+            body = await receive_body(
+                alpha.bodies, alpha.links.sending, arriving(), 1 << 30, stream
+            )
             request = Request(stream.message_id, "PUT", "/", (), b"", 1e10)
-            await alpha.links.send("bravo", request, body, stream)
-            async for (item,) in bravo.links.deliveries(Kind.REQUEST):
+            await alpha.links.sending.send("bravo", request, body, stream)
+            async for (item,) in bravo.links.receiving.deliveries(Kind.REQUEST):
                 message = unpack_envelope(item.payload, len(item.payload)).message
                 break
             assert isinstance(message, Request) and message.id == stream.message_id
             assert (message.body_length, message.body_id) == (len(data), stream.transfer)
-            name = await bravo.links.body_arrived("alpha", stream.transfer, len(data))
+            name = await bravo.links.receiving.body_arrived("alpha", stream.transfer, len(data))
             assert bravo.bodies.path(name).read_bytes() == data
-            assert alpha.store.streams() == []  # ended with its message
+            assert alpha.store.links.streams() == []  # ended with its message
             nursery.cancel_scope.cancel()
 
 
@@ -175,20 +181,23 @@ async def test_an_abandoned_body_is_dropped_by_the_far_side_even_if_late(
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             alpha, bravo = peers["alpha"], peers["bravo"]
-            stream = alpha.links.stream("bravo", uuid.uuid4().hex, 8 * MiB)
+            stream = alpha.links.sending.stream("bravo", uuid.uuid4().hex, 8 * MiB)
             with pytest.raises(ConnectionError):
-                await receive_body(alpha.bodies, alpha.links, cut_off(), 1 << 30, stream)
+                await receive_body(alpha.bodies, alpha.links.sending, cut_off(), 1 << 30, stream)
             assert stream.spool is not None and stream.queued >= MiB
-            await until(bravo.links, lambda: stream.transfer in bravo.store.abandoned("alpha"))
+            await until(
+                bravo.links.receiving,
+                lambda: stream.transfer in bravo.store.links.abandoned("alpha"),
+            )
             assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
-            assert bravo.store.receiving() == []
+            assert bravo.store.links.receiving() == []
             # A fragment of it that comes late (a resend) is taken but not kept.
             late = Fragment(stream.message_id, stream.transfer, 0, 0, 8 * MiB, b"x" * 10)
-            await alpha.links.send("bravo", late)
-            marker = await alpha.links.send("bravo", Datagram(uuid.uuid4().hex, b""))
+            await alpha.links.sending.send("bravo", late)
+            marker = await alpha.links.sending.send("bravo", Datagram(uuid.uuid4().hex, b""))
             await until(
-                bravo.links,
-                lambda: bravo.links.protocol.inbound("alpha").received.upto >= marker.seq,
+                bravo.links.receiving,
+                lambda: bravo.links.protocol.status("alpha").received_upto >= marker.seq,
             )
             assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
             # Once its fragments are acknowledged (and that is on disk), alpha's file goes.
@@ -204,16 +213,19 @@ async def test_a_body_cut_off_by_a_stop_is_abandoned_at_start(
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             alpha = peers["alpha"]
-            stream = alpha.links.stream("bravo", uuid.uuid4().hex, 8 * MiB)
+            stream = alpha.links.sending.stream("bravo", uuid.uuid4().hex, 8 * MiB)
             spool = "out-" + uuid.uuid4().hex
             alpha.bodies.path(spool).write_bytes(os.urandom(2 * MiB))
-            alpha.links.grew(stream, spool, 2 * MiB)  # then the peer stops, body half here
+            alpha.links.sending.grew(stream, spool, 2 * MiB)  # then the peer stops, body half here
             nursery.cancel_scope.cancel()
-        assert len(Store(tmp_path / "state" / "alpha").streams()) == 1
+        assert len(LinkTables(Database(tmp_path / "state" / "alpha")).streams()) == 1
         async with trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             alpha, bravo = peers["alpha"], peers["bravo"]
-            assert alpha.store.streams() == []
-            await until(bravo.links, lambda: stream.transfer in bravo.store.abandoned("alpha"))
+            assert alpha.store.links.streams() == []
+            await until(
+                bravo.links.receiving,
+                lambda: stream.transfer in bravo.store.links.abandoned("alpha"),
+            )
             assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
             nursery.cancel_scope.cancel()

@@ -14,7 +14,8 @@ import trio.testing
 
 from mesh.errors import PeerLockedError
 from mesh.pipe import folder as pipe
-from mesh.state.store import StateLock, Store
+from mesh.state.database import Database
+from mesh.state.lock import StateLock
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring
 from mesh.wire.names import FileKind, FileName
@@ -145,10 +146,10 @@ def test_a_second_lock_on_the_same_state_is_refused(tmp_path: Path) -> None:
 
 
 def test_store_keeps_its_epoch_across_opens(tmp_path: Path) -> None:
-    store = Store(tmp_path / "s")
+    store = Database(tmp_path / "s")
     epoch, created = store.epoch, store.created
     store.close()
-    reopened = Store(tmp_path / "s")
+    reopened = Database(tmp_path / "s")
     assert created and not reopened.created and reopened.epoch == epoch
     reopened.close()
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from mesh.cli.status import collect, render
 from mesh.config.roster import Roster, load_roster
 from mesh.pipe import folder as pipe
-from mesh.state.store import Store
+from mesh.state.database import Database
 from mesh.wire.names import FileKind, FileName
 from tests.processes import mesh_command, peer, run_mesh, write_roster
 
@@ -64,7 +64,7 @@ def save(
     pid = os.getpid() if pid is None else pid
     if links is None:
         links = {other: link() for other in roster.peer(name).talks_to}
-    store = Store(roster.state_dir(name))
+    store = Database(roster.state_dir(name))
     try:
         store.save_status(
             {
@@ -187,7 +187,7 @@ def test_snapshot_from_the_future_is_age_zero(roster: Roster) -> None:
 
 
 def test_store_without_snapshot(roster: Roster) -> None:
-    Store(roster.state_dir("alpha")).close()
+    Database(roster.state_dir("alpha")).close()
     assert status_of(roster, "alpha")["state"] == "stopped"
     (roster.state_dir("alpha") / "peer.lock").write_text(f"{os.getpid()}\n")
     alpha = status_of(roster, "alpha")
@@ -226,7 +226,7 @@ def test_reads_a_store_that_is_open_and_creates_no_file(roster: Roster) -> None:
     closed = sorted(os.listdir(state))
     collect(roster, now=NOW)
     assert sorted(os.listdir(state)) == closed, "no -wal/-shm left behind"
-    store = Store(state)  # as a running peer holds it: WAL files present, writes pending
+    store = Database(state)  # as a running peer holds it: WAL files present, writes pending
     try:
         store.save_status({**(store.load_status() or {}), "at": NOW - 0.1})
         assert status_of(roster, "alpha")["snapshot_age"] == pytest.approx(0.1)
@@ -250,9 +250,9 @@ def test_unreadable_database(roster: Roster) -> None:
 
 def test_bad_snapshot_is_unreadable(roster: Roster) -> None:
     save(roster, "alpha")
-    store = Store(roster.state_dir("alpha"))
+    store = Database(roster.state_dir("alpha"))
     try:
-        store.db.execute("UPDATE meta SET value = '[1, 2]' WHERE key = 'status'")
+        store.connection.execute("UPDATE meta SET value = '[1, 2]' WHERE key = 'status'")
     finally:
         store.close()
     alpha = status_of(roster, "alpha")

@@ -20,8 +20,8 @@ import trio
 from ..config import keys as keyfiles
 from ..config.roster import Address, Roster, RosterError, load_roster
 from ..errors import ConfigError, leaves
+from ..http.asgi import serve_at
 from ..http.echo import echo_app
-from ..http.ingress import serve_at
 from ..peer import Peer, open_peers, run_peers
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .status import collect, console, follow, render

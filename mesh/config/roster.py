@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError
+from ..wire.names import PEER_NAME, PEER_NAME_RULE
 from .units import describe, format_size, parse_duration, parse_size
 
 __all__ = [
@@ -41,8 +42,6 @@ __all__ = [
     "parse_roster",
 ]
 
-PEER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_NAME_RULE = "lowercase letters, digits and '-', at most 63, starting with a letter or digit"
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -136,7 +135,7 @@ def _context_path(value: object, info: ValidationInfo) -> Path:
 def _peer_name(value: object) -> str:
     if isinstance(value, str) and PEER_NAME.fullmatch(value):
         return value
-    raise ValueError(f"not a valid peer name ({_NAME_RULE})")
+    raise ValueError(f"not a valid peer name ({PEER_NAME_RULE})")
 
 
 def _peer_names(value: object) -> tuple[str, ...]:
@@ -435,7 +434,7 @@ def _check_peer(
     label = str(name)
     good_name = isinstance(name, str) and PEER_NAME.fullmatch(name) is not None
     if not good_name:
-        problems.append(f"peers.{label}: not a valid peer name ({_NAME_RULE})")
+        problems.append(f"peers.{label}: not a valid peer name ({PEER_NAME_RULE})")
     if not isinstance(raw, dict):
         problems.append(f"{label}: must be a mapping of settings")
         return None

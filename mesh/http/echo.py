@@ -8,7 +8,7 @@ import base64
 import json
 from typing import Any
 
-from .ingress import Receive, Scope, Send, lifespan, read_body
+from .asgi import Receive, Scope, Send, lifespan, read_body
 
 MAX_BODY = 64 << 20
 

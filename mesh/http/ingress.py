@@ -1,161 +1,79 @@
 """A peer's HTTP ingress (ASGI, served by hypercorn's trio worker at the peer's `listen`).
 
-Routes so far:
+Routes:
+- ``ANY /{peer}/{path}?{query}``, or ``ANY http://{peer}/{path}`` with the peer as an HTTP
+  proxy: the call, carried to `peer`'s upstream; the caller waits for the answer (up to
+  `Mesh-Timeout`, then ``202`` and a status URL), or gets ``202`` at once with
+  `Mesh-Callback` or ``Prefer: respond-async``.
+- ``GET /mesh/requests/{id}`` and ``GET /mesh/requests/{id}/response``.
 - ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
-- ``POST /mesh/messages/{peer}``: send the body to `peer` as an opaque message; ``202``
-  with its id once it is durable.
-- ``GET /mesh/messages?after=N&epoch=E&wait=S``: messages delivered here with an id above
-  `N`, oldest first, waiting up to `S` seconds (at most 30) for one. Asking with `after=N`
-  consumes every message up to `N`: a client that crashes before it asks again gets the
-  same messages again, so none is lost and none is skipped. Ids count within this peer's
-  epoch (given in every reply): a cursor from another epoch (the peer's state was
-  created anew) consumes nothing and reads from the start.
+- ``POST /mesh/messages/{peer}`` and ``GET /mesh/messages``: opaque messages (`mailbox`).
+- ``GET /mesh/events`` (WebSocket): each request event of this peer, live.
 
-Errors are ``application/problem+json``. The body limit is enforced while reading
-(hypercorn sets none for ASGI apps).
+Errors are ``application/problem+json`` (`problems`). A 2xx/202 is given only for what is
+already durable.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import fnmatch
 import json
-import logging
 import math
-import sqlite3
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from functools import partial
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
-from ..config.roster import Address
-from ..errors import ConfigError, leaves
+from ..config.roster import PeerSettings
 from ..pipe.bodies import Bodies, Body, BodyTooLarge
-from ..pipe.links import BodyStream
-from ..state.store import Inbound
-from ..wire.messages import Datagram, Kind, unpack_envelope
-from .gateway import (
-    RequestRecord,
-    declared_length,
-    end_to_end,
-    new_id,
-    receive_body,
-    stream_for,
+from ..pipe.sending import Sending, receive_body, stream_for
+from ..pipe.streams import BodyStream
+from ..state.durable import Durability
+from ..state.requests import RequestRecord
+from .asgi import (
+    Receive,
+    Scope,
+    Send,
+    body_chunks,
+    discard_body,
+    lifespan,
+    read_body,
+    respond_json,
+    too_large,
 )
+from .headers import declared_length, end_to_end
+from .mailbox import DATAGRAM_LIMIT, Mailbox
+from .problems import PROBLEM_JSON, HTTPProblem, answered_as
+from .requests import Requests, new_id
 
-if TYPE_CHECKING:
-    from ..peer import Peer
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-MAX_WAIT = 30.0
-KEEP_ALIVE = 75.0  # seconds an idle caller's connection is kept (as nginx does)
+MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
+DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0  # seconds a caller waits for its answer
 
 
-async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str) -> None:
-    """Serve ASGI `app` at `address` in `nursery`, returning once it listens; ConfigError
-    naming `what` (``alpha.listen``, ``--echo``) when the address cannot be had."""
-    config = HypercornConfig()
-    config.bind = [str(address)]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
-    config.graceful_timeout = 2.0
-    # Keep an idle caller's connection longer than clients keep theirs (httpx, Node: 5 s),
-    # so a caller never sends a request on a connection we are just closing.
-    config.keep_alive_timeout = KEEP_ALIVE
-    config.include_server_header = False  # answers carry the upstream's, not ours
-    config.include_date_header = False
-    try:
-        await nursery.start(partial(serve, app, config, mode="asgi"))
-    except* OSError as group:  # raised inside hypercorn's nurseries
-        reasons = "; ".join(str(e.strerror or e) for e in leaves(group))
-        raise ConfigError(f"{what}: cannot listen on {address}: {reasons}") from None
+@dataclass(frozen=True)
+class Services:
+    """What the ingress uses of its peer, and nothing more."""
 
-
-class HTTPProblem(Exception):
-    def __init__(self, status: int, title: str, detail: str = "") -> None:
-        super().__init__(detail or title)
-        self.status, self.title, self.detail = status, title, detail
-        self.body_read = False  # the request body was read to its end
-
-
-async def respond_json(send: Send, status: int, body: Any, content_type: str = "") -> None:
-    data = json.dumps(body).encode()
-    headers = [
-        (b"content-type", (content_type or "application/json").encode()),
-        (b"content-length", str(len(data)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
-
-
-async def lifespan(receive: Receive, send: Send) -> None:
-    """Acknowledge ASGI lifespan events (hypercorn waits for them) until shutdown."""
-    while True:
-        event = await receive()
-        if event["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif event["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it comes; a client that goes away midway is a 400."""
-    while True:
-        event = await receive()
-        if event["type"] == "http.disconnect":
-            raise HTTPProblem(400, "client went away")
-        yield event.get("body", b"")
-        if not event.get("more_body", False):
-            return
-
-
-async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
-    """Read what is left of a refused body, up to `bound` bytes, and drop it; whether it
-    all came. Before the answer, so a client still sending gets it rather than a closed
-    connection; after it, because hypercorn queues body chunks for the app, and a
-    connection whose queue is full is never closed."""
-    dropped = 0
-    while dropped <= bound:
-        event = await receive()
-        if event["type"] == "http.disconnect" or not event.get("more_body", False):
-            return True
-        dropped += len(event.get("body", b""))
-    return False
-
-
-async def too_large(receive: Receive, limit: int) -> HTTPProblem:
-    """The 413 for a body over `limit`, once the rest of it (if not too much) was read."""
-    problem = HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
-    problem.body_read = await discard_body(receive, DISCARD_BEFORE_ANSWER)
-    return problem
-
-
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The request body in memory, refusing (413) one over `limit` before reading it all."""
-    chunks, size = [], 0
-    async for chunk in body_chunks(receive):
-        size += len(chunk)
-        if size > limit:
-            raise await too_large(receive, limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    settings: PeerSettings  # the peer's own: name, talks_to, limits, callbacks
+    peers: Collection[str]  # every peer of the roster
+    requests: Requests
+    mailbox: Mailbox
+    sending: Sending  # for bodies that leave while they arrive
+    bodies: Bodies
+    durable: Durability
+    pipe_error: Callable[[], str | None]  # why the outbox cannot be written, if it cannot
+    status: Callable[[], dict[str, Any]]
 
 
 class Ingress:
     """The ASGI application of one peer."""
 
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -169,10 +87,7 @@ class Ingress:
         try:
             await self._route(scope, receive, send)
         except HTTPProblem as problem:
-            body = {"type": "about:blank", "title": problem.title, "status": problem.status}
-            if problem.detail:
-                body["detail"] = problem.detail
-            await respond_json(send, problem.status, body, "application/problem+json")
+            await respond_json(send, problem.status, problem.as_json(), PROBLEM_JSON.decode())
             if problem.status == 413 and not problem.body_read:
                 await discard_body(receive)
 
@@ -184,7 +99,7 @@ class Ingress:
             await send({"type": "websocket.close", "code": 1008})
             return
         await send({"type": "websocket.accept"})
-        with self.peer.requests.events.subscribe() as events:
+        with self.services.requests.events.subscribe() as events:
             async with trio.open_nursery() as nursery:
 
                 async def until_closed() -> None:
@@ -200,7 +115,7 @@ class Ingress:
         method, path = scope["method"], scope["path"]
         parts = path.strip("/").split("/")
         if path == "/mesh/status" and method == "GET":
-            await respond_json(send, 200, self.peer.status(running=True))
+            await respond_json(send, 200, self.services.status())
         elif path == "/mesh/messages" and method == "GET":
             await self._fetch(scope, send)
         elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
@@ -227,34 +142,36 @@ class Ingress:
         headers = {name.lower(): value for name, value in scope["headers"]}
         callback = self._allowed(headers, b"mesh-callback")
         events_url = self._allowed(headers, b"mesh-events")
-        if self.peer.links.pipe_error is not None:
-            raise HTTPProblem(503, "pipe not writable", self.peer.links.pipe_error)
+        pipe_error = self.services.pipe_error()
+        if pipe_error is not None:
+            raise HTTPProblem(503, "pipe not writable", pipe_error)
         body, stream = await self._receive_body(remote, headers, receive)
         try:
-            request_id = await self.peer.requests.submit(
-                remote,
-                scope["method"],
-                target,
-                end_to_end(scope["headers"]),
-                body,
-                self.peer.settings.request_deadline,
-                callback,
-                events_url,
-                stream,
-            )
-        except (OSError, sqlite3.Error) as exc:
+            with answered_as("cannot store the request"):
+                request_id = await self.services.requests.submit(
+                    remote,
+                    scope["method"],
+                    target,
+                    end_to_end(scope["headers"]),
+                    body,
+                    self.settings.request_deadline,
+                    callback,
+                    events_url,
+                    stream,
+                )
+        except HTTPProblem:
             await self._drop(body, stream)
-            raise HTTPProblem(503, "cannot store the request", str(exc)) from None
+            raise
         if callback or b"respond-async" in headers.get(b"prefer", b""):
             await self._accepted(send, request_id)
             return
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
-        record = await self.peer.requests.wait(request_id, _timeout(headers))
+        record = await self.services.requests.wait(request_id, _timeout(headers))
         if record is None or not record.done:
             await self._accepted(send, request_id)
         else:
-            await respond_with(send, record, self.peer.bodies)
+            await respond_with(send, record, self.services.bodies)
 
     async def _receive_body(
         self, remote: str, headers: dict[bytes, bytes], receive: Receive
@@ -262,28 +179,28 @@ class Ingress:
         """The request body, spooled to a file when big (and then sent to `remote` as it
         arrives, when its length was declared); 413 past the body limit, at once (without
         keeping any of it) when its declared length is."""
-        limit = self.peer.settings.body_limit
+        limit = self.settings.body_limit
         length = declared_length(headers.get(b"content-length"))
         if length is not None and length > limit:  # refused before a byte is kept
             raise await too_large(receive, limit)
-        stream = stream_for(self.peer.links, remote, new_id(), length, limit)
+        stream = stream_for(self.services.sending, remote, new_id(), length, limit)
+        chunks = body_chunks(receive)
         try:
-            body = await receive_body(
-                self.peer.bodies, self.peer.links, body_chunks(receive), limit, stream
-            )
+            with answered_as("cannot store the request"):
+                body = await receive_body(
+                    self.services.bodies, self.services.sending, chunks, limit, stream
+                )
         except BodyTooLarge:
             raise await too_large(receive, limit) from None
-        except OSError as exc:
-            raise HTTPProblem(503, "cannot store the request", str(exc)) from None
         return body, stream
 
     async def _drop(self, body: Body, stream: BodyStream | None) -> None:
         """Let go of the body of a request that could not be stored."""
         if stream is not None and stream.opened:  # its fragments went: let the far side know
-            with contextlib.suppress(OSError, sqlite3.Error):  # else start-up does
-                self.peer.links.abandon(stream)
+            with contextlib.suppress(HTTPProblem), answered_as("cannot give it up"):
+                self.services.sending.abandon(stream)  # else start-up does
         elif body.file is not None:
-            await trio.to_thread.run_sync(self.peer.bodies.remove, [body.file])
+            await trio.to_thread.run_sync(self.services.bodies.remove, [body.file])
 
     def _allowed(self, headers: dict[bytes, bytes], name: bytes) -> str | None:
         """The URL in header `name`, if the roster's `callbacks` patterns allow it (403
@@ -296,50 +213,45 @@ class Ingress:
         allowed = (
             parsed.scheme in ("http", "https")
             and bool(parsed.hostname)
-            and any(fnmatch.fnmatchcase(url, p) for p in self.peer.settings.callbacks)
+            and any(fnmatch.fnmatchcase(url, p) for p in self.settings.callbacks)
         )
         if not allowed:
             header = name.decode().title()
-            detail = f"{url!r} matches none of {self.peer.name}'s callbacks patterns"
+            detail = f"{url!r} matches none of {self.settings.name}'s callbacks patterns"
             raise HTTPProblem(403, f"{header} URL not allowed", detail)
         return url
 
     async def _request_status(self, request_id: str, response: bool, send: Send) -> None:
-        record = self.peer.requests.get(request_id)
+        record = self.services.requests.get(request_id)
         if record is None:
             raise HTTPProblem(404, "unknown request", f"no request {request_id!r} here")
         if not response:
             await respond_json(send, 200, record.as_json())
         elif record.done:
-            await respond_with(send, record, self.peer.bodies)
+            await respond_with(send, record, self.services.bodies)
         else:
             await self._accepted(send, request_id)
 
     async def _accepted(self, send: Send, request_id: str) -> None:
         """`accepted`, once what the 202 promises (the request is stored) is on disk."""
-        await self.peer.links.durable.synced()
+        await self.services.durable.synced()
         await accepted(send, request_id)
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
+        """``POST /mesh/messages/{peer}``: the body to `peer` as an opaque message."""
         self._check_remote(remote)
-        body = await read_body(receive, min(self.peer.settings.body_limit, DATAGRAM_LIMIT))
-        message = Datagram(uuid.uuid4().hex, body)
-        try:
-            message_id = await self.peer.links.send(remote, message)
-            await self.peer.links.durable.synced()  # a 202 promises it is on disk
-        except (OSError, sqlite3.Error) as exc:
-            raise HTTPProblem(503, "cannot store the message", str(exc)) from None
-        reply = {"id": message.id, "to": remote, "seq": message_id.seq}
-        await respond_json(send, 202, reply)
+        body = await read_body(receive, min(self.settings.body_limit, DATAGRAM_LIMIT))
+        await respond_json(send, 202, await self.services.mailbox.post(remote, body))
 
     def _check_remote(self, remote: str) -> None:
-        if remote not in self.peer.roster.peers:
+        if remote not in self.services.peers:
             raise HTTPProblem(404, "unknown peer", f"no peer {remote!r} in the roster")
-        if remote not in self.peer.settings.talks_to:
-            detail = f"{self.peer.name} does not talk to {remote}"
+        if remote not in self.settings.talks_to:
+            detail = f"{self.settings.name} does not talk to {remote}"
             raise HTTPProblem(403, "peer not whitelisted", detail)
 
     async def _fetch(self, scope: Scope, send: Send) -> None:
+        """``GET /mesh/messages?after=N&epoch=E&wait=S&limit=L`` (see `mailbox`)."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         try:
             after = int(query.get("after", ["0"])[0])
@@ -349,24 +261,8 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "after, wait and limit are numbers") from None
         if not math.isfinite(wait):
             raise HTTPProblem(400, "bad query", "wait must be finite")
-        store = self.peer.store
-        if query.get("epoch", [store.epoch])[0] != store.epoch:
-            after = 0  # a cursor into a state that is gone
-        store.consume_upto(after, Kind.DATAGRAM)
-        items = store.inbound(after, limit, Kind.DATAGRAM)
-        with trio.move_on_after(wait):
-            while not items:
-                await self.peer.links.delivered()
-                items = store.inbound(after, limit, Kind.DATAGRAM)
-        if items:  # handed out only once on disk: a power cut must not deliver them again
-            await self.peer.links.durable.synced()
-        reply = {"epoch": store.epoch, "messages": [_datagram_json(i) for i in items]}
-        await respond_json(send, 200, reply)
-
-
-DATAGRAM_LIMIT = 4 << 20  # bytes: a datagram travels whole, in one frame
-DISCARD_BEFORE_ANSWER = 64 << 20  # bytes of a refused body read (and dropped) before a 413
-DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0
+        epoch = query.get("epoch", [None])[0]
+        await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
 
 
 def _proxied(raw_path: bytes) -> tuple[str, str]:
@@ -422,16 +318,3 @@ async def respond_with(send: Send, record: RequestRecord, bodies: Bodies) -> Non
     async for chunk in bodies.chunks(record.body_file):
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-
-
-def _datagram_json(item: Inbound) -> dict[str, Any]:
-    envelope = unpack_envelope(item.payload, len(item.payload))
-    assert isinstance(envelope.message, Datagram)
-    return {
-        "id": item.id,
-        "from": item.remote,
-        "seq": item.seq,
-        "message_id": envelope.message.id,
-        "body_base64": base64.b64encode(envelope.message.body).decode(),
-        "received": item.received,
-    }

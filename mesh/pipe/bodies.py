@@ -24,9 +24,9 @@ from pathlib import Path
 
 import trio
 
-from ..config.roster import PEER_NAME
 from ..errors import unwrapped
 from ..wire.messages import is_id
+from ..wire.names import PEER_NAME
 from .folder import SyncEvery, fsync_folder
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message

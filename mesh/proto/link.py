@@ -5,32 +5,30 @@ state, not messages: every file carries what its writer has received from the re
 (`ReceivedState`, a grow-only set), so a lost or stale ack never matters and the newest
 supersedes all older. Messages not acknowledged are resent after `resend_after` with
 capped exponential backoff, or at once when the reader proves it is missing them (frames
-cut from a file). Each sequence number is delivered upward once.
+cut from a file); see `outbound`. Each sequence number is delivered upward once.
 
 Epochs: a peer's state store gets a random epoch when created. A reader keeps what it
 received per sender epoch; when a sender's epoch changes (its state was wiped), the reader
 starts afresh from the sender's `floor` (its lowest unacknowledged number), and files
-from a retired epoch deliver nothing. Acks name the epoch they acknowledge, so an ack for
-an older incarnation never acknowledges a newer one's messages.
+from a retired epoch deliver nothing (see `inbound`). Acks name the epoch they
+acknowledge, so an ack for an older incarnation never acknowledges a newer one's messages.
 
-The driver's duties (see `mesh.linkdriver`): persist a message before `queued`, persist
-deliveries before `stored` (an ack is advertised only for what is durable), and write the
-files `outgoing` plans, reporting each back with `written` or `failed`.
+Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its duties:
+persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
+before `stored` (an ack is advertised only for what is durable); write the files
+`outgoing` plans, reporting each back with `written` (which says what it sent for the
+first time) or `failed`; keep what `arrived` says must be kept (acks, numbering).
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from enum import Enum
+from dataclasses import dataclass, field
+from typing import Protocol as Interface
 
-from ..wire.fileformat import Header, LinkFields
+from .inbound import NOTHING, Inbound, Verdict
+from .outbound import Outbound
 from .received import ReceivedState
-
-BACKOFF_LIMIT = 8  # resend delays: 1, 2, 4, 8, 8, 8... times resend_after
-NOTHING = ReceivedState()
 
 
 @dataclass(frozen=True)
@@ -51,276 +49,34 @@ class LinkSettings:
         return self.heartbeat / 2
 
 
-@dataclass
-class LinkStats:
-    sent: int = 0  # messages written for the first time
-    resends: int = 0  # writes after the first
-    acked: int = 0
-    files: int = 0
-    last_ack: float | None = None  # when an ack last acknowledged something new
+@dataclass(frozen=True)
+class LinkFields:
+    """What a file tells its recipient about the link, besides its frames.
+
+    `ack` is what the writer has durably received from the recipient while the recipient
+    had epoch `ack_epoch`; `floor` is the writer's lowest unacknowledged sequence number
+    (everything below it was acknowledged, or never existed); `missing` names messages
+    the writer saw cut from a file and wants again; `clock` is the writer's `upto` per peer.
+    """
+
+    ack: ReceivedState | None = None
+    ack_epoch: str | None = None
+    floor: int = 1
+    missing: tuple[int, ...] = ()
+    clock: Mapping[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Pending:
-    size: int
-    attempts: int = 0
-    due: float = 0.0
-    sent_at: float = 0.0
-
-
-class RoundTrip:
-    """Smoothed round-trip time of the link, from messages acknowledged after their first
-    write only (Karn's rule: a resent message's ack cannot say which copy it answers)."""
-
-    def __init__(self) -> None:
-        self.smoothed: float | None = None
-
-    def sample(self, seconds: float) -> None:
-        self.smoothed = (
-            seconds if self.smoothed is None else 0.875 * self.smoothed + 0.125 * seconds
-        )
-
-    def timeout(self, floor: float) -> float:
-        """How long to wait for an ack: `floor`, or twice the round trip when longer (a
-        slow or backlogged pipe must not be flooded with copies of what is on its way)."""
-        return floor if self.smoothed is None else max(floor, 2 * self.smoothed)
-
-
-class Outbound:
-    """Our messages to one remote: numbering, what is unacknowledged, when to resend."""
-
-    def __init__(
-        self,
-        epoch: str,
-        resend_after: float,
-        next_seq: int = 1,
-        unacked: Iterable[tuple[int, int]] = (),
-        now: float = 0.0,
-    ) -> None:
-        self.epoch = epoch
-        self.resend_after = resend_after
-        self.next_seq = next_seq
-        self.stats = LinkStats()
-        self.round_trip = RoundTrip()
-        self._pending: dict[int, _Pending] = {}
-        self._order: list[int] = []  # the keys of _pending, sorted
-        self._unwritten: set[int] = set()  # pending, never written yet
-        self._proven: set[int] = set()  # the reader proved them missing: resend regardless
-        self._heap: list[tuple[float, int]] = []
-        for seq, size in sorted(unacked):
-            self.queue(seq, size, now)
-
-    def assign(self) -> int:
-        seq, self.next_seq = self.next_seq, self.next_seq + 1
-        return seq
-
-    def queue(self, seq: int, size: int, now: float) -> None:
-        """`seq` (already assigned, now durable) is to be sent at once."""
-        if seq not in self._pending:
-            bisect.insort(self._order, seq)
-        self._pending[seq] = _Pending(size, due=now)
-        self._unwritten.add(seq)
-        heapq.heappush(self._heap, (now, seq))
-        self.next_seq = max(self.next_seq, seq + 1)
+class FileHead(Interface):
+    """What `arrived` needs of a valid file's signed header (`mesh.wire` has the real one)."""
 
     @property
-    def unacked(self) -> int:
-        return len(self._pending)
+    def sender(self) -> str: ...
 
     @property
-    def floor(self) -> int:
-        """The lowest unacknowledged number, or the next one to assign if none is."""
-        return self._order[0] if self._order else self.next_seq
-
-    def size(self, seq: int) -> int:
-        return self._pending[seq].size
-
-    def attempts(self, seq: int) -> int:
-        """How often `seq` was written so far (0: never, or no longer pending)."""
-        pending = self._pending.get(seq)
-        return pending.attempts if pending is not None else 0
-
-    def pending(self) -> list[int]:
-        return list(self._order)
-
-    def unwritten(self) -> list[int]:
-        """Pending messages never written yet, lowest first."""
-        return sorted(self._unwritten)
-
-    def due(self, now: float) -> list[int]:
-        """Unacknowledged messages whose time to be (re)sent has come, lowest first. When
-        any is due, every message never written yet comes along: a burst lingers as long
-        as its first message, then shares one file."""
-        found = set()
-        while self._heap and self._heap[0][0] <= now:
-            due, seq = heapq.heappop(self._heap)
-            pending = self._pending.get(seq)
-            if pending is not None and pending.due == due:
-                found.add(seq)
-        if found:
-            found |= self._unwritten
-        return sorted(found)
-
-    def resend_due(self, now: float) -> bool:
-        """Whether a message already written (and not proven missing) is due by `now`:
-        what `hold_resends` would put off. Visits only the heap's entries due by `now`."""
-        heap, stack = self._heap, [0]
-        while stack:
-            i = stack.pop()
-            if i >= len(heap) or heap[i][0] > now:
-                continue  # a heap's children are never due before their parent
-            due, seq = heap[i]
-            pending = self._pending.get(seq)
-            written = pending is not None and pending.due == due and pending.attempts
-            if written and seq not in self._proven:
-                return True
-            stack += (2 * i + 1, 2 * i + 2)
-        return False
-
-    def next_due(self) -> float | None:
-        while self._heap:
-            due, seq = self._heap[0]
-            pending = self._pending.get(seq)
-            if pending is not None and pending.due == due:
-                return due
-            heapq.heappop(self._heap)
-        return None
-
-    def _schedule(self, seq: int, due: float) -> None:
-        pending = self._pending.get(seq)
-        if pending is not None:
-            pending.due = due
-            heapq.heappush(self._heap, (due, seq))
-
-    def sent(self, seqs: Iterable[int], now: float) -> None:
-        """These were written into a file at `now`: resend after the backoff unless acked."""
-        for seq in seqs:
-            pending = self._pending.get(seq)
-            if pending is None:
-                continue
-            pending.attempts += 1
-            pending.sent_at = now
-            self._unwritten.discard(seq)
-            self._proven.discard(seq)
-            if pending.attempts == 1:
-                self.stats.sent += 1
-            else:
-                self.stats.resends += 1
-            backoff = min(2 ** (pending.attempts - 1), BACKOFF_LIMIT)
-            self._schedule(seq, now + self.timeout() * backoff)
-
-    def timeout(self) -> float:
-        """The current wait before a first resend."""
-        return self.round_trip.timeout(self.resend_after)
-
-    def hold_resends(self, seqs: Iterable[int], now: float) -> list[int]:
-        """Of `seqs`, those already written once, put off for another timeout: the pipe
-        has not even taken our earlier files yet. The rest (never written, or proven
-        missing by the reader) are returned."""
-        fresh = []
-        for seq in seqs:
-            if self.attempts(seq) and seq not in self._proven:
-                self._schedule(seq, now + self.timeout())
-            else:
-                fresh.append(seq)
-        return fresh
-
-    def retry(self, seqs: Iterable[int], at: float) -> None:
-        """A write failed: try these again at `at`, without counting an attempt."""
-        for seq in seqs:
-            self._schedule(seq, at)
-
-    def resend_now(self, seqs: Iterable[int], now: float) -> list[int]:
-        """The reader proved these missing: send them again at once (if still unacked)."""
-        hit = [seq for seq in seqs if seq in self._pending]
-        for seq in hit:
-            self._proven.add(seq)
-            self._schedule(seq, now)
-        return hit
-
-    def _cut(self, lo: int, hi: int) -> list[int]:
-        """Take the pending numbers in lo..hi out of the sorted order."""
-        start, end = bisect.bisect_left(self._order, lo), bisect.bisect_right(self._order, hi)
-        taken = self._order[start:end]
-        del self._order[start:end]
-        return taken
-
-    def acked(self, state: ReceivedState, now: float) -> list[int]:
-        """Forget every pending message `state` holds; the ones newly acknowledged."""
-        done = self._cut(1, state.upto)
-        for lo, hi in state.ranges:
-            done += self._cut(lo, hi)
-        for seq in done:
-            self._unwritten.discard(seq)
-            self._proven.discard(seq)
-            pending = self._pending.pop(seq)
-            if pending.attempts == 1:
-                self.round_trip.sample(now - pending.sent_at)
-        if done:
-            self.stats.acked += len(done)
-            self.stats.last_ack = now
-        self.next_seq = max(self.next_seq, state.upto + 1, *(hi + 1 for _, hi in state.ranges))
-        return done
-
-
-class Verdict(Enum):
-    CURRENT = "current"
-    NEW_EPOCH = "new-epoch"
-    STALE = "stale"
-
-
-class Inbound:
-    """What we received from one remote, per its epoch, and what we know we miss."""
-
-    def __init__(
-        self,
-        epoch: str | None = None,
-        received: ReceivedState = NOTHING,
-        retired: Iterable[str] = (),
-    ) -> None:
-        self.epoch = epoch
-        self.received = received
-        self.retired = set(retired)
-        self._missing: set[int] = set()
-        self.news = False  # received something not yet told in a file
-
-    def observe(self, epoch: str, floor: int) -> Verdict:
-        """Take note of a file from the remote in `epoch` whose writer's floor is `floor`."""
-        if epoch == self.epoch:
-            self.received = self.received.merge(ReceivedState(floor - 1))
-            return Verdict.CURRENT
-        if epoch in self.retired:
-            return Verdict.STALE
-        if self.epoch is not None:
-            self.retired.add(self.epoch)
-        self.epoch, self.received = epoch, ReceivedState(floor - 1)
-        self._missing.clear()
-        self.news = True
-        return Verdict.NEW_EPOCH
-
-    def fresh(self, seq: int) -> bool:
-        return seq not in self.received
-
-    def stored(self, seqs: Iterable[int]) -> None:
-        """These are durable now: they may be acknowledged."""
-        for seq in seqs:
-            self.received = self.received.add(seq)
-            self._missing.discard(seq)
-        self.news = True
-
-    def note_missing(self, seqs: Iterable[int]) -> None:
-        self._missing.update(seq for seq in seqs if self.fresh(seq))
+    def epoch(self) -> str: ...
 
     @property
-    def has_missing(self) -> bool:
-        return bool(self._missing)
-
-    def take_missing(self, limit: int = 4096) -> tuple[int, ...]:
-        """The missing numbers to ask for, once: a lost request is covered by resend timers."""
-        taken = tuple(sorted(seq for seq in self._missing if self.fresh(seq))[:limit])
-        self._missing.difference_update(taken)
-        self._missing = {seq for seq in self._missing if self.fresh(seq)}
-        return taken
+    def link(self) -> LinkFields: ...
 
 
 @dataclass(frozen=True)
@@ -333,15 +89,58 @@ class OutgoingFile:
 
 
 @dataclass(frozen=True)
+class Written:
+    """What a file just written carried: messages written for the first time (`sent`) and
+    messages written again (`resent`)."""
+
+    sent: tuple[int, ...]
+    resent: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Arrival:
-    """What a valid file from `remote` means for the driver."""
+    """What a valid file from `remote` means for the driver. When it acknowledged
+    anything or moved our numbering (`renumbered`: the reader had seen numbers we had
+    not assigned, from before our state was restored), the driver keeps `acked` and
+    `next_seq` durably."""
 
     remote: str
     verdict: Verdict
     deliver: tuple[int, ...]  # new messages to store, then report with `stored`
     acked: tuple[int, ...]  # our messages this file acknowledged
     resend: tuple[int, ...]  # our messages it proved missing, resent at once
+    next_seq: int  # our next number for `remote` after this file
+    renumbered: bool = False  # the file moved `next_seq` forward
     old_epoch: str | None = None  # set with Verdict.NEW_EPOCH when the remote had another
+
+    @property
+    def to_keep(self) -> bool:
+        """Whether acks or numbering changed: what the driver must make durable."""
+        return bool(self.acked) or self.renumbered
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The received-state of a link once some deliveries are stored: what the driver
+    stores with them, in the same transaction, before reporting them `stored`."""
+
+    epoch: str  # the remote's epoch they belong to
+    received: ReceivedState
+    retired: frozenset[str]  # the remote's earlier epochs, whose files deliver nothing
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """What `mesh status` shows of one link."""
+
+    assigned: int  # sequence numbers given out so far
+    unacked: int
+    resends: int
+    files: int
+    last_ack: float | None  # when an ack last acknowledged something new
+    remote_epoch: str | None
+    received_upto: int
+    timeout: float  # the current wait for an ack before a resend
 
 
 @dataclass
@@ -389,9 +188,12 @@ class Protocol:
         return list(self._links)
 
     def outbound(self, remote: str) -> Outbound:
+        """The outbound side of the link to `remote`, for tests to look into (drivers use
+        what the events return, and `status`)."""
         return self._links[remote].outbound
 
     def inbound(self, remote: str) -> Inbound:
+        """The inbound side of the link from `remote`, for tests (see `outbound`)."""
         return self._links[remote].inbound
 
     # -- sending -------------------------------------------------------------------------
@@ -475,12 +277,21 @@ class Protocol:
             clock=self.clock(),
         )
 
-    def written(self, file: OutgoingFile, now: float) -> None:
+    def written(self, file: OutgoingFile, now: float) -> Written:
+        """`file` is in the pipe: its messages wait for their acks from `now` on. What it
+        sent and resent leaves out messages acknowledged while it was being written."""
         link = self._links[file.remote]
+        attempts = {seq: link.outbound.attempts(seq) for seq in file.seqs}
         link.outbound.sent(file.seqs, now)
         link.outbound.stats.files += 1
         link.last_file = now
         link.inbound.news = False
+        return Written(
+            tuple(
+                seq for seq, tries in attempts.items() if tries == 0 and link.outbound.holds(seq)
+            ),
+            tuple(seq for seq, tries in attempts.items() if tries > 0),
+        )
 
     def failed(self, file: OutgoingFile, now: float) -> None:
         """The file could not be written (the outbox is full, gone or read-only): try its
@@ -505,18 +316,18 @@ class Protocol:
     # -- receiving -----------------------------------------------------------------------
 
     def arrived(
-        self, header: Header, whole: Iterable[int], cut: Iterable[int], now: float
+        self, head: FileHead, whole: Iterable[int], cut: Iterable[int], now: float
     ) -> Arrival:
         """A valid file from a remote: `whole` are the sequence numbers of the frames that
         arrived intact, `cut` those that were cut off or damaged."""
-        remote = header.sender
+        remote = head.sender
         link = self._links[remote]
-        old_epoch = link.inbound.epoch
-        verdict = link.inbound.observe(header.epoch, header.link.floor)
+        old_epoch, numbered_to = link.inbound.epoch, link.outbound.next_seq
+        verdict = link.inbound.observe(head.epoch, head.link.floor)
         acked: list[int] = []
-        if header.link.ack is not None and header.link.ack_epoch == self.epoch:
-            acked = link.outbound.acked(header.link.ack, now)
-        resend = link.outbound.resend_now(header.link.missing, now)
+        if head.link.ack is not None and head.link.ack_epoch == self.epoch:
+            acked = link.outbound.acked(head.link.ack, now)
+        resend = link.outbound.resend_now(head.link.missing, now)
         deliver: list[int] = []
         if verdict is not Verdict.STALE:
             seen: set[int] = set()
@@ -531,12 +342,45 @@ class Protocol:
             tuple(deliver),
             tuple(acked),
             tuple(resend),
+            link.outbound.next_seq,
+            link.outbound.next_seq > numbered_to,
             old_epoch if verdict is Verdict.NEW_EPOCH else None,
         )
+
+    def receipt(self, remote: str, seqs: Iterable[int]) -> Receipt:
+        """The received-state from `remote` once `seqs` (delivered by `arrived`) are
+        stored; changes nothing. ValueError before any file from `remote` arrived."""
+        inbound = self._links[remote].inbound
+        if inbound.epoch is None:
+            raise ValueError(f"nothing arrived from {remote} yet")
+        received = inbound.received
+        for seq in seqs:
+            received = received.add(seq)
+        return Receipt(inbound.epoch, received, frozenset(inbound.retired))
 
     def stored(self, remote: str, seqs: Iterable[int]) -> None:
         """Deliveries from `remote` are durable: acknowledge them from now on."""
         self._links[remote].inbound.stored(seqs)
+
+    # -- status --------------------------------------------------------------------------
+
+    def ack_timeout(self, remote: str) -> float:
+        """How long a message to `remote` waits for its ack before it is resent."""
+        return self._links[remote].outbound.timeout()
+
+    def status(self, remote: str) -> LinkStatus:
+        link = self._links[remote]
+        outbound, inbound = link.outbound, link.inbound
+        return LinkStatus(
+            assigned=outbound.next_seq - 1,
+            unacked=outbound.unacked,
+            resends=outbound.stats.resends,
+            files=outbound.stats.files,
+            last_ack=outbound.stats.last_ack,
+            remote_epoch=inbound.epoch,
+            received_upto=inbound.received.upto,
+            timeout=outbound.timeout(),
+        )
 
     def clock(self) -> dict[str, int]:
         """Our `upto` per remote: how far each link has arrived here without a gap."""

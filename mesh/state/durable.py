@@ -1,4 +1,4 @@
-"""Group commit: the store's commits are cheap (not fsync'd one by one) and reach the disk
+"""Group commit: the database's commits are cheap (not fsync'd one by one) and reach the disk
 together, at the barriers where something is about to leave the peer."""
 
 from __future__ import annotations
@@ -8,52 +8,58 @@ from collections.abc import Callable
 
 import trio
 
-from ..pipe.folder import is_local
+from .database import Database
 from .offload import Offload
-from .store import Store
 
 
 class Durability:
     """Whoever is about to let something leave the peer (a file into the pipe, a request
     to the upstream, a 202 to a caller, the removal of a file a commit made unneeded)
-    first awaits `synced`: one fsync of the store's log covers every commit made before
+    first awaits `synced`: one fsync of the database's log covers every commit made before
     it, for all those waiting at the same time. A power cut can undo commits not synced
     yet, but only a suffix of them (the log is replayed in order) and nothing that any
     barrier let out. A failing fsync is logged and tried again every `retry` seconds:
     nothing leaves as if durable meanwhile.
 
-    The fsync runs in a worker thread, or on the event loop while fsyncs are measured to
-    be quick (`offload.Offload`)."""
+    The fsync runs where `fsyncs` puts it: in a worker thread, or on the event loop while
+    fsyncs are measured to be quick (give one that never allows that for a database on a
+    network share)."""
 
-    def __init__(self, store: Store, log: logging.Logger, retry: float = 1.0) -> None:
-        self.store = store
+    def __init__(
+        self,
+        database: Database,
+        log: logging.Logger,
+        retry: float = 1.0,
+        fsyncs: Offload | None = None,
+    ) -> None:
+        self.database = database
         self.log = log
         self.retry = retry
         self.syncs = 0  # fsyncs done (each may cover many commits)
-        self._synced = store.commits  # those before we started are on disk (or replayed)
+        self._synced = database.commits  # those before we started are on disk (or replayed)
         self._syncing: trio.Event | None = None
         self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
-        self.fsyncs = Offload(allowed=is_local(store.folder))  # never on the loop on a share
+        self.fsyncs = fsyncs or Offload()
 
     def after_sync(self, hook: Callable[[], None]) -> None:
         """Run `hook` once every commit made so far is on disk: at once if it is, else at
         the end of the next fsync that covers them (whoever awaits `synced` next; the
         links do before every file they write)."""
-        if self._synced >= self.store.commits:
+        if self._synced >= self.database.commits:
             hook()
         else:
-            self._hooks.append((self.store.commits, hook))
+            self._hooks.append((self.database.commits, hook))
 
     async def synced(self) -> None:
         """Return once every commit made so far is on disk."""
-        target = self.store.commits
+        target = self.database.commits
         while self._synced < target:
             if self._syncing is not None:  # one is under way: it may not cover ours
                 await self._syncing.wait()
                 continue
             self._syncing = done = trio.Event()
             try:
-                await self._sync(self.store.commits)
+                await self._sync(self.database.commits)
             finally:
                 self._syncing = None
                 done.set()
@@ -62,7 +68,7 @@ class Durability:
         failing = False
         while True:
             try:
-                await self.fsyncs.run(self.store.sync_log)
+                await self.fsyncs.run(self.database.sync_log)
             except OSError as exc:
                 if not failing:
                     self.log.error("cannot make the state durable (fsync failed): %s", exc)

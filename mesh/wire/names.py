@@ -15,9 +15,10 @@ from enum import StrEnum
 SUFFIX = ".mesh"
 TEMP_PREFIX = "."
 
-_NAME = r"[a-z0-9][a-z0-9-]{0,62}"
+PEER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a peer's name, everywhere
+PEER_NAME_RULE = "lowercase letters, digits and '-', at most 63, starting with a letter or digit"
 _FILE = re.compile(
-    rf"(?P<sender>{_NAME})\.(?P<recipient>{_NAME})\."
+    rf"(?P<sender>{PEER_NAME.pattern})\.(?P<recipient>{PEER_NAME.pattern})\."
     r"(?P<stamp>[0-9a-f]{16})-(?P<token>[0-9a-f]{8})\.(?P<kind>hb|msg)\.mesh"
 )
 

@@ -1,0 +1,222 @@
+"""The far side: each request delivered here is forwarded to the upstream at most once.
+
+The execution is marked `forwarding` durably before the request leaves, so after a crash
+an execution found in that state has an unknown outcome, and a non-idempotent request is
+then answered ``502 Mesh-Outcome: unknown`` and never sent again (idempotent ones are
+retried). A request that never reached the upstream (no connection could be made) is
+tried again with backoff until its deadline. The answer goes back on the link it came by.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.receiving import Receiving
+from ..pipe.sending import Sending, receive_body, stream_for
+from ..pipe.streams import BodyStream
+from ..state.database import Database
+from ..state.durable import Durability
+from ..state.executions import Execution, ExecutionTables
+from ..state.links import Delivery
+from ..wire.messages import Control, Kind, Request, Response, unpack_envelope
+from .headers import declared_length, end_to_end, upstream_headers
+from .origin import NeverSent, Origin, Reply, UpstreamError
+from .problems import over_limit, problem_response
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0  # seconds between attempts that never reached it
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What goes back for a request: the response, its body when spooled, and the
+    stream that has been sending that body while it arrived."""
+
+    response: Response
+    body: Body = dataclasses.field(default_factory=Body)
+    stream: BodyStream | None = None
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where and how requests are forwarded: the upstream's URL (None: each request is
+    answered 502), how long its silence is borne, how many requests it gets at once."""
+
+    url: str | None
+    timeout: float = 60.0
+    concurrency: int = 64
+
+    def origin(self) -> contextlib.AbstractAsyncContextManager[Origin | None]:
+        if self.url is None:
+            return contextlib.nullcontext(None)
+        return Origin(self.url, self.timeout, connect_timeout=min(self.timeout, 5.0))
+
+
+class Forwarder:
+    """Forwards requests delivered to peer `name` to its upstream, at most once each."""
+
+    def __init__(
+        self,
+        name: str,
+        database: Database,
+        executions: ExecutionTables,
+        sending: Sending,
+        receiving: Receiving,
+        bodies: Bodies,
+        durable: Durability,
+        upstream: Upstream,
+        max_body: int,
+    ) -> None:
+        self.name, self.database, self.executions = name, database, executions
+        self.sending, self.receiving, self.bodies = sending, receiving, bodies
+        self.durable, self.upstream, self.max_body = durable, upstream, max_body
+        self.limit = trio.CapacityLimiter(upstream.concurrency)  # with the upstream at once
+        self.log = logging.getLogger(f"mesh.{name}")
+
+    async def run(self) -> None:
+        async with self.upstream.origin() as origin, trio.open_nursery() as nursery:
+            for left in self.executions.unfinished():
+                request = unpack_envelope(left.request, len(left.request)).message
+                assert isinstance(request, Request)
+                interrupted = left.state is Execution.FORWARDING
+                nursery.start_soon(self._execute, origin, left.origin, request, interrupted)
+            async for batch in self.receiving.deliveries(Kind.REQUEST):
+                with self.database.transaction():  # one commit for all those here
+                    for item in batch:
+                        message = unpack_envelope(item.payload, len(item.payload)).message
+                        assert isinstance(message, Request)
+                        if message.body_length:  # its body comes as fragments: take it then
+                            nursery.start_soon(self._take, origin, nursery, item, message)
+                        else:
+                            await self._take(origin, nursery, item, message)
+
+    async def _take(
+        self, origin: Origin | None, nursery: trio.Nursery, item: Delivery, request: Request
+    ) -> None:
+        """Record `request` for execution once its whole body is here, and start it. A
+        body that does not come by the request's deadline is answered 504; one over this
+        peer's body limit (its fragments are refused) is answered 413 at once."""
+        length, transfer = request.body_length, request.body_id
+        if length and transfer and length <= self.max_body:
+            with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
+                await self.receiving.body_arrived(item.remote, transfer, length)
+        taken = self.executions.take(item.id, item.remote, request.id, item.payload, time.time())
+        if taken:
+            run = partial(self._execute, origin, item.remote, request, False)
+            self.database.after_commit(lambda: nursery.start_soon(run))
+
+    async def _execute(
+        self, origin: Origin | None, asker: str, request: Request, interrupted: bool
+    ) -> None:
+        outcome = await self._outcome(origin, asker, request, interrupted)
+        with self.database.transaction():  # answered and marked so, or neither
+            await self.sending.send(asker, outcome.response, outcome.body, outcome.stream)
+            self.executions.mark(request.id, Execution.RESPONDED, time.time())
+        if request.body_id:  # the request's body file has served its purpose
+            self.receiving.forget_body(asker, request.body_id)
+            self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
+
+    async def _outcome(
+        self, origin: Origin | None, asker: str, request: Request, interrupted: bool
+    ) -> Outcome:
+        if interrupted and request.method not in IDEMPOTENT:
+            title = "outcome unknown: the peer stopped while the request was with the upstream"
+            return self._problem(request, 502, title, outcome="unknown")
+        if time.time() > request.deadline:
+            return self._problem(request, 504, "request expired in transit")
+        if origin is None:
+            return self._problem(request, 502, f"{self.name} has no upstream")
+        if (request.body_length or 0) > self.max_body:
+            limit = over_limit(f"{self.name}'s", self.max_body)
+            return self._problem(request, 413, f"the request body is {limit}")
+        length, transfer = request.body_length, request.body_id
+        if length and transfer and not self.receiving.body_here(asker, transfer, length):
+            return self._problem(request, 504, "request body did not arrive by its deadline")
+        async with self.limit:
+            return await self._forward(origin, asker, request)
+
+    @staticmethod
+    def _problem(request: Request, status: int, title: str, **extra: str) -> Outcome:
+        return Outcome(problem_response(request.id, status, title, **extra))
+
+    async def _forward(self, origin: Origin, asker: str, request: Request) -> Outcome:
+        """The upstream's answer (its body in memory or spooled). A request that never
+        reached it is tried again with backoff until the deadline; a failure after it may
+        have reached it is an unknown outcome for a method that is not idempotent."""
+        delay, first = RETRY_FIRST, True
+        while True:
+            await self._mark_forwarding(asker, request, first)
+            first = False
+            try:
+                return await self._exchange(origin, asker, request)
+            except BodyTooLarge:
+                limit = over_limit(f"{self.name}'s", self.max_body)
+                return self._problem(request, 502, f"the upstream's response is {limit}")
+            except UpstreamError as exc:
+                if isinstance(exc, NeverSent):  # it never reached the upstream
+                    self.executions.mark(request.id, Execution.RECEIVED, time.time())
+                elif request.method not in IDEMPOTENT:
+                    self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
+                    return self._problem(request, 502, f"outcome unknown: {exc}", outcome="unknown")
+                left = request.deadline - time.time()
+                if left <= 0:
+                    return self._problem(request, 502, f"upstream failed: {exc}")
+                await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
+                delay = min(delay * 2, RETRY_MOST)
+
+    async def _mark_forwarding(self, asker: str, request: Request, first: bool) -> None:
+        """Mark the execution `forwarding` (and, the first time, tell the caller's peer),
+        and wait until that is on disk: then the upstream may act."""
+        with self.database.transaction():  # one commit: marked, and the caller told
+            self.executions.mark(request.id, Execution.FORWARDING, time.time())
+            if first:
+                note = Control("forwarded", {"id": request.id, "at": time.time()})
+                self.sending.note(asker, note)  # rides with the response, most likely
+        await self.durable.synced()
+
+    async def _exchange(self, origin: Origin, asker: str, request: Request) -> Outcome:
+        """One attempt: the request sent, the reply read (its body spooled and sent on as
+        it arrives when big). BodyTooLarge for a reply over the body limit, before any of
+        it is read when it says so; UpstreamError as `origin.Origin` raises it."""
+        headers = upstream_headers(request, self.name)
+        content = self._request_body(asker, request)
+        async with origin.request(request.method, request.target, headers, content) as reply:
+            if self._declared_too_big(request, reply):
+                raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
+            stream = self._stream(asker, request, reply)
+            body = await receive_body(
+                self.bodies, self.sending, reply.chunks(), self.max_body, stream
+            )
+        kept = end_to_end(reply.headers)
+        if request.method == "HEAD":  # no body, but the size it would have had
+            declared = reply.header(b"content-length")
+            kept += ((b"content-length", declared),) if declared else ()
+        return Outcome(Response(request.id, reply.status, kept, body.data), body, stream)
+
+    def _stream(self, asker: str, request: Request, reply: Reply) -> BodyStream | None:
+        """A stream for the body of `reply` when it says it is big enough to spool (its
+        fragments then leave while it still arrives), else None."""
+        if request.method == "HEAD":  # its Content-Length is of a body it does not send
+            return None
+        length = declared_length(reply.header(b"content-length"))
+        return stream_for(self.sending, asker, request.id, length, self.max_body)
+
+    def _declared_too_big(self, request: Request, reply: Reply) -> bool:
+        """Whether `reply` declares a body over this peer's body limit."""
+        length = declared_length(reply.header(b"content-length"))
+        return request.method != "HEAD" and length is not None and length > self.max_body
+
+    def _request_body(self, asker: str, request: Request) -> bytes | AsyncIterator[bytes]:
+        """What is sent: the inline body, or the body file streamed."""
+        if not request.body_id:
+            return request.body
+        return self.bodies.chunks(incoming_name(asker, request.body_id))

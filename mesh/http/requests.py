@@ -1,0 +1,220 @@
+"""The requests this peer accepted from its callers: a durable record of each, moved along
+its lifecycle (`proto.lifecycle`) as the links report its messages, and completed when its
+response arrives; callers waiting for one are woken when it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ..pipe.bodies import Body
+from ..pipe.events import EventHub, LinkEvents, Progress
+from ..pipe.receiving import Receiving
+from ..pipe.sending import Sending
+from ..pipe.streams import BodyStream
+from ..proto.lifecycle import (
+    COMPLETED,
+    DELIVERED,
+    FAILED,
+    FINAL,
+    FORWARDED,
+    SENT,
+    STORED,
+    RequestState,
+)
+from ..state.database import Database
+from ..state.durable import Durability
+from ..state.links import Delivery
+from ..state.requests import Answer, Event, RequestRecord, RequestTables
+from ..wire.messages import Control, Headers, Kind, Request, Response, unpack_envelope
+from .problems import over_limit, problem_response
+
+# What a link event of a request's message means for the request.
+LINK_STEPS = {"sent": SENT, "acked": DELIVERED}
+FOLLOW_BATCH = 1024  # link events taken in one transaction at most
+
+
+def new_id() -> str:
+    """A new request id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """A step of a request at the caller's peer: a lifecycle state, or ``progress``."""
+
+    request_id: str
+    state: str
+    at: float
+    progress: Progress | None = None  # state "progress": how far its body has got
+
+    def as_json(self) -> dict[str, Any]:
+        event: dict[str, Any] = {"request_id": self.request_id, "state": self.state, "at": self.at}
+        if self.progress is not None:
+            event.update(
+                direction=self.progress.direction,
+                done=self.progress.done,
+                total=self.progress.total,
+            )
+        return event
+
+
+class Requests:
+    """The requests of one peer. `posted` is told when posts were queued (the poster's
+    kick); `max_body` bounds a response taken in fragments."""
+
+    def __init__(
+        self,
+        database: Database,
+        tables: RequestTables,
+        sending: Sending,
+        receiving: Receiving,
+        link_events: LinkEvents,
+        progress: EventHub[Progress],
+        durable: Durability,
+        posted: Callable[[], None],
+        max_body: int,
+    ) -> None:
+        self.database, self.tables, self.durable = database, tables, durable
+        self.sending, self.receiving = sending, receiving
+        self.link_events, self.progress = link_events, progress
+        self.posted, self.max_body = posted, max_body
+        self.events: EventHub[RequestEvent] = EventHub()
+        self._finished: dict[str, trio.Event] = {}  # set when the request ends
+
+    async def submit(
+        self,
+        remote: str,
+        method: str,
+        target: str,
+        headers: Headers,
+        body: Body,
+        ttl: float,
+        callback: str | None = None,
+        events_url: str | None = None,
+        stream: BodyStream | None = None,
+    ) -> str:
+        """Store the request and send it; its id (`stream`'s message id, when its body was
+        already being sent as it arrived). It is committed on return, durable only at the
+        next `durable.synced` (await it before a 202); its ``stored`` event is told then.
+        Errors: KeyError (not a link), OSError/sqlite3.Error (the store cannot take it:
+        nothing is half accepted)."""
+        request_id = stream.message_id if stream is not None else new_id()
+        now = time.time()
+        deadline = now + ttl
+        request = Request(request_id, method, target, headers, body.data, deadline)
+        with self.database.transaction():  # one commit for both
+            sent = await self.sending.send(remote, request, body, stream)
+            self.tables.add(
+                request_id, remote, sent.seq, method, target, deadline, now, callback, events_url
+            )
+        self.durable.after_sync(lambda: self._changed(request_id, [(STORED, now)]))
+        return request_id
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        return self.tables.get(request_id)
+
+    async def wait(self, request_id: str, seconds: float) -> RequestRecord | None:
+        """The record once ended, or as it stands after `seconds`."""
+        with trio.move_on_after(seconds):
+            while True:
+                record = self.get(request_id)
+                if record is None or record.done:
+                    return record
+                await self._finished.setdefault(request_id, trio.Event()).wait()
+        return self.get(request_id)
+
+    def _changed(self, request_id: str, events: list[Event]) -> None:
+        """Publish the new events of `request_id`, post them, and wake those waiting for
+        it if it ended (only then: each wake-up reads the record again)."""
+        if any(state in FINAL for state, _ in events):
+            waiting = self._finished.pop(request_id, None)
+            if waiting is not None:
+                waiting.set()
+        for state, at in events:
+            self.events.publish(RequestEvent(request_id, state, at))
+        self.posted()
+
+    def _advance(self, request_id: str, state: RequestState, at: float) -> None:
+        added = self.tables.advance(request_id, state, at, time.time())
+        if added:
+            self.database.after_commit(lambda: self._changed(request_id, added))
+
+    async def run(self) -> None:
+        """Take responses as they are delivered, and follow what happens to requests."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_link_events)
+            nursery.start_soon(self._follow_notes)
+            nursery.start_soon(self._follow_transfers)
+            async for batch in self.receiving.deliveries(Kind.RESPONSE):
+                with self.database.transaction():  # one commit for all those here
+                    for item in batch:
+                        message = unpack_envelope(item.payload, len(item.payload)).message
+                        assert isinstance(message, Response)
+                        if message.body_length:  # its body comes as fragments: later
+                            nursery.start_soon(self._answered, item, message)
+                        else:
+                            await self._answered(item, message)
+
+    async def _answered(self, item: Delivery, message: Response) -> None:
+        """Store `message` as its request's answer, once its whole body is here; one over
+        this peer's body limit is refused (its fragments are never kept) and the request
+        fails with a problem of its own."""
+        end, body_file = COMPLETED, None
+        if (message.body_length or 0) > self.max_body:
+            limit = over_limit("this peer's", self.max_body)
+            end, message = FAILED, problem_response(message.id, 502, f"the response is {limit}")
+        if message.body_length and message.body_id:
+            body_file = await self.receiving.body_arrived(
+                item.remote, message.body_id, message.body_length
+            )
+        answer = Answer(message.id, message.status, message.headers, message.body, body_file)
+        added = self.tables.answer(item.id, answer, time.time(), end)
+        if body_file is not None and message.body_id:
+            self.receiving.forget_body(item.remote, message.body_id)
+        self.database.after_commit(lambda: self._changed(message.id, added))
+
+    async def _follow_notes(self) -> None:
+        """The far side's notes on our requests (``forwarded``), as they are delivered."""
+        async for batch in self.receiving.deliveries(Kind.CONTROL):
+            with self.database.transaction():
+                for item in batch:
+                    message = unpack_envelope(item.payload, len(item.payload)).message
+                    assert isinstance(message, Control)
+                    request_id, at = message.args.get("id"), message.args.get("at")
+                    if message.op == "forwarded" and isinstance(request_id, str):
+                        self._advance(request_id, FORWARDED, float(at or time.time()))
+                self.receiving.consume([item.id for item in batch])
+
+    async def _follow_transfers(self) -> None:
+        """Progress of our requests' bodies going out and their responses' coming in, as
+        ``progress`` events (live, and posted to the request's `Mesh-Events` URL)."""
+        async for progress in self.progress.subscribe():
+            now = time.time()
+            event = RequestEvent(progress.message_id, "progress", now, progress)
+            if self.tables.progress(event.request_id, json.dumps(event.as_json()), now):
+                self.events.publish(event)
+                self.posted()
+
+    async def _follow_link_events(self) -> None:
+        """Link events of our requests' messages, those that came together in one commit."""
+        channel = self.link_events.subscribe()
+        async for event in channel:
+            batch = [event]
+            with contextlib.suppress(trio.WouldBlock):
+                while len(batch) < FOLLOW_BATCH:
+                    batch.append(channel.receive_nowait())
+            with self.database.transaction():
+                for each in batch:
+                    state = LINK_STEPS.get(each.state)
+                    request_id = state and self.tables.by_seq(each.remote, each.seq)
+                    if state and request_id:
+                        self._advance(request_id, state, each.at)

@@ -1,0 +1,161 @@
+"""The inbox loop of a peer: woken by the folder watcher (or a timer for files still
+settling), it lists the files addressed to the peer, checks them in batches, hands each
+valid one to the links (`arrived`) and removes it, quarantines those refused, and leaves
+a file that looks cut short until it has settled (a mirror may still be writing it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from ..config.roster import PeerSettings
+from ..proto.settle import Settling
+from ..state.offload import Offload
+from ..wire.crypto import Keyring
+from ..wire.fileformat import Limits, ScannedFile
+from . import folder, inbox
+
+Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[object]]
+Heard = Callable[[str, str], None]  # (peer, its epoch): a valid file came from it
+
+
+class Intake:
+    """The inbox of the peer `settings` are of: each valid file goes to `arrived` (the
+    links), its sender to `heard` (who is alive) first."""
+
+    def __init__(
+        self,
+        settings: PeerSettings,
+        keyring: Keyring,
+        limits: Limits,
+        quarantine: folder.Quarantine,
+        arrived: Arrived,
+        heard: Heard,
+    ) -> None:
+        self.settings, self.name = settings, settings.name
+        self.keyring, self.limits, self.quarantine = keyring, limits, quarantine
+        self.arrived, self.heard = arrived, heard
+        self.log = logging.getLogger(f"mesh.{self.name}")
+        self._settling = Settling(settings.settle)
+        # listing and checking small files: on the loop while that is quick
+        self.reads = Offload(allowed=folder.is_local(settings.inbox))
+
+    async def run(self) -> None:
+        """Take files as they come, until cancelled."""
+        wake_send, wake_recv = trio.open_memory_channel[None](1)
+        settings = self.settings
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                folder.watch, settings.inbox, settings.watch, settings.poll_interval, wake_send
+            )
+            while True:
+                await self._take_inbox()
+                with trio.move_on_at(self._settling.next_check()):
+                    await wake_recv.receive()
+
+    async def _take_inbox(self) -> None:
+        """Take the files addressed to this peer: listed and the first batch checked in
+        one call (on the loop while that is quick), each further batch in a thread."""
+        settings = self.settings
+        listed = partial(
+            inbox.list_and_check,
+            settings.inbox,
+            self.name,
+            frozenset(settings.talks_to),
+            self.keyring,
+            self.limits,
+            self._settling.marks(trio.current_time()),
+            small_only=self.reads.inline,  # a big file is read and hashed in a thread
+        )
+        try:
+            listing = await self.reads.run(listed)
+        except OSError as exc:
+            self.log.warning("%s: cannot list inbox %s: %s", self.name, settings.inbox, exc)
+            return
+        for name, path in listing.foreign:
+            detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
+            await self._quarantine(path, "not-whitelisted", detail)
+        await self._take_checked(listing.checked)
+        for start in range(0, len(listing.unchecked), inbox.BATCH):
+            batch = listing.unchecked[start : start + inbox.BATCH]
+            settling = self._settling.marks(trio.current_time())
+            checked = await trio.to_thread.run_sync(
+                inbox.check_files, batch, self.keyring, self.limits, settling
+            )
+            await self._take_checked(checked)
+
+    async def _take_checked(self, checked: list[inbox.Checked]) -> None:
+        """Take checked files in order, then remove those taken in one call; refused
+        files go to quarantine."""
+        taken = []
+        for each in checked:
+            try:
+                if await self._take(each):
+                    taken.append(each.path)
+            except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
+                self.log.error("%s: cannot take %s yet: %s", self.name, each.path.name, exc)
+        unremoved = await self.reads.run(partial(inbox.remove_all, taken)) if taken else []
+        for path, error in unremoved:  # it stays: read again, its messages dropped as repeats
+            self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
+
+    async def _take(self, checked: inbox.Checked) -> bool:
+        """Take one checked file; whether it was taken (and may now be removed)."""
+        scanned = await self._judge(checked)
+        if scanned is None:
+            return False
+        sender = checked.name.sender
+        self.heard(sender, scanned.header.epoch)
+        await self.arrived(checked.path, scanned, checked.content)
+        if scanned.missing:
+            self.log.info(
+                "%s: %s lost %d of %d frames on the way; asked %s for them again",
+                self.name,
+                checked.path.name,
+                len(scanned.missing),
+                len(scanned.intact),
+                sender,
+            )
+        return True
+
+    async def _judge(self, checked: inbox.Checked) -> ScannedFile | None:
+        """The valid content of a checked file, or None: gone, unreadable for now, refused
+        (quarantined), or cut short and not yet settled (looked at again later)."""
+        name, path, mark = checked.name, checked.path, checked.mark
+        if mark is None:
+            self._settling.forget(path.name)
+            return None
+        if checked.failure is not None:
+            raise checked.failure
+        if checked.waiting:
+            return None
+        if checked.error is not None:
+            if checked.error.reason == "truncated" and not self._settled(path, mark):
+                return None  # maybe still being written in place
+            await self._quarantine(path, checked.error.reason, checked.error.detail)
+            return None
+        scanned = checked.scanned
+        assert scanned is not None
+        if scanned.header.sender != name.sender:
+            detail = f"named as {name.sender}'s but signed by {scanned.header.sender}"
+            await self._quarantine(path, "name-mismatch", detail)
+            return None
+        if scanned.cut_short and not self._settled(path, mark):
+            return None
+        self._settling.forget(path.name)
+        return scanned
+
+    def _settled(self, path: Path, mark: tuple[int, int]) -> bool:
+        """True once `path` has kept `mark` (size, mtime) for `settle` seconds: a mirror
+        writing in place may still be growing it. Until then it is looked at again later."""
+        return self._settling.settled(path.name, mark, trio.current_time())
+
+    async def _quarantine(self, path: Path, reason: str, detail: str) -> None:
+        dest = await trio.to_thread.run_sync(self.quarantine.put, path, reason, detail)
+        if dest is not None:
+            self.log.warning("%s: quarantined %s: %s (%s)", self.name, path.name, reason, detail)

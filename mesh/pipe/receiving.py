@@ -1,0 +1,147 @@
+"""Receiving on the links: the messages a valid file delivers are stored durably with the
+received-state that acknowledges them (fragments into their body files), and only then
+may they be acknowledged; the layer above reads them from the store until it consumes
+them, so a message is offered again after a restart until then.
+
+API for the layer above: `receiving.deliveries(kind)` yields delivered messages in
+batches (to take in one transaction); `body_arrived` waits for a body sent in fragments.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import trio
+
+from ..proto.inbound import Verdict
+from ..proto.link import Arrival, Protocol
+from ..state.links import Delivery, LinkTables
+from ..wire.fileformat import ScannedFile
+from ..wire.messages import Kind
+from .bodies import incoming_name
+from .events import EventHub, LinkEvents, Progress
+from .opening import Opened, Reader
+
+
+class Receiving:
+    """The incoming side of one peer's links."""
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        tables: LinkTables,
+        reader: Reader,
+        events: LinkEvents,
+        progress: EventHub[Progress],
+    ) -> None:
+        self.protocol, self.tables, self.reader = protocol, tables, reader
+        self.events, self.progress = events, progress
+        self.log = logging.getLogger(f"mesh.{protocol.me}")
+        self._delivered = trio.Event()
+
+    async def store(
+        self, arrival: Arrival, path: Path, scanned: ScannedFile, content: bytes | None
+    ) -> None:
+        """Store what `arrival` delivers from the file at `path` (`content`, the whole of
+        it when small: opened here, without a thread round trip), with the received-state
+        that acknowledges it, in one transaction; then let the protocol acknowledge it."""
+        if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
+            return
+        remote = arrival.remote
+        given_up = self.tables.abandoned(remote) if arrival.deliver else set()
+        if content is not None:
+            opened = self.reader.open(
+                remote, arrival.deliver, io.BytesIO(content), scanned, given_up
+            )
+        else:
+            opened = await trio.to_thread.run_sync(
+                self._open_file, remote, arrival.deliver, path, scanned, given_up
+            )
+        for seq, problem in opened.refused:
+            # Authentic but malformed: never delivered, but acknowledged so the sender
+            # stops resending what can never be taken.
+            self.log.error(
+                "%s: message %d from %s refused: %s", self.protocol.me, seq, remote, problem
+            )
+        taken = [seq for seq in arrival.deliver if seq not in opened.unread]
+        receipt = self.protocol.receipt(remote, taken)
+        self.tables.deliver(
+            remote,
+            receipt.epoch,
+            opened.messages,
+            receipt.received,
+            receipt.retired,
+            time.time(),
+            opened.fragments,
+            opened.abandoned,
+        )
+        self.protocol.stored(remote, taken)
+        self.events.tell("delivered", remote, taken, time.time())
+        self._told(remote, opened)
+
+    def _open_file(
+        self,
+        remote: str,
+        deliver: tuple[int, ...],
+        path: Path,
+        scanned: ScannedFile,
+        given_up: set[str],
+    ) -> Opened:
+        with open(path, "rb") as source:
+            return self.reader.open(remote, deliver, source, scanned, given_up)
+
+    def _told(self, remote: str, opened: Opened) -> None:
+        """Report the progress of bodies arriving in fragments, and wake those waiting
+        for deliveries."""
+        for transfer, message_id, total in {(t, m, n) for t, m, n, _ in opened.fragments}:
+            have = self.tables.transfer_received(remote, transfer)
+            self.progress.publish(Progress("receiving", remote, message_id, have, total))
+        if opened.messages or opened.fragments or opened.abandoned:
+            self._delivered.set()
+            self._delivered = trio.Event()
+
+    async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Delivery]]:
+        """Delivered messages (of `kind`) as they come, oldest first, in batches of those
+        already here (to take in one transaction), from the store: a message is yielded
+        again after a restart until it is consumed."""
+        after = 0
+        while True:
+            batch = self.tables.delivered(after, kind=kind)
+            if batch:
+                after = batch[-1].id
+                yield batch
+            else:
+                await self._delivered.wait()
+
+    async def delivered(self) -> None:
+        """Return at the next delivery of anything."""
+        await self._delivered.wait()
+
+    def body_here(self, remote: str, transfer: str, length: int) -> bool:
+        """Whether all `length` bytes of body `transfer` from `remote` are here (durably)."""
+        return self.tables.transfer_received(remote, transfer) >= length
+
+    async def body_arrived(self, remote: str, transfer: str, length: int) -> str:
+        """The file of body `transfer` from `remote`, once `body_here`."""
+        while not self.body_here(remote, transfer, length):
+            await self._delivered.wait()
+        return incoming_name(remote, transfer)
+
+    def consume(self, ids: Iterable[int]) -> None:
+        """The layer above is done with these deliveries: never offer them again."""
+        self.tables.consume(ids)
+
+    def forget_body(self, remote: str, transfer: str) -> None:
+        """Body `transfer` from `remote` has served its purpose: stop counting it."""
+        self.tables.forget_transfer(remote, transfer)
+
+    def transfers(self) -> list[Progress]:
+        """Every body arriving in fragments, with how far it has got."""
+        return [
+            Progress("receiving", remote, message_id, have, total)
+            for remote, message_id, have, total in self.tables.receiving()
+        ]

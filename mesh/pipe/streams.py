@@ -1,0 +1,31 @@
+"""A body sent in fragments while it still arrives (from a caller, or from the upstream),
+and how it is given up."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+
+from .events import Progress
+
+ABANDON = "abandon"  # the control op that gives a transfer up (the far side drops it)
+
+
+@dataclass
+class BodyStream:
+    """A body of `total` bytes for message `message_id`, sent to `remote` in fragments
+    as transfer `transfer`, while it may still be arriving."""
+
+    remote: str
+    message_id: str
+    total: int
+    transfer: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    spool: str | None = None  # its body file, once known
+    queued: int = 0  # bytes of it stored as fragments so far
+    opened: bool = False  # recorded as open: fragments stored, its message not yet
+
+    def progress(self, waiting: int) -> Progress:
+        """How far it has got, with `waiting` bytes of its fragments not acknowledged."""
+        done = max(self.queued - waiting, 0)
+        return Progress("sending", self.remote, self.message_id, done, self.total)

@@ -1,0 +1,61 @@
+"""The execution table of the far side: each request delivered here for the upstream,
+from the moment it is taken until it is answered. An execution moves ``received`` →
+``forwarding`` (durably, before the upstream is called) → ``responded``; one found in
+``forwarding`` after a restart has an unknown outcome."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .database import Database
+
+
+class Execution(StrEnum):
+    RECEIVED = "received"  # taken, not sent to the upstream (or known never to have arrived)
+    FORWARDING = "forwarding"  # with the upstream: the outcome is unknown until it answers
+    RESPONDED = "responded"  # its answer is stored for the caller's peer
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """An execution not answered yet: who asked, the request (its envelope), its state."""
+
+    origin: str
+    request: bytes
+    state: Execution
+
+
+class ExecutionTables:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._sql = database.connection
+
+    def take(
+        self, delivery_id: int, origin: str, request_id: str, request: bytes, at: float
+    ) -> bool:
+        """Record a delivered request for execution and consume the delivery, atomically;
+        False if it was taken before (it is then never executed again)."""
+        with self._database.transaction():
+            cursor = self._sql.execute(
+                "INSERT OR IGNORE INTO executions (id, origin, state, request, updated)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (request_id, origin, Execution.RECEIVED, request, at),
+            )
+            self._sql.execute("DELETE FROM inbound WHERE id = ?", (delivery_id,))
+        return bool(cursor.rowcount)
+
+    def mark(self, request_id: str, state: Execution, at: float) -> None:
+        with self._database.transaction():
+            self._sql.execute(
+                "UPDATE executions SET state = ?, updated = ? WHERE id = ?",
+                (state, at, request_id),
+            )
+
+    def unfinished(self) -> list[Unfinished]:
+        """The executions not answered yet, oldest first."""
+        rows = self._sql.execute(
+            "SELECT origin, request, state FROM executions WHERE state IN (?, ?) ORDER BY updated",
+            (Execution.RECEIVED, Execution.FORWARDING),
+        )
+        return [Unfinished(str(o), bytes(r), Execution(s)) for o, r, s in rows]

@@ -1,0 +1,248 @@
+"""The request table of the caller's peer: each request it accepted, its state and events
+(moved only as `proto.lifecycle` allows), and its response once one came. A request's
+events for its `Mesh-Events` URL and its response for its `Mesh-Callback` URL are queued
+as posts in the same transaction that records them. Times are the caller's (wall clock).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..proto.lifecycle import COMPLETED, FINAL, INITIAL, RESPONDED, RequestState, advance
+from ..wire.messages import Headers
+from .database import Database
+from .posts import PostTables, RawHeaders
+
+Event = tuple[RequestState, float]  # a state and when it was reached
+JSON = [(b"content-type", b"application/json")]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response as the caller's peer keeps it: its body inline, or in a body file."""
+
+    request_id: str
+    status: int
+    headers: Headers
+    body: bytes = b""
+    body_file: str | None = None
+
+    def callback_headers(self) -> RawHeaders:
+        """What a callback POST of it carries: its headers, then mesh's."""
+        mesh = [(b"mesh-request-id", self.request_id.encode())]
+        return [*self.headers, *mesh, (b"mesh-status", str(self.status).encode())]
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    remote: str
+    method: str
+    target: str
+    state: RequestState
+    events: list[Event]
+    deadline: float
+    status: int | None = None
+    headers: Headers = ()
+    body: bytes = b""
+    body_file: str | None = None  # the response body is in this body file instead
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "peer": self.remote,
+            "method": self.method,
+            "target": self.target,
+            "state": self.state,
+            "deadline": self.deadline,
+            "response_status": self.status,
+            "events": [{"state": s, "at": at} for s, at in self.events],
+        }
+
+
+class RequestTables:
+    def __init__(self, database: Database, posts: PostTables) -> None:
+        self._database = database
+        self._sql = database.connection
+        self._posts = posts
+
+    def add(
+        self,
+        request_id: str,
+        remote: str,
+        seq: int,
+        method: str,
+        target: str,
+        deadline: float,
+        now: float,
+        callback: str | None = None,
+        events_url: str | None = None,
+    ) -> None:
+        """Record a request sent as message `seq` to `remote`, stored at `now`."""
+        with self._database.transaction():
+            self._sql.execute(
+                "INSERT INTO requests (id, remote, seq, method, target, state, events, deadline,"
+                " callback, events_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    request_id,
+                    remote,
+                    seq,
+                    method,
+                    target,
+                    INITIAL,
+                    json.dumps([[INITIAL, now]]),
+                    deadline,
+                    callback,
+                    events_url,
+                ),
+            )
+            self._post_events(request_id, events_url, [(INITIAL, now)], deadline, now)
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        row = self._sql.execute(
+            "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
+            " body_file FROM requests WHERE id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        id_, remote, method, target, state, events, deadline, status, headers, body, file = row
+        return RequestRecord(
+            id=id_,
+            remote=remote,
+            method=method,
+            target=target,
+            state=RequestState(state),
+            events=[(RequestState(s), at) for s, at in json.loads(events)],
+            deadline=deadline,
+            status=status,
+            headers=_unpack_headers(headers),
+            body=bytes(body or b""),
+            body_file=file,
+        )
+
+    def by_seq(self, remote: str, seq: int) -> str | None:
+        """The id of the request sent as message `seq` to `remote`, if one was."""
+        row = self._sql.execute(
+            "SELECT id FROM requests WHERE remote = ? AND seq = ?", (remote, seq)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def advance(self, request_id: str, state: RequestState, at: float, now: float) -> list[Event]:
+        """Move the request to `state`, reached at `at` (perhaps by another peer's clock),
+        as the lifecycle allows, with the states on the way; the events added, none for
+        late or repeated news. Their posts are due at `now`."""
+        with self._database.transaction():
+            row = self._sql.execute(
+                "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                return []
+            new = [(step, at) for step in advance(RequestState(row[0]), state)]
+            if new:
+                self._record(request_id, json.loads(row[1]), new)
+                self._post_events(request_id, row[2], new, row[3], now)
+        return new
+
+    def answer(
+        self, delivery_id: int, answer: Answer, at: float, end: RequestState = COMPLETED
+    ) -> list[Event]:
+        """Store `answer` for its request (if it is ours and not ended), moving it through
+        ``responded`` to `end` (``completed``, or ``failed`` when the answer is mesh's own
+        problem), queue its callback, and consume delivery `delivery_id`, in one
+        transaction; the events added (none if there was nothing to answer)."""
+        new: list[Event] = []
+        with self._database.transaction():
+            row = self._sql.execute(
+                "SELECT state, events, callback, events_url, deadline FROM requests WHERE id = ?",
+                (answer.request_id,),
+            ).fetchone()
+            if row is not None and row[0] not in FINAL:
+                current = RequestState(row[0])
+                steps = advance(current, RESPONDED) + advance(RESPONDED, end)
+                new = [(step, at) for step in steps]
+                self._record(answer.request_id, json.loads(row[1]), new)
+                self._post_events(answer.request_id, row[3], new, row[4], at)
+                if row[2] is not None:
+                    self._post_answer(row[2], answer, row[4], at)
+                self._sql.execute(
+                    "UPDATE requests SET status = ?, headers = ?, body = ?, body_file = ?"
+                    " WHERE id = ?",
+                    (
+                        answer.status,
+                        _pack_headers(answer.headers),
+                        answer.body,
+                        answer.body_file,
+                        answer.request_id,
+                    ),
+                )
+            self._sql.execute("DELETE FROM inbound WHERE id = ?", (delivery_id,))
+        return new
+
+    def progress(self, request_id: str, event: str, now: float) -> bool:
+        """Queue progress `event` (JSON) for the request's events URL, if it has one;
+        False if `request_id` is not one of our requests."""
+        row = self._sql.execute(
+            "SELECT events_url, deadline FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            with self._database.transaction():
+                self._posts.add(request_id, row[0], JSON, event.encode(), row[1], now)
+        return True
+
+    def in_flight(self) -> dict[str, int]:
+        """How many of our requests are in each state short of an end."""
+        marks = ",".join("?" * len(FINAL))
+        rows = self._sql.execute(
+            f"SELECT state, count(*) FROM requests WHERE state NOT IN ({marks}) GROUP BY state",
+            tuple(FINAL),
+        )
+        return {str(state): int(count) for state, count in rows}
+
+    def _record(self, request_id: str, events: list[Any], new: list[Event]) -> None:
+        """Add `new` to the request's `events`; its state is the last (inside the caller's
+        transaction)."""
+        events += [[state, at] for state, at in new]
+        self._sql.execute(
+            "UPDATE requests SET state = ?, events = ? WHERE id = ?",
+            (new[-1][0], json.dumps(events), request_id),
+        )
+
+    def _post_events(
+        self, request_id: str, url: str | None, events: Iterable[Event], deadline: float, now: float
+    ) -> None:
+        """Queue each event for the request's events `url`, if it has one (inside the
+        caller's transaction)."""
+        if url is None:
+            return
+        for state, at in events:
+            body = json.dumps({"request_id": request_id, "state": state, "at": at}).encode()
+            self._posts.add(request_id, url, JSON, body, deadline, now)
+
+    def _post_answer(self, url: str, answer: Answer, deadline: float, now: float) -> None:
+        """Queue the callback POST of `answer` to `url` (inside the caller's transaction)."""
+        headers, body = answer.callback_headers(), answer.body
+        self._posts.add(answer.request_id, url, headers, body, deadline, now, answer.body_file)
+
+
+def _pack_headers(headers: Headers) -> bytes:
+    return bytes(msgpack.packb([part for pair in headers for part in pair]))
+
+
+def _unpack_headers(data: bytes | None) -> Headers:
+    if not data:
+        return ()
+    flat = msgpack.unpackb(data)
+    return tuple(zip(flat[0::2], flat[1::2], strict=True))
