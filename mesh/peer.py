@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -44,6 +44,12 @@ from .wire.fileformat import Limits
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
 MAX_FRAME = 16 << 20
 SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
+
+
+class Running(Protocol):
+    """A part of a running peer: it runs until cancelled."""
+
+    async def run(self) -> None: ...
 
 
 class Peer:
@@ -120,30 +126,52 @@ class Peer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled; `open` must have succeeded. Closes the peer on the way out."""
-        settings, store = self.settings, self.store
+        parts = self._assemble()
+        talks_to = ", ".join(self.settings.talks_to) or "nobody"
+        self.log.info("%s: up, epoch %s, talks to %s", self.name, self.store.epoch, talks_to)
+        try:
+            async with trio.open_nursery() as nursery:
+                for part in parts:
+                    nursery.start_soon(part.run)
+                nursery.start_soon(self._save_status)
+                nursery.start_soon(self._checkpoint)
+                await self._serve_http(nursery)
+                task_status.started()
+        finally:
+            with contextlib.suppress(AttributeError, sqlite3.Error):
+                self.store.database.save_status(self.status(running=False))
+            self.close()
+            self.log.info("%s: stopped", self.name)
+
+    def _assemble(self) -> list[Running]:
+        """Make the parts that run, each handed what it uses."""
+        settings, store, durable = self.settings, self.store, self.durable
         silent_after = {p: 3 * self.roster.peer(p).heartbeat for p in settings.talks_to}
         self.liveness = Liveness(self.name, silent_after)
+        link_settings = {remote: self._link_settings() for remote in settings.talks_to}
+        block = min(BLOCK, settings.fragment_size)
         self.links = links = Links(
             store.database,
             store.links,
             self.keyring,
-            {remote: self._link_settings() for remote in settings.talks_to},
+            link_settings,
             settings.outbox,
             self.bodies,
-            self.durable,
+            durable,
             self.limits,
             max_body=settings.body_limit,
-            block=min(BLOCK, settings.fragment_size),
+            block=block,
         )
-        poster = Poster(self.name, store.posts, self.bodies, self.durable)
+        sending, receiving = links.sending, links.receiving
+        poster = Poster(self.name, store.posts, self.bodies, durable)
         self.requests = Requests(
             store.database,
             store.requests,
-            links.sending,
-            links.receiving,
+            sending,
+            receiving,
             links.events,
             links.progress,
-            self.durable,
+            durable,
             poster.kick,
             settings.body_limit,
         )
@@ -154,31 +182,17 @@ class Peer:
             self.name,
             store.database,
             store.executions,
-            links.sending,
-            links.receiving,
+            sending,
+            receiving,
             self.bodies,
-            self.durable,
+            durable,
             upstream,
             settings.body_limit,
         )
         intake = Intake(
             settings, self.keyring, self.limits, self.quarantine, links.arrived, self.liveness.heard
         )
-        talks_to = ", ".join(settings.talks_to) or "nobody"
-        self.log.info("%s: up, epoch %s, talks to %s", self.name, store.epoch, talks_to)
-        try:
-            async with trio.open_nursery() as nursery:
-                for part in (links, self.requests, poster, forwarder, intake, self.liveness):
-                    nursery.start_soon(part.run)
-                nursery.start_soon(self._save_status)
-                nursery.start_soon(self._checkpoint)
-                await self._serve_http(nursery)
-                task_status.started()
-        finally:
-            with contextlib.suppress(AttributeError, sqlite3.Error):
-                store.database.save_status(self.status(running=False))
-            self.close()
-            self.log.info("%s: stopped", self.name)
+        return [links, self.requests, poster, forwarder, intake, self.liveness]
 
     async def _serve_http(self, nursery: trio.Nursery) -> None:
         """Listen at `listen`; ConfigError if the address cannot be had."""

@@ -5,18 +5,12 @@ from __future__ import annotations
 import pytest
 
 from mesh.wire.crypto import Identity, Keyring
+from tests.helpers.keys import keyring_for
 
 
 @pytest.fixture(scope="session")
 def identities() -> dict[str, Identity]:
     return {name: Identity.generate(name) for name in ("alpha", "bravo", "carol")}
-
-
-def keyring_for(
-    identities: dict[str, Identity], me: str, talks_to: tuple[str, ...], encrypted: bool = False
-) -> Keyring:
-    peers = {name: identities[name].public for name in talks_to}
-    return Keyring(identities[me], peers, encrypted=talks_to if encrypted else ())
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ import httpx
 import trio
 
 from mesh.http.asgi import body_chunks, lifespan
-from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
-from tests.test_reliable_e2e import mirror
+from tests.helpers.processes import MeshProcess, keygen, mesh_up, mirror, peer, served, write_roster
 
 ALPHA, BRAVO, UPSTREAM, RECEIVER = 18401, 18402, 18490, 18491
 MiB = 1 << 20

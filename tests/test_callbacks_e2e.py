@@ -22,7 +22,7 @@ import trio
 
 from mesh.http.asgi import lifespan, read_body
 from mesh.http.problems import HTTPProblem
-from tests.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
+from tests.helpers.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 
 ALPHA, BRAVO, UPSTREAM, RECEIVER = 18501, 18502, 18590, 18591
 STATUSES = (200, 201, 404, 500)  # the upstream's answers: a callback carries any of them

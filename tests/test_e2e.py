@@ -16,7 +16,7 @@ from mesh.pipe import folder as pipe
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity
 from mesh.wire.names import FileKind, FileName, parse_name
-from tests.processes import keygen, mesh_up, peer, run_mesh, write_roster
+from tests.helpers.processes import keygen, mesh_up, peer, run_mesh, write_roster
 
 
 def hand_made_file(identity: Identity, recipient: str, folder: Path) -> Path:

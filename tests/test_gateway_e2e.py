@@ -21,7 +21,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mesh.http.asgi import lifespan, read_body
-from tests.processes import MeshProcess, keygen, mesh_up, peer, write_roster
+from tests.helpers.processes import MeshProcess, keygen, mesh_up, peer, write_roster
 
 UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.processes import keygen, mesh_up, peer, write_roster
+from tests.helpers.processes import keygen, mesh_up, peer, write_roster
 
 HTTPBIN, ALPHA = 18296, 18251
 

@@ -22,7 +22,7 @@ from mesh.pipe.sending import receive_body
 from mesh.state.database import Database
 from mesh.state.links import LinkTables
 from mesh.wire.messages import Datagram, Fragment, Kind, Request, unpack_envelope
-from tests.processes import peer, write_roster
+from tests.helpers.processes import peer, write_roster
 
 
 def roster_in(tmp_path: Path) -> Path:

@@ -7,16 +7,13 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import trio
 
-from tests.processes import keygen, mesh_command, mesh_up, peer, write_roster
+from tests.helpers.processes import keygen, mesh_command, mesh_up, mirror, peer, write_roster
 
 FAULTS = [
     "--truncate",
@@ -47,22 +44,6 @@ def two_peers(tmp_path: Path, ports: tuple[int, int], split: bool) -> Path:
     )
     keygen(roster)
     return roster
-
-
-@asynccontextmanager
-async def mirror(src: Path, dst: Path, *args: str) -> AsyncIterator[trio.Process]:
-    """`mesh mirror SRC DST ARGS` for the duration of the block (SRC must exist)."""
-    process = await trio.lowlevel.open_process(
-        mesh_command("mirror", str(src), str(dst), *args), stdout=subprocess.DEVNULL
-    )
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGINT)
-        with trio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
 
 
 async def post(client: httpx.AsyncClient, port: int, to: str, body: bytes) -> str | None:

@@ -19,7 +19,7 @@ from mesh.config.roster import Roster, load_roster
 from mesh.pipe import folder as pipe
 from mesh.state.database import Database
 from mesh.wire.names import FileKind, FileName
-from tests.processes import mesh_command, peer, run_mesh, write_roster
+from tests.helpers.processes import mesh_command, peer, run_mesh, write_roster
 
 NOW = 1_700_000_000.0
 

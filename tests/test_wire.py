@@ -39,7 +39,7 @@ from mesh.wire.messages import (
     unpack_envelope,
     unpack_fragment,
 )
-from tests.conftest import keyring_for
+from tests.helpers.keys import keyring_for
 
 NONCE = b"\x01" * wire.FILE_NONCE_SIZE
 EPOCH = "0123456789abcdef"

@@ -148,3 +148,19 @@ async def served(app: Any, port: int) -> AsyncIterator[None]:
         await nursery.start(partial(serve, app, config))
         yield
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def mirror(src: Path, dst: Path, *args: str) -> AsyncIterator[trio.Process]:
+    """`mesh mirror SRC DST ARGS` for the duration of the block (SRC must exist)."""
+    process = await trio.lowlevel.open_process(
+        mesh_command("mirror", str(src), str(dst), *args), stdout=subprocess.DEVNULL
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
