@@ -12,6 +12,7 @@ import trio.testing
 from mesh.state.durable import Durability
 from mesh.state.links import OutboundRow
 from mesh.state.store import Store
+from tests.helpers.virtual import durability
 
 
 def commit(store: Store, seq: int) -> None:
@@ -75,10 +76,13 @@ async def test_a_commit_made_while_an_fsync_runs_waits_for_the_next(
 
 
 async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     store = Store(tmp_path)
-    durable = Durability(store.database, logging.getLogger("test"), retry=0.01)
+    durable = durability(store.database, retry=1.0)  # its fsyncs on the loop: virtual time
     failures = [OSError(5, "Input/output error")] * 3
     real = store.database.sync_log
 
@@ -90,10 +94,19 @@ async def test_a_failing_fsync_is_logged_and_retried_and_nothing_passes_meanwhil
     monkeypatch.setattr(store.database, "sync_log", flaky)
     commit(store, 1)
     caplog.set_level(logging.INFO)
-    with trio.fail_after(10):
-        began = trio.current_time()
-        await durable.synced()
-        assert trio.current_time() - began >= 0.03  # three failures, a retry after each
+    with trio.fail_after(60):
+        passed = False
+
+        async def wait() -> None:
+            nonlocal passed
+            await durable.synced()
+            passed = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.sleep(2.5)  # two failures and their retries so far
+            assert not passed and durable.syncs == 0
+        assert trio.current_time() == 3.0  # three failures, a retry a second after each
     assert durable.syncs == 1
     errors = [r for r in caplog.records if "cannot make the state durable" in r.message]
     assert len(errors) == 1  # said once, not at every retry

@@ -42,7 +42,8 @@ SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written o
 
 class Links:
     """The links of one running peer. `max_body` bounds a body taken in fragments;
-    `block` is the body bytes per fragment sent."""
+    `block` is the body bytes per fragment sent; `disk` runs the small blocking calls on
+    the outbox (files of big bodies are always written from a worker thread)."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class Links:
         limits: Limits,
         max_body: int,
         block: int,
+        disk: Offload | None = None,
     ) -> None:
         self.name = keyring.me
         self.database, self.tables, self.keyring = database, tables, keyring
@@ -83,7 +85,8 @@ class Links:
         self._last_heartbeat: dict[str, Path] = {}
         self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.pipe_error: str | None = None  # why the last write to the outbox failed
-        self.small_writes = Offload(allowed=folder.is_local(outbox))  # on the loop if quick
+        # Small writes, listings and removals in the outbox: on the loop while quick
+        self.disk = disk or Offload(allowed=folder.is_local(outbox))
 
     def kick(self) -> None:
         """Wake `run`: something may be due."""
@@ -99,7 +102,7 @@ class Links:
             backlogged = []
             resending = self.protocol.resending(now)
             if resending:  # only then does it matter: not a thread round trip per file
-                backlogged = await trio.to_thread.run_sync(self._backlogged, now, resending)
+                backlogged = await self.disk.run(partial(self._backlogged, now, resending))
             for file in self.protocol.outgoing(now, backlogged):
                 await self._write(file)
             wake = self.protocol.next_wakeup()
@@ -111,7 +114,7 @@ class Links:
         """Of `remotes`, those for which a file we wrote still waits in the outbox: the
         pipe has not taken it yet, so resending its messages would only add to the queue.
         Files older than eight timeouts no longer count (a mirror that copies without
-        deleting must not stop resends for good). Blocking: call from a thread."""
+        deleting must not stop resends for good). Blocking."""
         found = []
         for remote in remotes:
             files = self._unread[remote]
@@ -148,7 +151,7 @@ class Links:
         write = partial(folder.write_atomically_with, self.outbox, name, encode)
         small = sum(len(row.payload) + row.spool_length for row in rows) <= SMALL_WRITE
         try:  # big data is hashed (and maybe sealed, compressed) in a thread
-            path = await (self.small_writes.run(write) if small else trio.to_thread.run_sync(write))
+            path = await (self.disk.run(write) if small else trio.to_thread.run_sync(write))
         except OSError as exc:
             if self.pipe_error is None:
                 self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
@@ -174,7 +177,7 @@ class Links:
         if heartbeat is not None:
             self._last_heartbeat[remote] = heartbeat
         if previous is not None:
-            await trio.to_thread.run_sync(folder.remove, previous)
+            await self.disk.run(partial(folder.remove, previous))
 
     # -- receiving -----------------------------------------------------------------------
 

@@ -1,0 +1,106 @@
+"""The forwarder in process: two peers in this trio run over a real folder, and a real
+upstream HTTP server on loopback (no subprocesses). A request is submitted at alpha's
+`Requests`, forwarded by bravo, answered back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.config import keys
+from mesh.config.roster import load_roster
+from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
+from mesh.peer import Peer, open_peers
+from mesh.pipe.bodies import Body
+from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
+from tests.helpers.ports import free_ports
+from tests.helpers.processes import peer, served, write_roster
+
+MiB = 1 << 20
+
+
+class Upstream:
+    """An ASGI upstream that answers `status` with `body`, keeping what it received."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status, self.body = status, body
+        self.received: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive, 64 * MiB)
+        headers = {name.decode(): value.decode() for name, value in scope["headers"]}
+        self.received.append({**scope, "headers": headers, "body": body})
+        length = str(len(self.body)).encode()
+        start = {"type": "http.response.start", "status": self.status}
+        await send({**start, "headers": [(b"content-length", length)]})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+@asynccontextmanager
+async def mesh(
+    tmp_path: Path, upstream: Upstream, alpha: dict[str, Any] | None = None
+) -> AsyncIterator[dict[str, Peer]]:
+    """alpha and bravo running in this trio run, bravo forwarding to `upstream`."""
+    alpha_port, bravo_port, upstream_port = free_ports(3)
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(alpha_port, ["bravo"], **(alpha or {})),
+            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
+        },
+        defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
+    )
+    keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
+    async with served(upstream, upstream_port), trio.open_nursery() as nursery:
+        peers = {p.name: p for p in open_peers(load_roster(path), [])}
+        for running in peers.values():
+            await nursery.start(running.run)
+        yield peers
+        nursery.cancel_scope.cancel()
+
+
+async def call(alpha: Peer, method: str, target: str, body: bytes) -> tuple[str, RequestState]:
+    """Submit at alpha, wait for the end; the request's id and final state."""
+    headers = ((b"content-type", b"text/plain"),)
+    request_id = await alpha.requests.submit("bravo", method, target, headers, Body.of(body), 60)
+    record = await alpha.requests.wait(request_id, 30)
+    assert record is not None and record.done, record
+    return request_id, record.state
+
+
+async def test_a_post_is_forwarded_once_with_what_the_far_side_adds(tmp_path: Path) -> None:
+    upstream = Upstream(201, b"made")
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream) as peers:
+            request_id, state = await call(peers["alpha"], "POST", "/orders?x=1", b"order")
+            record = peers["alpha"].requests.get(request_id)
+            assert record is not None and state is COMPLETED
+            assert (record.status, record.body) == (201, b"made")
+            assert [s for s, _ in record.events][-3:] == ["forwarded", "responded", "completed"]
+            assert peers["bravo"].store.executions.unfinished() == []
+    [seen] = upstream.received  # exactly once
+    assert (seen["method"], seen["path"], seen["query_string"]) == ("POST", "/orders", b"x=1")
+    assert seen["body"] == b"order"
+    assert seen["headers"]["via"] == "1.1 mesh-bravo"
+    assert seen["headers"]["content-length"] == "5"
+    assert seen["headers"]["content-type"] == "text/plain"
+
+
+async def test_an_answer_over_the_callers_body_limit_fails_the_request(tmp_path: Path) -> None:
+    upstream = Upstream(200, b"x" * (3 * MiB))
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream, {"body_limit": "2MiB"}) as peers:
+            request_id, state = await call(peers["alpha"], "GET", "/big", b"")
+            record = peers["alpha"].requests.get(request_id)
+    assert record is not None and state is FAILED and record.status == 502
+    assert [s for s, _ in record.events][-2:] == ["responded", "failed"]
+    assert "over this peer's body_limit" in json.loads(record.body)["title"]
+    assert len(upstream.received) == 1

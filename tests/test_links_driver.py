@@ -1,0 +1,122 @@
+"""The links driver's timers, in process, in virtual time (`MockClock`, autojump): a real
+folder as the pipe and a real database, nobody at the far end but what each test does
+with the files alpha writes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from mesh.pipe.bodies import Bodies
+from mesh.pipe.links import Links
+from mesh.proto.link import LinkSettings
+from mesh.state.store import Store
+from mesh.wire.crypto import Identity, Keyring
+from mesh.wire.fileformat import Limits
+from mesh.wire.messages import Datagram
+from tests.helpers.virtual import durability, on_the_loop
+
+SETTINGS = LinkSettings(heartbeat=5.0, resend_after=10.0, linger=0.0)
+MiB = 1 << 20
+
+
+@asynccontextmanager
+async def running(tmp_path: Path, identities: dict[str, Identity]) -> AsyncIterator[Links]:
+    """alpha's links to bravo, writing into `tmp_path/pipe`, run for the block."""
+    keyring = Keyring(identities["alpha"], {"bravo": identities["bravo"].public})
+    store = Store(tmp_path / "alpha")
+    (tmp_path / "pipe").mkdir()
+    links = Links(
+        store.database,
+        store.links,
+        keyring,
+        {"bravo": SETTINGS},
+        tmp_path / "pipe",
+        Bodies(tmp_path / "alpha" / "bodies"),
+        durability(store.database),
+        Limits(),
+        max_body=MiB,
+        block=MiB,
+        disk=on_the_loop(),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(links.run)
+        yield links
+        nursery.cancel_scope.cancel()
+    store.close()
+
+
+def names_in(pipe: Path) -> list[str]:
+    """The files in the pipe (on the event loop, as everything here: virtual time)."""
+    return sorted(path.name for path in pipe.iterdir())
+
+
+def lose(pipe: Path) -> None:
+    for name in names_in(pipe):
+        (pipe / name).unlink()
+
+
+async def take_everything(pipe: Path) -> None:
+    """A pipe that takes alpha's files and loses them, looking every half second."""
+    while True:
+        lose(pipe)
+        await trio.sleep(0.5)
+
+
+async def writes_of(links: Links, seq: int, count: int) -> list[tuple[str, float]]:
+    """The first `count` writes of message `seq` (sent, resent), with their times."""
+    found = []
+    with links.events.subscribe() as events:
+        async for event in events:
+            if event.seq == seq and event.state in ("sent", "resent"):
+                found.append((event.state, trio.current_time()))
+                if len(found) == count:
+                    return found
+    raise AssertionError("the events ended")
+
+
+async def test_a_quiet_link_beats_each_interval_and_keeps_only_its_newest_heartbeat(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(60):
+        async with running(tmp_path, identities) as links:
+            await trio.sleep(12.0)
+            assert links.protocol.status("bravo").files == 3  # at 0, 5 and 10
+            left = names_in(tmp_path / "pipe")
+            assert len(left) == 1 and left[0].endswith(".hb.mesh")  # the others superseded
+
+
+async def test_a_message_never_acknowledged_is_resent_with_backoff(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        async with running(tmp_path, identities) as links, trio.open_nursery() as nursery:
+            nursery.start_soon(take_everything, tmp_path / "pipe")
+            sent = await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"lost"))
+            writes = await writes_of(links, sent.seq, 4)
+            assert writes == [("sent", 0.0), ("resent", 10.0), ("resent", 30.0), ("resent", 70.0)]
+            assert links.protocol.status("bravo").unacked == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_nothing_is_resent_while_the_pipe_has_not_taken_the_first_copy(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(600):
+        async with running(tmp_path, identities) as links, trio.open_nursery() as nursery:
+            sent = await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"waiting"))
+
+            async def pipe_wakes_up() -> None:
+                await trio.sleep(35.0)  # until then the files stay in the outbox
+                await take_everything(tmp_path / "pipe")
+
+            nursery.start_soon(pipe_wakes_up)
+            # Due at 10, put off a timeout at a time while the first copy waits, then
+            # written at the first check after the pipe took it.
+            assert await writes_of(links, sent.seq, 2) == [("sent", 0.0), ("resent", 40.0)]
+            nursery.cancel_scope.cancel()
