@@ -8,16 +8,33 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import pytest
 import trio
 
 from mesh.http.asgi import body_chunks, lifespan
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import MeshProcess, keygen, mesh_up, mirror, peer, served, write_roster
 
-ALPHA, BRAVO, UPSTREAM, RECEIVER = 18401, 18402, 18490, 18491
 MiB = 1 << 20
+
+
+class Ports(NamedTuple):
+    """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver."""
+
+    alpha: int
+    bravo: int
+    carol: int
+    upstream: int
+    receiver: int
+
+
+@pytest.fixture
+def ports() -> Ports:
+    """Free ports, taken per test: another run of the suite may share the machine."""
+    return Ports(*free_ports(5))
 
 
 def pseudo_random(size: int, seed: int) -> bytes:
@@ -75,18 +92,20 @@ def peak_rss(process: MeshProcess) -> int:
     raise AssertionError("no VmHWM")
 
 
-def roster(tmp_path: Path) -> Path:
-    callbacks = [f"http://127.0.0.1:{RECEIVER}/*"]
+def roster(tmp_path: Path, ports: Ports) -> Path:
+    callbacks = [f"http://127.0.0.1:{ports.receiver}/*"]
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"], outbox="a-out", inbox="a-in", callbacks=callbacks),
+            "alpha": peer(
+                ports.alpha, ["bravo"], outbox="a-out", inbox="a-in", callbacks=callbacks
+            ),
             "bravo": peer(
-                BRAVO,
+                ports.bravo,
                 ["alpha"],
                 outbox="b-out",
                 inbox="b-in",
-                upstream=f"http://127.0.0.1:{UPSTREAM}",
+                upstream=f"http://127.0.0.1:{ports.upstream}",
             ),
         },
         defaults={
@@ -104,22 +123,22 @@ def roster(tmp_path: Path) -> Path:
 
 
 async def test_bodies_of_tens_of_mib_cross_whole_through_truncating_mirrors(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """40 MiB up and back, 48 MB down, and a 24 MiB callback, through mirrors that cut
     30% of the files: byte-identical, each peer's peak memory far below the bodies."""
-    path = roster(tmp_path)
+    path = roster(tmp_path, ports)
     faults = ["--truncate", "0.3", "--duplicate", "0.05", "--reorder"]
     receiver = Receiver()
     with trio.fail_after(240):
         async with (
-            served(upstream, UPSTREAM),
-            served(receiver, RECEIVER),
+            served(upstream, ports.upstream),
+            served(receiver, ports.receiver),
             mesh_up(path, "alpha") as alpha,
             mesh_up(path, "bravo") as bravo,
             mirror(tmp_path / "a-out", tmp_path / "b-in", "--seed", "5", *faults),
             mirror(tmp_path / "b-out", tmp_path / "a-in", "--seed", "6", *faults),
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=200) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=200) as client,
         ):
             await alpha.wait_for("alpha: HTTP ingress")
             await bravo.wait_for("bravo: HTTP ingress")
@@ -143,7 +162,7 @@ async def test_bodies_of_tens_of_mib_cross_whole_through_truncating_mirrors(
 
             reply = await client.get(
                 f"/bravo/big/{24 * MiB}",
-                headers={"mesh-callback": f"http://127.0.0.1:{RECEIVER}/done"},
+                headers={"mesh-callback": f"http://127.0.0.1:{ports.receiver}/done"},
             )
             assert reply.status_code == 202
             await receiver.arrived.wait()
@@ -172,15 +191,17 @@ async def _until_no_body_files(state: Path, peers: list[str]) -> None:
 
 
 async def test_progress_of_a_big_body_is_posted_as_events_and_shown_in_status(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """12 MiB up and back in 4 MiB fragments: `progress` events say how far each way got,
     ending at the whole; `/mesh/status` lists no transfer once all is done."""
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"], callbacks=[f"http://127.0.0.1:{RECEIVER}/*"]),
-            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+            "alpha": peer(
+                ports.alpha, ["bravo"], callbacks=[f"http://127.0.0.1:{ports.receiver}/*"]
+            ),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=f"http://127.0.0.1:{ports.upstream}"),
         },
         defaults={"heartbeat": "1s", "linger": "2ms", "fragment_size": "4MiB"},
     )
@@ -189,14 +210,14 @@ async def test_progress_of_a_big_body_is_posted_as_events_and_shown_in_status(
     size = 12 * MiB
     with trio.fail_after(60):
         async with (
-            served(upstream, UPSTREAM),
-            served(receiver, RECEIVER),
+            served(upstream, ports.upstream),
+            served(receiver, ports.receiver),
             mesh_up(path) as mesh,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=50) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=50) as client,
         ):
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
-            events_url = f"http://127.0.0.1:{RECEIVER}/events"
+            events_url = f"http://127.0.0.1:{ports.receiver}/events"
             sent = os.urandom(size)
             reply = await client.post(
                 "/bravo/echo", content=sent, headers={"mesh-events": events_url}
@@ -220,10 +241,12 @@ async def _transfers(port: int) -> list[dict[str, Any]]:
         return list(reply.json()["transfers"])
 
 
-async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: Path) -> None:
+async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(
+    tmp_path: Path, ports: Ports
+) -> None:
     """bravo is killed -9 with part of a 48 MiB body here: restarted, it still has those
     fragments (it goes on from there, not from zero), and the request runs once, whole."""
-    path = roster(tmp_path)
+    path = roster(tmp_path, ports)
     sent = os.urandom(48 * MiB)
     runs: list[str] = []
 
@@ -235,11 +258,11 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: P
     slow = ["--delay", "300ms..600ms"]
     with trio.fail_after(120):
         async with (
-            served(counting, UPSTREAM),
+            served(counting, ports.upstream),
             mesh_up(path, "alpha") as alpha,
             mirror(tmp_path / "a-out", tmp_path / "b-in", "--seed", "1", *slow),
             mirror(tmp_path / "b-out", tmp_path / "a-in", "--seed", "2", *slow),
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=60) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=60) as client,
         ):
             await alpha.wait_for("alpha: HTTP ingress")
             async with mesh_up(path, "bravo") as bravo:
@@ -249,13 +272,13 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: P
                 )
                 assert reply.status_code == 202
                 # bravo's state is in another process: nothing to wait on but a poll
-                while not [t for t in await _transfers(BRAVO) if 0 < t["done"] < len(sent)]:  # noqa: ASYNC110
+                while not [t for t in await _transfers(ports.bravo) if 0 < t["done"] < len(sent)]:  # noqa: ASYNC110
                     await trio.sleep(0.05)
                 bravo.process.kill()
                 await bravo.process.wait()
             async with mesh_up(path, "bravo") as bravo:
                 await bravo.wait_for("bravo: HTTP ingress")
-                for kept in await _transfers(BRAVO):  # none if all came while it restarted
+                for kept in await _transfers(ports.bravo):  # none if all came while it restarted
                     assert kept["done"] > 0 and kept["total"] == len(sent)  # not from zero
                 location = reply.headers["location"]
                 answer = await client.get(location)
@@ -269,26 +292,26 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(tmp_path: P
 
 
 async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """A request body within alpha's body_limit but over bravo's is a 413 from bravo; a
     response within carol's but over alpha's is a 502 at alpha: both at once."""
-    up = f"http://127.0.0.1:{UPSTREAM}"
+    up = f"http://127.0.0.1:{ports.upstream}"
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo", "carol"], body_limit="6MiB"),
-            "bravo": peer(BRAVO, ["alpha"], upstream=up, body_limit="3MiB"),
-            "carol": peer(18403, ["alpha"], upstream=up, body_limit="64MiB"),
+            "alpha": peer(ports.alpha, ["bravo", "carol"], body_limit="6MiB"),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=up, body_limit="3MiB"),
+            "carol": peer(ports.carol, ["alpha"], upstream=up, body_limit="64MiB"),
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
     keygen(path)
     with trio.fail_after(30):
         async with (
-            served(upstream, UPSTREAM),
+            served(upstream, ports.upstream),
             mesh_up(path) as mesh,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=25) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=25) as client,
         ):
             for name in ("alpha", "bravo", "carol"):
                 await mesh.wait_for(f"{name}: HTTP ingress")
@@ -301,15 +324,17 @@ async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline
             assert await mesh.stop() == 130
 
 
-async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(tmp_path: Path) -> None:
+async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(
+    tmp_path: Path, ports: Ports
+) -> None:
     """A client declares 96 MiB and goes away after 48: bravo already had part of it (a
     body leaves while it arrives), is told to drop it, and neither side keeps anything;
     nothing reaches the upstream."""
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"]),
-            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+            "alpha": peer(ports.alpha, ["bravo"]),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=f"http://127.0.0.1:{ports.upstream}"),
         },
         defaults={
             "heartbeat": "1s",
@@ -327,19 +352,19 @@ async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(tmp_path: Path)
         await upstream(scope, receive, send)
 
     with trio.fail_after(60):
-        async with served(counting, UPSTREAM), mesh_up(path) as mesh:
+        async with served(counting, ports.upstream), mesh_up(path) as mesh:
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
-            client = await trio.open_tcp_stream("127.0.0.1", ALPHA)
+            client = await trio.open_tcp_stream("127.0.0.1", ports.alpha)
             head = f"PUT /bravo/put HTTP/1.1\r\nhost: x\r\ncontent-length: {96 * MiB}\r\n\r\n"
             await client.send_all(head.encode())
             for _ in range(48):
                 await client.send_all(os.urandom(MiB))
             # bravo's state is in another process: nothing to wait on but a poll
-            while not [t for t in await _transfers(BRAVO) if t["done"] > 0]:  # noqa: ASYNC110
+            while not [t for t in await _transfers(ports.bravo) if t["done"] > 0]:  # noqa: ASYNC110
                 await trio.sleep(0.05)
             await client.aclose()
-            while await _transfers(BRAVO) or await _transfers(ALPHA):  # noqa: ASYNC110
+            while await _transfers(ports.bravo) or await _transfers(ports.alpha):  # noqa: ASYNC110
                 await trio.sleep(0.1)
             await _until_no_body_files(tmp_path / "state", ["alpha", "bravo"])
             assert not list((tmp_path / "state" / "bravo" / "bodies").iterdir())
@@ -349,7 +374,7 @@ async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(tmp_path: Path)
 
 
 async def test_a_response_cut_off_by_the_upstream_is_dropped_and_the_retry_arrives(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """The upstream declares 64 MiB for a GET and dies after 40 (some of it already went
     to alpha): that attempt is given up on both sides, the GET is retried, and the caller
@@ -357,8 +382,8 @@ async def test_a_response_cut_off_by_the_upstream_is_dropped_and_the_retry_arriv
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"]),
-            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+            "alpha": peer(ports.alpha, ["bravo"]),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=f"http://127.0.0.1:{ports.upstream}"),
         },
         defaults={"heartbeat": "1s", "linger": "2ms", "body_limit": "128MiB"},
     )
@@ -381,17 +406,17 @@ async def test_a_response_cut_off_by_the_upstream_is_dropped_and_the_retry_arriv
         await send({"type": "http.response.body", "body": b""})
 
     with trio.fail_after(60):
-        async with served(failing_once, UPSTREAM), mesh_up(path) as mesh:
+        async with served(failing_once, ports.upstream), mesh_up(path) as mesh:
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
             async with httpx.AsyncClient(timeout=50) as client:
-                reply = await client.get(f"http://127.0.0.1:{ALPHA}/bravo/big")
+                reply = await client.get(f"http://127.0.0.1:{ports.alpha}/bravo/big")
             assert reply.status_code == 200 and _sha(reply.content) == _sha(body)
             assert attempts == ["/big", "/big"]
             # both peers' state is in another process: nothing to wait on but a poll
             while len(list((tmp_path / "state" / "alpha" / "bodies").iterdir())) > 1:  # noqa: ASYNC110
                 await trio.sleep(0.1)
             await _until_no_body_files(tmp_path / "state", ["alpha", "bravo"])
-            assert await _transfers(ALPHA) == [] and await _transfers(BRAVO) == []
+            assert await _transfers(ports.alpha) == [] and await _transfers(ports.bravo) == []
             assert await mesh.stop() == 130
     assert "Traceback" not in mesh.text

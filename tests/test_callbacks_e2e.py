@@ -15,20 +15,40 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import pytest
 import trio
 
 from mesh.http.asgi import lifespan, read_body
 from mesh.http.problems import HTTPProblem
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 
-ALPHA, BRAVO, UPSTREAM, RECEIVER = 18501, 18502, 18590, 18591
 STATUSES = (200, 201, 404, 500)  # the upstream's answers: a callback carries any of them
 BIG = 3 << 19  # 1.5 MiB: over bodies.INLINE, so spooled and posted from its body file
-CALLBACKS = f"http://127.0.0.1:{RECEIVER}"  # alpha's roster allows any URL under it
 SEED = int(os.environ.get("MESH_CALLBACKS_SEED", "20240611"))  # to try others
+
+
+class Ports(NamedTuple):
+    """One test's loopback ports: alpha's and bravo's ingresses, the upstream, the receiver."""
+
+    alpha: int
+    bravo: int
+    upstream: int
+    receiver: int
+
+    @property
+    def callbacks(self) -> str:
+        """The receiver's URL: alpha's roster allows any URL under it."""
+        return f"http://127.0.0.1:{self.receiver}"
+
+
+@pytest.fixture
+def ports() -> Ports:
+    """Free ports, taken per test: another run of the suite may share the machine."""
+    return Ports(*free_ports(4))
 
 
 class Upstream:
@@ -124,12 +144,12 @@ class Receiver:
             await self._changed.wait()
 
 
-def roster(tmp_path: Path) -> Path:
+def roster(tmp_path: Path, ports: Ports) -> Path:
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"], callbacks=[f"{CALLBACKS}/*"]),
-            "bravo": peer(BRAVO, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}"),
+            "alpha": peer(ports.alpha, ["bravo"], callbacks=[f"{ports.callbacks}/*"]),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=f"http://127.0.0.1:{ports.upstream}"),
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
@@ -147,11 +167,11 @@ def body_of(run: int) -> bytes:
 BODIES = {run: body_of(run) for run in range(60)}
 
 
-async def call_back(runs: Iterable[int], url: Callable[[int], str]) -> dict[str, int]:
-    """Send each run to bravo through alpha with a `Mesh-Callback`: each is a 202 at once.
-    The run of each request id."""
+async def call_back(alpha: int, runs: Iterable[int], url: Callable[[int], str]) -> dict[str, int]:
+    """Send each run to bravo through alpha (on port `alpha`) with a `Mesh-Callback`: each
+    is a 202 at once. The run of each request id."""
     ids: dict[str, int] = {}
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=10) as client:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{alpha}", timeout=10) as client:
         for run in runs:
             reply = await client.post(
                 f"/bravo/run/{run}", content=BODIES[run], headers={"mesh-callback": url(run)}
@@ -161,9 +181,9 @@ async def call_back(runs: Iterable[int], url: Callable[[int], str]) -> dict[str,
     return ids
 
 
-async def states(ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """``GET /mesh/requests/{id}`` of each of `ids` at alpha."""
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=10) as client:
+async def states(alpha: int, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``GET /mesh/requests/{id}`` of each of `ids` at alpha (on port `alpha`)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{alpha}", timeout=10) as client:
         return {i: (await client.get(f"/mesh/requests/{i}")).json() for i in ids}
 
 
@@ -178,8 +198,8 @@ async def posts_left(state: Path) -> int:
     return await trio.to_thread.run_sync(count)
 
 
-async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path) -> None:
-    path = roster(tmp_path)
+async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path, ports: Ports) -> None:
+    path = roster(tmp_path, ports)
     upstream, receiver = Upstream(), Receiver()
     rng = random.Random(SEED)
     lanes = 4
@@ -204,8 +224,8 @@ async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path) -> N
     try:
         with trio.fail_after(55):
             async with (
-                served(upstream, UPSTREAM),
-                served(receiver, RECEIVER),
+                served(upstream, ports.upstream),
+                served(receiver, ports.receiver),
                 AsyncExitStack() as outer,
             ):
                 bravo = await start("bravo", outer)
@@ -215,10 +235,14 @@ async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path) -> N
                 async with AsyncExitStack() as stack:
                     alpha = await start("alpha 1", stack)
                     step = "phase 1: sending"
-                    first = await call_back(range(20), lambda run: f"{CALLBACKS}/cb/{run}")
+                    first = await call_back(
+                        ports.alpha, range(20), lambda run: f"{ports.callbacks}/cb/{run}"
+                    )
                     step = "phase 1: waiting for every callback to be refused"
                     await receiver.until(lambda: all(receiver.refused[i] for i in first))
-                    assert {s["state"] for s in (await states(first)).values()} == {"completed"}
+                    assert {s["state"] for s in (await states(ports.alpha, first)).values()} == {
+                        "completed"
+                    }
                     await kill(alpha)
                 assert not receiver.got
 
@@ -235,7 +259,9 @@ async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path) -> N
                     receiver.hold_at = len(receiver.delivered) + rng.randint(1, 25)
                     step = "phase 2: sending"
                     second = await call_back(
-                        range(20, 60), lambda run: f"{CALLBACKS}/lane/{run % lanes}"
+                        ports.alpha,
+                        range(20, 60),
+                        lambda run: f"{ports.callbacks}/lane/{run % lanes}",
                     )
                     step = f"phase 2: waiting for delivery {receiver.hold_at}, to hold it"
                     await receiver.holding.wait()
@@ -260,7 +286,7 @@ async def test_callbacks_survive_kill_9_of_the_callers_peer(tmp_path: Path) -> N
                     step = "waiting for alpha's posts table to be empty"
                     while await posts_left(tmp_path / "state" / "alpha"):  # noqa: ASYNC110
                         await trio.sleep(0.05)
-                    final = await states(everything)
+                    final = await states(ports.alpha, everything)
                     step = "stopping"
                     assert await alpha.stop() == 130
                 assert await bravo.stop() == 130
@@ -313,22 +339,24 @@ def stuck(step: str, receiver: Receiver, upstream: Upstream, procs: dict[str, Me
     return "\n".join(lines)
 
 
-async def test_a_callback_url_that_hangs_holds_back_only_its_own_posts(tmp_path: Path) -> None:
-    path = roster(tmp_path)
+async def test_a_callback_url_that_hangs_holds_back_only_its_own_posts(
+    tmp_path: Path, ports: Ports
+) -> None:
+    path = roster(tmp_path, ports)
     upstream, receiver = Upstream(), Receiver()
     receiver.accepting, receiver.hold_at = True, 1  # the first callback's reply never comes
     with trio.fail_after(20):  # under httpx's 30 s read timeout
         async with (
-            served(upstream, UPSTREAM),
-            served(receiver, RECEIVER),
+            served(upstream, ports.upstream),
+            served(receiver, ports.receiver),
             mesh_up(path, "alpha") as alpha,
             mesh_up(path, "bravo") as bravo,
         ):
             await alpha.wait_for("alpha: HTTP ingress")
             await bravo.wait_for("bravo: HTTP ingress")
-            await call_back([2], lambda run: f"{CALLBACKS}/cb/slow")
+            await call_back(ports.alpha, [2], lambda run: f"{ports.callbacks}/cb/slow")
             await receiver.holding.wait()
-            await call_back([3], lambda run: f"{CALLBACKS}/cb/fast")
+            await call_back(ports.alpha, [3], lambda run: f"{ports.callbacks}/cb/fast")
             await receiver.until(lambda: any(d.path == "/cb/fast" for d in receiver.got))
             receiver.release.set()
             assert await alpha.stop() == 130

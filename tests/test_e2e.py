@@ -16,6 +16,7 @@ from mesh.pipe import folder as pipe
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity
 from mesh.wire.names import FileKind, FileName, parse_name
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import keygen, mesh_up, peer, run_mesh, write_roster
 
 
@@ -37,12 +38,13 @@ def hand_made_file(identity: Identity, recipient: str, folder: Path) -> Path:
 
 async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
     """alpha talks to bravo and carol; bravo and carol do not talk to each other."""
+    alpha_port, bravo_port, carol_port = free_ports(3)
     roster = write_roster(
         tmp_path,
         {
-            "alpha": peer(18101, ["bravo", "carol"]),
-            "bravo": peer(18102, ["alpha"]),
-            "carol": peer(18103, ["alpha"]),
+            "alpha": peer(alpha_port, ["bravo", "carol"]),
+            "bravo": peer(bravo_port, ["alpha"]),
+            "carol": peer(carol_port, ["alpha"]),
         },
     )
     keygen(roster)
@@ -77,12 +79,13 @@ async def test_three_peers_in_one_folder(tmp_path: Path) -> None:
 async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None:
     """Each peer writes only to its outbox and reads only its inbox; a loop copies across.
     alpha watches its inbox with inotify, bravo polls."""
+    alpha_port, bravo_port = free_ports(2)
     roster = write_roster(
         tmp_path,
         {
-            "alpha": peer(18111, ["bravo"], outbox="a-out", inbox="a-in"),
+            "alpha": peer(alpha_port, ["bravo"], outbox="a-out", inbox="a-in"),
             "bravo": {
-                **peer(18112, ["alpha"], outbox="b-out", inbox="b-in"),
+                **peer(bravo_port, ["alpha"], outbox="b-out", inbox="b-in"),
                 "watch": "poll",
                 "poll_interval": "50ms",
             },  # as on a network share
@@ -122,11 +125,12 @@ async def test_separate_folders_joined_by_a_copying_loop(tmp_path: Path) -> None
 
 
 async def test_silence_is_noticed_and_a_second_process_is_refused(tmp_path: Path) -> None:
+    alpha_port, bravo_port = free_ports(2)
     roster = write_roster(
         tmp_path,
         {
-            "alpha": peer(18121, ["bravo"]),
-            "bravo": peer(18122, ["alpha"]),
+            "alpha": peer(alpha_port, ["bravo"]),
+            "bravo": peer(bravo_port, ["alpha"]),
         },
     )
     keygen(roster)
@@ -143,11 +147,12 @@ async def test_silence_is_noticed_and_a_second_process_is_refused(tmp_path: Path
 
 
 def test_missing_keys_are_named_with_the_command_that_makes_them(tmp_path: Path) -> None:
+    alpha_port, bravo_port = free_ports(2)
     roster = write_roster(
         tmp_path,
         {
-            "alpha": peer(18131, ["bravo"]),
-            "bravo": peer(18132, ["alpha"]),
+            "alpha": peer(alpha_port, ["bravo"]),
+            "bravo": peer(bravo_port, ["alpha"]),
         },
     )
     result = run_mesh("up", str(roster))
@@ -175,17 +180,18 @@ def test_a_wrong_roster_lists_every_problem_without_a_traceback(tmp_path: Path) 
 
 
 def test_a_listen_address_in_use_is_named_without_a_traceback(tmp_path: Path) -> None:
+    alpha_port, bravo_port = free_ports(2)
     roster = write_roster(
         tmp_path,
         {
-            "alpha": peer(18141, ["bravo"]),
-            "bravo": peer(18142, ["alpha"]),
+            "alpha": peer(alpha_port, ["bravo"]),
+            "bravo": peer(bravo_port, ["alpha"]),
         },
     )
     keygen(roster)
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 18141))
+        taken.bind(("127.0.0.1", alpha_port))
         taken.listen()
         result = run_mesh("up", str(roster))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "alpha.listen: cannot listen on 127.0.0.1:18141" in result.stderr, result.stderr
+    assert f"alpha.listen: cannot listen on 127.0.0.1:{alpha_port}" in result.stderr, result.stderr

@@ -12,18 +12,42 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
+import pytest
 import trio
 import watchfiles
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mesh.http.asgi import lifespan, read_body
-from tests.helpers.processes import MeshProcess, keygen, mesh_up, peer, write_roster
+from tests.helpers.ports import free_ports
+from tests.helpers.processes import (
+    MeshProcess,
+    PeerProcess,
+    keygen,
+    mesh_up,
+    mirror,
+    peer,
+    write_roster,
+)
 
-UPSTREAM, ALPHA, RECEIVER = 18290, 18241, 18291
+
+class Ports(NamedTuple):
+    """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver."""
+
+    alpha: int
+    bravo: int
+    carol: int
+    upstream: int
+    receiver: int
+
+
+@pytest.fixture
+def ports() -> Ports:
+    """Free ports, taken per test: another run of the suite may share the machine."""
+    return Ports(*free_ports(5))
 
 
 class Upstream:
@@ -72,10 +96,10 @@ class Upstream:
 
 
 @asynccontextmanager
-async def upstream_served() -> AsyncIterator[Upstream]:
+async def upstream_served(port: int) -> AsyncIterator[Upstream]:
     app = Upstream()
     config = Config()
-    config.bind = [f"127.0.0.1:{UPSTREAM}"]
+    config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve, app, config))  # type: ignore[arg-type]
@@ -83,17 +107,23 @@ async def upstream_served() -> AsyncIterator[Upstream]:
         nursery.cancel_scope.cancel()
 
 
-def roster(tmp_path: Path) -> Path:
+def roster(tmp_path: Path, ports: Ports) -> Path:
     path = write_roster(
         tmp_path,
         {
             "alpha": peer(
-                ALPHA, ["bravo"], body_limit="4MiB", callbacks=[f"http://127.0.0.1:{RECEIVER}/*"]
+                ports.alpha,
+                ["bravo"],
+                body_limit="4MiB",
+                callbacks=[f"http://127.0.0.1:{ports.receiver}/*"],
             ),
             "bravo": peer(
-                18242, ["alpha"], upstream=f"http://127.0.0.1:{UPSTREAM}", body_limit="4MiB"
+                ports.bravo,
+                ["alpha"],
+                upstream=f"http://127.0.0.1:{ports.upstream}",
+                body_limit="4MiB",
             ),
-            "carol": peer(18243, []),
+            "carol": peer(ports.carol, []),
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
@@ -102,10 +132,12 @@ def roster(tmp_path: Path) -> Path:
 
 
 @asynccontextmanager
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[Upstream, httpx.AsyncClient]]:
-    async with upstream_served() as app, mesh_up(roster(tmp_path)) as mesh:
+async def gateway(
+    tmp_path: Path, ports: Ports
+) -> AsyncIterator[tuple[Upstream, httpx.AsyncClient]]:
+    async with upstream_served(ports.upstream) as app, mesh_up(roster(tmp_path, ports)) as mesh:
         await ready(mesh)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=30) as c:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=30) as c:
             yield app, c
         assert await mesh.stop() == 130
     assert "Traceback" not in mesh.text
@@ -116,11 +148,11 @@ async def ready(mesh: MeshProcess) -> None:
         await mesh.wait_for(f"{name}: HTTP ingress")
 
 
-async def test_answers_match_a_direct_call_byte_for_byte(tmp_path: Path) -> None:
+async def test_answers_match_a_direct_call_byte_for_byte(tmp_path: Path, ports: Ports) -> None:
     body = os.urandom(1 << 20) + b"\xff\xfe not utf-8"
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
-            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{UPSTREAM}")
+        async with gateway(tmp_path, ports) as (_, client):
+            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.upstream}")
             for method, path, content in [
                 ("GET", "/things?x=1&y=%C3%A9", b""),
                 ("POST", "/upload", body),
@@ -143,12 +175,14 @@ async def test_answers_match_a_direct_call_byte_for_byte(tmp_path: Path) -> None
             await direct.aclose()
 
 
-async def test_no_header_is_added_that_the_caller_did_not_send(tmp_path: Path) -> None:
+async def test_no_header_is_added_that_the_caller_did_not_send(
+    tmp_path: Path, ports: Ports
+) -> None:
     """A bare request reaches the upstream with no Accept, Accept-Encoding or User-Agent
     of mesh's own (a caller that did not ask for gzip must not get it)."""
     with trio.fail_after(30):
-        async with gateway(tmp_path) as (app, _):
-            stream = await trio.open_tcp_stream("127.0.0.1", ALPHA)
+        async with gateway(tmp_path, ports) as (app, _):
+            stream = await trio.open_tcp_stream("127.0.0.1", ports.alpha)
             await stream.send_all(b"GET /bravo/bare HTTP/1.1\r\nHost: alpha\r\n\r\n")
             reply = b""
             while b"\r\n\r\n" not in reply:
@@ -160,9 +194,9 @@ async def test_no_header_is_added_that_the_caller_did_not_send(tmp_path: Path) -
             assert not names & {b"accept", b"accept-encoding", b"user-agent"}
 
 
-async def test_respond_async_then_poll(tmp_path: Path) -> None:
+async def test_respond_async_then_poll(tmp_path: Path, ports: Ports) -> None:
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
+        async with gateway(tmp_path, ports) as (_, client):
             reply = await client.post(
                 "/bravo/echo", content=b"later", headers={"prefer": "respond-async"}
             )
@@ -179,9 +213,9 @@ async def test_respond_async_then_poll(tmp_path: Path) -> None:
             assert states == ["stored", "sent", "delivered", "forwarded", "responded", "completed"]
 
 
-async def test_errors_are_problems_and_nothing_is_half_stored(tmp_path: Path) -> None:
+async def test_errors_are_problems_and_nothing_is_half_stored(tmp_path: Path, ports: Ports) -> None:
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
+        async with gateway(tmp_path, ports) as (_, client):
             for path, status in [("/nobody/x", 404), ("/carol/x", 403)]:
                 reply = await client.get(path)
                 assert reply.status_code == status
@@ -223,13 +257,13 @@ async def files_made(folder: Path, action: Callable[[], Awaitable[None]]) -> lis
 
 
 async def test_a_body_declared_over_the_limit_is_refused_without_touching_the_disk(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """A body whose Content-Length is over alpha's body_limit is answered 413 without a
     byte of it written (else any client could make a peer write body_limit bytes per
     request): alpha's body folder sees no file come and go."""
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
+        async with gateway(tmp_path, ports) as (_, client):
 
             async def post() -> None:
                 reply = await client.post("/bravo/big", content=b"x" * (5 << 20))
@@ -239,12 +273,12 @@ async def test_a_body_declared_over_the_limit_is_refused_without_touching_the_di
 
 
 async def test_a_response_declared_over_the_limit_is_refused_without_touching_the_disk(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """The same for an upstream's response: over bravo's body_limit, it is a 502 and
     not a byte of it is kept at bravo, nor any of it sent."""
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
+        async with gateway(tmp_path, ports) as (_, client):
 
             async def get() -> None:
                 reply = await client.get("/bravo/big/5000000")
@@ -254,9 +288,9 @@ async def test_a_response_declared_over_the_limit_is_refused_without_touching_th
             assert await files_made(tmp_path / "state" / "bravo" / "bodies", get) == []
 
 
-async def test_each_post_is_executed_exactly_once(tmp_path: Path) -> None:
+async def test_each_post_is_executed_exactly_once(tmp_path: Path, ports: Ports) -> None:
     with trio.fail_after(90):
-        async with gateway(tmp_path) as (app, client):
+        async with gateway(tmp_path, ports) as (app, client):
 
             async def post(i: int) -> None:
                 reply = await client.post("/bravo/count", content=str(i).encode())
@@ -268,10 +302,10 @@ async def test_each_post_is_executed_exactly_once(tmp_path: Path) -> None:
     assert app.posts == Counter({str(i): 1 for i in range(200)})
 
 
-async def test_the_forward_proxy_form_is_the_same_call(tmp_path: Path) -> None:
+async def test_the_forward_proxy_form_is_the_same_call(tmp_path: Path, ports: Ports) -> None:
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, _client):
-            proxy = f"http://127.0.0.1:{ALPHA}"
+        async with gateway(tmp_path, ports) as (_, _client):
+            proxy = f"http://127.0.0.1:{ports.alpha}"
             async with httpx.AsyncClient(proxy=proxy, timeout=30) as client:
                 reply = await client.post("http://bravo/echo?q=1", content=b"via proxy")
             assert reply.status_code == 200 and reply.content == b"via proxy"
@@ -294,24 +328,28 @@ async def test_the_forward_proxy_form_is_the_same_call(tmp_path: Path) -> None:
                 assert curl.stdout == b"418"
 
 
-async def test_killing_the_far_peer_mid_burst_executes_no_post_twice(tmp_path: Path) -> None:
-    from tests.test_reliable_e2e import PeerProcess
+async def test_killing_the_far_peer_mid_burst_executes_no_post_twice(
+    tmp_path: Path, ports: Ports
+) -> None:
 
-    path = roster(tmp_path)
+    path = roster(tmp_path, ports)
     alpha = PeerProcess(path, "alpha", tmp_path / "alpha.log")
     bravo = PeerProcess(path, "bravo", tmp_path / "bravo.log")
     answers: dict[str, tuple[int, str | None]] = {}
     try:
         with trio.fail_after(120):
-            async with upstream_served() as app, httpx.AsyncClient(timeout=90) as client:
+            async with (
+                upstream_served(ports.upstream) as app,
+                httpx.AsyncClient(timeout=90) as client,
+            ):
                 await alpha.start()
                 await bravo.start()
-                await alpha.ready(client, ALPHA)
-                await bravo.ready(client, 18242)
+                await alpha.ready(client, ports.alpha)
+                await bravo.ready(client, ports.bravo)
 
                 async def post(i: int) -> None:
                     reply = await client.post(
-                        f"http://127.0.0.1:{ALPHA}/bravo/count",
+                        f"http://127.0.0.1:{ports.alpha}/bravo/count",
                         content=str(i).encode(),
                         headers={"mesh-timeout": "80"},
                     )
@@ -323,8 +361,8 @@ async def test_killing_the_far_peer_mid_burst_executes_no_post_twice(tmp_path: P
                     await trio.sleep(0.3)  # the burst is under way
                     await bravo.kill()
                     await bravo.start()
-                await alpha.ready(client, ALPHA)
-                await bravo.ready(client, 18242)
+                await alpha.ready(client, ports.alpha)
+                await bravo.ready(client, ports.bravo)
             assert await alpha.stop() == 130
             assert await bravo.stop() == 130
     finally:
@@ -371,21 +409,21 @@ class Receiver:
             await self.grew.wait()
 
 
-async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path) -> None:
+async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path, ports: Ports) -> None:
     receiver = Receiver(fail=2)
     config = Config()
-    config.bind = [f"127.0.0.1:{RECEIVER}"]
+    config.bind = [f"127.0.0.1:{ports.receiver}"]
     config.accesslog = None
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve, receiver, config))  # type: ignore[arg-type]
-            async with gateway(tmp_path) as (_, client):
+            async with gateway(tmp_path, ports) as (_, client):
                 reply = await client.post(
                     "/bravo/echo",
                     content=b"call me back",
                     headers={
-                        "mesh-callback": f"http://127.0.0.1:{RECEIVER}/cb",
-                        "mesh-events": f"http://127.0.0.1:{RECEIVER}/ev",
+                        "mesh-callback": f"http://127.0.0.1:{ports.receiver}/cb",
+                        "mesh-events": f"http://127.0.0.1:{ports.receiver}/ev",
                     },
                 )
                 assert reply.status_code == 202
@@ -404,12 +442,12 @@ async def test_callbacks_and_events_are_posted_and_retried(tmp_path: Path) -> No
     assert headers["mesh-status"] == "200" and headers["x-echo-method"] == "POST"
 
 
-async def test_the_events_websocket_shows_every_step_in_order(tmp_path: Path) -> None:
+async def test_the_events_websocket_shows_every_step_in_order(tmp_path: Path, ports: Ports) -> None:
     from trio_websocket import open_websocket_url
 
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
-            url = f"ws://127.0.0.1:{ALPHA}/mesh/events"
+        async with gateway(tmp_path, ports) as (_, client):
+            url = f"ws://127.0.0.1:{ports.alpha}/mesh/events"
             async with open_websocket_url(url) as socket:
                 reply = await client.post("/bravo/echo", content=b"watch me")
                 assert reply.status_code == 200
@@ -425,10 +463,12 @@ async def test_the_events_websocket_shows_every_step_in_order(tmp_path: Path) ->
     assert [e["state"] for e in status["events"]] == expected
 
 
-async def test_head_gzip_and_big_responses_come_through_as_given(tmp_path: Path) -> None:
+async def test_head_gzip_and_big_responses_come_through_as_given(
+    tmp_path: Path, ports: Ports
+) -> None:
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
-            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{UPSTREAM}")
+        async with gateway(tmp_path, ports) as (_, client):
+            direct = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.upstream}")
             for method, path in [
                 ("HEAD", "/big/3000000"),
                 ("GET", "/gzip"),
@@ -443,10 +483,12 @@ async def test_head_gzip_and_big_responses_come_through_as_given(tmp_path: Path)
             await direct.aclose()
 
 
-async def test_a_pipe_that_cannot_be_written_is_a_503_until_it_can(tmp_path: Path) -> None:
+async def test_a_pipe_that_cannot_be_written_is_a_503_until_it_can(
+    tmp_path: Path, ports: Ports
+) -> None:
     pipe_dir, moved = tmp_path / "pipe", tmp_path / "pipe.away"
     with trio.fail_after(60):
-        async with gateway(tmp_path) as (_, client):
+        async with gateway(tmp_path, ports) as (_, client):
             await trio.to_thread.run_sync(pipe_dir.rename, moved)
             await trio.to_thread.run_sync(pipe_dir.write_text, "not a folder")
             first = await client.post(
@@ -474,9 +516,9 @@ async def test_a_pipe_that_cannot_be_written_is_a_503_until_it_can(tmp_path: Pat
             assert answer.content == b"waits"
 
 
-async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path) -> None:
-    from tests.test_reliable_e2e import mirror
-
+async def test_500_posts_through_faulty_mirrors_run_exactly_once(
+    tmp_path: Path, ports: Ports
+) -> None:
     faults = [
         "--truncate",
         "0.1",
@@ -490,13 +532,13 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"], outbox="a-out", inbox="a-in"),
+            "alpha": peer(ports.alpha, ["bravo"], outbox="a-out", inbox="a-in"),
             "bravo": peer(
-                18242,
+                ports.bravo,
                 ["alpha"],
                 outbox="b-out",
                 inbox="b-in",
-                upstream=f"http://127.0.0.1:{UPSTREAM}",
+                upstream=f"http://127.0.0.1:{ports.upstream}",
             ),
         },
         defaults={"heartbeat": "1s", "resend_after": "4s", "settle": "300ms", "linger": "100ms"},
@@ -507,7 +549,7 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
     answers: Counter[int] = Counter()
     with trio.fail_after(240):
         async with (
-            upstream_served() as app,
+            upstream_served(ports.upstream) as app,
             mesh_up(path) as mesh,
             mirror(tmp_path / "a-out", tmp_path / "b-in", "--seed", "3", *faults),
             mirror(tmp_path / "b-out", tmp_path / "a-in", "--seed", "4", *faults),
@@ -521,7 +563,7 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
                 while queue:
                     i = queue.pop()
                     reply = await client.post(
-                        f"http://127.0.0.1:{ALPHA}/bravo/count",
+                        f"http://127.0.0.1:{ports.alpha}/bravo/count",
                         content=str(i).encode(),
                         headers={"mesh-timeout": "180"},
                     )
@@ -535,15 +577,15 @@ async def test_500_posts_through_faulty_mirrors_run_exactly_once(tmp_path: Path)
     assert app.posts == Counter({str(i): 1 for i in range(500)})
 
 
-async def test_mesh_up_can_serve_an_echo_service_to_call(tmp_path: Path) -> None:
-    path = roster(tmp_path)
+async def test_mesh_up_can_serve_an_echo_service_to_call(tmp_path: Path, ports: Ports) -> None:
+    path = roster(tmp_path, ports)
     with trio.fail_after(30):
-        async with mesh_up(path, extra=("--echo", f"127.0.0.1:{UPSTREAM}")) as mesh:
+        async with mesh_up(path, extra=("--echo", f"127.0.0.1:{ports.upstream}")) as mesh:
             await mesh.wait_for("echo service on")
             await mesh.wait_for("alpha: HTTP ingress")
             async with httpx.AsyncClient() as client:
                 reply = await client.post(
-                    f"http://127.0.0.1:{ALPHA}/bravo/hello?x=1", content=b"\xff binary"
+                    f"http://127.0.0.1:{ports.alpha}/bravo/hello?x=1", content=b"\xff binary"
                 )
             assert await mesh.stop() == 130
     echoed = reply.json()
@@ -577,15 +619,19 @@ class Dropper:
         await stream.aclose()
 
 
-async def test_retries_back_off_and_a_post_is_never_sent_twice(tmp_path: Path) -> None:
+async def test_retries_back_off_and_a_post_is_never_sent_twice(
+    tmp_path: Path, ports: Ports
+) -> None:
     dropper = Dropper(drops=3)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_tcp, dropper.handle, UPSTREAM, host="127.0.0.1"))
-            path = roster(tmp_path)
+            await nursery.start(
+                partial(trio.serve_tcp, dropper.handle, ports.upstream, host="127.0.0.1")
+            )
+            path = roster(tmp_path, ports)
             async with mesh_up(path) as mesh:
                 await ready(mesh)
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}") as c:
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}") as c:
                     got = await c.get("/bravo/x")  # dropped three times, then answered
                     assert got.status_code == 200 and got.content == b"ok"
                     dropper.drops = 1_000_000
@@ -598,16 +644,17 @@ async def test_retries_back_off_and_a_post_is_never_sent_twice(tmp_path: Path) -
 
 
 async def test_past_its_deadline_a_request_is_a_504_and_a_refusing_upstream_a_502(
-    tmp_path: Path,
+    tmp_path: Path, ports: Ports
 ) -> None:
     """alpha's `request_deadline` bounds a request's life: one that reaches bravo after it
     is never forwarded (504); one whose upstream refuses connections is retried until
     it, then answered 502."""
+    nobody_there = f"http://127.0.0.1:{ports.upstream}"  # a free port nobody listens on
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo"], request_deadline="1500ms"),
-            "bravo": peer(18242, ["alpha"], upstream="http://127.0.0.1:18299"),  # nobody there
+            "alpha": peer(ports.alpha, ["bravo"], request_deadline="1500ms"),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=nobody_there),
         },
         defaults={"heartbeat": "200ms", "linger": "2ms"},
     )
@@ -615,7 +662,7 @@ async def test_past_its_deadline_a_request_is_a_504_and_a_refusing_upstream_a_50
     with trio.fail_after(30):
         async with (
             mesh_up(path, "alpha") as alpha,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}", timeout=20) as client,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=20) as client,
         ):
             await alpha.wait_for("alpha: HTTP ingress")
             late = await client.post("/bravo/x", content=b"1", headers={"prefer": "respond-async"})

@@ -15,21 +15,20 @@ from pathlib import Path
 import httpx
 import trio
 
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import keygen, mesh_up, peer, write_roster
-
-HTTPBIN, ALPHA = 18296, 18251
 
 
 @asynccontextmanager
-async def httpbin() -> AsyncIterator[str]:
+async def httpbin(port: int) -> AsyncIterator[str]:
     hypercorn = Path(sys.executable).with_name("hypercorn")
     process = await trio.lowlevel.open_process(
-        [str(hypercorn), "--bind", f"127.0.0.1:{HTTPBIN}", "httpbin:app"],
+        [str(hypercorn), "--bind", f"127.0.0.1:{port}", "httpbin:app"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: stop_group ends the worker too
     )
-    url = f"http://127.0.0.1:{HTTPBIN}"
+    url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(200):
@@ -53,13 +52,15 @@ async def stop_group(process: trio.Process) -> None:
             return
 
 
-def three_peers(tmp_path: Path) -> Path:
+def three_peers(tmp_path: Path, ports: tuple[int, int, int], upstream: str) -> Path:
+    """alpha, bravo and carol on `ports`; bravo in front of `upstream`."""
+    alpha, bravo, carol = ports
     path = write_roster(
         tmp_path,
         {
-            "alpha": peer(ALPHA, ["bravo", "carol"]),
-            "bravo": peer(18252, ["alpha"], upstream=f"http://127.0.0.1:{HTTPBIN}"),
-            "carol": peer(18253, ["alpha"]),
+            "alpha": peer(alpha, ["bravo", "carol"]),
+            "bravo": peer(bravo, ["alpha"], upstream=upstream),
+            "carol": peer(carol, ["alpha"]),
         },
         defaults={"heartbeat": "1s", "linger": "2ms"},
     )
@@ -69,13 +70,17 @@ def three_peers(tmp_path: Path) -> Path:
 
 async def test_httpbin_answers_the_same_direct_and_through_the_mesh(tmp_path: Path) -> None:
     big = os.urandom(3 << 20)
+    httpbin_port, alpha, bravo, carol = free_ports(4)
     with trio.fail_after(90):
-        async with httpbin() as url, mesh_up(three_peers(tmp_path)) as mesh:
+        async with (
+            httpbin(httpbin_port) as url,
+            mesh_up(three_peers(tmp_path, (alpha, bravo, carol), url)) as mesh,
+        ):
             for name in ("alpha", "bravo", "carol"):
                 await mesh.wait_for(f"{name}: HTTP ingress")
             async with (
                 httpx.AsyncClient(base_url=url, timeout=30) as direct,
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{ALPHA}/bravo", timeout=30) as via,
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{alpha}/bravo", timeout=30) as via,
             ):
 
                 async def both(method: str, path: str, **kw: object) -> tuple[httpx.Response, ...]:

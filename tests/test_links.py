@@ -22,13 +22,15 @@ from mesh.pipe.sending import receive_body
 from mesh.state.database import Database
 from mesh.state.links import LinkTables
 from mesh.wire.messages import Datagram, Fragment, Kind, Request, unpack_envelope
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, write_roster
 
 
 def roster_in(tmp_path: Path) -> Path:
+    alpha_port, bravo_port = free_ports(2)
     path = write_roster(
         tmp_path,
-        {"alpha": peer(18231, ["bravo"]), "bravo": peer(18232, ["alpha"])},
+        {"alpha": peer(alpha_port, ["bravo"]), "bravo": peer(bravo_port, ["alpha"])},
         defaults={"heartbeat": "100ms", "linger": "0s"},
     )
     keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
@@ -99,9 +101,10 @@ MiB = 1 << 20
 
 def streaming_roster(tmp_path: Path) -> Path:
     """Fragments of 1 MiB, so a few MiB make a stream."""
+    alpha_port, bravo_port = free_ports(2)
     path = write_roster(
         tmp_path,
-        {"alpha": peer(18231, ["bravo"]), "bravo": peer(18232, ["alpha"])},
+        {"alpha": peer(alpha_port, ["bravo"]), "bravo": peer(bravo_port, ["alpha"])},
         defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
     )
     keys.keygen(tmp_path / "keys", ["alpha", "bravo"])

@@ -6,14 +6,21 @@ import base64
 import os
 import random
 import shutil
-import signal
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import trio
 
-from tests.helpers.processes import keygen, mesh_command, mesh_up, mirror, peer, write_roster
+from tests.helpers.ports import free_ports
+from tests.helpers.processes import (
+    PeerProcess,
+    keygen,
+    mesh_up,
+    mirror,
+    peer,
+    write_roster,
+)
 
 FAULTS = [
     "--truncate",
@@ -118,7 +125,8 @@ async def send_many(
 
 
 async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Path) -> None:
-    roster = two_peers(tmp_path, (18201, 18202), split=True)
+    alpha_port, bravo_port = free_ports(2)
+    roster = two_peers(tmp_path, (alpha_port, bravo_port), split=True)
     for folder in ("alpha-out", "bravo-out"):
         (tmp_path / folder).mkdir()
     count = 1000
@@ -127,7 +135,7 @@ async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Pat
         for name in ("alpha", "bravo")
     }
     accepted: dict[str, dict[bytes, str]] = {"alpha": {}, "bravo": {}}
-    at_alpha, at_bravo = Collector(18201), Collector(18202)
+    at_alpha, at_bravo = Collector(alpha_port), Collector(bravo_port)
     with trio.fail_after(240):
         async with (
             mesh_up(roster, "alpha") as alpha,
@@ -144,10 +152,10 @@ async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Pat
             nursery.start_soon(at_bravo.run, client)
             async with trio.open_nursery() as senders:
                 senders.start_soon(
-                    send_many, client, 18201, "bravo", bodies["alpha"], accepted["alpha"]
+                    send_many, client, alpha_port, "bravo", bodies["alpha"], accepted["alpha"]
                 )
                 senders.start_soon(
-                    send_many, client, 18202, "alpha", bodies["bravo"], accepted["bravo"]
+                    send_many, client, bravo_port, "alpha", bodies["bravo"], accepted["bravo"]
                 )
             accepted_at = trio.current_time()
             await at_bravo.wait_for(count)
@@ -156,7 +164,7 @@ async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Pat
                 f"\naccepted after {accepted_at - started:.1f}s, "
                 f"delivered after {trio.current_time() - started:.1f}s"
             )
-            for port in (18201, 18202):
+            for port in (alpha_port, bravo_port):
                 status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
                 print(status["peer"], status["links"])
             nursery.cancel_scope.cancel()
@@ -171,52 +179,13 @@ async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Pat
     assert lost, "the mirrors' truncation never showed"
 
 
-class PeerProcess:
-    """One `mesh up --peer NAME` that a test may kill -9 and start again."""
-
-    def __init__(self, roster: Path, name: str, log: Path) -> None:
-        self.roster, self.name, self.log = roster, name, log
-        self.process: trio.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await trio.lowlevel.open_process(
-                mesh_command("up", str(self.roster), "--peer", self.name), stderr=log
-            )
-        self.starts += 1
-
-    def kill_if_running(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-
-    async def ready(self, client: httpx.AsyncClient, port: int) -> None:
-        """Return once the peer answers on its ingress (bounded by the caller)."""
-        for _ in range(1000):
-            try:
-                await client.get(f"http://127.0.0.1:{port}/mesh/status")
-                return
-            except httpx.TransportError:
-                await trio.sleep(0.05)  # still starting
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
-        with trio.fail_after(15):
-            return await self.process.wait()
-
-
 async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_path: Path) -> None:
-    roster = two_peers(tmp_path, (18211, 18212), split=False)
+    alpha_port, bravo_port = free_ports(2)
+    roster = two_peers(tmp_path, (alpha_port, bravo_port), split=False)
     count = 1000
     bodies = [f"crash-{i}".encode() for i in range(count)]
     accepted: dict[bytes, str] = {}
-    at_bravo = Collector(18212)
+    at_bravo = Collector(bravo_port)
     alpha = PeerProcess(roster, "alpha", tmp_path / "alpha.log")
     bravo = PeerProcess(roster, "bravo", tmp_path / "bravo.log")
     rng = random.Random(7)
@@ -239,10 +208,10 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
                 nursery.start_soon(_report, at_bravo, accepted)
                 async with trio.open_nursery() as senders:
                     senders.start_soon(chaos)
-                    senders.start_soon(send_many, client, 18211, "bravo", bodies, accepted, 4)
+                    senders.start_soon(send_many, client, alpha_port, "bravo", bodies, accepted, 4)
                 await at_bravo.wait_for(count)
-                await alpha.ready(client, 18211)  # a peer just restarted must be up before
-                await bravo.ready(client, 18212)  # it is asked to stop
+                await alpha.ready(client, alpha_port)  # a peer just restarted must be up before
+                await bravo.ready(client, bravo_port)  # it is asked to stop
                 nursery.cancel_scope.cancel()
             assert await alpha.stop() == 130
             assert await bravo.stop() == 130
@@ -262,9 +231,10 @@ async def test_kill_9_at_random_moments_loses_nothing_and_repeats_nothing(tmp_pa
 
 
 async def test_a_wiped_peer_is_noticed_and_traffic_resumes(tmp_path: Path) -> None:
-    roster = two_peers(tmp_path, (18221, 18222), split=False)
+    alpha_port, bravo_port = free_ports(2)
+    roster = two_peers(tmp_path, (alpha_port, bravo_port), split=False)
     accepted: dict[str, dict[bytes, str]] = {"alpha": {}, "bravo": {}}
-    at_alpha, at_bravo = Collector(18221), Collector(18222)
+    at_alpha, at_bravo = Collector(alpha_port), Collector(bravo_port)
 
     def batch(sender: str, tag: str, n: int) -> list[bytes]:
         return [f"{sender}-{tag}-{i}".encode() for i in range(n)]
@@ -281,17 +251,17 @@ async def test_a_wiped_peer_is_noticed_and_traffic_resumes(tmp_path: Path) -> No
                 await bravo.wait_for("bravo: HTTP ingress")
                 await alpha.wait_for("alpha: HTTP ingress")
                 await send_many(
-                    client, 18221, "bravo", batch("alpha", "before", 50), accepted["alpha"]
+                    client, alpha_port, "bravo", batch("alpha", "before", 50), accepted["alpha"]
                 )
                 await send_many(
-                    client, 18222, "alpha", batch("bravo", "before", 50), accepted["bravo"]
+                    client, bravo_port, "alpha", batch("bravo", "before", 50), accepted["bravo"]
                 )
                 await at_bravo.wait_for(50)
                 await at_alpha.wait_for(50)
                 assert await bravo.stop() == 130
             # bravo's state is lost; alpha keeps its own and queues more for bravo.
             await send_many(
-                client, 18221, "bravo", batch("alpha", "while-down", 20), accepted["alpha"]
+                client, alpha_port, "bravo", batch("alpha", "while-down", 20), accepted["alpha"]
             )
             await trio.to_thread.run_sync(shutil.rmtree, tmp_path / "state" / "bravo")
             async with mesh_up(roster, "bravo") as bravo:
@@ -299,10 +269,10 @@ async def test_a_wiped_peer_is_noticed_and_traffic_resumes(tmp_path: Path) -> No
                 assert "its state was created anew" in line
                 await bravo.wait_for("bravo: HTTP ingress")
                 await send_many(
-                    client, 18222, "alpha", batch("bravo", "after", 50), accepted["bravo"]
+                    client, bravo_port, "alpha", batch("bravo", "after", 50), accepted["bravo"]
                 )
                 await send_many(
-                    client, 18221, "bravo", batch("alpha", "after", 50), accepted["alpha"]
+                    client, alpha_port, "bravo", batch("alpha", "after", 50), accepted["alpha"]
                 )
                 await at_alpha.wait_for(100)
                 await at_bravo.wait_for(120)

@@ -19,6 +19,7 @@ from mesh.config.roster import Roster, load_roster
 from mesh.pipe import folder as pipe
 from mesh.state.database import Database
 from mesh.wire.names import FileKind, FileName
+from tests.helpers.ports import free_ports
 from tests.helpers.processes import mesh_command, peer, run_mesh, write_roster
 
 NOW = 1_700_000_000.0
@@ -27,7 +28,8 @@ NOW = 1_700_000_000.0
 @pytest.fixture
 def roster(tmp_path: Path) -> Roster:
     """alpha and bravo sharing ./pipe, heartbeat 100ms (alive while a snapshot is < 2.3s)."""
-    peers = {"alpha": peer(18201, ["bravo"]), "bravo": peer(18202, ["alpha"])}
+    alpha_port, bravo_port = free_ports(2)  # never listened on; free all the same
+    peers = {"alpha": peer(alpha_port, ["bravo"]), "bravo": peer(bravo_port, ["alpha"])}
     return load_roster(write_roster(tmp_path, peers))
 
 

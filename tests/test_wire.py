@@ -39,6 +39,7 @@ from mesh.wire.messages import (
     unpack_envelope,
     unpack_fragment,
 )
+from tests.helpers.bombs import zstd_bomb
 from tests.helpers.keys import keyring_for
 
 NONCE = b"\x01" * wire.FILE_NONCE_SIZE
@@ -285,21 +286,11 @@ def test_trailing_bytes_are_refused(identities: dict[str, Identity], bravo_keys:
     assert caught.value.reason == "trailing-bytes"
 
 
-def _bomb(size: int, declare_size: bool) -> bytes:
-    out = io.BytesIO()
-    cctx = zstandard.ZstdCompressor(level=1, write_content_size=declare_size)
-    with cctx.stream_writer(out, size=size if declare_size else -1, closefd=False) as writer:
-        zeros = b"\0" * (1 << 20)
-        for _ in range(size >> 20):
-            writer.write(zeros)
-    return out.getvalue()
-
-
 @pytest.mark.parametrize("declare_size", [True, False])
 def test_decompression_bomb_is_refused(
     identities: dict[str, Identity], bravo_keys: Keyring, declare_size: bool
 ) -> None:
-    bomb = _bomb(64 << 20, declare_size)
+    bomb = zstd_bomb(64 << 20, declare_size)
     data = wire.assemble(
         identities["alpha"],
         recipient="bravo",
@@ -332,11 +323,11 @@ BOUNDED_MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys
     sys.path.insert(0, sys.argv[1])
-    from tests.test_wire import _bomb
+    from tests.helpers.bombs import zstd_bomb
     from mesh.wire import bounded
     from mesh.wire.messages import unpack_envelope
     from mesh.errors import MessageError
-    bomb = _bomb(1 << 30, declare_size=False)  # 1 GiB of zeros in ~32 KiB
+    bomb = zstd_bomb(1 << 30, declare_size=False)  # 1 GiB of zeros in ~32 KiB
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         bounded.decompress(bomb, 8 << 20)

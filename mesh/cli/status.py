@@ -1,6 +1,6 @@
 """`mesh status`: what each peer of a roster is doing, seen from outside the peers.
 
-A running peer saves a snapshot of itself every second in its store (`Store.save_status`),
+A running peer saves a snapshot of itself every second in its database (`Database.save_status`),
 and one with ``"running": false`` when it stops cleanly. This module reads those snapshots
 read-only, without ever taking the peer's lock (that could make the peer's own start fail),
 checks the pid in the lock file to tell a crashed peer from a running one, and counts the

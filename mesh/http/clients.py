@@ -3,7 +3,7 @@
 httpcore's connection pool spends time quadratic in the requests in flight on it (each
 request start and end rescans every request against every connection; encode/httpcore
 #1035), which made a single shared client the bottleneck of a peer forwarding 64
-requests at once (the forwarder now uses `mesh.origin`). Here each client holds at most
+requests at once (the forwarder now uses `mesh.http.origin`). Here each client holds at most
 one connection and serves one request at a time, taken from a free list and given back
 (the warmest first), so each pool stays trivial and a connection is still kept alive
 between requests.

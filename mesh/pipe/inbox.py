@@ -61,7 +61,7 @@ def list_and_check(
     small_only: bool = False,
 ) -> Listing:
     """The files in `folder` addressed to `me`, the first batch of them checked, in one
-    call (`pipe.addressed_to`, then `check_files`); with `small_only`, checking stops at
+    call (`folder.addressed_to`, then `check_files`); with `small_only`, checking stops at
     the first file over `SMALL_FILE` bytes (to be checked in a thread). OSError when the
     folder cannot be listed. Blocking."""
     foreign: list[tuple[FileName, Path]] = []

@@ -234,3 +234,12 @@ class Database:
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.connection.close()
+
+
+class Tables:
+    """Tables on a database: their statements run on its connection, inside its
+    transactions."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._sql = database.connection

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .database import Database
+from .database import Tables
 
 
 class Execution(StrEnum):
@@ -26,10 +26,8 @@ class Unfinished:
     state: Execution
 
 
-class ExecutionTables:
-    def __init__(self, database: Database) -> None:
-        self._database = database
-        self._sql = database.connection
+class ExecutionTables(Tables):
+    """The execution table of one peer's database."""
 
     def take(
         self, delivery_id: int, origin: str, request_id: str, request: bytes, at: float

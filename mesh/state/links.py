@@ -16,7 +16,7 @@ from typing import Any
 
 from ..proto.link import LinkState
 from ..proto.received import ReceivedState
-from .database import Database
+from .database import Database, Tables
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,11 @@ class Delivery:
     received: float
 
 
-class LinkTables:
+class LinkTables(Tables):
     """The link tables of one peer's database."""
 
     def __init__(self, database: Database) -> None:
-        self._database = database
-        self._sql = database.connection
+        super().__init__(database)
         self.repeats = 0  # deliveries refused because the message was already stored
 
     def link_state(self, remote: str) -> LinkState:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .database import Database
+from .database import Tables
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -26,10 +26,8 @@ class Post:
     body_file: str | None = None  # the body is this body file's content instead
 
 
-class PostTables:
-    def __init__(self, database: Database) -> None:
-        self._database = database
-        self._sql = database.connection
+class PostTables(Tables):
+    """The post table of one peer's database."""
 
     def add(
         self,

@@ -15,7 +15,7 @@ import msgpack
 
 from ..proto.lifecycle import COMPLETED, FINAL, INITIAL, RESPONDED, RequestState, advance
 from ..wire.messages import Headers
-from .database import Database
+from .database import Database, Tables
 from .posts import PostTables, RawHeaders
 
 Event = tuple[RequestState, float]  # a state and when it was reached
@@ -69,10 +69,11 @@ class RequestRecord:
         }
 
 
-class RequestTables:
+class RequestTables(Tables):
+    """The request table of one peer's database; posts go to `posts`."""
+
     def __init__(self, database: Database, posts: PostTables) -> None:
-        self._database = database
-        self._sql = database.connection
+        super().__init__(database)
         self._posts = posts
 
     def add(

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import trio
 import yaml
 from hypercorn.config import Config
@@ -164,3 +165,43 @@ async def mirror(src: Path, dst: Path, *args: str) -> AsyncIterator[trio.Process
             await process.wait()
         if process.returncode is None:
             process.kill()
+
+
+class PeerProcess:
+    """One `mesh up --peer NAME` that a test may kill -9 and start again."""
+
+    def __init__(self, roster: Path, name: str, log: Path) -> None:
+        self.roster, self.name, self.log = roster, name, log
+        self.process: trio.Process | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = await trio.lowlevel.open_process(
+                mesh_command("up", str(self.roster), "--peer", self.name), stderr=log
+            )
+        self.starts += 1
+
+    def kill_if_running(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()
+
+    async def ready(self, client: httpx.AsyncClient, port: int) -> None:
+        """Return once the peer answers on its ingress (bounded by the caller)."""
+        for _ in range(1000):
+            try:
+                await client.get(f"http://127.0.0.1:{port}/mesh/status")
+                return
+            except httpx.TransportError:
+                await trio.sleep(0.05)  # still starting
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            return await self.process.wait()
