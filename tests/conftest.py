@@ -1,4 +1,5 @@
-"""Shared fixtures: identities and keyrings for three peers (pure, no files)."""
+"""Shared fixtures: identities and keyrings for three peers (pure, no files), and free
+ports for a test."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 
 from mesh.wire.crypto import Identity, Keyring
 from tests.helpers.keys import keyring_for
+from tests.helpers.ports import Ports, free_ports
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +24,10 @@ def bravo_keys(identities: dict[str, Identity]) -> Keyring:
 @pytest.fixture
 def alpha_keys(identities: dict[str, Identity]) -> Keyring:
     return keyring_for(identities, "alpha", ("bravo",))
+
+
+@pytest.fixture
+def ports() -> Ports:
+    """Free loopback ports, taken as the test starts: another run of the suite may share
+    the machine."""
+    return Ports(*free_ports(len(Ports._fields)))

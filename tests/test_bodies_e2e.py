@@ -8,33 +8,16 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from mesh.http.asgi import body_chunks, lifespan
-from tests.helpers.ports import free_ports
+from tests.helpers.ports import Ports
 from tests.helpers.processes import MeshProcess, keygen, mesh_up, mirror, peer, served, write_roster
 
 MiB = 1 << 20
-
-
-class Ports(NamedTuple):
-    """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver."""
-
-    alpha: int
-    bravo: int
-    carol: int
-    upstream: int
-    receiver: int
-
-
-@pytest.fixture
-def ports() -> Ports:
-    """Free ports, taken per test: another run of the suite may share the machine."""
-    return Ports(*free_ports(5))
 
 
 def pseudo_random(size: int, seed: int) -> bytes:

@@ -15,40 +15,19 @@ from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
-import pytest
 import trio
 
 from mesh.http.asgi import lifespan, read_body
 from mesh.http.problems import HTTPProblem
-from tests.helpers.ports import free_ports
+from tests.helpers.ports import Ports
 from tests.helpers.processes import MeshProcess, keygen, mesh_up, peer, served, write_roster
 
 STATUSES = (200, 201, 404, 500)  # the upstream's answers: a callback carries any of them
 BIG = 3 << 19  # 1.5 MiB: over bodies.INLINE, so spooled and posted from its body file
 SEED = int(os.environ.get("MESH_CALLBACKS_SEED", "20240611"))  # to try others
-
-
-class Ports(NamedTuple):
-    """One test's loopback ports: alpha's and bravo's ingresses, the upstream, the receiver."""
-
-    alpha: int
-    bravo: int
-    upstream: int
-    receiver: int
-
-    @property
-    def callbacks(self) -> str:
-        """The receiver's URL: alpha's roster allows any URL under it."""
-        return f"http://127.0.0.1:{self.receiver}"
-
-
-@pytest.fixture
-def ports() -> Ports:
-    """Free ports, taken per test: another run of the suite may share the machine."""
-    return Ports(*free_ports(4))
 
 
 class Upstream:

@@ -12,17 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
-import pytest
 import trio
 import watchfiles
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mesh.http.asgi import lifespan, read_body
-from tests.helpers.ports import free_ports
+from tests.helpers.ports import Ports
 from tests.helpers.processes import (
     MeshProcess,
     PeerProcess,
@@ -32,22 +31,6 @@ from tests.helpers.processes import (
     peer,
     write_roster,
 )
-
-
-class Ports(NamedTuple):
-    """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver."""
-
-    alpha: int
-    bravo: int
-    carol: int
-    upstream: int
-    receiver: int
-
-
-@pytest.fixture
-def ports() -> Ports:
-    """Free ports, taken per test: another run of the suite may share the machine."""
-    return Ports(*free_ports(5))
 
 
 class Upstream:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from contextlib import ExitStack
+from typing import NamedTuple
 
 
 def free_ports(count: int) -> list[int]:
@@ -20,3 +21,19 @@ def free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+class Ports(NamedTuple):
+    """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver
+    (the `ports` fixture of conftest.py takes them as the test starts)."""
+
+    alpha: int
+    bravo: int
+    carol: int
+    upstream: int
+    receiver: int
+
+    @property
+    def callbacks(self) -> str:
+        """The receiver's URL (a roster's `callbacks` may allow any URL under it)."""
+        return f"http://127.0.0.1:{self.receiver}"
