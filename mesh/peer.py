@@ -102,7 +102,7 @@ class Peer:
             raise ConfigError("\n".join(problems))
         identity = keyfiles.load_identity(folder_, self.name)
         publics = {peer: keyfiles.load_public(folder_, peer) for peer in talks_to}
-        encrypted = [p for p in talks_to if self.settings.encrypt]
+        encrypted = list(talks_to) if self.settings.encrypt else []
         return Keyring(identity, publics, encrypted)
 
     def _prepare_folders(self) -> None:

@@ -1,4 +1,4 @@
-"""mesh.origin against real sockets on loopback: small servers that answer as a test
+"""mesh.http.origin against real sockets on loopback: small servers that answer as a test
 needs, so every failure an upstream can cause is met for real."""
 
 from __future__ import annotations

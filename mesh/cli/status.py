@@ -30,7 +30,7 @@ from rich.text import Text
 
 from ..config.roster import Roster
 from ..config.units import format_duration, format_size
-from ..pipe import folder as pipe
+from ..pipe import folder
 from ..wire.names import parse_name
 
 __all__ = ["PeerStatus", "collect", "console", "follow", "peer_status", "render"]
@@ -87,9 +87,9 @@ def peer_status(roster: Roster, name: str, now: float) -> PeerStatus:
     found = _from_store(state_dir, settings.heartbeat, now)
     return replace(
         found,
-        files_waiting=_count(lambda: len(pipe.addressed_to(settings.inbox, name))),
+        files_waiting=_count(lambda: len(folder.addressed_to(settings.inbox, name))),
         files_unread_by_others=_count(lambda: _written_by(settings.outbox, name)),
-        quarantined=_count(pipe.Quarantine(state_dir / "quarantine").count),
+        quarantined=_count(folder.Quarantine(state_dir / "quarantine").count),
     )
 
 

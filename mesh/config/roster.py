@@ -1,8 +1,9 @@
 """The roster: which peers exist, where they listen, which folders they use, whom they talk to.
 
-`load_roster` reads the YAML file described in DESIGN.md ("Roster (YAML) — the contract") and
-returns a `Roster`, or raises `RosterError` listing every problem in the file at once, each as
-``where: what is wrong`` (``alpha.heartbeat: ...``, ``roster.foo: unknown key``).
+`load_roster` reads the YAML file of the design brief's "Roster (YAML) — the contract"
+(README: "The roster") and returns a `Roster`, or raises `RosterError` listing every
+problem in the file at once, each as ``where: what is wrong`` (``alpha.heartbeat: ...``,
+``roster.foo: unknown key``).
 """
 
 from __future__ import annotations

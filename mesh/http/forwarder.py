@@ -88,7 +88,7 @@ class Forwarder:
                 request = unpack_envelope(left.request, len(left.request)).message
                 assert isinstance(request, Request)
                 interrupted = left.state is Execution.FORWARDING
-                nursery.start_soon(self._execute, origin, left.origin, request, interrupted)
+                nursery.start_soon(self._execute, origin, left.asker, request, interrupted)
             async for batch in self.receiving.deliveries(Kind.REQUEST):
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:

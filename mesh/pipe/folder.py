@@ -2,7 +2,7 @@
 
 A folder may be shared by many peers: a peer only lists, reads, moves or deletes files
 whose name says they are addressed to it (or, in its outbox, that it wrote). File names
-come from `mesh.names`, never from outside input, so nothing here builds a path from
+come from `mesh.wire.names`, never from outside input, so nothing here builds a path from
 untrusted text.
 """
 

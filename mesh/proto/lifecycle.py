@@ -1,8 +1,8 @@
 """The lifecycle of a request at the caller's peer, as one table. Pure.
 
 Rule 1: everything that decides which state a request may move to lives here: the states,
-the table of allowed moves (`TRANSITIONS`), and `advance`. Storage and drivers ask
-`advance`; none compares states itself.
+the table of allowed moves (`TRANSITIONS`), `advance`, and which states end a request
+(`FINAL`). Storage and drivers ask these; none orders states itself.
 
 Rule 2: a request only moves forward. What moves it comes from different places at
 different times (an ack of its file, a note from the far peer, the response), so news
@@ -38,7 +38,13 @@ class RequestState(StrEnum):
     FAILED = "failed"
 
 
-STORED, SENT, DELIVERED, FORWARDED, RESPONDED, COMPLETED, FAILED = RequestState
+STORED = RequestState.STORED
+SENT = RequestState.SENT
+DELIVERED = RequestState.DELIVERED
+FORWARDED = RequestState.FORWARDED
+RESPONDED = RequestState.RESPONDED
+COMPLETED = RequestState.COMPLETED
+FAILED = RequestState.FAILED
 
 TRANSITIONS: Mapping[RequestState, frozenset[RequestState]] = {
     STORED: frozenset({SENT, FAILED}),

@@ -1,2 +1,2 @@
-"""A peer's durable state: the SQLite database, its link and request tables, and group
-commit (what must wait for the disk)."""
+"""A peer's durable state: the SQLite database, its link, request, post and execution
+tables, and group commit (what must wait for the disk)."""

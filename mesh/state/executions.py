@@ -1,7 +1,9 @@
 """The execution table of the far side: each request delivered here for the upstream,
 from the moment it is taken until it is answered. An execution moves ``received`` →
-``forwarding`` (durably, before the upstream is called) → ``responded``; one found in
-``forwarding`` after a restart has an unknown outcome."""
+``forwarding`` (durably, before the upstream is called) → ``responded``, or back to
+``received`` when no connection to the upstream could be made (it never got the request,
+so it may be sent again); one found in ``forwarding`` after a restart has an unknown
+outcome."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ class Execution(StrEnum):
 
 @dataclass(frozen=True)
 class Unfinished:
-    """An execution not answered yet: who asked, the request (its envelope), its state."""
+    """An execution not answered yet: the peer that asked, the request (its envelope),
+    its state."""
 
-    origin: str
+    asker: str
     request: bytes
     state: Execution
 

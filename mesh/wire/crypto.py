@@ -1,6 +1,6 @@
 """Signing (Ed25519), link keys (X25519 + HKDF-SHA256) and frame sealing (AES-256-GCM).
 
-Pure functions over bytes: no files, no clock. Key files live in `mesh.keys`.
+Pure functions over bytes: no files, no clock. Key files live in `mesh.config.keys`.
 """
 
 from __future__ import annotations

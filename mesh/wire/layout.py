@@ -72,7 +72,7 @@ class Header:
 
 
 class KeySource(Protocol):
-    """What a reader needs to know about keys; `mesh.crypto.Keyring` is the real one."""
+    """What a reader needs to know about keys; `mesh.wire.crypto.Keyring` is the real one."""
 
     @property
     def me(self) -> str: ...
