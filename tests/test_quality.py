@@ -45,8 +45,8 @@ def sizes(root: Path) -> list[str]:
         if len(lines) > MAX_MODULE and where.parts[1] not in ROOMY:
             found.append(f"{where}: {len(lines)} lines")
         for node in ast.walk(ast.parse("\n".join(lines))):
-            limit = {ast.ClassDef: MAX_CLASS}.get(type(node), MAX_FUNCTION)
             if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION
                 size = (node.end_lineno or node.lineno) - node.lineno + 1
                 if size > limit:
                     found.append(f"{where}:{node.lineno} {node.name}: {size} lines")

@@ -46,7 +46,7 @@ from .asgi import (
 )
 from .headers import declared_length, end_to_end
 from .mailbox import DATAGRAM_LIMIT, Mailbox
-from .problems import PROBLEM_JSON, HTTPProblem, answered_as
+from .problems import LOWER_ERRORS, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
 
 MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
@@ -197,8 +197,8 @@ class Ingress:
     async def _drop(self, body: Body, stream: BodyStream | None) -> None:
         """Let go of the body of a request that could not be stored."""
         if stream is not None and stream.opened:  # its fragments went: let the far side know
-            with contextlib.suppress(HTTPProblem), answered_as("cannot give it up"):
-                self.services.sending.abandon(stream)  # else start-up does
+            with contextlib.suppress(*LOWER_ERRORS):  # else start-up does
+                self.services.sending.abandon(stream)
         elif body.file is not None:
             await trio.to_thread.run_sync(self.services.bodies.remove, [body.file])
 

@@ -140,7 +140,6 @@ class LinkStatus:
     last_ack: float | None  # when an ack last acknowledged something new
     remote_epoch: str | None
     received_upto: int
-    timeout: float  # the current wait for an ack before a resend
 
 
 @dataclass
@@ -379,7 +378,6 @@ class Protocol:
             last_ack=outbound.stats.last_ack,
             remote_epoch=inbound.epoch,
             received_upto=inbound.received.upto,
-            timeout=outbound.timeout(),
         )
 
     def clock(self) -> dict[str, int]:

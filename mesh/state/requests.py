@@ -19,7 +19,7 @@ from .database import Database, Tables
 from .posts import PostTables, RawHeaders
 
 Event = tuple[RequestState, float]  # a state and when it was reached
-JSON = [(b"content-type", b"application/json")]
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,10 @@ class RequestTables(Tables):
                 return []
             new = [(step, at) for step in advance(RequestState(row[0]), state)]
             if new:
-                self._record(request_id, json.loads(row[1]), new)
+                self._sql.execute(
+                    "UPDATE requests SET state = ?, events = ? WHERE id = ?",
+                    (state, _with_events(row[1], new), request_id),
+                )
                 self._post_events(request_id, row[2], new, row[3], now)
         return new
 
@@ -172,14 +175,15 @@ class RequestTables(Tables):
                 current = RequestState(row[0])
                 steps = advance(current, RESPONDED) + advance(RESPONDED, end)
                 new = [(step, at) for step in steps]
-                self._record(answer.request_id, json.loads(row[1]), new)
                 self._post_events(answer.request_id, row[3], new, row[4], at)
                 if row[2] is not None:
                     self._post_answer(row[2], answer, row[4], at)
                 self._sql.execute(
-                    "UPDATE requests SET status = ?, headers = ?, body = ?, body_file = ?"
-                    " WHERE id = ?",
+                    "UPDATE requests SET state = ?, events = ?, status = ?, headers = ?,"
+                    " body = ?, body_file = ? WHERE id = ?",
                     (
+                        end,
+                        _with_events(row[1], new),
                         answer.status,
                         _pack_headers(answer.headers),
                         answer.body,
@@ -200,7 +204,7 @@ class RequestTables(Tables):
             return False
         if row[0] is not None:
             with self._database.transaction():
-                self._posts.add(request_id, row[0], JSON, event.encode(), row[1], now)
+                self._posts.add(request_id, row[0], JSON_HEADERS, event.encode(), row[1], now)
         return True
 
     def in_flight(self) -> dict[str, int]:
@@ -212,15 +216,6 @@ class RequestTables(Tables):
         )
         return {str(state): int(count) for state, count in rows}
 
-    def _record(self, request_id: str, events: list[Any], new: list[Event]) -> None:
-        """Add `new` to the request's `events`; its state is the last (inside the caller's
-        transaction)."""
-        events += [[state, at] for state, at in new]
-        self._sql.execute(
-            "UPDATE requests SET state = ?, events = ? WHERE id = ?",
-            (new[-1][0], json.dumps(events), request_id),
-        )
-
     def _post_events(
         self, request_id: str, url: str | None, events: Iterable[Event], deadline: float, now: float
     ) -> None:
@@ -230,12 +225,17 @@ class RequestTables(Tables):
             return
         for state, at in events:
             body = json.dumps({"request_id": request_id, "state": state, "at": at}).encode()
-            self._posts.add(request_id, url, JSON, body, deadline, now)
+            self._posts.add(request_id, url, JSON_HEADERS, body, deadline, now)
 
     def _post_answer(self, url: str, answer: Answer, deadline: float, now: float) -> None:
         """Queue the callback POST of `answer` to `url` (inside the caller's transaction)."""
         headers, body = answer.callback_headers(), answer.body
         self._posts.add(answer.request_id, url, headers, body, deadline, now, answer.body_file)
+
+
+def _with_events(events: str, new: list[Event]) -> str:
+    """The events column (JSON) of a request with `new` added."""
+    return json.dumps([*json.loads(events), *([state, at] for state, at in new)])
 
 
 def _pack_headers(headers: Headers) -> bytes:

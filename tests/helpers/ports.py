@@ -19,10 +19,6 @@ def free_ports(count: int) -> list[int]:
         return ports
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 class Ports(NamedTuple):
     """One test's loopback ports: the peers' ingresses, the upstream, the callback receiver
     (the `ports` fixture of conftest.py takes them as the test starts)."""
