@@ -44,7 +44,11 @@ peers:
 
 
 def peer(port: int, *talks_to: str, **settings: Any) -> dict[str, Any]:
-    """A valid peer's settings, plus `settings`."""
+    """A valid peer's settings, plus `settings` (with ``callers: any`` when they listen
+    beyond loopback, which needs callers)."""
+    listen = str(settings.get("listen", "127.0.0.1"))
+    if not listen.startswith(("127.", "[::1]", "nowhere")):
+        settings = {"callers": "any", **settings}
     return {
         "listen": f"127.0.0.1:{port}",
         "outbox": "./pipe",
@@ -127,6 +131,9 @@ def test_built_in_defaults() -> None:
         "request_deadline": 3600.0,
         "upstream_timeout": 60.0,
         "upstream_concurrency": 64,
+        "callers": None,
+        "serves": None,
+        "tls": None,
     }
 
 
@@ -333,7 +340,7 @@ def test_invalid_peer_names(name: str) -> None:
 
 
 def test_invalid_peer_name_settings_are_still_checked() -> None:
-    assert problems({"peers": {"Alpha_1": {"listen": "x:1"}}})[1:] == [
+    assert problems({"peers": {"Alpha_1": {"listen": "localhost:1"}}})[1:] == [
         "Alpha_1.outbox: missing",
         "Alpha_1.inbox: missing",
     ]
@@ -421,7 +428,7 @@ def test_collate_below_must_fit_in_a_fragment() -> None:
 
 
 def test_non_text_setting_keys_do_not_crash() -> None:
-    text = 'peers:\n  alpha: {listen: "h:1", outbox: o, inbox: i, 1: x, 2020-01-01: y}\n'
+    text = 'peers:\n  alpha: {listen: "localhost:1", outbox: o, inbox: i, 1: x, 2020-01-01: y}\n'
     assert problems(text) == ["alpha.1: unknown setting", "alpha.2020-01-01: unknown setting"]
 
 
@@ -622,7 +629,7 @@ def test_rules_between_peers_apply_to_peers_with_other_problems() -> None:
 
 
 def test_a_wrong_setting_is_not_used_by_rules_between_peers() -> None:
-    doc = pair({"listen": "nowhere", "encrypt": "yes"}, {"listen": "0.0.0.0:8081"})
+    doc = pair({"listen": "nowhere", "encrypt": "yes"}, peer(2, "alpha", listen="0.0.0.0:8081"))
     assert [p.split(":")[0] for p in problems(doc)] == ["alpha.listen", "alpha.encrypt"]
 
 

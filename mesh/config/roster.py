@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     PlainSerializer,
     ValidationError,
     ValidationInfo,
@@ -31,6 +32,7 @@ from pydantic import (
 
 from ..errors import ConfigError
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
+from .access import ANY, Caller, callback_patterns, callers, is_loopback, serves_map
 from .units import describe, format_size, parse_duration, parse_size
 
 __all__ = [
@@ -73,6 +75,11 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        """True for localhost and loopback addresses, which only this machine reaches."""
+        return is_loopback(self.host)
 
     @property
     def wildcard(self) -> bool:
@@ -149,12 +156,6 @@ def _peer_names(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _url_patterns(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError('must be a list of URL patterns, e.g. ["http://127.0.0.1:*"]')
-    return tuple(value)
-
-
 def _upstream(value: object) -> str | None:
     """None, or an http(s) URL with a host and no fragment."""
     if value is None:
@@ -222,7 +223,9 @@ ListenAddress = Annotated[
 ]
 Folder = Annotated[Path, BeforeValidator(_context_path)]
 PeerNames = Annotated[tuple[str, ...], BeforeValidator(_peer_names)]
-UrlPatterns = Annotated[tuple[str, ...], BeforeValidator(_url_patterns)]
+UrlPatterns = Annotated[tuple[str, ...], BeforeValidator(callback_patterns)]
+Callers = Annotated[Literal["any"] | Mapping[str, Caller] | None, BeforeValidator(callers)]
+Serves = Annotated[Mapping[str, tuple[str, ...]] | None, BeforeValidator(serves_map)]
 Upstream = Annotated[str | None, BeforeValidator(_upstream)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(_positive_duration)]
@@ -231,6 +234,17 @@ FragmentSize = Annotated[int, BeforeValidator(_fragment_size)]
 PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Watch = Annotated[Literal["auto", "notify", "poll"], BeforeValidator(_watch)]
+
+
+class TLSFiles(BaseModel):
+    """The ingress's certificate and key (PEM), and the CA that must have signed its
+    callers' certificates (mTLS), if any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert: Folder
+    key: Folder
+    client_ca: Folder | None = None
 
 
 class PeerSettings(BaseModel):
@@ -263,6 +277,35 @@ class PeerSettings(BaseModel):
     request_deadline: PositiveDuration = 3600.0  # to be forwarded; callbacks retried as long
     upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
     upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
+    # Who may use the ingress: None (loopback only) and "any" leave it open to all.
+    callers: Callers = Field(default=None, validate_default=True)
+    serves: Serves = None  # per remote peer, what its requests may ask of the upstream
+    tls: TLSFiles | None = None
+
+    @field_validator("callers")
+    @classmethod
+    def _open_only_on_loopback(
+        cls, value: str | Mapping[str, Caller] | None, info: ValidationInfo
+    ) -> str | Mapping[str, Caller] | None:
+        listen, name = info.data.get("listen"), info.data.get("name")
+        if value is None and isinstance(listen, Address) and not listen.loopback:
+            raise ValueError(
+                f"missing: {name} listens on {listen}, which other machines can reach, so it "
+                f"needs callers (mesh token ROSTER {name} NAME prints the lines to add), or "
+                f"write callers: {ANY} to leave it open to everyone on purpose"
+            )
+        return value
+
+    @field_validator("serves")
+    @classmethod
+    def _served_peers_are_talked_to(
+        cls, value: Mapping[str, tuple[str, ...]] | None, info: ValidationInfo
+    ) -> Mapping[str, tuple[str, ...]] | None:
+        talks_to = info.data.get("talks_to") or ()
+        strangers = sorted(set(value or ()) - set(talks_to))
+        if strangers:
+            raise ValueError(f"{', '.join(strangers)} not in talks_to")
+        return value
 
     @field_validator("talks_to")
     @classmethod
