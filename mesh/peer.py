@@ -165,6 +165,7 @@ class Peer:
         sending, receiving = links.sending, links.receiving
         poster = Poster(self.name, store.posts, self.bodies, durable)
         self.requests = Requests(
+            self.name,
             store.database,
             store.requests,
             sending,
@@ -188,6 +189,7 @@ class Peer:
             durable,
             upstream,
             settings.body_limit,
+            settings.serves,
         )
         intake = Intake(
             settings, self.keyring, self.limits, self.quarantine, links.arrived, self.liveness.heard
@@ -212,8 +214,11 @@ class Peer:
             status=lambda: self.status(running=True),
         )
         app: Any = Ingress(services)  # hypercorn's typing wants its own scope types
-        await serve_at(nursery, app, self.settings.listen, f"{self.name}.listen")
-        self.log.info("%s: HTTP ingress on http://%s", self.name, self.settings.listen)
+        await serve_at(
+            nursery, app, self.settings.listen, f"{self.name}.listen", tls=self.settings.tls
+        )
+        scheme = "http" if self.settings.tls is None else "https"
+        self.log.info("%s: HTTP ingress on %s://%s", self.name, scheme, self.settings.listen)
 
     def _link_settings(self) -> LinkSettings:
         return LinkSettings(
@@ -240,8 +245,10 @@ class Peer:
     def status(self, running: bool) -> dict[str, Any]:
         """What `mesh status` shows of this peer (JSON-ready)."""
         links = self.links.status()
+        refusals = self.store.executions.refusals()
         for remote, link in links.items():
             link.update(self.liveness.status(remote))
+            link["refused"] = refusals.get(remote, 0)
         return {
             "peer": self.name,
             "epoch": self.store.epoch,

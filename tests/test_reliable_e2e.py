@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import shutil
@@ -91,6 +92,10 @@ class Collector:
                 self.after = item["id"]
                 self.ids.append(item["message_id"])
                 self.bodies.append(base64.b64decode(item["body_base64"]))
+            if answer["messages"]:  # handled: consume them (a crash before reads them again)
+                with contextlib.suppress(httpx.TransportError):
+                    ack = {"upto": self.after, "epoch": self.epoch}
+                    await client.post(f"{url}/ack", json=ack)
             self._grew.set()
             self._grew = trio.Event()
 

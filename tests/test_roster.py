@@ -44,11 +44,7 @@ peers:
 
 
 def peer(port: int, *talks_to: str, **settings: Any) -> dict[str, Any]:
-    """A valid peer's settings, plus `settings` (with ``callers: any`` when they listen
-    beyond loopback, which needs callers)."""
-    listen = str(settings.get("listen", "127.0.0.1"))
-    if not listen.startswith(("127.", "[::1]", "nowhere")):
-        settings = {"callers": "any", **settings}
+    """A valid peer's settings, plus `settings`."""
     return {
         "listen": f"127.0.0.1:{port}",
         "outbox": "./pipe",

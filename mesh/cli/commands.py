@@ -1,4 +1,4 @@
-"""The `mesh` command: `up`, `keygen`, `mirror`, `status`.
+"""The `mesh` command: `up`, `keygen`, `token`, `mirror`, `status`.
 
 User errors (a wrong roster, missing keys, a peer already running) print what is wrong
 and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a clean stop.
@@ -7,10 +7,13 @@ and exit 2, never with a traceback. Ctrl-C exits 130 and SIGTERM 143, after a cl
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
+import secrets
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,11 +21,20 @@ import click
 import trio
 
 from ..config import keys as keyfiles
-from ..config.roster import Address, Roster, RosterError, load_roster
+from ..config.access import ANY
+from ..config.roster import (
+    Address,
+    PeerSettings,
+    Roster,
+    RosterError,
+    load_roster,
+    open_to_strangers,
+)
 from ..errors import ConfigError, leaves
 from ..http.asgi import serve_at
 from ..http.echo import echo_app
 from ..peer import Peer, open_peers, run_peers
+from ..wire.names import PEER_NAME, PEER_NAME_RULE
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .status import collect, console, follow, render
 
@@ -35,10 +47,21 @@ def _load(path: str) -> Roster:
     try:
         return load_roster(path)
     except RosterError as exc:
-        click.echo(f"mesh: {path} has {len(exc.problems)} problem(s):", err=True)
-        for problem in exc.problems:
-            click.echo(f"  {problem}", err=True)
-        raise SystemExit(EXIT_CONFIG) from None
+        _problems(path, exc.problems)
+
+
+def _problems(path: str, problems: list[str]) -> NoReturn:
+    """List what is wrong with roster `path`, and exit 2."""
+    click.echo(f"mesh: {path} has {len(problems)} problem(s):", err=True)
+    for problem in problems:
+        click.echo(f"  {problem}", err=True)
+    raise SystemExit(EXIT_CONFIG)
+
+
+def _refuse(message: str) -> NoReturn:
+    """Say in one line why the command cannot do what was asked, and exit 2."""
+    click.echo(f"mesh: {message}", err=True)
+    raise SystemExit(EXIT_CONFIG)
 
 
 def _fail(exc: ConfigError) -> NoReturn:
@@ -79,6 +102,10 @@ def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) ->
     for chatty in ("watchfiles", "hypercorn.error", "httpx"):  # httpx: a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load(roster)
+    names = [name for name in peers or loaded.peers if name in loaded.peers]
+    problems = open_to_strangers(loaded, names)
+    if problems:
+        _problems(roster, problems)
     echo_at = _echo_address(echo)
     try:
         code = _up(loaded, list(peers), echo_at)
@@ -158,6 +185,90 @@ def keygen(roster: str) -> None:
     for result in results:
         click.echo(f"{result.name}: {words[result.action]}")
     click.echo(f"keys in {Path(loaded.keys)}")
+
+
+@main.command()
+@click.argument("roster", type=click.Path(dir_okay=False))
+@click.argument("peer")
+@click.argument("name")
+def token(roster: str, peer: str, name: str) -> None:
+    """Print a fresh token for caller NAME of PEER, and the lines to add to ROSTER.
+
+    The first line is "token: " and the token, shown this once and stored nowhere (the
+    roster keeps only its sha256). The rest says what to paste under PEER's callers: and
+    how a client uses the token.
+    """
+    loaded = _load(roster)
+    try:
+        settings = loaded.peer(peer)
+    except KeyError as exc:
+        _refuse(str(exc.args[0]))
+    if not PEER_NAME.fullmatch(name):
+        _refuse(f"{name!r} is not a valid caller name ({PEER_NAME_RULE})")
+    if isinstance(settings.callers, Mapping) and name in settings.callers:
+        _refuse(
+            f"{name} already is a caller of {peer} in {roster}; to rotate its token, replace "
+            f"its lines there by hand: delete them, run this again, paste the new ones"
+        )
+    fresh = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(fresh.encode()).hexdigest()
+    click.echo(f"token: {fresh}")
+    click.echo(f"(shown only now and stored nowhere: hand it to {name} over a safe channel)")
+    click.echo("")
+    click.echo(_where_to_paste(roster, settings))
+    click.echo("")
+    far = settings.talks_to[0] if settings.talks_to else "PEER"
+    for line in caller_lines(name, digest, far):
+        click.echo(f"      {line}")
+    click.echo("")
+    click.echo(_how_to_call(name, settings))
+
+
+def caller_lines(name: str, digest: str, far: str) -> list[str]:
+    """The roster lines of a caller with token sha256 `digest`, as YAML at one level
+    under ``callers:`` (the first one names the caller, the others are indented by 2);
+    `far` is the peer named in the example of a narrower `may_call`."""
+    return [
+        f"{name}:",
+        f"  token_sha256: {digest}",
+        f'  may_call: ["*"]   # every peer in talks_to, any method and path; or e.g. '
+        f'["{far}/orders/*", "GET {far}/*"]',
+        "  # admin: true     # opens mesh's own routes (/mesh/*, /metrics) to this caller",
+    ]
+
+
+def _where_to_paste(roster: str, settings: PeerSettings) -> str:
+    peer = settings.name
+    if settings.callers is None:
+        return f"Add callers: under {peer} in {roster}, and these lines under it:"
+    if settings.callers == ANY:
+        return (
+            f"Replace callers: {ANY} of {peer} in {roster} with callers: and these lines "
+            f"under it (then only callers listed there may use {peer}):"
+        )
+    return f"Paste these lines under callers: of {peer} in {roster}:"
+
+
+def _how_to_call(name: str, settings: PeerSettings) -> str:
+    """How a client sends the token through `settings`' ingress, TOKEN standing for it."""
+    address = settings.listen
+    host = "HOST" if address.wildcard else str(address).rpartition(":")[0]
+    scheme = "https" if settings.tls is not None else "http"
+    proxy = f"{scheme}://{name}:TOKEN@{host}:{address.port}"
+    far = settings.talks_to[0] if settings.talks_to else "PEER"
+    extra = ""
+    if settings.tls is not None and settings.tls.client_ca is not None:
+        extra = f" --proxy-cert {name}.crt --proxy-key {name}.key"
+    lines = [
+        f"{name} calls through {settings.name} with the token in place of TOKEN, e.g.:",
+        f"  curl -x {proxy}{extra} http://{far}/path",
+        f"  HTTP_PROXY={proxy} (or the header Proxy-Authorization: Bearer TOKEN)",
+        f"  with admin: true, also curl -H 'Authorization: Bearer TOKEN' "
+        f"{scheme}://{host}:{address.port}/mesh/status",
+    ]
+    if address.wildcard:
+        lines.append(f"  (HOST: this machine's address; {settings.name} listens on {address})")
+    return "\n".join(lines)
 
 
 @main.command()

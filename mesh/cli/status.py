@@ -239,13 +239,15 @@ _COLUMNS = (
     "unread",
     "quarantined",
     "in flight",
+    "refused",
 )
 _AGE_STEPS = ((10.0, 0.1), (60.0, 1.0), (3600.0, 6.0), (36000.0, 360.0))
 _PIPE_WIDTH = 160  # columns when stdout is no terminal: the table is about 110 wide
 _STYLES = {"alive": "green", "not responding": "yellow", "crashed": "red", "starting": "cyan"}
 _CAPTION = (
     "age: of the peer's snapshot, or since it last heard the remote (→); "
-    "waiting: files for it in its inbox; unread: files it wrote, not yet taken"
+    "waiting: files for it in its inbox; unread: files it wrote, not yet taken; "
+    "refused: the remote's requests its serves kept from the upstream"
 )
 
 
@@ -318,6 +320,7 @@ def _peer_row(name: str, peer: dict[str, Any]) -> list[str | Text]:
         _number(peer["files_unread_by_others"]),
         _number(peer["quarantined"]),
         _number(sum(peer.get("requests", {}).values())),
+        _number(sum(link.get("refused", 0) for link in peer["links"].values())),
     ]
 
 
@@ -332,6 +335,7 @@ def _link_row(remote: str, link: dict[str, Any], peer_alive: bool) -> list[str |
         *(_number(link.get(key)) for key in ("sent", "acked", "unacked", "resends")),
         _age(link.get("last_ack_age")),
         *[""] * 4,
+        _number(link.get("refused")),
     ]
 
 

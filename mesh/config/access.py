@@ -9,8 +9,9 @@ Patterns are fnmatch patterns, matched case-sensitively, where ``*`` also matche
   part matched on its own against a URL taken apart (`CallbackPattern`); no port means the
   scheme's default one, no path means any path.
 
-A path with a dot segment (``/a/../b``, also percent-encoded) matches no pattern but
-``*``: the upstream could resolve it to a path the pattern does not cover.
+A path with a dot segment (``/a/../b``, also percent-encoded, ``..;`` or ``..\\``; see
+`has_dot_segment`) matches no pattern but ``*``: the upstream could resolve it to a path
+the pattern does not cover.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ ANY = "any"  # `callers: any`: every route open to everyone, on purpose
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _METHOD = re.compile(r"[A-Z*?\[\]!-]+")  # an HTTP method, or a pattern of them
 _CALLBACK = re.compile(
-    r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.*]+\]|[a-z0-9*?.-]+)(?::(?P<port>[0-9*?]+))?"
+    r"(?P<scheme>https?)://(?P<host>\[[0-9a-f:.*]+\]|[a-z0-9*?._-]+)(?::(?P<port>[0-9*?]+))?"
     r"(?P<path>/\S*)?",
     re.IGNORECASE,
 )
 _DEFAULT_PORT = {"http": 80, "https": 443}
+_SEPARATOR = re.compile(r"[/\\]")  # between path segments, to some server
+_DECODINGS = 4  # percent-decodings of a path looked through for a dot segment
 DEFAULT_MAY_CALL = ("*",)
 
 
@@ -50,8 +53,19 @@ def is_loopback(host: str) -> bool:
 
 
 def has_dot_segment(path: str) -> bool:
-    """True when a segment of `path` is ``.`` or ``..``, written plainly or encoded."""
-    return any(unquote(segment) in (".", "..") for segment in path.split("/"))
+    """True when a segment of `path` is ``.`` or ``..`` as some server could read it:
+    written plainly or percent-encoded (also twice, also its ``/``), ended by ``/`` or
+    ``\\`` (a separator on Windows servers), or with a ``;parameter`` (``..;`` is ``..``
+    to Tomcat). A path still changing after `_DECODINGS` decodings counts as one."""
+    for _ in range(_DECODINGS):
+        segments = _SEPARATOR.split(path)
+        if any(segment.partition(";")[0] in (".", "..") for segment in segments):
+            return True
+        decoded = unquote(path)
+        if decoded == path:
+            return False
+        path = decoded
+    return True
 
 
 def _split(pattern: str) -> tuple[str, str]:
@@ -158,10 +172,12 @@ def _caller(name: str, raw: object) -> Caller:
         raise ValueError(f"{name}.admin: {describe(admin)} is not true or false")
     try:
         digest = token_digest(raw["token_sha256"])
+    except ValueError as error:
+        raise ValueError(f"{name}.token_sha256: {error}") from None
+    try:
         may = call_patterns(raw.get("may_call", list(DEFAULT_MAY_CALL)))
     except ValueError as error:
-        key = "token_sha256" if "hex" in str(error) else "may_call"
-        raise ValueError(f"{name}.{key}: {error}") from None
+        raise ValueError(f"{name}.may_call: {error}") from None
     return Caller(token_sha256=digest, may_call=may, admin=admin)
 
 
@@ -199,6 +215,11 @@ class CallbackPattern:
                 'e.g. "http://127.0.0.1:*"'
             )
         scheme, host = found["scheme"].lower(), found["host"].lower()
+        if host.startswith("[") and "*" not in host:  # as a URL's host is compared: compressed
+            try:
+                host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+            except ValueError:
+                raise ValueError(f"{text!r}: {host} is not an IPv6 address") from None
         port = found["port"] or str(_DEFAULT_PORT[scheme])
         return cls(scheme, host.strip("[]"), port, found["path"] or "/*")
 

@@ -23,7 +23,6 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Field,
     PlainSerializer,
     ValidationError,
     ValidationInfo,
@@ -125,12 +124,13 @@ class Address:
         return cls(host, int(port))
 
 
-def _resolve(value: object, base_dir: Path) -> Path:
-    """`value` as an absolute, normalised path: ``~`` expanded, relative taken from `base_dir`."""
+def _resolve(value: object, base_dir: Path, example: str = "a folder, e.g. ./pipe") -> Path:
+    """`value` as an absolute, normalised path: ``~`` expanded, relative taken from `base_dir`;
+    `example` says what to write instead of a value that is no path."""
     if isinstance(value, Path):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{describe(value)} is not a path (write a folder, e.g. ./pipe)")
+        raise ValueError(f"{describe(value)} is not a path (write {example})")
     return Path(os.path.abspath(base_dir / Path(value).expanduser()))
 
 
@@ -138,6 +138,13 @@ def _context_path(value: object, info: ValidationInfo) -> Path:
     """`_resolve` against ``context["base_dir"]``, or the current folder without a context."""
     context = info.context if isinstance(info.context, dict) else {}
     return _resolve(value, Path(context.get("base_dir", Path.cwd())))
+
+
+def _context_file(value: object, info: ValidationInfo) -> Path:
+    """`_context_path` for a file (a PEM certificate or key)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    base_dir = Path(context.get("base_dir", Path.cwd()))
+    return _resolve(value, base_dir, "a file, e.g. ./tls/alpha.crt")
 
 
 def _peer_name(value: object) -> str:
@@ -222,6 +229,7 @@ ListenAddress = Annotated[
     Address, BeforeValidator(Address.parse), PlainSerializer(str, return_type=str)
 ]
 Folder = Annotated[Path, BeforeValidator(_context_path)]
+File = Annotated[Path, BeforeValidator(_context_file)]
 PeerNames = Annotated[tuple[str, ...], BeforeValidator(_peer_names)]
 UrlPatterns = Annotated[tuple[str, ...], BeforeValidator(callback_patterns)]
 Callers = Annotated[Literal["any"] | Mapping[str, Caller] | None, BeforeValidator(callers)]
@@ -242,9 +250,9 @@ class TLSFiles(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cert: Folder
-    key: Folder
-    client_ca: Folder | None = None
+    cert: File
+    key: File
+    client_ca: File | None = None
 
 
 class PeerSettings(BaseModel):
@@ -278,31 +286,18 @@ class PeerSettings(BaseModel):
     upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
     upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
     # Who may use the ingress: None (loopback only) and "any" leave it open to all.
-    callers: Callers = Field(default=None, validate_default=True)
+    callers: Callers = None
     serves: Serves = None  # per remote peer, what its requests may ask of the upstream
     tls: TLSFiles | None = None
-
-    @field_validator("callers")
-    @classmethod
-    def _open_only_on_loopback(
-        cls, value: str | Mapping[str, Caller] | None, info: ValidationInfo
-    ) -> str | Mapping[str, Caller] | None:
-        listen, name = info.data.get("listen"), info.data.get("name")
-        if value is None and isinstance(listen, Address) and not listen.loopback:
-            raise ValueError(
-                f"missing: {name} listens on {listen}, which other machines can reach, so it "
-                f"needs callers (mesh token ROSTER {name} NAME prints the lines to add), or "
-                f"write callers: {ANY} to leave it open to everyone on purpose"
-            )
-        return value
 
     @field_validator("serves")
     @classmethod
     def _served_peers_are_talked_to(
         cls, value: Mapping[str, tuple[str, ...]] | None, info: ValidationInfo
     ) -> Mapping[str, tuple[str, ...]] | None:
-        talks_to = info.data.get("talks_to") or ()
-        strangers = sorted(set(value or ()) - set(talks_to))
+        if "talks_to" not in info.data:  # itself wrong, and reported
+            return value
+        strangers = sorted(set(value or ()) - set(info.data["talks_to"]))
         if strangers:
             raise ValueError(f"{', '.join(strangers)} not in talks_to")
         return value
@@ -440,12 +435,13 @@ def _explain(error: ValidationError) -> list[tuple[str, str]]:
     return found
 
 
-def _validate(settings: dict[Any, Any], base_dir: Path) -> PeerSettings:
-    return PeerSettings.model_validate(settings, context={"base_dir": base_dir})
+def _validate(settings: dict[Any, Any], context: dict[str, Any]) -> PeerSettings:
+    """`settings` validated with `context` (``base_dir`` for relative paths)."""
+    return PeerSettings.model_validate(settings, context=context)
 
 
 def _check_defaults(
-    raw: object, base_dir: Path, source: str, problems: list[str]
+    raw: object, context: dict[str, Any], source: str, problems: list[str]
 ) -> dict[Any, Any]:
     """The valid defaults; each bad one is reported once as ``defaults.KEY`` and dropped.
 
@@ -461,7 +457,7 @@ def _check_defaults(
     problems.extend(f"defaults.{key}: must be set for each peer, not in defaults" for key in bad)
     settings = {key: value for key, value in raw.items() if key not in bad}
     try:
-        _validate({**_STAND_IN, **settings}, base_dir)
+        _validate({**_STAND_IN, **settings}, context)
     except ValidationError as error:
         keys = {str(key) for key in settings}
         for where, what in _explain(error):
@@ -472,7 +468,11 @@ def _check_defaults(
 
 
 def _check_peer(
-    name: object, raw: object, defaults: dict[Any, Any], base_dir: Path, problems: list[str]
+    name: object,
+    raw: object,
+    defaults: dict[Any, Any],
+    context: dict[str, Any],
+    problems: list[str],
 ) -> PeerSettings | None:
     """One peer's settings over the defaults, or None after reporting what is wrong."""
     label = str(name)
@@ -486,7 +486,7 @@ def _check_peer(
         problems.append(f"{label}.name: not a setting (a peer's name is its key under peers)")
     settings = {**defaults, **raw, "name": label}
     try:
-        peer = _validate(settings, base_dir)
+        peer = _validate(settings, context)
     except ValidationError as error:
         problems.extend(
             f"{label}.{where}: {what}" for where, what in _explain(error) if where != "name"
@@ -581,7 +581,11 @@ def _check_listen(ends: Mapping[str, _Ends]) -> list[str]:
 
 
 def _check_peers(
-    doc: dict[Any, Any], defaults: dict[Any, Any], base_dir: Path, source: str, problems: list[str]
+    doc: dict[Any, Any],
+    defaults: dict[Any, Any],
+    context: dict[str, Any],
+    source: str,
+    problems: list[str],
 ) -> dict[str, PeerSettings]:
     """The valid peers in file order, after each peer's own rules and the rules between them."""
     raw = doc.get("peers")
@@ -594,7 +598,7 @@ def _check_peers(
     peers: dict[str, PeerSettings] = {}
     ends: dict[str, _Ends] = {}
     for name, settings in raw.items():
-        peer = _check_peer(name, settings, defaults, base_dir, problems)
+        peer = _check_peer(name, settings, defaults, context, problems)
         if peer is not None:
             peers[peer.name] = peer
         if isinstance(name, str) and PEER_NAME.fullmatch(name) and isinstance(settings, dict):
@@ -637,8 +641,9 @@ def parse_roster(text: str, base_dir: Path, source: str = "roster") -> Roster:
     problems.extend(f"{source}.{key}: unknown key" for key in doc if key not in _TOP_KEYS)
     keys = _top_path(doc, "keys", base_dir, source, problems)
     state = _top_path(doc, "state", base_dir, source, problems)
-    defaults = _check_defaults(doc.get("defaults"), base_dir, source, problems)
-    peers = _check_peers(doc, defaults, base_dir, source, problems)
+    context = {"base_dir": base_dir}
+    defaults = _check_defaults(doc.get("defaults"), context, source, problems)
+    peers = _check_peers(doc, defaults, context, source, problems)
     if problems:
         raise RosterError(problems)
     path = Path(os.path.abspath(base_dir / source))
@@ -655,3 +660,20 @@ def load_roster(path: str | Path) -> Roster:
     except UnicodeDecodeError as error:
         raise RosterError([f"roster: {file} is not UTF-8 text ({error.reason})"]) from error
     return replace(parse_roster(text, file.parent), path=file)
+
+
+def open_to_strangers(roster: Roster, names: Iterable[str]) -> list[str]:
+    """A problem line for each of the peers `names` that listens where other machines
+    reach it, without callers: `mesh up` refuses to start such a peer (other commands,
+    `mesh token` first, take the roster as it is)."""
+    problems = []
+    for name in names:
+        settings = roster.peer(name)
+        if settings.callers is None and not settings.listen.loopback:
+            problems.append(
+                f"{name}.callers: missing: {name} listens on {settings.listen}, which other "
+                f"machines can reach, so it needs callers (mesh token ROSTER {name} NAME "
+                f"prints the lines to add), or write callers: {ANY} to leave it open to "
+                "everyone on purpose"
+            )
+    return problems

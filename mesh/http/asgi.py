@@ -4,6 +4,10 @@ with JSON.
 
 Hypercorn sets no body limit for ASGI apps: `read_body` and `too_large` enforce one while
 reading.
+
+With a peer's `tls` files the address is served over HTTPS (and, with `client_ca`, only to
+callers whose certificate that CA signed); the files are loaded once here before hypercorn
+starts, so a bad one is a ConfigError naming ``<peer>.tls`` rather than a traceback.
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
-from ..config.roster import Address
+from ..config.roster import Address, TLSFiles
 from ..errors import ConfigError, leaves
 from .problems import HTTPProblem
 
@@ -30,9 +36,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 KEEP_ALIVE = 75.0  # seconds an idle caller's connection is kept (as nginx does)
 
 
-async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str) -> None:
+async def serve_at(
+    nursery: trio.Nursery, app: Any, address: Address, what: str, tls: TLSFiles | None = None
+) -> None:
     """Serve ASGI `app` at `address` in `nursery`, returning once it listens; ConfigError
-    naming `what` (``alpha.listen``, ``--echo``) when the address cannot be had."""
+    naming `what` (``alpha.listen``, ``--echo``) when the address cannot be had. With `tls`,
+    over HTTPS; ConfigError naming the sibling setting (``alpha.tls``) when its files
+    cannot be loaded."""
     config = HypercornConfig()
     config.bind = [str(address)]
     config.accesslog = None
@@ -43,6 +53,13 @@ async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str)
     config.keep_alive_timeout = KEEP_ALIVE
     config.include_server_header = False  # answers carry the upstream's, not ours
     config.include_date_header = False
+    if tls is not None:
+        check_tls(tls, f"{what.rpartition('.')[0] or what}.tls")
+        config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+        config.alpn_protocols = ["http/1.1"]  # as over plain HTTP: one protocol to reason about
+        if tls.client_ca is not None:  # mTLS: a caller without such a certificate is refused
+            config.ca_certs = str(tls.client_ca)
+            config.verify_mode = ssl.CERT_REQUIRED
     try:
         await nursery.start(partial(serve, app, config, mode="asgi"))
     except* OSError as group:  # raised inside hypercorn's nurseries
@@ -50,11 +67,62 @@ async def serve_at(nursery: trio.Nursery, app: Any, address: Address, what: str)
         raise ConfigError(f"{what}: cannot listen on {address}: {reasons}") from None
 
 
-async def respond_json(send: Send, status: int, body: Any, content_type: str = "") -> None:
+class _Encrypted(Exception):
+    """Raised for OpenSSL's passphrase prompt: an encrypted key is refused, not asked about."""
+
+
+def _no_passphrase() -> NoReturn:
+    raise _Encrypted
+
+
+def check_tls(tls: TLSFiles, what: str) -> None:
+    """Load `tls`'s files into an SSL context as hypercorn will (its create_ssl_context);
+    a ConfigError naming `what` (``alpha.tls``) and the file when one cannot be."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load(what, "certificate", tls.cert, lambda: context.load_verify_locations(tls.cert))
+    _load(
+        what,
+        "key",
+        tls.key,
+        lambda: context.load_cert_chain(tls.cert, tls.key, password=_no_passphrase),
+        mismatch=f"it does not go with the certificate {tls.cert}",
+    )
+    if tls.client_ca is not None:
+        ca = tls.client_ca
+        _load(what, "client_ca certificate", ca, lambda: context.load_verify_locations(ca))
+
+
+def _load(what: str, thing: str, path: Path, load: Callable[[], None], mismatch: str = "") -> None:
+    """Run `load`; a ConfigError saying in words why the `thing` at `path` was refused."""
+    try:
+        load()
+        return
+    except _Encrypted:
+        reason = "it is encrypted with a passphrase; mesh needs it unencrypted"
+    except ssl.SSLError as error:  # before OSError, its base
+        if error.reason == "KEY_VALUES_MISMATCH" and mismatch:
+            reason = mismatch
+        else:
+            reason = f"no PEM {'private key' if thing == 'key' else 'certificate'} in it"
+            if error.reason and error.reason != "NO_CERTIFICATE_OR_CRL_FOUND":
+                reason += f" ({error.reason.lower().replace('_', ' ')})"
+    except OSError as error:
+        reason = error.strerror or str(error)
+    raise ConfigError(f"{what}: cannot load the {thing} {path}: {reason}")
+
+
+async def respond_json(
+    send: Send,
+    status: int,
+    body: Any,
+    content_type: str = "",
+    extra: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     data = json.dumps(body).encode()
     headers = [
         (b"content-type", (content_type or "application/json").encode()),
         (b"content-length", str(len(data)).encode()),
+        *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})

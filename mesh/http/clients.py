@@ -46,7 +46,9 @@ class Clients:
             self._free.append(client)
 
     def _new(self) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(timeout=self.timeout, limits=ONE_CONNECTION)
+        client = httpx.AsyncClient(
+            timeout=self.timeout, limits=ONE_CONNECTION, follow_redirects=False
+        )
         self._all.append(client)
         return client
 

@@ -13,12 +13,13 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
+from ..config.access import serves
 from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending, receive_body, stream_for
@@ -44,6 +45,7 @@ class Outcome:
     response: Response
     body: Body = dataclasses.field(default_factory=Body)
     stream: BodyStream | None = None
+    refused: bool = False  # by `serves`: it never reached the upstream
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,12 @@ class Forwarder:
         durable: Durability,
         upstream: Upstream,
         max_body: int,
+        serves: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.name, self.database, self.executions = name, database, executions
         self.sending, self.receiving, self.bodies = sending, receiving, bodies
         self.durable, self.upstream, self.max_body = durable, upstream, max_body
+        self.serves = serves  # per asker, what its requests may ask (None: anything)
         self.limit = trio.CapacityLimiter(upstream.concurrency)  # with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
 
@@ -121,6 +125,8 @@ class Forwarder:
         with self.database.transaction():  # answered and marked so, or neither
             await self.sending.send(asker, outcome.response, outcome.body, outcome.stream)
             self.executions.mark(request.id, Execution.RESPONDED, time.time())
+            if outcome.refused:
+                self.executions.refused(asker)
         if request.body_id:  # the request's body file has served its purpose
             self.receiving.forget_body(asker, request.body_id)
             self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
@@ -133,6 +139,9 @@ class Forwarder:
             return self._problem(request, 502, title, outcome="unknown")
         if time.time() > request.deadline:
             return self._problem(request, 504, "request expired in transit")
+        if not self._served(asker, request):
+            title = f"{self.name} does not serve {request.method} {_path(request)} to {asker}"
+            return dataclasses.replace(self._problem(request, 403, title), refused=True)
         if origin is None:
             return self._problem(request, 502, f"{self.name} has no upstream")
         if (request.body_length or 0) > self.max_body:
@@ -144,9 +153,15 @@ class Forwarder:
         async with self.limit:
             return await self._forward(origin, asker, request)
 
-    @staticmethod
-    def _problem(request: Request, status: int, title: str, **extra: str) -> Outcome:
-        return Outcome(problem_response(request.id, status, title, **extra))
+    def _problem(self, request: Request, status: int, title: str, **extra: str) -> Outcome:
+        return Outcome(problem_response(request.id, self.name, status, title, **extra))
+
+    def _served(self, asker: str, request: Request) -> bool:
+        """Whether this peer's `serves` lets `asker`'s `request` reach the upstream."""
+        if self.serves is None:
+            return True
+        patterns = self.serves.get(asker, ())
+        return request.target.startswith("/") and serves(patterns, request.method, _path(request))
 
     async def _forward(self, origin: Origin, asker: str, request: Request) -> Outcome:
         """The upstream's answer (its body in memory or spooled). A request that never
@@ -220,3 +235,8 @@ class Forwarder:
         if not request.body_id:
             return request.body
         return self.bodies.chunks(incoming_name(asker, request.body_id))
+
+
+def _path(request: Request) -> str:
+    """The path of `request`'s target, without its query."""
+    return request.target.partition("?")[0]

@@ -17,13 +17,12 @@ already durable.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import trio
 
@@ -32,7 +31,7 @@ from ..pipe.bodies import Bodies, Body, BodyTooLarge
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
-from ..state.requests import RequestRecord
+from ..state.requests import Asker, RequestRecord
 from .asgi import (
     Receive,
     Scope,
@@ -44,11 +43,14 @@ from .asgi import (
     respond_json,
     too_large,
 )
+from .auth import Gate, Identity
+from .callbacks import checked_url
 from .headers import declared_length, end_to_end
 from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .problems import LOWER_ERRORS, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
 
+Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
 MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0  # seconds a caller waits for its answer
 
@@ -74,6 +76,7 @@ class Ingress:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
+        self.gate = Gate(services.settings.callers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -87,16 +90,25 @@ class Ingress:
         try:
             await self._route(scope, receive, send)
         except HTTPProblem as problem:
-            await respond_json(send, problem.status, problem.as_json(), PROBLEM_JSON.decode())
+            await respond_json(
+                send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), problem.headers
+            )
             if problem.status == 413 and not problem.body_read:
                 await discard_body(receive)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /mesh/events``: each request event of this peer, as JSON text, live."""
+        """``GET /mesh/events``: each request event of this peer, as JSON text, live; for
+        admin callers, from no other web page than this peer's own (`Origin`)."""
         if (await receive())["type"] != "websocket.connect":
             return
-        if scope["path"] != "/mesh/events":
-            await send({"type": "websocket.close", "code": 1008})
+        headers = {name.lower(): value for name, value in scope["headers"]}
+        try:
+            if scope["path"] != "/mesh/events":
+                raise HTTPProblem(404, "not found", "the only WebSocket is /mesh/events")
+            _same_origin(headers, scope.get("scheme", "ws"))
+            self.gate.admin(headers, "/mesh/events")
+        except HTTPProblem as problem:
+            await _refuse_websocket(scope, send, problem)
             return
         await send({"type": "websocket.accept"})
         with self.services.requests.events.subscribe() as events:
@@ -113,35 +125,68 @@ class Ingress:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        headers = {name.lower(): value for name, value in scope["headers"]}
         parts = path.strip("/").split("/")
-        if path == "/mesh/status" and method == "GET":
-            await respond_json(send, 200, self.services.status())
-        elif path == "/mesh/messages" and method == "GET":
-            await self._fetch(scope, send)
-        elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
-            await self._post(parts[2], receive, send)
-        elif len(parts) in (3, 4) and parts[:2] == ["mesh", "requests"] and method == "GET":
-            await self._request_status(parts[2], parts[3:] == ["response"], send)
-        elif path.startswith(("http://", "https://")):  # sent to us as an HTTP proxy
+        if path.startswith(("http://", "https://")):  # sent to us as an HTTP proxy
             remote, target = _proxied(scope.get("raw_path") or path.encode())
-            await self._call(remote, target, scope, receive, send)
-        elif parts[0] != "mesh" and parts[0]:
+            await self._call(remote, target, headers, scope, receive, send)
+        elif parts[0] == "mesh":
+            await self._own_route(method, parts, headers, scope, receive, send)
+        elif parts[0]:
             raw_path: bytes = scope.get("raw_path") or path.encode()
             target = raw_path[len(parts[0]) + 1 :].decode("latin-1") or "/"
-            await self._call(parts[0], target, scope, receive, send)
+            await self._call(parts[0], target, headers, scope, receive, send)
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {path}")
 
+    async def _own_route(
+        self,
+        method: str,
+        parts: list[str],
+        headers: Headers,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """mesh's own routes: for admin callers, but a caller's own requests."""
+        route, admin = "/" + "/".join(parts), self.gate.admin
+        if parts == ["mesh", "status"] and method == "GET":
+            admin(headers, route)
+            await respond_json(send, 200, self.services.status())
+        elif parts == ["mesh", "messages"] and method == "GET":
+            admin(headers, route)
+            await self._fetch(scope, send)
+        elif parts == ["mesh", "messages", "ack"] and method == "POST":
+            admin(headers, route)
+            await self._ack(receive, send)
+        elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
+            admin(headers, route)
+            await self._post(parts[2], receive, send)
+        elif (
+            parts[:2] == ["mesh", "requests"]
+            and parts[3:] in ([], ["response"])
+            and (len(parts) > 2 and method == "GET")
+        ):
+            identity = self.gate.own_route(headers)
+            await self._request_status(identity, parts[2], parts[3:] == ["response"], send)
+        else:
+            raise HTTPProblem(404, "not found", f"no route for {method} {route}")
+
     async def _call(
-        self, remote: str, target: str, scope: Scope, receive: Receive, send: Send
+        self,
+        remote: str,
+        target: str,
+        headers: Headers,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> None:
         """``ANY /{peer}/{path}?{query}`` (or its proxy form): to `peer`'s upstream."""
+        identity = self.gate.forwarded(headers, scope["method"], remote, target)
         self._check_remote(remote)
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        headers = {name.lower(): value for name, value in scope["headers"]}
-        callback = self._allowed(headers, b"mesh-callback")
-        events_url = self._allowed(headers, b"mesh-events")
+        asker = self._asker(identity, headers)
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", pipe_error)
@@ -155,14 +200,13 @@ class Ingress:
                     end_to_end(scope["headers"]),
                     body,
                     self.settings.request_deadline,
-                    callback,
-                    events_url,
+                    asker,
                     stream,
                 )
         except HTTPProblem:
             await self._drop(body, stream)
             raise
-        if callback or b"respond-async" in headers.get(b"prefer", b""):
+        if asker.callback or b"respond-async" in headers.get(b"prefer", b""):
             await self._accepted(send, request_id)
             return
         # No need to wait for the disk to wait for the answer: the request leaves in a
@@ -174,7 +218,7 @@ class Ingress:
             await respond_with(send, record, self.services.bodies)
 
     async def _receive_body(
-        self, remote: str, headers: dict[bytes, bytes], receive: Receive
+        self, remote: str, headers: Headers, receive: Receive
     ) -> tuple[Body, BodyStream | None]:
         """The request body, spooled to a file when big (and then sent to `remote` as it
         arrives, when its length was declared); 413 past the body limit, at once (without
@@ -202,28 +246,23 @@ class Ingress:
         elif body.file is not None:
             await trio.to_thread.run_sync(self.services.bodies.remove, [body.file])
 
-    def _allowed(self, headers: dict[bytes, bytes], name: bytes) -> str | None:
-        """The URL in header `name`, if the roster's `callbacks` patterns allow it (403
-        otherwise: mesh never posts to a URL the roster did not allow)."""
-        raw = headers.get(name)
-        if raw is None:
-            return None
-        url = raw.decode("latin-1").strip()
-        parsed = urlsplit(url)
-        allowed = (
-            parsed.scheme in ("http", "https")
-            and bool(parsed.hostname)
-            and any(fnmatch.fnmatchcase(url, p) for p in self.settings.callbacks)
-        )
-        if not allowed:
-            header = name.decode().title()
-            detail = f"{url!r} matches none of {self.settings.name}'s callbacks patterns"
-            raise HTTPProblem(403, f"{header} URL not allowed", detail)
-        return url
+    def _asker(self, identity: Identity, headers: Headers) -> Asker:
+        """Who asks, and where the request's news goes: the `Mesh-Callback` and
+        `Mesh-Events` URLs, checked against the roster's `callbacks` (403 otherwise: mesh
+        never posts to a URL the roster did not allow), signed for a known caller."""
+        urls = []
+        for name in ("Mesh-Callback", "Mesh-Events"):
+            raw = headers.get(name.lower().encode())
+            patterns = self.settings.callbacks
+            urls.append(None if raw is None else checked_url(raw.decode("latin-1"), patterns, name))
+        key = identity.signing_key if identity.name is not None else None
+        return Asker(identity.name, urls[0], urls[1], key if any(urls) else None)
 
-    async def _request_status(self, request_id: str, response: bool, send: Send) -> None:
+    async def _request_status(
+        self, identity: Identity, request_id: str, response: bool, send: Send
+    ) -> None:
         record = self.services.requests.get(request_id)
-        if record is None:
+        if record is None or not identity.owns(record.caller):  # another's: not there
             raise HTTPProblem(404, "unknown request", f"no request {request_id!r} here")
         if not response:
             await respond_json(send, 200, record.as_json())
@@ -242,6 +281,20 @@ class Ingress:
         self._check_remote(remote)
         body = await read_body(receive, min(self.settings.body_limit, DATAGRAM_LIMIT))
         await respond_json(send, 202, await self.services.mailbox.post(remote, body))
+
+    async def _ack(self, receive: Receive, send: Send) -> None:
+        """``POST /mesh/messages/ack`` with ``{"upto": N, "epoch": E}``: consume the
+        messages up to `N`, handled by the consumer (see `mailbox`)."""
+        body = await read_body(receive, 4096)
+        try:
+            cursor = json.loads(body)
+            upto, epoch = cursor["upto"], cursor["epoch"]
+        except (ValueError, TypeError, KeyError):
+            upto = epoch = None
+        if type(upto) is not int or not isinstance(epoch, str):
+            detail = 'send JSON {"upto": N, "epoch": E} as GET /mesh/messages gave them'
+            raise HTTPProblem(400, "bad acknowledgement", detail)
+        await respond_json(send, 200, await self.services.mailbox.ack(upto, epoch))
 
     def _check_remote(self, remote: str) -> None:
         if remote not in self.services.peers:
@@ -265,6 +318,33 @@ class Ingress:
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
 
 
+def _same_origin(headers: Headers, scheme: str) -> None:
+    """HTTPProblem 403 when a web page of another origin opens the WebSocket (a browser
+    always sends `Origin`; other clients need not)."""
+    origin = headers.get(b"origin")
+    if origin is None:
+        return
+    secure = scheme in ("wss", "https")
+    own = (b"https://" if secure else b"http://") + headers.get(b"host", b"")
+    if origin.lower() != own.lower():
+        detail = "the WebSocket takes no connections from other web pages"
+        raise HTTPProblem(403, "foreign origin", detail)
+
+
+async def _refuse_websocket(scope: Scope, send: Send, problem: HTTPProblem) -> None:
+    """Answer a WebSocket handshake with `problem`, over HTTP when the server can (ASGI's
+    ``websocket.http.response``), else by closing it (a 403)."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps(problem.as_json()).encode()
+    headers = [(b"content-type", PROBLEM_JSON), *problem.headers]
+    headers.append((b"content-length", str(len(body)).encode()))
+    start = {"type": "websocket.http.response.start", "status": problem.status}
+    await send({**start, "headers": headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+
+
 def _proxied(raw_path: bytes) -> tuple[str, str]:
     """(peer, target) of an absolute-form request ``http://peer[:port]/path``."""
     rest = raw_path.decode("latin-1").split("://", 1)[1]
@@ -273,7 +353,7 @@ def _proxied(raw_path: bytes) -> tuple[str, str]:
     return host, slash + path if slash else "/"
 
 
-def _timeout(headers: dict[bytes, bytes]) -> float:
+def _timeout(headers: Headers) -> float:
     """Seconds to wait for the answer: `Mesh-Timeout`, or 30; bad values are a 400."""
     raw = headers.get(b"mesh-timeout")
     if raw is None:

@@ -1,9 +1,10 @@
 """Opaque messages between peers, with no HTTP meaning (`/mesh/messages`): a datagram is
 sent whole, in one frame, and waits at the far peer until a consumer reads past it.
 
-Reading with a cursor `after=N` consumes every message up to `N`: a consumer that
-crashes before it asks again gets the same messages again, so none is lost and none is
-skipped. Ids count within this peer's epoch (given in every reply): a cursor from
+Reading (``GET``) never changes anything: a consumer reads past a cursor `after=N`, and
+consumes what it has handled with ``POST /mesh/messages/ack`` up to a cursor. One that
+crashes before it acknowledges reads the same messages again, so none is lost and none
+is skipped. Ids count within this peer's epoch (given in every reply): a cursor from
 another epoch (the peer's state was created anew) consumes nothing and reads from the
 start.
 """
@@ -50,12 +51,10 @@ class Mailbox:
         return {"id": message.id, "to": remote, "seq": sent.seq}
 
     async def fetch(self, after: int, epoch: str | None, wait: float, limit: int) -> dict[str, Any]:
-        """Up to `limit` messages with an id above `after` (those up to it consumed),
-        waiting up to `wait` seconds for one; a cursor of another `epoch` reads from the
-        start."""
+        """Up to `limit` messages with an id above `after`, waiting up to `wait` seconds
+        for one; a cursor of another `epoch` reads from the start."""
         if epoch is not None and epoch != self.epoch:
             after = 0  # a cursor into a state that is gone
-        self.tables.consume_upto(after, Kind.DATAGRAM)
         items = self.tables.delivered(after, limit, Kind.DATAGRAM)
         with trio.move_on_after(wait):
             while not items:
@@ -64,6 +63,17 @@ class Mailbox:
         if items:  # handed out only once on disk: a power cut must not deliver them again
             await self.durable.synced()
         return {"epoch": self.epoch, "messages": [_as_json(item) for item in items]}
+
+    async def ack(self, upto: int, epoch: str) -> dict[str, Any]:
+        """Consume the messages with an id up to `upto`, if `epoch` is this peer's (a
+        cursor into a state that is gone consumes nothing); what the reply says, once
+        on disk. HTTPProblem 503 when the store cannot take it."""
+        consumed = epoch == self.epoch
+        if consumed:
+            with answered_as("cannot store the acknowledgement"):
+                self.tables.consume_upto(upto, Kind.DATAGRAM)
+                await self.durable.synced()
+        return {"epoch": self.epoch, "consumed": consumed, "upto": upto}
 
 
 def _as_json(item: Delivery) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import trio
 from ..pipe.bodies import Bodies
 from ..state.durable import Durability
 from ..state.posts import Post, PostTables
+from .callbacks import SIGNATURE_HEADER, signature, signature_of_file
 from .clients import Clients
 
 RETRY_FIRST, RETRY_MOST = 0.5, 60.0  # seconds before a failed post is tried again
@@ -99,10 +100,25 @@ class Poster:
             self.posts.done(post.id)
 
     async def _post(self, client: httpx.AsyncClient, post: Post) -> httpx.Response:
+        """One attempt, signed when the post has a key (the signature's time is this
+        attempt's, so a receiver may refuse old ones); redirects are not followed."""
+        headers = list(post.headers)
+        if post.signing_key is not None:
+            signed = await self._signature(post)
+            headers.append((SIGNATURE_HEADER, signed.encode()))
         if post.body_file is None:
-            return await client.post(post.url, headers=post.headers, content=post.body)
+            return await client.post(post.url, headers=headers, content=post.body)
         size = self.bodies.path(post.body_file).stat().st_size
-        headers = [*post.headers, (b"content-length", str(size).encode())]
+        headers.append((b"content-length", str(size).encode()))
         return await client.post(
             post.url, headers=headers, content=self.bodies.chunks(post.body_file)
         )
+
+    async def _signature(self, post: Post) -> str:
+        """The `Mesh-Signature` of `post` now; a body file is read for it off the loop."""
+        assert post.signing_key is not None
+        at = int(self.wall())
+        if post.body_file is None:
+            return signature(post.signing_key, post.body, at)
+        path = self.bodies.path(post.body_file)
+        return await trio.to_thread.run_sync(signature_of_file, post.signing_key, path, at)

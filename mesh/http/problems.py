@@ -25,9 +25,16 @@ LOWER_ERRORS: Mapping[type[Exception], int] = {
 class HTTPProblem(Exception):
     """An answer other than the upstream's, raised to the ingress, which sends it."""
 
-    def __init__(self, status: int, title: str, detail: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str = "",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         super().__init__(detail or title)
         self.status, self.title, self.detail = status, title, detail
+        self.headers = headers  # sent with it, e.g. a challenge (WWW-Authenticate)
         self.body_read = False  # the request body was read to its end
 
     def as_json(self) -> dict[str, Any]:
@@ -55,13 +62,22 @@ def answered_as(title: str) -> Iterator[None]:
         raise HTTPProblem(status, title, str(exc)) from None
 
 
-def problem_response(request_id: str, status: int, title: str, **extra: str) -> Response:
-    """The far side's answer to `request_id` when it is not the upstream's: a problem,
-    with `extra` as ``Mesh-*`` headers (``outcome="unknown"``)."""
+PROBLEM_BY = b"mesh-problem"  # on an answer made by mesh, not the upstream: by which peer
+
+
+def problem_response(request_id: str, by: str, status: int, title: str, **extra: str) -> Response:
+    """Peer `by`'s answer to `request_id` when it is not the upstream's: a problem, marked
+    ``Mesh-Problem: {by}`` (an upstream's own ``Mesh-*`` headers never cross), with
+    `extra` as ``Mesh-*`` headers (``outcome="unknown"``)."""
     body = json.dumps(problem_json(status, title)).encode()
-    headers = [(b"content-type", PROBLEM_JSON)]
+    headers = [(b"content-type", PROBLEM_JSON), (PROBLEM_BY, by.encode())]
     headers += [(f"mesh-{k}".encode(), v.encode()) for k, v in extra.items()]
     return Response(request_id, status, tuple(headers), body)
+
+
+def is_problem(response: Response) -> bool:
+    """Whether `response` is mesh's own problem rather than an upstream's answer."""
+    return any(name == PROBLEM_BY for name, _ in response.headers)
 
 
 def over_limit(whose: str, limit: int) -> str:

@@ -33,9 +33,9 @@ from ..proto.lifecycle import (
 from ..state.database import Database
 from ..state.durable import Durability
 from ..state.links import Delivery
-from ..state.requests import Answer, Event, RequestRecord, RequestTables
+from ..state.requests import NOBODY, Answer, Asker, Event, RequestRecord, RequestTables
 from ..wire.messages import Control, Headers, Kind, Request, Response, unpack_envelope
-from .problems import over_limit, problem_response
+from .problems import is_problem, over_limit, problem_response
 
 # What a link event of a request's message means for the request.
 LINK_STEPS = {"sent": SENT, "acked": DELIVERED}
@@ -68,11 +68,12 @@ class RequestEvent:
 
 
 class Requests:
-    """The requests of one peer. `posted` is told when posts were queued (the poster's
+    """The requests of peer `name`. `posted` is told when posts were queued (the poster's
     kick); `max_body` bounds a response taken in fragments."""
 
     def __init__(
         self,
+        name: str,
         database: Database,
         tables: RequestTables,
         sending: Sending,
@@ -83,7 +84,7 @@ class Requests:
         posted: Callable[[], None],
         max_body: int,
     ) -> None:
-        self.database, self.tables, self.durable = database, tables, durable
+        self.name, self.database, self.tables, self.durable = name, database, tables, durable
         self.sending, self.receiving = sending, receiving
         self.link_events, self.progress = link_events, progress
         self.posted, self.max_body = posted, max_body
@@ -98,8 +99,7 @@ class Requests:
         headers: Headers,
         body: Body,
         ttl: float,
-        callback: str | None = None,
-        events_url: str | None = None,
+        asker: Asker = NOBODY,
         stream: BodyStream | None = None,
     ) -> str:
         """Store the request and send it; its id (`stream`'s message id, when its body was
@@ -113,9 +113,7 @@ class Requests:
         request = Request(request_id, method, target, headers, body.data, deadline)
         with self.database.transaction():  # one commit for both
             sent = await self.sending.send(remote, request, body, stream)
-            self.tables.add(
-                request_id, remote, sent.seq, method, target, deadline, now, callback, events_url
-            )
+            self.tables.add(request_id, remote, sent.seq, method, target, deadline, now, asker)
         self.durable.after_sync(lambda: self._changed(request_id, [(STORED, now)]))
         return request_id
 
@@ -168,10 +166,11 @@ class Requests:
         """Store `message` as its request's answer, once its whole body is here; one over
         this peer's body limit is refused (its fragments are never kept) and the request
         fails with a problem of its own."""
-        end, body_file = COMPLETED, None
+        end, body_file = (FAILED if is_problem(message) else COMPLETED), None
         if (message.body_length or 0) > self.max_body:
             limit = over_limit("this peer's", self.max_body)
-            end, message = FAILED, problem_response(message.id, 502, f"the response is {limit}")
+            title = f"the response is {limit}"
+            end, message = FAILED, problem_response(message.id, self.name, 502, title)
         if message.body_length and message.body_id:
             body_file = await self.receiving.body_arrived(
                 item.remote, message.body_id, message.body_length

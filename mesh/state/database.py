@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS requests (
     body BLOB,
     body_file TEXT,
     callback TEXT,
-    events_url TEXT
+    events_url TEXT,
+    caller TEXT,  -- the caller who made it (None: the peer has no callers)
+    signing_key BLOB  -- signs its callbacks: derived from the caller's token, never it
 );
 CREATE TABLE IF NOT EXISTS posts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS posts (
     headers BLOB NOT NULL,
     body BLOB NOT NULL,
     body_file TEXT,
+    signing_key BLOB,
     attempts INTEGER NOT NULL DEFAULT 0,
     due REAL NOT NULL,
     deadline REAL NOT NULL
@@ -94,6 +97,10 @@ CREATE TABLE IF NOT EXISTS inbound (
     payload BLOB NOT NULL,
     received REAL NOT NULL,
     UNIQUE (remote, remote_epoch, seq)
+);
+CREATE TABLE IF NOT EXISTS refusals (  -- requests `serves` kept from the upstream
+    remote TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (remote, seq);
 """
@@ -126,8 +133,8 @@ class Database:
         """Bring a state made by an earlier version up to this schema."""
         added = {
             "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
-            "requests": ("body_file TEXT",),
-            "posts": ("body_file TEXT",),
+            "requests": ("body_file TEXT", "caller TEXT", "signing_key BLOB"),
+            "posts": ("body_file TEXT", "signing_key BLOB"),
             "transfers": (
                 "message TEXT NOT NULL DEFAULT ''",
                 "abandoned INTEGER NOT NULL DEFAULT 0",

@@ -60,3 +60,17 @@ class ExecutionTables(Tables):
             (Execution.RECEIVED, Execution.FORWARDING),
         )
         return [Unfinished(str(o), bytes(r), Execution(s)) for o, r, s in rows]
+
+    def refused(self, asker: str) -> None:
+        """Count a request of `asker` refused by this peer's `serves` (inside the
+        caller's transaction, with its answer)."""
+        self._sql.execute(
+            "INSERT INTO refusals (remote, count) VALUES (?, 1)"
+            " ON CONFLICT (remote) DO UPDATE SET count = count + 1",
+            (asker,),
+        )
+
+    def refusals(self) -> dict[str, int]:
+        """How many requests of each remote peer `serves` refused, ever."""
+        rows = self._sql.execute("SELECT remote, count FROM refusals")
+        return {str(remote): int(count) for remote, count in rows}

@@ -24,6 +24,7 @@ class Post:
     attempts: int
     deadline: float
     body_file: str | None = None  # the body is this body file's content instead
+    signing_key: bytes | None = None  # each attempt is signed with it (Mesh-Signature)
 
 
 class PostTables(Tables):
@@ -38,33 +39,36 @@ class PostTables(Tables):
         deadline: float,
         now: float,
         body_file: str | None = None,
+        signing_key: bytes | None = None,
     ) -> None:
-        """Queue a POST of `body` (or of body file `body_file`) to `url`, due at `now`
-        (inside the caller's transaction)."""
+        """Queue a POST of `body` (or of body file `body_file`) to `url`, due at `now`,
+        signed with `signing_key` if given (inside the caller's transaction)."""
         flat = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
         self._sql.execute(
-            "INSERT INTO posts (request_id, url, headers, body, body_file, due, deadline)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (request_id, url, flat.encode(), body, body_file, now, deadline),
+            "INSERT INTO posts (request_id, url, headers, body, body_file, signing_key, due,"
+            " deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (request_id, url, flat.encode(), body, body_file, signing_key, now, deadline),
         )
 
     def due(self, now: float) -> list[Post]:
         """Posts to send now, oldest first: per URL, the leading run of due posts (a post
         waiting for its retry holds back the later ones to its URL, keeping their order)."""
         rows = self._sql.execute(
-            "SELECT id, url, headers, body, attempts, deadline, due, body_file FROM posts"
-            " ORDER BY id"
+            "SELECT id, url, headers, body, attempts, deadline, due, body_file, signing_key"
+            " FROM posts ORDER BY id"
         )
         blocked: set[str] = set()
         found = []
-        for i, url, headers, body, attempts, deadline, due, body_file in rows:
+        for i, url, headers, body, attempts, deadline, due, body_file, key in rows:
             if url in blocked:
                 continue
             if due > now:
                 blocked.add(url)
                 continue
             pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(headers)]
-            post = Post(int(i), str(url), pairs, bytes(body), int(attempts), deadline, body_file)
+            post = Post(
+                int(i), str(url), pairs, bytes(body), int(attempts), deadline, body_file, key
+            )
             found.append(post)
         return found
 

@@ -38,6 +38,21 @@ class Answer:
         return [*self.headers, *mesh, (b"mesh-status", str(self.status).encode())]
 
 
+@dataclass(frozen=True)
+class Asker:
+    """Who asked for a request and where its news goes: the caller (None when the peer
+    has no callers), its `Mesh-Callback` and `Mesh-Events` URLs, and the key their posts
+    are signed with."""
+
+    caller: str | None = None
+    callback: str | None = None
+    events_url: str | None = None
+    signing_key: bytes | None = None
+
+
+NOBODY = Asker()  # a request of a peer without callers, with no callback or events URL
+
+
 @dataclass
 class RequestRecord:
     id: str
@@ -51,6 +66,7 @@ class RequestRecord:
     headers: Headers = ()
     body: bytes = b""
     body_file: str | None = None  # the response body is in this body file instead
+    caller: str | None = None  # who made it
 
     @property
     def done(self) -> bool:
@@ -85,14 +101,15 @@ class RequestTables(Tables):
         target: str,
         deadline: float,
         now: float,
-        callback: str | None = None,
-        events_url: str | None = None,
+        asker: Asker = NOBODY,
     ) -> None:
-        """Record a request sent as message `seq` to `remote`, stored at `now`."""
+        """Record a request sent as message `seq` to `remote`, stored at `now`, for
+        `asker`."""
         with self._database.transaction():
             self._sql.execute(
                 "INSERT INTO requests (id, remote, seq, method, target, state, events, deadline,"
-                " callback, events_url) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " callback, events_url, caller, signing_key)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     request_id,
                     remote,
@@ -102,21 +119,24 @@ class RequestTables(Tables):
                     INITIAL,
                     json.dumps([[INITIAL, now]]),
                     deadline,
-                    callback,
-                    events_url,
+                    asker.callback,
+                    asker.events_url,
+                    asker.caller,
+                    asker.signing_key,
                 ),
             )
-            self._post_events(request_id, events_url, [(INITIAL, now)], deadline, now)
+            news = _News(request_id, asker.events_url, deadline, asker.signing_key)
+            self._post_events(news, [(INITIAL, now)], now)
 
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._sql.execute(
             "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
-            " body_file FROM requests WHERE id = ?",
+            " body_file, caller FROM requests WHERE id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
-        id_, remote, method, target, state, events, deadline, status, headers, body, file = row
+        id_, remote, method, target, state, events, deadline, status, headers, body, file, by = row
         return RequestRecord(
             id=id_,
             remote=remote,
@@ -129,6 +149,7 @@ class RequestTables(Tables):
             headers=_unpack_headers(headers),
             body=bytes(body or b""),
             body_file=file,
+            caller=by,
         )
 
     def by_seq(self, remote: str, seq: int) -> str | None:
@@ -144,7 +165,8 @@ class RequestTables(Tables):
         late or repeated news. Their posts are due at `now`."""
         with self._database.transaction():
             row = self._sql.execute(
-                "SELECT state, events, events_url, deadline FROM requests WHERE id = ?",
+                "SELECT state, events, events_url, deadline, signing_key FROM requests"
+                " WHERE id = ?",
                 (request_id,),
             ).fetchone()
             if row is None:
@@ -155,7 +177,7 @@ class RequestTables(Tables):
                     "UPDATE requests SET state = ?, events = ? WHERE id = ?",
                     (state, _with_events(row[1], new), request_id),
                 )
-                self._post_events(request_id, row[2], new, row[3], now)
+                self._post_events(_News(request_id, row[2], row[3], row[4]), new, now)
         return new
 
     def answer(
@@ -168,16 +190,17 @@ class RequestTables(Tables):
         new: list[Event] = []
         with self._database.transaction():
             row = self._sql.execute(
-                "SELECT state, events, callback, events_url, deadline FROM requests WHERE id = ?",
+                "SELECT state, events, callback, events_url, deadline, signing_key FROM requests"
+                " WHERE id = ?",
                 (answer.request_id,),
             ).fetchone()
             if row is not None and row[0] not in FINAL:
                 current = RequestState(row[0])
                 steps = advance(current, RESPONDED) + advance(RESPONDED, end)
                 new = [(step, at) for step in steps]
-                self._post_events(answer.request_id, row[3], new, row[4], at)
+                self._post_events(_News(answer.request_id, row[3], row[4], row[5]), new, at)
                 if row[2] is not None:
-                    self._post_answer(row[2], answer, row[4], at)
+                    self._post_answer(_News(answer.request_id, row[2], row[4], row[5]), answer, at)
                 self._sql.execute(
                     "UPDATE requests SET state = ?, events = ?, status = ?, headers = ?,"
                     " body = ?, body_file = ? WHERE id = ?",
@@ -198,13 +221,15 @@ class RequestTables(Tables):
         """Queue progress `event` (JSON) for the request's events URL, if it has one;
         False if `request_id` is not one of our requests."""
         row = self._sql.execute(
-            "SELECT events_url, deadline FROM requests WHERE id = ?", (request_id,)
+            "SELECT events_url, deadline, signing_key FROM requests WHERE id = ?", (request_id,)
         ).fetchone()
         if row is None:
             return False
         if row[0] is not None:
             with self._database.transaction():
-                self._posts.add(request_id, row[0], JSON_HEADERS, event.encode(), row[1], now)
+                self._posts.add(
+                    request_id, row[0], JSON_HEADERS, event.encode(), row[1], now, None, row[2]
+                )
         return True
 
     def in_flight(self) -> dict[str, int]:
@@ -216,21 +241,46 @@ class RequestTables(Tables):
         )
         return {str(state): int(count) for state, count in rows}
 
-    def _post_events(
-        self, request_id: str, url: str | None, events: Iterable[Event], deadline: float, now: float
-    ) -> None:
-        """Queue each event for the request's events `url`, if it has one (inside the
+    def _post_events(self, news: _News, events: Iterable[Event], now: float) -> None:
+        """Queue each event for the request's events URL, if it has one (inside the
         caller's transaction)."""
-        if url is None:
+        if news.url is None:
             return
         for state, at in events:
-            body = json.dumps({"request_id": request_id, "state": state, "at": at}).encode()
-            self._posts.add(request_id, url, JSON_HEADERS, body, deadline, now)
+            body = json.dumps({"request_id": news.request_id, "state": state, "at": at})
+            self._posts.add(
+                news.request_id,
+                news.url,
+                JSON_HEADERS,
+                body.encode(),
+                news.deadline,
+                now,
+                signing_key=news.signing_key,
+            )
 
-    def _post_answer(self, url: str, answer: Answer, deadline: float, now: float) -> None:
-        """Queue the callback POST of `answer` to `url` (inside the caller's transaction)."""
-        headers, body = answer.callback_headers(), answer.body
-        self._posts.add(answer.request_id, url, headers, body, deadline, now, answer.body_file)
+    def _post_answer(self, news: _News, answer: Answer, now: float) -> None:
+        """Queue the callback POST of `answer` (inside the caller's transaction)."""
+        assert news.url is not None
+        self._posts.add(
+            answer.request_id,
+            news.url,
+            answer.callback_headers(),
+            answer.body,
+            news.deadline,
+            now,
+            answer.body_file,
+            news.signing_key,
+        )
+
+
+@dataclass(frozen=True)
+class _News:
+    """Where a request's posts of one kind go, until when, and signed with what."""
+
+    request_id: str
+    url: str | None
+    deadline: float
+    signing_key: bytes | None
 
 
 def _with_events(events: str, new: list[Event]) -> str:

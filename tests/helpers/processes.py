@@ -140,10 +140,10 @@ async def mesh_up(
 
 
 @asynccontextmanager
-async def served(app: Any, port: int) -> AsyncIterator[None]:
-    """ASGI `app` served by hypercorn on loopback `port` for the block's duration."""
+async def served(app: Any, port: int, host: str = "127.0.0.1") -> AsyncIterator[None]:
+    """ASGI `app` served by hypercorn on `host` (loopback) `port` for the block's duration."""
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"{host}:{port}"]
     config.accesslog = None
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve, app, config))
