@@ -19,7 +19,7 @@ from mesh.config.access import (
     may_call,
     serves,
 )
-from mesh.config.roster import PeerSettings, open_to_strangers
+from mesh.config.roster import PeerSettings, load_roster, open_to_strangers
 from mesh.wire.names import PEER_NAME_RULE
 from tests.test_roster import BASE, pair, parse, problems
 
@@ -577,3 +577,10 @@ def test_callback_pattern_matches(pattern: str, url: tuple[str, str, int, str], 
 def test_callback_pattern_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="is not a URL pattern"):
         CallbackPattern.parse(text)
+
+
+def test_the_readme_example_starts_as_written() -> None:
+    """peers.example.yaml listens on loopback without callers: `mesh up` takes it."""
+    example = load_roster(Path(__file__).resolve().parent.parent / "peers.example.yaml")
+    assert open_to_strangers(example, example.peers) == []
+    assert all(peer.callers is None for peer in example.peers.values())
