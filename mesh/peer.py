@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import trio
 
 from .config import keys as keyfiles
+from .config.access import ANY
 from .config.roster import PeerSettings, Roster
 from .errors import ConfigError
 from .http.asgi import serve_at
@@ -219,6 +220,12 @@ class Peer:
         )
         scheme = "http" if self.settings.tls is None else "https"
         self.log.info("%s: HTTP ingress on %s://%s", self.name, scheme, self.settings.listen)
+        if self.settings.callers == ANY and not self.settings.listen.loopback:
+            self.log.warning(
+                "%s: callers: any: everyone who reaches %s may call through it",
+                self.name,
+                self.settings.listen,
+            )
 
     def _link_settings(self) -> LinkSettings:
         return LinkSettings(

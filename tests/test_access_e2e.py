@@ -157,8 +157,13 @@ async def test_forwarded_calls_need_known_proxy_credentials(tmp_path: Path, port
             assert none.status_code == 407
             assert none.headers["proxy-authenticate"] == 'Basic realm="mesh"'
             assert none.headers["content-type"] == "application/problem+json"
+            assert none.headers["mesh-problem"] == "alpha"  # made by mesh, not an upstream
+            assert none.json()["title"] == "proxy credentials needed"
             wrong = await c.get("/bravo/orders/1", headers={"proxy-authorization": "Bearer nope"})
             assert wrong.status_code == 407
+            assert wrong.json()["title"] == "unknown proxy credentials"
+            tunnel = await c.request("CONNECT", "/bravo:443", headers=mesh.bearer("billing"))
+            assert tunnel.status_code == 405 and "http://PEER/path" in tunnel.json()["detail"]
             own_header = await c.get(
                 "/bravo/orders/1", headers=mesh.bearer("billing", "authorization")
             )

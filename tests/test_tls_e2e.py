@@ -168,6 +168,7 @@ def test_a_missing_certificate_is_named_without_a_traceback(tmp_path: Path, port
     missing = tmp_path / "tls/nowhere.crt"
     said = [line.strip() for line in result.stderr.splitlines() if "alpha.tls" in line]
     assert said == [f"alpha.tls: cannot load the certificate {missing}: No such file or directory"]
+    assert not (tmp_path / "state").exists()  # found before anything was made
 
 
 def bad_files(folder: Path) -> list[tuple[TLSFiles, str]]:

@@ -31,7 +31,7 @@ from ..config.roster import (
     open_to_strangers,
 )
 from ..errors import ConfigError, leaves
-from ..http.asgi import serve_at
+from ..http.asgi import check_tls, serve_at
 from ..http.echo import echo_app
 from ..peer import Peer, open_peers, run_peers
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
@@ -102,8 +102,7 @@ def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) ->
     for chatty in ("watchfiles", "hypercorn.error", "httpx"):  # httpx: a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)
     loaded = _load(roster)
-    names = [name for name in peers or loaded.peers if name in loaded.peers]
-    problems = open_to_strangers(loaded, names)
+    problems = _start_problems(loaded, [n for n in peers or loaded.peers if n in loaded.peers])
     if problems:
         _problems(roster, problems)
     echo_at = _echo_address(echo)
@@ -112,6 +111,20 @@ def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) ->
     except* KeyboardInterrupt:  # Ctrl-C before the signal handler was in place
         raise SystemExit(EXIT_SIGINT) from None
     raise SystemExit(code)
+
+
+def _start_problems(roster: Roster, names: list[str]) -> list[str]:
+    """What keeps peers `names` from starting, found before any state is made: a listen
+    beyond loopback without callers, TLS files that cannot be loaded."""
+    problems = open_to_strangers(roster, names)
+    for name in names:
+        tls = roster.peer(name).tls
+        try:
+            if tls is not None:
+                check_tls(tls, f"{name}.tls")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _echo_address(text: str | None) -> Address | None:
@@ -233,7 +246,7 @@ def caller_lines(name: str, digest: str, far: str) -> list[str]:
         f"  token_sha256: {digest}",
         f'  may_call: ["*"]   # every peer in talks_to, any method and path; or e.g. '
         f'["{far}/orders/*", "GET {far}/*"]',
-        "  # admin: true     # opens mesh's own routes (/mesh/*, /metrics) to this caller",
+        "  # admin: true     # opens mesh's own routes (/mesh/status, /mesh/events, ...)",
     ]
 
 

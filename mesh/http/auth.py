@@ -59,11 +59,13 @@ class Gate:
     def forwarded(self, headers: Headers, method: str, peer: str, path: str) -> Identity:
         """The caller of a forwarded call to `peer` `path` (no query), if it may make it;
         HTTPProblem 407 without known credentials, 403 when `may_call` refuses it."""
-        identity = self._identify(headers.get(b"proxy-authorization"), None)
+        given = headers.get(b"proxy-authorization")
+        identity = self._identify(given, None)
         if identity is None:
+            title = "unknown proxy credentials" if given else "proxy credentials needed"
             raise HTTPProblem(
                 407,
-                "proxy credentials needed",
+                title,
                 "send Proxy-Authorization: Bearer TOKEN, or use the proxy URL "
                 "http://NAME:TOKEN@host:port",
                 headers=(PROXY_CHALLENGE,),
@@ -81,7 +83,7 @@ class Gate:
         if identity is None:
             raise HTTPProblem(
                 401,
-                "credentials needed",
+                "unknown credentials" if proxy or bearer else "credentials needed",
                 "send Authorization: Bearer TOKEN",
                 headers=(CHALLENGE,),
             )

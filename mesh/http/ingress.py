@@ -47,10 +47,11 @@ from .auth import Gate, Identity
 from .callbacks import checked_url
 from .headers import declared_length, end_to_end
 from .mailbox import DATAGRAM_LIMIT, Mailbox
-from .problems import LOWER_ERRORS, PROBLEM_JSON, HTTPProblem, answered_as
+from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
 
 Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
+NOT_CONNECT = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE")
 MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
 DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0  # seconds a caller waits for its answer
 
@@ -90,8 +91,9 @@ class Ingress:
         try:
             await self._route(scope, receive, send)
         except HTTPProblem as problem:
+            headers = (*problem.headers, (PROBLEM_BY, self.settings.name.encode()))
             await respond_json(
-                send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), problem.headers
+                send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), headers
             )
             if problem.status == 413 and not problem.body_read:
                 await discard_body(receive)
@@ -127,6 +129,9 @@ class Ingress:
         method, path = scope["method"], scope["path"]
         headers = {name.lower(): value for name, value in scope["headers"]}
         parts = path.strip("/").split("/")
+        if method == "CONNECT":
+            detail = "address the far service as http://PEER/path (its peer may use TLS to it)"
+            raise HTTPProblem(405, "no tunnels", detail, headers=(NOT_CONNECT,))
         if path.startswith(("http://", "https://")):  # sent to us as an HTTP proxy
             remote, target = _proxied(scope.get("raw_path") or path.encode())
             await self._call(remote, target, headers, scope, receive, send)
