@@ -7,7 +7,8 @@ Starts a small echo upstream (hypercorn, its own process), then sends the same P
 directly and through a two-peer mesh (each peer its own `mesh up` process, as at two
 sites; one shared folder on local disk) once per `--linger` setting, and prints
 requests/s, p50 and p99 latency side by side, and how many files each peer wrote per
-1,000 requests. `linger` is how long a
+1,000 requests; the first `--linger` once more with alpha holding callers and each call
+carrying a token (what authentication costs). `linger` is how long a
 small message waits for others to share its file: fewer files, each paying its fsyncs
 and signature once for many messages, against a little latency.
 """
@@ -15,7 +16,9 @@ and signature once for many messages, against a little latency.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -44,7 +47,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def roster(folder: Path, linger: str) -> Path:
+def roster(folder: Path, linger: str, token: str | None = None) -> Path:
     def peer(port: int, other: str, **extra: str) -> dict[str, Any]:
         return {
             "listen": f"127.0.0.1:{port}",
@@ -57,7 +60,7 @@ def roster(folder: Path, linger: str) -> Path:
     doc = {
         "defaults": {"heartbeat": "2s", "linger": linger},
         "peers": {
-            "alpha": peer(ALPHA, "bravo"),
+            "alpha": peer(ALPHA, "bravo", **callers(token)),
             "bravo": peer(ALPHA + 1, "alpha", upstream=f"http://127.0.0.1:{UPSTREAM}"),
         },
     }
@@ -68,12 +71,25 @@ def roster(folder: Path, linger: str) -> Path:
     return path
 
 
+def callers(token: str | None) -> dict[str, Any]:
+    """alpha's `callers` when calls carry `token`: one admin caller holding it."""
+    if token is None:
+        return {}
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return {"callers": {"bench": {"token_sha256": digest, "admin": True}}}
+
+
+def credentials(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"proxy-authorization": f"Bearer {token}"}
+
+
 async def load(
     url: str,
     requests: int,
     concurrency: int,
     body: bytes,
     before: Callable[[], Awaitable[None]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[float], float]:
     """Latencies of `requests` POSTs to `url`, `concurrency` at a time, and the seconds
     they took. Each caller has its own client and connection (one pool shared by all
@@ -86,7 +102,7 @@ async def load(
     warm, go = trio.Semaphore(0), trio.Event()
 
     async def caller() -> None:
-        async with httpx.AsyncClient(timeout=120) as client:
+        async with httpx.AsyncClient(timeout=120, headers=headers) as client:
             reply = await client.post(url, content=body)
             assert reply.status_code == 200 and reply.content == body
             warm.release()
@@ -116,9 +132,9 @@ def row(label: str, latencies: list[float], seconds: float) -> str:
     return f"{label:<14}{len(ordered) / seconds:>8.0f}{p50:>12.1f}{p99:>12.1f}"
 
 
-async def started(url: str, bound: float = 20.0) -> None:
+async def started(url: str, bound: float = 20.0, token: str | None = None) -> None:
     """Return once `url` answers (a server just launched), failing after `bound` seconds."""
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=credentials(token)) as client:
         with trio.fail_after(bound):
             while True:
                 try:
@@ -129,10 +145,11 @@ async def started(url: str, bound: float = 20.0) -> None:
 
 
 async def through_mesh(
-    folder: Path, linger: str, requests: int, concurrency: int, body: bytes
+    folder: Path, linger: str, requests: int, concurrency: int, body: bytes, token: str | None
 ) -> tuple[str, list[int]]:
-    """The mesh's row with `linger`, and the files each peer wrote to the other."""
-    path = roster(folder, linger)
+    """The mesh's row with `linger` (calls carrying `token` when given), and the files
+    each peer wrote to the other."""
+    path = roster(folder, linger, token)
     mesh = str(Path(sys.executable).with_name("mesh"))
     peers = [
         await trio.lowlevel.open_process(
@@ -142,10 +159,10 @@ async def through_mesh(
     ]
     try:
         await started(f"http://127.0.0.1:{ALPHA + 1}/mesh/status")
-        await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
+        await started(f"http://127.0.0.1:{ALPHA}/mesh/status", token=token)
         if any(process.returncode is not None for process in peers):
             raise SystemExit("a peer exited at start: is another one using its port?")
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=credentials(token)) as client:
 
             async def files() -> list[int]:
                 """Files each peer wrote to the other so far."""
@@ -161,8 +178,10 @@ async def through_mesh(
                 warm.extend(await files())
 
             url = f"http://127.0.0.1:{ALPHA}/bravo/echo"
-            latencies, seconds = await load(url, requests, concurrency, body, count_from_here)
-            line = row(f"mesh {linger}", latencies, seconds)
+            latencies, seconds = await load(
+                url, requests, concurrency, body, count_from_here, credentials(token)
+            )
+            line = row(f"mesh {linger}{' token' if token else ''}", latencies, seconds)
             written = [after - before for after, before in zip(await files(), warm, strict=True)]
     finally:
         for process in peers:
@@ -187,16 +206,17 @@ async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -
             f"http://127.0.0.1:{UPSTREAM}/echo", requests, concurrency, body
         )
         rows.append(row("direct", latencies, seconds))
-        for linger in lingers:
+        runs = [(linger, None) for linger in lingers] + [(lingers[0], secrets.token_urlsafe(32))]
+        for linger, token in runs:
             with tempfile.TemporaryDirectory() as tmp:
                 line, (to_bravo, to_alpha) = await through_mesh(
-                    Path(tmp), linger, requests, concurrency, body
+                    Path(tmp), linger, requests, concurrency, body, token
                 )
             rows.append(line)
             per = 1000 / requests
             notes.append(
-                f"linger {linger}: files per 1,000 requests: {to_bravo * per:.0f} alpha to"
-                f" bravo, {to_alpha * per:.0f} bravo to alpha"
+                f"{line[:14].strip()}: files per 1,000 requests: {to_bravo * per:.0f} alpha"
+                f" to bravo, {to_alpha * per:.0f} bravo to alpha"
             )
     finally:
         os.killpg(upstream.pid, signal.SIGTERM)  # hypercorn and its worker

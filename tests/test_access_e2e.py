@@ -20,7 +20,7 @@ import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from mesh.http.asgi import lifespan, read_body
-from mesh.http.callbacks import verify
+from mesh.http.callbacks import Signed, verify
 from tests.helpers.ports import Ports
 from tests.helpers.processes import (
     MeshProcess,
@@ -394,9 +394,9 @@ async def test_serves_refusal_is_a_403_that_never_reaches_the_upstream(
             path, headers, body = mesh.receiver.got[0]
             assert (path, headers["mesh-status"]) == ("/cb", "403")
             assert json.loads(body)["status"] == 403
-            now = int(time.time())
-            assert verify(mesh.tokens["billing"], headers["mesh-signature"], body, now)
-            assert not verify(mesh.tokens["ops"], headers["mesh-signature"], body, now)
+            signed = Signed(int(time.time()), headers["mesh-request-id"], headers["mesh-status"])
+            assert verify(mesh.tokens["billing"], headers["mesh-signature"], body, signed)
+            assert not verify(mesh.tokens["ops"], headers["mesh-signature"], body, signed)
             # Counted with the answer, in one commit: so before alpha had the answer.
             status = await c.get(f"http://127.0.0.1:{ports.bravo}/mesh/status")
             assert status.json()["links"]["alpha"]["refused"] == 2
@@ -442,3 +442,78 @@ async def test_callback_urls_that_would_go_elsewhere_are_refused(
         assert mesh.upstream.calls and len(mesh.upstream.calls) == 1
         assert elsewhere.got == []
         assert {path for path, _, _ in mesh.receiver.got} == {"/redirect"}
+
+
+async def raw_status(port: int, head: bytes) -> int:
+    """The status of the answer to a request head sent as it is, byte for byte."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(head)
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+async def test_what_an_attacker_tried_is_refused_before_anything_is_stored(
+    tmp_path: Path, ports: Ports
+) -> None:
+    with trio.fail_after(60):
+        async with secured(tmp_path, ports) as mesh:
+            token = mesh.tokens["billing"]
+            auth = f"Proxy-Authorization: Bearer {token}\r\n".encode()
+            heads = {
+                b"GET //bravo/orders/1 HTTP/1.1\r\nHost: a\r\n" + auth: 400,
+                b"GET /%62ravo/orders/1 HTTP/1.1\r\nHost: a\r\n" + auth: 400,
+                b"GET /bravo%2Forders/1 HTTP/1.1\r\nHost: a\r\n" + auth: 400,
+                b"GET http%3A//bravo/orders/1 HTTP/1.1\r\nHost: a\r\n": 400,  # no proxy form
+                b"GET /bravo/orders/" + b"a" * 17000 + b" HTTP/1.1\r\nHost: a\r\n" + auth: 414,
+                b"GET /bravo/orders/1 HTTP/1.1\r\nHost: a\r\n"
+                + auth
+                + b"".join(b"x-%d: 1\r\n" % n for n in range(1100)): 431,
+                b"GET /bravo/orders/1 HTTP/1.1\r\nHost: a\r\n" + auth + auth: 400,  # twice
+                b"GET /bravo/orders/1 HTTP/1.1\r\nHost: a\r\n"
+                + auth
+                + f"Authorization: Bearer {token}\r\n".encode(): 400,  # would go upstream
+            }
+            for head, status in heads.items():
+                assert await raw_status(ports.alpha, head + b"\r\n") == status, head[:60]
+            billing = {"proxy-authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=mesh.alpha) as c:
+                for path in ("/bravo/orders/1;.json", "/bravo/orders/x/..;/1"):
+                    assert (await c.get(path, headers=billing)).status_code == 403, path
+                override = {**billing, "x-http-method-override": "DELETE"}
+                assert (await c.get("/bravo/orders/2", headers=override)).status_code == 200
+        assert "Traceback" not in mesh.mesh.text
+        [(_, path, headers)] = mesh.upstream.calls  # only the last one went
+        assert path == "/orders/2" and b"x-http-method-override" not in dict(headers)
+
+
+async def test_an_open_peer_answers_only_to_its_own_names(tmp_path: Path, ports: Ports) -> None:
+    """bravo has no callers: a web page that rebinds its own name to 127.0.0.1 must not
+    reach it, over HTTP or the WebSocket."""
+    with trio.fail_after(60):
+        async with secured(tmp_path, ports):
+            bravo = f"http://127.0.0.1:{ports.bravo}"
+            async with httpx.AsyncClient() as c:
+                for host in ("attacker.example", f"attacker.example:{ports.bravo}"):
+                    reply = await c.get(f"{bravo}/mesh/status", headers={"host": host})
+                    assert reply.status_code == 421, host
+                    assert (
+                        await c.get(f"{bravo}/alpha/x", headers={"host": host})
+                    ).status_code == 421
+                for host in (f"127.0.0.1:{ports.bravo}", "localhost", "bravo.localhost"):
+                    reply = await c.get(f"{bravo}/mesh/status", headers={"host": host})
+                    assert reply.status_code == 200, host
+            rebound = f"attacker.example:{ports.bravo}"
+            upgrade = (
+                f"GET /mesh/events HTTP/1.1\r\nHost: {rebound}\r\n"
+                f"Origin: http://{rebound}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            assert await raw_status(ports.bravo, upgrade.encode()) == 421
+            own = upgrade.replace(rebound, f"127.0.0.1:{ports.bravo}")
+            assert await raw_status(ports.bravo, own.encode()) == 101

@@ -339,7 +339,8 @@ async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
             client = await trio.open_tcp_stream("127.0.0.1", ports.alpha)
-            head = f"PUT /bravo/put HTTP/1.1\r\nhost: x\r\ncontent-length: {96 * MiB}\r\n\r\n"
+            head = f"PUT /bravo/put HTTP/1.1\r\nhost: localhost\r\ncontent-length: {96 * MiB}\r\n"
+            head += "\r\n"
             await client.send_all(head.encode())
             for _ in range(48):
                 await client.send_all(os.urandom(MiB))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mesh.config.access import CallbackPattern
 from mesh.http.callbacks import (
     SIGNATURE_HEADER,
+    Signed,
     checked_url,
     signature,
     signature_of_file,
@@ -202,20 +203,31 @@ BODY = b'{"status": 200}'
 NOW = 1_700_000_000
 
 
+ID = "ab" * 16
+SIGNED = Signed(NOW, ID, "200")
+
+
+def at(now: int, status: str = "200", request_id: str = ID) -> Signed:
+    """What a receiver checks a signature against, at its `now`."""
+    return Signed(now, request_id, status)
+
+
 def test_a_signature_verifies_with_the_token() -> None:
-    header = signature(signing_key(TOKEN), BODY, NOW)
+    header = signature(signing_key(TOKEN), BODY, SIGNED)
     assert header.startswith(f"t={NOW},v1=")
-    assert verify(TOKEN, header, BODY, NOW)
-    assert verify(TOKEN, header, BODY, NOW + 300)
-    assert verify(TOKEN, header, BODY, NOW - 300)
+    assert verify(TOKEN, header, BODY, SIGNED)
+    assert verify(TOKEN, header, BODY, at(NOW + 300))
+    assert verify(TOKEN, header, BODY, at(NOW - 300))
     assert SIGNATURE_HEADER == b"mesh-signature"
 
 
 def test_the_key_and_signature_are_as_documented() -> None:
     key = hmac.new(TOKEN.encode(), b"mesh-callback-signature", hashlib.sha256).digest()
     assert signing_key(TOKEN) == key
-    mac = hmac.new(key, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
-    assert signature(key, BODY, NOW) == f"t={NOW},v1={mac}"
+    mac = hmac.new(key, f"{NOW}.{ID}.200.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert signature(key, BODY, SIGNED) == f"t={NOW},v1={mac}"
+    event = hmac.new(key, f"{NOW}.{ID}..".encode() + BODY, hashlib.sha256).hexdigest()
+    assert signature(key, BODY, Signed(NOW, ID)) == f"t={NOW},v1={event}"
     assert TOKEN.encode() not in key
 
 
@@ -223,35 +235,38 @@ def test_a_file_body_signs_as_the_same_bytes(tmp_path: Path) -> None:
     body = bytes(range(256)) * 9000  # over one chunk
     (tmp_path / "body").write_bytes(body)
     key = signing_key(TOKEN)
-    assert signature_of_file(key, tmp_path / "body", NOW) == signature(key, body, NOW)
-    assert verify(TOKEN, signature_of_file(key, tmp_path / "body", NOW), body, NOW)
+    header = signature_of_file(key, tmp_path / "body", SIGNED)
+    assert header == signature(key, body, SIGNED)
+    assert verify(TOKEN, header, body, SIGNED)
 
 
 def test_a_signature_fails_with_anything_changed() -> None:
-    header = signature(signing_key(TOKEN), BODY, NOW)
-    assert not verify("another token", header, BODY, NOW)
-    assert not verify(TOKEN, header, BODY + b" ", NOW)
-    assert not verify(TOKEN, header, b"", NOW)
-    assert not verify(TOKEN, header.replace(f"t={NOW}", f"t={NOW + 1}"), BODY, NOW)
-    assert not verify(TOKEN, header.replace(f"t={NOW}", f"t=0{NOW}"), BODY, NOW)
-    assert not verify(TOKEN, header, BODY, NOW + 301)  # too old
-    assert not verify(TOKEN, header, BODY, NOW - 301)  # from the future
-    assert not verify(TOKEN, header, BODY, NOW + 10, tolerance=5)
+    header = signature(signing_key(TOKEN), BODY, SIGNED)
+    assert not verify("another token", header, BODY, SIGNED)
+    assert not verify(TOKEN, header, BODY + b" ", SIGNED)
+    assert not verify(TOKEN, header, b"", SIGNED)
+    assert not verify(TOKEN, header, BODY, at(NOW, status="500"))  # another status
+    assert not verify(TOKEN, header, BODY, at(NOW, request_id="cd" * 16))  # another request
+    assert not verify(TOKEN, header.replace(f"t={NOW}", f"t={NOW + 1}"), BODY, SIGNED)
+    assert not verify(TOKEN, header.replace(f"t={NOW}", f"t=0{NOW}"), BODY, SIGNED)
+    assert not verify(TOKEN, header, BODY, at(NOW + 301))  # too old
+    assert not verify(TOKEN, header, BODY, at(NOW - 301))  # from the future
+    assert not verify(TOKEN, header, BODY, at(NOW + 10), tolerance=5)
 
 
 @pytest.mark.parametrize(
     "header", ["", "t=1", "v1=00", "t=x,v1=" + "0" * 64, "t=1,v1=" + "0" * 63, "garbage"]
 )
 def test_a_malformed_signature_is_false_not_an_error(header: str) -> None:
-    assert not verify(TOKEN, header, BODY, 1)
+    assert not verify(TOKEN, header, BODY, at(1))
 
 
 def test_any_of_several_v1_may_match() -> None:
-    good = signature(signing_key(TOKEN), BODY, NOW)
-    other = signature(signing_key("old token"), BODY, NOW).partition(",")[2]
-    assert verify(TOKEN, f"{good},{other}", BODY, NOW)
-    assert verify(TOKEN, f"t={NOW},{other},{good.partition(',')[2]}", BODY, NOW)
-    assert not verify(TOKEN, f"t={NOW},{other}", BODY, NOW)
+    good = signature(signing_key(TOKEN), BODY, SIGNED)
+    other = signature(signing_key("old token"), BODY, SIGNED).partition(",")[2]
+    assert verify(TOKEN, f"{good},{other}", BODY, SIGNED)
+    assert verify(TOKEN, f"t={NOW},{other},{good.partition(',')[2]}", BODY, SIGNED)
+    assert not verify(TOKEN, f"t={NOW},{other}", BODY, SIGNED)
 
 
 _PATHS = st.lists(st.sampled_from(["/", "a", "Z", "%2F", "-", "~", "@", ":", ";", "="])).map(

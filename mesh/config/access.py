@@ -10,8 +10,8 @@ Patterns are fnmatch patterns, matched case-sensitively, where ``*`` also matche
   scheme's default one, no path means any path.
 
 A path with a dot segment (``/a/../b``, also percent-encoded, ``..;`` or ``..\\``; see
-`has_dot_segment`) matches no pattern but ``*``: the upstream could resolve it to a path
-the pattern does not cover.
+`has_dot_segment`) or a ``;`` (``/admin;.json`` is ``/admin`` to some servers) matches
+no pattern but ``*``: the upstream could resolve it to a path the pattern does not cover.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _split(pattern: str) -> tuple[str, str]:
 def _matches(patterns: tuple[str, ...], method: str, subject: str) -> bool:
     for pattern in patterns:
         method_pattern, rest = _split(pattern)
-        if rest != "*" and has_dot_segment(subject):
+        if rest != "*" and (has_dot_segment(subject) or ";" in subject):
             continue
         if fnmatch.fnmatchcase(method, method_pattern) and fnmatch.fnmatchcase(subject, rest):
             return True

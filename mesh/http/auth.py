@@ -70,6 +70,12 @@ class Gate:
                 "http://NAME:TOKEN@host:port",
                 headers=(PROXY_CHALLENGE,),
             )
+        if self._identify(None, headers.get(b"authorization")) not in (None, OPEN):
+            detail = (
+                "a mesh token in Authorization would go on to the upstream: send it as "
+                "Proxy-Authorization (Authorization belongs to the upstream)"
+            )
+            raise HTTPProblem(400, "mesh token in Authorization", detail)
         if not may_call(identity.may_call, method, peer, path):
             detail = f"caller {identity.name} may not call {method} {peer}{path}"
             raise HTTPProblem(403, "not allowed", detail)

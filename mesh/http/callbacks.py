@@ -7,9 +7,11 @@ strict grammar of its own, matches the parts against the roster's `callbacks` pa
 port; it returns the URL rebuilt from the parts checked, never the caller's text.
 
 A callback is signed as webhooks are (Stripe, Standard Webhooks): header
-``Mesh-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key, "<t>." + body)>``, the key
-derived from the caller's token (`signing_key`), so mesh keeps the key, not the token,
-and the receiver, which knows the token, derives the same key (`verify`).
+``Mesh-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key, signed)>`` where `signed` is
+``"<t>.<Mesh-Request-Id>.<Mesh-Status>." + body`` (the status empty on event posts), the
+key derived from the caller's token (`signing_key`), so mesh keeps the key, not the
+token, and the receiver, which knows the token, derives the same key (`verify`). A
+captured callback cannot be passed off as another request's, or with another status.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -180,34 +183,47 @@ def signing_key(token: str) -> bytes:
     return hmac.new(token.encode(), _KEY_LABEL, hashlib.sha256).digest()
 
 
-def signature(key: bytes, body: bytes, at: int) -> str:
-    """The ``Mesh-Signature`` value of a callback POST of `body` sent at `at` (unix
-    seconds): ``t=<at>,v1=<hex HMAC-SHA256(key, "<at>." + body)>``."""
-    return f"t={at},v1={_mac(key, str(at), body)}"
+@dataclass(frozen=True)
+class Signed:
+    """What a signature covers besides the body: when it was made (unix seconds), the
+    request it is about, and the status a callback carries (empty for an event)."""
+
+    at: int
+    request_id: str
+    status: str = ""
+
+    def prefix(self, stamp: str | None = None) -> bytes:
+        """``"<at>.<request_id>.<status>."``, with `stamp` for `at` as a header wrote it."""
+        return f"{stamp or self.at}.{self.request_id}.{self.status}.".encode()
 
 
-def signature_of_file(key: bytes, path: Path, at: int) -> str:
+def signature(key: bytes, body: bytes, signed: Signed) -> str:
+    """The ``Mesh-Signature`` value of a POST of `body`:
+    ``t=<at>,v1=<hex HMAC-SHA256(key, "<at>.<request id>.<status>." + body)>``."""
+    mac = hmac.new(key, signed.prefix() + body, hashlib.sha256).hexdigest()
+    return f"t={signed.at},v1={mac}"
+
+
+def signature_of_file(key: bytes, path: Path, signed: Signed) -> str:
     """`signature` of the body in file `path`, read in chunks (blocking: run it off the
     event loop); `OSError` if the file cannot be read."""
-    mac = hmac.new(key, f"{at}.".encode(), hashlib.sha256)
+    mac = hmac.new(key, signed.prefix(), hashlib.sha256)
     with path.open("rb") as file:
         while chunk := file.read(_CHUNK):
             mac.update(chunk)
-    return f"t={at},v1={mac.hexdigest()}"
+    return f"t={signed.at},v1={mac.hexdigest()}"
 
 
-def verify(token: str, header: str, body: bytes, now: int, tolerance: int = 300) -> bool:
-    """Whether `header` (a ``Mesh-Signature`` value) signs `body` with the key of
-    `token`, made within `tolerance` seconds of `now` either way. What a receiver runs:
-    any ``v1`` of several may match (a key being rotated); anything malformed is False;
-    digests are compared in constant time."""
+def verify(token: str, header: str, body: bytes, signed: Signed, tolerance: int = 300) -> bool:
+    """Whether `header` (a ``Mesh-Signature`` value) signs `body` and `signed`'s request
+    id and status with the key of `token`, made within `tolerance` seconds of
+    `signed.at` (the receiver's now) either way. What a receiver runs: any ``v1`` of
+    several may match (a key being rotated); anything malformed is False; digests are
+    compared in constant time."""
     found = _SIGNED.fullmatch(header.strip())
-    if found is None or abs(now - int(found[1])) > tolerance:
+    if found is None or abs(signed.at - int(found[1])) > tolerance:
         return False
-    expected = _mac(signing_key(token), found[1], body)  # over the stamp as written
+    content = signed.prefix(found[1]) + body  # over the stamp as written
+    expected = hmac.new(signing_key(token), content, hashlib.sha256).hexdigest()
     given = found[2].split(",v1=")[1:]
     return any([hmac.compare_digest(expected, mac) for mac in given])
-
-
-def _mac(key: bytes, stamp: str, body: bytes) -> str:
-    return hmac.new(key, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()

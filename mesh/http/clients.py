@@ -47,7 +47,10 @@ class Clients:
 
     def _new(self) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
-            timeout=self.timeout, limits=ONE_CONNECTION, follow_redirects=False
+            timeout=self.timeout,
+            limits=ONE_CONNECTION,
+            follow_redirects=False,
+            trust_env=False,  # straight to the host that was checked: no proxy from the env
         )
         self._all.append(client)
         return client

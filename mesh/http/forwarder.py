@@ -34,7 +34,18 @@ from .origin import NeverSent, Origin, Reply, UpstreamError
 from .problems import over_limit, problem_response
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-RETRY_FIRST, RETRY_MOST = 0.1, 5.0  # seconds between attempts that never reached it
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0
+# Headers some servers take as the method or path instead of the request's own: dropped
+# when `serves` decides what the upstream may receive.
+OVERRIDES = frozenset(
+    {
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-url",
+        b"x-rewrite-url",
+    }
+)  # seconds between attempts that never reached it
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,8 @@ class Forwarder:
         it arrives when big). BodyTooLarge for a reply over the body limit, before any of
         it is read when it says so; UpstreamError as `origin.Origin` raises it."""
         headers = upstream_headers(request, self.name)
+        if self.serves is not None:  # what was allowed must be what the upstream does
+            headers = [(name, value) for name, value in headers if name not in OVERRIDES]
         content = self._request_body(asker, request)
         async with origin.request(request.method, request.target, headers, content) as reply:
             if self._declared_too_big(request, reply):

@@ -32,6 +32,7 @@ from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
 from ..state.requests import Asker, RequestRecord
+from .admission import Call, addressed, head_fits, host_answered, single_headers
 from .asgi import (
     Receive,
     Scope,
@@ -105,6 +106,8 @@ class Ingress:
             return
         headers = {name.lower(): value for name, value in scope["headers"]}
         try:
+            single_headers(scope["headers"])
+            host_answered(self.settings, headers)
             if scope["path"] != "/mesh/events":
                 raise HTTPProblem(404, "not found", "the only WebSocket is /mesh/events")
             _same_origin(headers, scope.get("scheme", "ws"))
@@ -127,20 +130,18 @@ class Ingress:
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        single_headers(scope["headers"])
         headers = {name.lower(): value for name, value in scope["headers"]}
-        parts = path.strip("/").split("/")
         if method == "CONNECT":
             detail = "address the far service as http://PEER/path (its peer may use TLS to it)"
             raise HTTPProblem(405, "no tunnels", detail, headers=(NOT_CONNECT,))
-        if path.startswith(("http://", "https://")):  # sent to us as an HTTP proxy
-            remote, target = _proxied(scope.get("raw_path") or path.encode())
-            await self._call(remote, target, headers, scope, receive, send)
-        elif parts[0] == "mesh":
-            await self._own_route(method, parts, headers, scope, receive, send)
-        elif parts[0]:
-            raw_path: bytes = scope.get("raw_path") or path.encode()
-            target = raw_path[len(parts[0]) + 1 :].decode("latin-1") or "/"
-            await self._call(parts[0], target, headers, scope, receive, send)
+        call = addressed(scope.get("raw_path") or path.encode())
+        if call is None or not call.proxied:  # a proxy's Host is the target's
+            host_answered(self.settings, headers)
+        if call is not None:
+            await self._call(call, headers, scope, receive, send)
+        elif path.startswith("/mesh/") or path == "/mesh":
+            await self._own_route(method, path.strip("/").split("/"), headers, scope, receive, send)
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {path}")
 
@@ -178,19 +179,15 @@ class Ingress:
             raise HTTPProblem(404, "not found", f"no route for {method} {route}")
 
     async def _call(
-        self,
-        remote: str,
-        target: str,
-        headers: Headers,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
+        self, call: Call, headers: Headers, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """``ANY /{peer}/{path}?{query}`` (or its proxy form): to `peer`'s upstream."""
-        identity = self.gate.forwarded(headers, scope["method"], remote, target)
+        remote, target, method = call.peer, call.target, scope["method"]
+        identity = self.gate.forwarded(headers, method, remote, target)
         self._check_remote(remote)
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
+        head_fits(method, target, scope["headers"])
         asker = self._asker(identity, headers)
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
@@ -348,14 +345,6 @@ async def _refuse_websocket(scope: Scope, send: Send, problem: HTTPProblem) -> N
     start = {"type": "websocket.http.response.start", "status": problem.status}
     await send({**start, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
-
-
-def _proxied(raw_path: bytes) -> tuple[str, str]:
-    """(peer, target) of an absolute-form request ``http://peer[:port]/path``."""
-    rest = raw_path.decode("latin-1").split("://", 1)[1]
-    authority, slash, path = rest.partition("/")
-    host = authority.rsplit("@", 1)[-1].split(":", 1)[0].lower()
-    return host, slash + path if slash else "/"
 
 
 def _timeout(headers: Headers) -> float:

@@ -13,7 +13,7 @@ import trio
 from ..pipe.bodies import Bodies
 from ..state.durable import Durability
 from ..state.posts import Post, PostTables
-from .callbacks import SIGNATURE_HEADER, signature, signature_of_file
+from .callbacks import SIGNATURE_HEADER, Signed, signature, signature_of_file
 from .clients import Clients
 
 RETRY_FIRST, RETRY_MOST = 0.5, 60.0  # seconds before a failed post is tried again
@@ -117,8 +117,9 @@ class Poster:
     async def _signature(self, post: Post) -> str:
         """The `Mesh-Signature` of `post` now; a body file is read for it off the loop."""
         assert post.signing_key is not None
-        at = int(self.wall())
+        status = dict(post.headers).get(b"mesh-status", b"").decode("latin-1")
+        signed = Signed(int(self.wall()), post.request_id, status)
         if post.body_file is None:
-            return signature(post.signing_key, post.body, at)
+            return signature(post.signing_key, post.body, signed)
         path = self.bodies.path(post.body_file)
-        return await trio.to_thread.run_sync(signature_of_file, post.signing_key, path, at)
+        return await trio.to_thread.run_sync(signature_of_file, post.signing_key, path, signed)

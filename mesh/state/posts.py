@@ -18,6 +18,7 @@ class Post:
     """A queued POST to a callback or events URL."""
 
     id: int
+    request_id: str
     url: str
     headers: RawHeaders
     body: bytes
@@ -54,12 +55,12 @@ class PostTables(Tables):
         """Posts to send now, oldest first: per URL, the leading run of due posts (a post
         waiting for its retry holds back the later ones to its URL, keeping their order)."""
         rows = self._sql.execute(
-            "SELECT id, url, headers, body, attempts, deadline, due, body_file, signing_key"
-            " FROM posts ORDER BY id"
+            "SELECT id, request_id, url, headers, body, attempts, deadline, due, body_file,"
+            " signing_key FROM posts ORDER BY id"
         )
         blocked: set[str] = set()
         found = []
-        for i, url, headers, body, attempts, deadline, due, body_file, key in rows:
+        for i, request_id, url, headers, body, attempts, deadline, due, body_file, key in rows:
             if url in blocked:
                 continue
             if due > now:
@@ -67,7 +68,15 @@ class PostTables(Tables):
                 continue
             pairs = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in json.loads(headers)]
             post = Post(
-                int(i), str(url), pairs, bytes(body), int(attempts), deadline, body_file, key
+                int(i),
+                str(request_id),
+                str(url),
+                pairs,
+                bytes(body),
+                int(attempts),
+                deadline,
+                body_file,
+                key,
             )
             found.append(post)
         return found

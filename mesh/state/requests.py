@@ -227,8 +227,9 @@ class RequestTables(Tables):
             return False
         if row[0] is not None:
             with self._database.transaction():
+                headers = _event_headers(request_id)
                 self._posts.add(
-                    request_id, row[0], JSON_HEADERS, event.encode(), row[1], now, None, row[2]
+                    request_id, row[0], headers, event.encode(), row[1], now, None, row[2]
                 )
         return True
 
@@ -251,7 +252,7 @@ class RequestTables(Tables):
             self._posts.add(
                 news.request_id,
                 news.url,
-                JSON_HEADERS,
+                _event_headers(news.request_id),
                 body.encode(),
                 news.deadline,
                 now,
@@ -281,6 +282,11 @@ class _News:
     url: str | None
     deadline: float
     signing_key: bytes | None
+
+
+def _event_headers(request_id: str) -> RawHeaders:
+    """What an event post carries: JSON, about request `request_id`."""
+    return [*JSON_HEADERS, (b"mesh-request-id", request_id.encode())]
 
 
 def _with_events(events: str, new: list[Event]) -> str:

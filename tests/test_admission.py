@@ -1,0 +1,108 @@
+"""What a request must be before the ingress looks further (`mesh.http.admission`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.config.roster import PeerSettings
+from mesh.http.admission import Call, addressed, head_fits, host_answered, single_headers
+from mesh.http.problems import HTTPProblem
+
+
+@pytest.mark.parametrize(
+    ("raw", "call"),
+    [
+        (b"/bravo/x/y", Call("bravo", "/x/y")),
+        (b"/bravo", Call("bravo", "/")),
+        (b"/bravo/", Call("bravo", "/")),
+        (b"/bravo/a%2Fb", Call("bravo", "/a%2Fb")),  # the target stays as it came
+        (b"http://bravo/x", Call("bravo", "/x", proxied=True)),
+        (b"HTTP://Bravo:80/x", Call("bravo", "/x", proxied=True)),
+        (b"http://user:pw@bravo", Call("bravo", "/", proxied=True)),
+        (b"/mesh/status", None),
+        (b"/mesh", None),
+        (b"/", None),
+    ],
+)
+def test_a_call_is_read_from_the_raw_target(raw: bytes, call: Call | None) -> None:
+    assert addressed(raw) == call
+
+
+@pytest.mark.parametrize(
+    "raw", [b"//bravo/x", b"/%62ravo/x", b"/bravo%2Fx", b"http:///x", b"http://@/x"]
+)
+def test_a_target_that_reads_two_ways_is_a_400(raw: bytes) -> None:
+    with pytest.raises(HTTPProblem) as refused:
+        addressed(raw)
+    assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("name", [b"host", b"Origin", b"authorization", b"Proxy-Authorization"])
+def test_deciding_headers_come_once(name: bytes) -> None:
+    single_headers([(name, b"a"), (b"x", b"1"), (b"x", b"2")])
+    with pytest.raises(HTTPProblem) as refused:
+        single_headers([(name, b"a"), (name.lower(), b"b")])
+    assert refused.value.status == 400
+
+
+def peer(listen: str, callers: object = None) -> PeerSettings:
+    return PeerSettings.model_validate(
+        {"name": "alpha", "listen": listen, "outbox": "/p", "inbox": "/p", "callers": callers}
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "answered"),
+    [
+        ("127.0.0.1:8081", "127.0.0.1:8081", True),
+        ("127.0.0.1:8081", "localhost:8081", True),
+        ("127.0.0.1:8081", "bravo.localhost", True),
+        ("127.0.0.1:8081", "[::1]:8081", True),
+        ("127.0.0.1:8081", "attacker.example:8081", False),
+        ("127.0.0.1:8081", "localhost.attacker.example", False),
+        ("127.0.0.1:8081", "", False),
+        ("0.0.0.0:8081", "10.1.2.3:8081", True),  # callers: any, reached by address
+        ("gateway.lan:8081", "gateway.lan:8081", True),
+        ("127.0.0.1:8081", "alpha", True),  # the peer's own name
+    ],
+)
+def test_a_peer_open_to_all_answers_only_to_its_names(
+    listen: str, host: str, answered: bool
+) -> None:
+    settings = peer(listen, "any" if not listen.startswith("127.") else None)
+    settings = settings.model_copy(update={"callers": None})
+    try:
+        host_answered(settings, {b"host": host.encode()})
+    except HTTPProblem as problem:
+        assert problem.status == 421 and not answered
+    else:
+        assert answered
+
+
+def test_a_peer_with_callers_answers_any_name() -> None:
+    settings = peer("0.0.0.0:8081", {"ops": {"token_sha256": "a" * 64, "admin": True}})
+    host_answered(settings, {b"host": b"anything.example"})
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers", "status"),
+    [
+        ("GET", "/x", [], None),
+        ("X" * 33, "/x", [], 400),
+        ("GET /", "/x", [], 400),
+        ("GET", "/" + "a" * 16384, [], 414),
+        ("GET", "/caf\u00e9", [], 400),
+        ("GET", "/x", [(b"x-%d" % n, b"1") for n in range(1001)], 431),
+        ("GET", "/x", [(b"x-big", b"a" * 70000)], 431),
+        ("GET", "/x", [(b"connection", b"a" * 70000)], None),  # does not cross
+    ],
+)
+def test_a_head_the_far_side_would_refuse_is_refused_here(
+    method: str, target: str, headers: list[tuple[bytes, bytes]], status: int | None
+) -> None:
+    try:
+        head_fits(method, target, headers)
+    except HTTPProblem as problem:
+        assert problem.status == status
+    else:
+        assert status is None
