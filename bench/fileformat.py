@@ -1,22 +1,28 @@
-"""File format speed: encode and decode MB/s beside the raw cost of each step, same run.
+"""File format speed: encode and decode MB/s of version 2 beside version 1, and the raw
+cost of each step, all in the same run.
 
     python bench/fileformat.py [--mib 64]
 
-Baselines, measured here on the same bytes: a memory copy, xxh3-128 alone, zstd alone,
-AES-GCM alone. The format's cost should be close to the sum of the steps it performs.
-Bodies are half random (incompressible), half text-like (compressible), as real traffic.
+Version 1 differed from version 2 only in its frame digests (xxh3-128, which anyone can
+make collide; version 2 lists BLAKE3-256): the v1 column is this code with xxh3 put
+back, and a BLAKE2b-256 column shows the other candidate. Two files: one big body (half
+random, half text-like, as real traffic) and 1,000 small messages of 1 KiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import blake3
 import xxhash
 
-from mesh.wire import bounded
+from mesh.wire import bounded, reader, writer
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring, seal
 from mesh.wire.messages import Envelope, Response, pack
@@ -37,53 +43,79 @@ def rate(size: int, fn: Callable[[], object], repeat: int = 3) -> float:
     return size / best / 1e6
 
 
+DIGESTS: dict[str, Callable[[bytes | memoryview], bytes]] = {
+    "v1 xxh3": lambda data: xxhash.xxh3_128_digest(data) + bytes(16),
+    "v2 blake3": lambda data: blake3.blake3(data).digest(),
+    "blake2b": lambda data: hashlib.blake2b(data, digest_size=32).digest(),
+}
+
+
+@contextlib.contextmanager
+def digested_by(name: str) -> Iterator[None]:
+    """The format with frame digests made by `DIGESTS[name]` (the writer's and reader's)."""
+    saved = writer.digest, reader.digest
+    writer.digest = reader.digest = DIGESTS[name]  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        writer.digest, reader.digest = saved
+
+
+def file_rates(frames: list[bytes], size: int, encrypted: bool) -> dict[str, tuple[float, float]]:
+    """Encode and decode MB/s of a file of `frames` under each digest."""
+    alpha, bravo = Identity.generate("alpha"), Identity.generate("bravo")
+    keys = Keyring(bravo, {"alpha": alpha.public}, ["alpha"] if encrypted else [])
+    link = keys.link_key("alpha", "bravo") if encrypted else None
+
+    def encode() -> bytes:
+        return wire.encode_file(
+            alpha,
+            recipient="bravo",
+            epoch="0" * 16,
+            created=0.0,
+            nonce=b"\0" * 8,
+            frames=frames,
+            seqs=list(range(1, len(frames) + 1)),
+            link_key=link,
+        )
+
+    found = {}
+    for name in DIGESTS:
+        with digested_by(name):
+            file = encode()
+            decode = functools.partial(wire.decode_file, file, keys)
+            found[name] = (rate(size, encode), rate(size, decode))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=64, help="body size in MiB")
     size = parser.parse_args().mib << 20
     data = body(size)
-    alpha, bravo = Identity.generate("alpha"), Identity.generate("bravo")
-    frames = [pack(Envelope(1, Response("ab" * 16, 200, (), data)))]
     key = os.urandom(32)
-
-    print(f"body: {size >> 20} MiB, half random, half text")
-    print(f"{'step':<28}{'MB/s':>10}")
-    rows = [
-        ("baseline: memory copy", lambda: bytearray(data)),
-        ("baseline: xxh3-128", lambda: xxhash.xxh3_128_digest(data)),
-        ("baseline: zstd level 3", lambda: bounded.compress(data)),
-        ("baseline: AES-256-GCM", lambda: seal(key, b"\0" * 12, data, b"")),
-    ]
-    for encrypted in (False, True):
-        keys = Keyring(bravo, {"alpha": alpha.public}, ["alpha"] if encrypted else [])
-        link = keys.link_key("alpha", "bravo") if encrypted else None
-        file = wire.encode_file(
-            alpha,
-            recipient="bravo",
-            epoch="0" * 16,
-            created=time.time(),
-            nonce=os.urandom(8),
-            frames=frames,
-            link_key=link,
-        )
-        label = "sealed" if encrypted else "plain"
-
-        def encode(link: bytes | None = link) -> bytes:
-            return wire.encode_file(
-                alpha,
-                recipient="bravo",
-                epoch="0" * 16,
-                created=0.0,
-                nonce=b"\0" * 8,
-                frames=frames,
-                link_key=link,
-            )
-
-        rows.append((f"mesh encode ({label})", encode))
-        rows.append((f"mesh decode ({label})", lambda f=file, k=keys: wire.decode_file(f, k)))
-        print(f"  {label} file: {len(file) / size:.2f} of the body's size")
-    for label, fn in rows:
-        print(f"{label:<28}{rate(size, fn):>10.0f}")
+    print(f"{'baseline (same bytes)':<34}{'MB/s':>10}")
+    for label, fn in [
+        ("memory copy", lambda: bytearray(data)),
+        ("xxh3-128", lambda: xxhash.xxh3_128_digest(data)),
+        ("BLAKE3-256", lambda: blake3.blake3(data).digest()),
+        ("BLAKE2b-256", lambda: hashlib.blake2b(data, digest_size=32).digest()),
+        ("zstd level 3", lambda: bounded.compress(data)),
+        ("AES-256-GCM", lambda: seal(key, b"\0" * 12, data, b"")),
+    ]:
+        print(f"  {label:<32}{rate(size, fn):>10.0f}")
+    big = [pack(Envelope(1, Response("ab" * 16, 200, (), data)))]
+    small = [pack(Envelope(n, Response("ab" * 16, 200, (), os.urandom(1024)))) for n in range(1000)]
+    cases = [(f"{size >> 20} MiB body", big, size), ("1,000 x 1 KiB", small, 1000 * 1024)]
+    print(f"\n{'file':<34}" + "".join(f"{name:>12}" for name in DIGESTS) + f"{'v2/v1':>8}")
+    for label, frames, bytes_in in cases:
+        for encrypted in (False, True):
+            rates = file_rates(frames, bytes_in, encrypted)
+            for index, step in enumerate(("encode", "decode")):
+                row = [rates[name][index] for name in DIGESTS]
+                name = f"{label}, {'sealed' if encrypted else 'plain'}, {step}"
+                cells = "".join(f"{value:>12.0f}" for value in row)
+                print(f"  {name:<32}{cells}{row[1] / row[0]:>8.2f}")
 
 
 if __name__ == "__main__":

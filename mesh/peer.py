@@ -33,6 +33,7 @@ from .pipe.bodies import BLOCK, Bodies
 from .pipe.intake import Intake
 from .pipe.links import Links
 from .pipe.liveness import Liveness
+from .pipe.quarantine import Quarantine
 from .proto.link import LinkSettings
 from .state.durable import Durability
 from .state.lock import StateLock
@@ -66,7 +67,7 @@ class Peer:
         self.store: Store
         self.bodies: Bodies
         self.keyring: Keyring
-        self.quarantine: folder.Quarantine
+        self.quarantine: Quarantine
         self.durable: Durability
         self.liveness: Liveness
         self.links: Links
@@ -83,7 +84,7 @@ class Peer:
             self.store = Store(state_dir)
             self.bodies = Bodies(state_dir / "bodies")
             self.keyring = self._load_keys()
-            self.quarantine = folder.Quarantine(state_dir / "quarantine")
+            self.quarantine = Quarantine(state_dir / "quarantine", self.settings.quarantine_limit)
             self._prepare_folders()
         except BaseException:
             self._lock.release()

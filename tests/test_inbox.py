@@ -64,12 +64,12 @@ def test_each_file_has_its_own_outcome(
     gone = tmp_path / "gone.mesh"
     unreadable = mesh_file(tmp_path, identities, b"", 3)
     unreadable.unlink()
-    unreadable.mkdir()  # open() fails: left where it is, tried again later
+    unreadable.mkdir()  # no file: refused, never opened
     results = check([cut, gone, unreadable, good], bravo_keys)
     assert [r.path for r in results] == [cut, gone, unreadable, good]
     assert results[0].scanned is not None and results[0].scanned.cut_short
     assert results[1].mark is None and results[1].scanned is None
-    assert isinstance(results[2].failure, IsADirectoryError)
+    assert results[2].error is not None and results[2].error.reason == "not-a-file"
     assert results[3].scanned is not None and results[3].error is results[3].failure is None
 
 

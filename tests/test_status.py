@@ -17,6 +17,7 @@ from rich.console import Console
 from mesh.cli.status import collect, render
 from mesh.config.roster import Roster, load_roster
 from mesh.pipe import folder as pipe
+from mesh.pipe.quarantine import Quarantine
 from mesh.state.database import Database
 from mesh.wire.names import FileKind, FileName
 from tests.helpers.ports import free_ports
@@ -289,7 +290,7 @@ def test_missing_folders_count_zero(roster: Roster) -> None:
 
 def test_quarantined(roster: Roster) -> None:
     save(roster, "alpha")
-    quarantine = pipe.Quarantine(roster.state_dir("alpha") / "quarantine")
+    quarantine = Quarantine(roster.state_dir("alpha") / "quarantine")
     for n in range(2):
         bad = roster.state.parent / f"bravo.alpha.{n:016x}-00000000.msg.mesh"
         bad.write_bytes(b"forged")

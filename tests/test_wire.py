@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -214,6 +215,46 @@ def test_altered_header_is_rejected_even_if_well_formed(identities: dict[str, Id
     assert caught.value.reason == "bad-signature"
 
 
+# The low halves of xxh3's public secret at offsets 0 and 8 (xxhash.h, XXH3_kSecret).
+XXH3_SECRET_LOWS = (bytes.fromhex("b8fe6c39"), bytes.fromhex("7c01812c"))
+
+
+def xxh3_twins(size: int = 1024) -> tuple[bytes, bytes]:
+    """Two different frames with the same xxh3-128, made without any key.
+
+    Past 240 bytes xxh3 adds each 8-byte word of a 64-byte stripe to a neighbouring
+    accumulator and multiplies its halves after xoring the secret: a word whose low half
+    equals the secret's multiplies to 0 whatever its high half. Two such words in lane 0
+    of stripes 0 and 1 add to the same accumulator, so raising one high half by `d` and
+    lowering the other by `d` changes the bytes and not the hash."""
+    base = bytearray(random.Random(7).randbytes(size))
+    twins = []
+    for shift in (0, 0x1234567):
+        frame = bytearray(base)
+        for offset, low, high in ((0, XXH3_SECRET_LOWS[0], 1000), (64, XXH3_SECRET_LOWS[1], 5000)):
+            moved = (high + shift) if offset == 0 else (high - shift)
+            frame[offset : offset + 8] = low + struct.pack("<I", moved % 2**32)
+        twins.append(bytes(frame))
+    return twins[0], twins[1]
+
+
+def test_a_frame_swapped_for_its_xxh3_twin_is_refused(identities: dict[str, Identity]) -> None:
+    """Version 1 checked a frame against the xxh3-128 its signed header listed: the twin
+    would have passed. Version 2 lists BLAKE3-256, which no one can match this way."""
+    honest, forged = xxh3_twins()
+    assert honest != forged
+    assert xxhash.xxh3_128_digest(honest) == xxhash.xxh3_128_digest(forged)  # v1's check
+    keys = keyring_for(identities, "bravo", ("alpha",))
+    data = encode(identities, [honest])
+    offset, length = wire.read_header(data, keys).spans[0]
+    assert data[offset : offset + length] == honest  # stored as it is (it does not compress)
+    swapped = data[:offset] + forged + data[offset + length :]
+    decoded = wire.decode_file(swapped, keys)
+    assert decoded.frames == (None,) and not decoded.complete
+    assert "frame 0" in decoded.problems[0]
+    assert wire.decode_file(data, keys).frames == (honest,)
+
+
 def test_unknown_sender_is_rejected(identities: dict[str, Identity]) -> None:
     data = encode(identities, [b"x"], sender="carol")
     with pytest.raises(FormatError) as caught:
@@ -266,9 +307,10 @@ GARBAGE = [
     (b"MES", "truncated"),
     (b"NOPE\x01\x00\x00\x00\x10" + b"\x00" * 100, "bad-magic"),
     (b"MESH\x09\x00\x00\x00\x10" + b"\x00" * 100, "bad-version"),
-    (b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100, "bad-header"),
-    (b"MESH\x01\x00\x00\x00\x05" + b"\xdd\xff\xff\xff\xff" + b"\x00" * 64, "bad-header"),
-    (b"MESH\x01\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
+    (b"MESH\x01\x00\x00\x00\x10" + b"\x00" * 100, "bad-version"),  # v1: xxh3 digests
+    (b"MESH\x02\xff\xff\xff\xff" + b"\x00" * 100, "bad-header"),
+    (b"MESH\x02\x00\x00\x00\x05" + b"\xdd\xff\xff\xff\xff" + b"\x00" * 64, "bad-header"),
+    (b"MESH\x02\x00\x00\x00\x05" + b"\xc1" * 5 + b"\x00" * 64, "bad-header"),
 ]
 
 
@@ -582,7 +624,7 @@ def test_scan_reads_the_header_then_frames_a_chunk_at_a_time(
     buffer = wire.ReadBuffer()  # the same frames, read into one buffer again and again
     for i, frame in enumerate(frames):
         assert wire.read_frame(f, scanned.parsed, i, bravo_keys, buffer=buffer) == frame
-    huge = ReadLog(b"MESH\x01\xff\xff\xff\xff" + b"\x00" * 100)
+    huge = ReadLog(b"MESH\x02\xff\xff\xff\xff" + b"\x00" * 100)
     with pytest.raises(FormatError, match="header of"):
         wire.scan_file(huge, bravo_keys)
     assert huge.asked == [wire.PREFIX_SIZE]  # refused before reading the header

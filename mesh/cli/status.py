@@ -31,6 +31,7 @@ from rich.text import Text
 from ..config.roster import Roster
 from ..config.units import format_duration, format_size
 from ..pipe import folder
+from ..pipe.quarantine import Quarantine
 from ..wire.names import parse_name
 
 __all__ = ["PeerStatus", "collect", "console", "follow", "peer_status", "render"]
@@ -89,7 +90,7 @@ def peer_status(roster: Roster, name: str, now: float) -> PeerStatus:
         found,
         files_waiting=_count(lambda: len(folder.addressed_to(settings.inbox, name))),
         files_unread_by_others=_count(lambda: _written_by(settings.outbox, name)),
-        quarantined=_count(folder.Quarantine(state_dir / "quarantine").count),
+        quarantined=_count(Quarantine(state_dir / "quarantine").count),
     )
 
 

@@ -285,6 +285,7 @@ class PeerSettings(BaseModel):
     request_deadline: PositiveDuration = 3600.0  # to be forwarded; callbacks retried as long
     upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
     upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
+    quarantine_limit: PositiveSize = 1 << 30  # bytes the quarantine folder holds at most
     # Who may use the ingress: None (loopback only) and "any" leave it open to all.
     callers: Callers = None
     serves: Serves = None  # per remote peer, what its requests may ask of the upstream

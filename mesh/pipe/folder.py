@@ -1,4 +1,4 @@
-"""The folder pipe: atomic drops into an outbox, scans and watches of an inbox, quarantine.
+"""The folder pipe: atomic drops into an outbox, scans and watches of an inbox.
 
 A folder may be shared by many peers: a peer only lists, reads, moves or deletes files
 whose name says they are addressed to it (or, in its outbox, that it wrote). File names
@@ -12,10 +12,7 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
@@ -144,6 +141,8 @@ def addressed_to(folder: Path, me: str) -> list[tuple[FileName, Path]]:
     """Finished mesh files in `folder` addressed to `me`, oldest first.
 
     Files of other peers, files being written, and names mesh did not make are skipped.
+    Links, FIFOs, folders and the like under a message's name are listed too, so that
+    they are refused (`inbox`), never opened.
     A folder that vanished (an unmounted share) lists as empty.
     """
     found = []
@@ -153,7 +152,7 @@ def addressed_to(folder: Path, me: str) -> list[tuple[FileName, Path]]:
                 if not entry.name.endswith(SUFFIX) or entry.name.startswith(TEMP_PREFIX):
                     continue
                 name = parse_name(entry.name)
-                if name is not None and name.recipient == me and entry.is_file():
+                if name is not None and name.recipient == me:  # of any kind: see inbox
                     found.append((name, Path(entry.path)))
     except FileNotFoundError:
         return []
@@ -184,44 +183,6 @@ def remove(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-@dataclass(frozen=True)
-class Quarantine:
-    """A folder of refused files, each with a ``.reason`` file beside it."""
-
-    folder: Path
-
-    def put(self, path: Path, reason: str, detail: str) -> Path | None:
-        """Move `path` here with its reason; None if it was already gone.
-
-        Moves across filesystems by copying then deleting, so nothing is lost when the
-        inbox is a share and the state a local disk.
-        """
-        self.folder.mkdir(parents=True, exist_ok=True)
-        dest = self.folder / path.name
-        try:
-            os.rename(path, dest)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            try:
-                shutil.copy2(path, dest)
-            except FileNotFoundError:
-                return None
-            os.unlink(path)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        note = f"reason: {reason}\ndetail: {detail}\nfrom: {path.parent}\nat: {stamp}\n"
-        dest.with_name(dest.name + ".reason").write_text(note)
-        return dest
-
-    def count(self) -> int:
-        try:
-            return sum(1 for p in self.folder.iterdir() if p.name.endswith(SUFFIX))
-        except FileNotFoundError:
-            return 0
 
 
 # Filesystems whose changes made elsewhere inotify does not see: watch them by polling.

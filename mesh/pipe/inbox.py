@@ -5,17 +5,21 @@ then be opened without the disk or another thread."""
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import os
+import stat
 from collections.abc import Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import FormatError
 from ..wire.fileformat import KeySource, Limits, ScannedFile, scan_file
 from ..wire.names import FileName
 from . import folder as pipe
+from .quarantine import kind_of
 
 SMALL_FILE = 256 << 10  # bytes: a file this big or smaller is read into memory whole
 BATCH = 64  # files checked per thread round trip (bounds the memory small files hold)
@@ -76,9 +80,10 @@ def list_and_check(
 
 
 def _size(path: Path) -> int:
-    """The size of `path` (0 if it is gone: `check_files` then says so)."""
+    """The size of `path`, never following a link (0 if it is gone: `check_files` then
+    says so)."""
     try:
-        return os.stat(path).st_size
+        return os.lstat(path).st_size
     except FileNotFoundError:
         return 0
 
@@ -99,11 +104,11 @@ def _check(
 ) -> Checked:
     mark: Mark | None = None
     try:
-        info = os.stat(path)
+        info = os.lstat(path)
         mark = (info.st_size, info.st_mtime_ns)
         if mark == settling:
             return Checked(name, path, mark, waiting=True)
-        with open(path, "rb") as source:
+        with open_regular(path, info) as source:
             content = source.read(SMALL_FILE + 1) if info.st_size <= SMALL_FILE else None
             if content is not None and len(content) > SMALL_FILE:  # grew meanwhile
                 content = None
@@ -116,6 +121,28 @@ def _check(
     except OSError as exc:  # unreadable for now (permissions, a share gone away)
         return Checked(name, path, mark, failure=exc)
     return Checked(name, path, mark, scanned=scanned, content=content)
+
+
+def open_regular(path: Path, info: os.stat_result | None = None) -> BinaryIO:
+    """`path` open for reading if it is a regular file, as `info` (its lstat, taken now
+    when not given) says and its descriptor confirms; FormatError ``not-a-file``
+    otherwise. Never follows a link and
+    never blocks (a FIFO is not even opened). OSError as `os.open` raises it."""
+    info = os.lstat(path) if info is None else info
+    if not stat.S_ISREG(info.st_mode):
+        raise FormatError("not-a-file", f"{kind_of(info.st_mode)}, not a file: never opened")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # swapped for a link since
+            raise FormatError("not-a-file", "a symbolic link, not a file: never opened") from None
+        raise
+    source = os.fdopen(fd, "rb")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # swapped since: a FIFO opened without blocking
+        source.close()
+        raise FormatError("not-a-file", f"{kind_of(mode)}, not a file: never read")
+    return source
 
 
 def remove_all(paths: Iterable[Path]) -> list[tuple[Path, OSError]]:

@@ -15,11 +15,13 @@ from pathlib import Path
 import trio
 
 from ..config.roster import PeerSettings
+from ..errors import FormatError
 from ..proto.settle import Settling
 from ..state.offload import Offload
 from ..wire.crypto import Keyring
 from ..wire.fileformat import Limits, ScannedFile
 from . import folder, inbox
+from .quarantine import Quarantine
 
 Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[object]]
 Heard = Callable[[str, str], None]  # (peer, its epoch): a valid file came from it
@@ -34,7 +36,7 @@ class Intake:
         settings: PeerSettings,
         keyring: Keyring,
         limits: Limits,
-        quarantine: folder.Quarantine,
+        quarantine: Quarantine,
         arrived: Arrived,
         heard: Heard,
     ) -> None:
@@ -111,7 +113,11 @@ class Intake:
             return False
         sender = checked.name.sender
         self.heard(sender, scanned.header.epoch)
-        await self.arrived(checked.path, scanned, checked.content)
+        try:
+            await self.arrived(checked.path, scanned, checked.content)
+        except FormatError as exc:  # swapped since it was checked (for a FIFO, a link)
+            await self._quarantine(checked.path, exc.reason, exc.detail)
+            return False
         if scanned.missing:
             self.log.info(
                 "%s: %s lost %d of %d frames on the way; asked %s for them again",

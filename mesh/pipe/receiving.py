@@ -24,6 +24,7 @@ from ..wire.fileformat import ScannedFile
 from ..wire.messages import Kind
 from .bodies import incoming_name
 from .events import EventHub, LinkEvents, Progress
+from .inbox import open_regular
 from .opening import Opened, Reader
 
 
@@ -91,7 +92,7 @@ class Receiving:
         scanned: ScannedFile,
         given_up: set[str],
     ) -> Opened:
-        with open(path, "rb") as source:
+        with open_regular(path) as source:  # swapped for a FIFO or link since: refused
             return self.reader.open(remote, deliver, source, scanned, given_up)
 
     def _told(self, remote: str, opened: Opened) -> None:

@@ -1,4 +1,4 @@
-"""The mesh file format, version 1. No clock, and no I/O but on file objects it is handed.
+"""The mesh file format, version 2. No clock, and no I/O but on file objects it is handed.
 This module is its public face: `layout` (the parts), `writer` and `reader` hold it.
 
 Layout::
@@ -10,10 +10,11 @@ Layout::
 
 The header carries sender, recipient, epoch, creation time, a per-file nonce, whether
 frames are sealed, the link fields (ack state, floor, missing hints, clock vector), and a
-frame table: per frame its stored length, codec, sequence number and xxh3-128 digest, so a
-reader knows which messages a cut file lost without opening them. A frame's stored bytes
-are its envelope, zstd-compressed when that helps, then AES-256-GCM sealed on encrypted
-links.
+frame table: per frame its stored length, codec, sequence number and BLAKE3-256 digest, so
+a reader knows which messages a cut file lost without opening them, and the signature
+vouches for every frame's bytes (a cryptographic digest: no other bytes match it). A
+frame's stored bytes are its envelope, zstd-compressed when that helps, then AES-256-GCM
+sealed on encrypted links.
 
 Reading trusts nothing before the signature checks out. Truncation, the common fault,
 loses only the frames it cut: every frame that arrived whole, with a matching digest,

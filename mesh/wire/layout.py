@@ -1,7 +1,9 @@
-"""The mesh file format's layout, version 1: what every part of a file is, shared by the
+"""The mesh file format's layout, version 2: what every part of a file is, shared by the
 writer and the reader (`fileformat` has the whole picture).
 
-Frame digests are xxh3-128 today; the signed header lists them.
+Frame digests are BLAKE3-256, a cryptographic hash: the signed header lists them, so the
+signature vouches for every frame. (Version 1 listed xxh3-128 digests, which anyone can
+make collide from xxh3's public secret; its files are refused.)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntFlag
 from typing import Protocol, TypeAlias
 
-import xxhash
+import blake3
 
 from ..proto.link import LinkFields
 from .crypto import NONCE_SIZE, PublicIdentity
@@ -20,10 +22,11 @@ from .crypto import NONCE_SIZE, PublicIdentity
 Buffer: TypeAlias = bytes | memoryview  # a frame's bytes, perhaps a view of a buffer
 
 MAGIC = b"MESH"
-VERSION = 1
+VERSION = 2
 PREFIX = struct.Struct(">4sBI")
 PREFIX_SIZE = PREFIX.size
-FRAME_ENTRY = struct.Struct(">QBQ16s")  # stored length, codec, seq, xxh3-128 digest
+DIGEST_SIZE = 32
+FRAME_ENTRY = struct.Struct(">QBQ32s")  # stored length, codec, seq, BLAKE3-256 digest
 FILE_NONCE_SIZE = 8
 EPOCH = re.compile(r"[0-9a-f]{16}")
 NO_LINK = LinkFields()  # a file that tells nothing about the link (tests, tools)
@@ -86,7 +89,12 @@ class KeySource(Protocol):
 
 def digest(data: Buffer) -> bytes:
     """A frame's digest, as the frame table lists it."""
-    return bytes(xxhash.xxh3_128_digest(data))
+    return new_digest(data).digest()
+
+
+def new_digest(data: Buffer = b"") -> blake3.blake3:
+    """A frame digest to feed piece by piece (``update``), then read (``digest``)."""
+    return blake3.blake3(data)
 
 
 def frame_nonce(nonce: bytes, index: int) -> bytes:
@@ -96,4 +104,4 @@ def frame_nonce(nonce: bytes, index: int) -> bytes:
 
 def frame_aad(sender: str, recipient: str, index: int) -> bytes:
     """What a sealed frame is bound to: its link and its place in the file."""
-    return f"mesh/1 {sender}>{recipient} #{index}".encode()
+    return f"mesh/{VERSION} {sender}>{recipient} #{index}".encode()

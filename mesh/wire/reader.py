@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 
-import xxhash
-
 from ..errors import FormatError
 from ..proto.link import LinkFields
 from ..proto.received import ReceivedState
@@ -35,6 +33,7 @@ from .layout import (
     digest,
     frame_aad,
     frame_nonce,
+    new_digest,
 )
 from .names import PEER_NAME
 
@@ -62,7 +61,9 @@ def _prefix(data: bytes, limits: Limits) -> tuple[bytes, int, int]:
     if magic != MAGIC:
         raise FormatError("bad-magic", "not a mesh file (bad magic)")
     if version != VERSION:
-        raise FormatError("bad-version", f"mesh file version {version}; this mesh reads {VERSION}")
+        why = " (its frame digests, xxh3, vouch for nothing)" if version < VERSION else ""
+        detail = f"mesh file version {version}{why}; this mesh reads version {VERSION} only"
+        raise FormatError("bad-version", detail)
     if head_len > limits.max_header:
         raise FormatError("bad-header", f"header of {head_len} bytes is over {limits.max_header}")
     return magic, version, head_len
@@ -316,7 +317,7 @@ def scan_file(f: BinaryIO, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -> 
 
     def take(index: int, offset: int, length: int) -> bool:
         f.seek(offset)
-        digest = xxhash.xxh3_128()
+        digest = new_digest()
         left = length
         while left:
             chunk = buffer.view(min(left, _CHUNK))
