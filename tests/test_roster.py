@@ -127,6 +127,7 @@ def test_built_in_defaults() -> None:
         "request_deadline": 3600.0,
         "upstream_timeout": 60.0,
         "upstream_concurrency": 64,
+        "quarantine_limit": 1 << 30,
         "callers": None,
         "serves": None,
         "tls": None,
