@@ -14,12 +14,14 @@ import logging
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any, Protocol
 
 import trio
 
 from .config import keys as keyfiles
 from .config.access import ANY
+from .config.modes import others_may_change
 from .config.roster import PeerSettings, Roster
 from .errors import ConfigError
 from .http.asgi import serve_at
@@ -79,6 +81,7 @@ class Peer:
         """Take the state lock, open the store, load keys, check the folders."""
         state_dir = self.roster.state_dir(self.name)
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._check_modes(state_dir)
         self._lock.acquire()
         try:
             self.store = Store(state_dir)
@@ -97,6 +100,19 @@ class Peer:
         if swept:
             self.log.info("%s: removed %d body files nothing refers to", self.name, swept)
 
+    def _check_modes(self, state_dir: Path) -> None:
+        """ConfigError listing the state and keys folders that another user could change
+        (the key file is checked as it is loaded)."""
+        roster = self.roster
+        found = [
+            others_may_change(roster.state, "roster.state"),
+            others_may_change(state_dir, f"{self.name} state"),
+            others_may_change(roster.keys, "roster.keys"),
+        ]
+        problems = [problem for problem in found if problem is not None]
+        if problems:
+            raise ConfigError("\n".join(problems))
+
     def _load_keys(self) -> Keyring:
         folder_, talks_to = self.roster.keys, self.settings.talks_to
         problems = keyfiles.missing_keys(folder_, [self.name], talks_to)
@@ -108,9 +124,10 @@ class Peer:
         return Keyring(identity, publics, encrypted)
 
     def _prepare_folders(self) -> None:
+        mode = folder.folder_mode(self.settings.file_mode)
         for role, path in (("outbox", self.settings.outbox), ("inbox", self.settings.inbox)):
             try:
-                path.mkdir(parents=True, exist_ok=True)
+                path.mkdir(parents=True, exist_ok=True, mode=mode)
             except OSError as exc:
                 raise ConfigError(f"{self.name}.{role}: cannot create {path}: {exc}") from None
         if not os.access(self.settings.outbox, os.W_OK | os.X_OK):
@@ -163,6 +180,7 @@ class Peer:
             self.limits,
             max_body=settings.body_limit,
             block=block,
+            file_mode=settings.file_mode,
         )
         sending, receiving = links.sending, links.receiving
         poster = Poster(self.name, store.posts, self.bodies, durable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def test_a_private_key_others_can_read_is_refused(tmp_path: Path) -> None:
     keys.keygen(tmp_path, ["alpha"])
     keys.private_path(tmp_path, "alpha").chmod(0o644)
     with pytest.raises(KeyFileError, match="chmod 600"):
+        keys.load_identity(tmp_path, "alpha")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a file to another user")
+def test_a_private_key_of_another_user_is_refused(tmp_path: Path) -> None:
+    keys.keygen(tmp_path, ["alpha"])
+    os.chown(keys.private_path(tmp_path, "alpha"), 65534, 65534)
+    with pytest.raises(KeyFileError, match="belongs to uid 65534"):
         keys.load_identity(tmp_path, "alpha")
 
 

@@ -38,6 +38,8 @@ from ..config.units import format_duration, parse_duration
 from ..pipe.folder import fsync_folder, replace_atomically, write_all
 from ..wire.names import parse_name
 
+MIRRORED_MODE = 0o644  # of the files a mirror delivers (as cp would)
+
 __all__ = [
     "DELAY",
     "INTERVAL",
@@ -288,7 +290,7 @@ def _unlink(path: Path) -> None:
 
 def _write_atomically(folder: Path, name: str, data: bytes) -> None:
     """`data` as `folder/name`, via an fsync'd ``.`` file renamed over whatever was there."""
-    replace_atomically(folder, name, f".{name}{PART}", data)
+    replace_atomically(folder, name, f".{name}{PART}", data, MIRRORED_MODE)
 
 
 def _remove_stale_parts(folder: Path) -> None:

@@ -76,9 +76,15 @@ def load_identity(keys_dir: Path, name: str) -> Identity:
     """The private keys of `name`, refusing a key file that group or others may read."""
     path = private_path(keys_dir, name)
     sign, box = _parse(path, name)
-    mode = stat.S_IMODE(path.stat().st_mode)
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
         raise KeyFileError(f"{path}: mode {mode:o} lets others read it; run: chmod 600 {path}")
+    if info.st_uid != os.getuid():
+        raise KeyFileError(
+            f"{path}: belongs to uid {info.st_uid}, not to this user (uid {os.getuid()}); "
+            f"run mesh as its owner, or: chown {os.getuid()} {path}"
+        )
     identity = Identity(name, sign, box)
     pub = public_path(keys_dir, name)
     if pub.exists() and load_public(keys_dir, name) != identity.public:

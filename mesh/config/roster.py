@@ -218,6 +218,20 @@ def _flag(value: object) -> bool:
     raise ValueError(f"{describe(value)} is not true or false (write true or false, no quotes)")
 
 
+def _file_mode(value: object) -> int:
+    """A mode for pipe files: read and write for the owner, at most read for others;
+    YAML's ``0640`` (an octal number) or the text ``"0640"``."""
+    mode = value
+    if isinstance(value, str) and re.fullmatch(r"0o?[0-7]{3}", value.strip()):
+        mode = int(value.strip().replace("o", ""), 8)
+    if type(mode) is not int or mode & ~0o644 or mode & 0o600 != 0o600:
+        raise ValueError(
+            f"{describe(value)} is not a file mode of 0600 to 0644 (the owner reads and "
+            "writes, others may only read), e.g. 0640"
+        )
+    return mode
+
+
 def _watch(value: object) -> str:
     if value in ("auto", "notify", "poll"):
         return str(value)
@@ -242,6 +256,7 @@ FragmentSize = Annotated[int, BeforeValidator(_fragment_size)]
 PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Watch = Annotated[Literal["auto", "notify", "poll"], BeforeValidator(_watch)]
+FileMode = Annotated[int, BeforeValidator(_file_mode)]
 
 
 class TLSFiles(BaseModel):
@@ -286,6 +301,7 @@ class PeerSettings(BaseModel):
     upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
     upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
     quarantine_limit: PositiveSize = 1 << 30  # bytes the quarantine folder holds at most
+    file_mode: FileMode = 0o600  # of the files this peer writes in the pipe
     # Who may use the ingress: None (loopback only) and "any" leave it open to all.
     callers: Callers = None
     serves: Serves = None  # per remote peer, what its requests may ask of the upstream

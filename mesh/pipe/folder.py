@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
@@ -23,38 +24,42 @@ import watchfiles
 from ..wire.names import SUFFIX, TEMP_PREFIX, FileName, parse_name
 
 WatchMode = Literal["auto", "notify", "poll"]
+FILE_MODE = 0o600  # of the files mesh writes in the pipe (the roster's `file_mode`)
 log = logging.getLogger("mesh.pipe")
 
 
-def write_atomically(folder: Path, name: FileName, data: bytes) -> Path:
+def write_atomically(folder: Path, name: FileName, data: bytes, mode: int = FILE_MODE) -> Path:
     """Write `data` as `name` in `folder` so no reader ever sees it half written
     (see `replace_atomically`). Blocking: call from a thread."""
-    return replace_atomically(folder, str(name), name.temporary, data)
+    return replace_atomically(folder, str(name), name.temporary, data, mode)
 
 
 def write_atomically_with(
-    folder: Path, name: FileName, write: Callable[[BinaryIO], object]
+    folder: Path, name: FileName, write: Callable[[BinaryIO], object], mode: int = FILE_MODE
 ) -> Path:
     """`write_atomically` of what `write(file)` writes to a file opened "w+b" (seekable,
     so a writer may come back to fill in a header), never holding it all in memory.
     If `write` raises, nothing is left behind. Blocking: call from a thread."""
-    return _replace_with(folder, str(name), name.temporary, write)
+    return _replace_with(folder, str(name), name.temporary, write, mode)
 
 
-def replace_atomically(folder: Path, name: str, temporary: str, data: bytes) -> Path:
-    """`data` as `folder/name`, replacing what was there: written as `temporary` (a name
-    readers skip), fsync'd, renamed into place, and the folder fsync'd so the rename
-    survives a power cut. A failed write leaves no temporary behind. Blocking."""
-    return _replace_with(folder, name, temporary, lambda f: f.write(data))
+def replace_atomically(
+    folder: Path, name: str, temporary: str, data: bytes, mode: int = FILE_MODE
+) -> Path:
+    """`data` as `folder/name` with `mode` (whatever the umask), replacing what was
+    there: written as `temporary` (a name readers skip), fsync'd, renamed into place,
+    and the folder fsync'd so the rename survives a power cut. A failed write leaves no
+    temporary behind. Blocking."""
+    return _replace_with(folder, name, temporary, lambda f: f.write(data), mode)
 
 
 def _replace_with(
-    folder: Path, name: str, temporary: str, write: Callable[[BinaryIO], object]
+    folder: Path, name: str, temporary: str, write: Callable[[BinaryIO], object], mode: int
 ) -> Path:
     """`replace_atomically`, the content written by `write` to the open temporary."""
     temp, final = folder / temporary, folder / name
     try:
-        with open(temp, "w+b", opener=_create) as f:
+        with open(temp, "w+b", opener=partial(_create, mode=mode)) as f:
             write(cast(BinaryIO, _SyncingFile(f)))
             f.flush()
             os.fsync(f.fileno())
@@ -115,8 +120,18 @@ class _SyncingFile:
         return self._f.fileno()
 
 
-def _create(path: str, flags: int) -> int:
-    return os.open(path, flags, 0o644)
+def _create(path: str, flags: int, mode: int) -> int:
+    """Open a new file with exactly `mode` (the umask only ever takes bits away)."""
+    fd = os.open(path, flags | os.O_NOFOLLOW, mode)
+    os.fchmod(fd, mode)
+    return fd
+
+
+def folder_mode(file_mode: int) -> int:
+    """The mode of a pipe folder mesh creates for files of `file_mode`: the owner's
+    alone, plus entry for those who may read the files (0640 files: a 0750 folder)."""
+    readers = file_mode & 0o044
+    return 0o700 | readers | (readers >> 2)
 
 
 def write_all(fd: int, data: bytes) -> None:

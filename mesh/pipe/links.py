@@ -43,7 +43,8 @@ SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written o
 class Links:
     """The links of one running peer. `max_body` bounds a body taken in fragments;
     `block` is the body bytes per fragment sent; `disk` runs the small blocking calls on
-    the outbox (files of big bodies are always written from a worker thread)."""
+    the outbox (files of big bodies are always written from a worker thread); files are
+    written with `file_mode`."""
 
     def __init__(
         self,
@@ -58,8 +59,10 @@ class Links:
         max_body: int,
         block: int,
         disk: Offload | None = None,
+        file_mode: int = folder.FILE_MODE,
     ) -> None:
         self.name = keyring.me
+        self.file_mode = file_mode  # of the files written to the outbox
         self.database, self.tables, self.keyring = database, tables, keyring
         self.outbox, self.bodies, self.durable = outbox, bodies, durable
         self.log = logging.getLogger(f"mesh.{self.name}")
@@ -148,7 +151,7 @@ class Links:
                     link=file.link,
                 )
 
-        write = partial(folder.write_atomically_with, self.outbox, name, encode)
+        write = partial(folder.write_atomically_with, self.outbox, name, encode, self.file_mode)
         small = sum(len(row.payload) + row.spool_length for row in rows) <= SMALL_WRITE
         try:  # big data is hashed (and maybe sealed, compressed) in a thread
             path = await (self.disk.run(write) if small else trio.to_thread.run_sync(write))
