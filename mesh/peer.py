@@ -47,6 +47,7 @@ from .wire.fileformat import Limits
 # Frames hold a message with an inline body (up to bodies.INLINE), a fragment (up to
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
 MAX_FRAME = 16 << 20
+COMPLAIN_EVERY = 60.0  # seconds between two log lines about one recurring failure
 SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
 
 
@@ -54,6 +55,26 @@ class Running(Protocol):
     """A part of a running peer: it runs until cancelled."""
 
     async def run(self) -> None: ...
+
+
+class Complaints:
+    """Log lines about recurring failures, at most one per kind every `COMPLAIN_EVERY`
+    seconds, each saying how many were left out since the last."""
+
+    def __init__(self, log: logging.Logger, name: str) -> None:
+        self.log, self.name = log, name
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def say(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -COMPLAIN_EVERY) < COMPLAIN_EVERY:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        quiet = self._quiet.pop(kind, 0)
+        more = f" ({quiet} more like it since)" if quiet else ""
+        self.log.warning(f"%s: {message}{more}", self.name, *args)
 
 
 class Peer:
@@ -64,6 +85,7 @@ class Peer:
         self.name = name
         self.settings: PeerSettings = roster.peer(name)
         self.log = logging.getLogger(f"mesh.{name}")
+        self._complaints = Complaints(self.log, name)
         self.limits = Limits(max_frame=MAX_FRAME, max_message=MAX_FRAME)
         self._lock = StateLock(roster.state_dir(name), name)
         self.store: Store
@@ -256,16 +278,23 @@ class Peer:
         )
 
     async def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the database each second; a failure (busy, full,
+        out of file descriptors) is logged now and then, and tried again."""
         while True:
             await trio.sleep(SNAPSHOT_EVERY)
             try:
                 await trio.to_thread.run_sync(self.store.database.checkpoint)
-            except sqlite3.Error as exc:  # busy or full: the log keeps it, tried again
-                self.log.warning("%s: state checkpoint failed: %s", self.name, exc)
+            except (sqlite3.Error, OSError) as exc:  # the log keeps it meanwhile
+                self._complaints.say("checkpoint", "state checkpoint failed: %s", exc)
 
     async def _save_status(self) -> None:
+        """Save the status snapshot each second; a failure is logged now and then, and
+        tried again (never the end of the peer)."""
         while True:
-            self.store.database.save_status(self.status(running=True))
+            try:
+                self.store.database.save_status(self.status(running=True))
+            except (sqlite3.Error, OSError) as exc:
+                self._complaints.say("status", "cannot save the status snapshot: %s", exc)
             await trio.sleep(SNAPSHOT_EVERY)
 
     def status(self, running: bool) -> dict[str, Any]:

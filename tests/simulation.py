@@ -136,11 +136,14 @@ class Simulation:
         self.idle_steps = 0
         self.submissions: list[tuple[float, int, str, str, int]] = []
 
-    def schedule(self, sender: str, recipient: str, count: int, over: float, batch: int) -> None:
-        """`count` messages, `batch` at a time, spread evenly over `over` seconds."""
+    def schedule(
+        self, sender: str, recipient: str, count: int, over: float, batch: int, start: float = 0.0
+    ) -> None:
+        """`count` messages, `batch` at a time, spread evenly over `over` seconds from
+        `start`."""
         steps = max(count // batch, 1)
         for step in range(steps):
-            at = over * step / steps
+            at = start + over * step / steps
             for n in range(step * batch, min((step + 1) * batch, count)):
                 self.submissions.append((at, len(self.submissions), sender, recipient, n))
         heapq.heapify(self.submissions)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from mesh.proto.link import LinkSettings, Protocol, Verdict
 from mesh.proto.received import ReceivedState
 from mesh.proto.settle import Settling
@@ -119,7 +121,7 @@ def test_acks_forget_messages_and_only_for_our_epoch() -> None:
 
 def test_each_number_is_delivered_once_and_missing_frames_are_asked_for_once() -> None:
     _, bravo = pair()
-    h = header("alpha", A_EPOCH, "bravo", LinkFields())
+    h = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
     first = bravo.arrived(h, [1, 2, 2], [3], 0.0)
     assert first.deliver == (1, 2) and first.verdict is Verdict.NEW_EPOCH
     bravo.stored("alpha", first.deliver)
@@ -132,6 +134,7 @@ def test_each_number_is_delivered_once_and_missing_frames_are_asked_for_once() -
 
 def test_proven_missing_messages_are_resent_at_once_even_when_backlogged() -> None:
     alpha, _ = pair()
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)  # met
     send(alpha, 3)
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
     hint = LinkFields(missing=(2,))
@@ -164,20 +167,45 @@ def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:
 
 def test_a_new_epoch_starts_from_the_senders_floor_and_retires_the_old() -> None:
     alpha, bravo = pair()
-    old = header("bravo", B_EPOCH, "alpha", LinkFields(floor=1))
+    old = header("bravo", B_EPOCH, "alpha", LinkFields(floor=1, ack_epoch=A_EPOCH))
     alpha.stored("bravo", alpha.arrived(old, [1, 2, 3], [], 0.0).deliver)
     assert alpha.clock() == {"bravo": 3}
-    renewed = header("bravo", B_NEW, "alpha", LinkFields(floor=1))
+    renewed = header("bravo", B_NEW, "alpha", LinkFields(floor=1, ack_epoch=A_EPOCH))
     arrival = alpha.arrived(renewed, [1], [], 1.0)  # bravo's new state numbers from 1 again
     assert arrival.verdict is Verdict.NEW_EPOCH and arrival.old_epoch == B_EPOCH
     assert arrival.deliver == (1,)
-    late = alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [4], [], 2.0)
+    stale = LinkFields(ack_epoch=A_EPOCH)
+    late = alpha.arrived(header("bravo", B_EPOCH, "alpha", stale), [4], [], 2.0)
     assert late.verdict is Verdict.STALE and late.deliver == ()
     # A reader whose state was wiped takes the sender's floor as received.
     fresh = Protocol("carol", "d" * 16, {"alpha": SETTINGS})
-    far = header("alpha", A_EPOCH, "carol", LinkFields(floor=40))
+    far = header("alpha", A_EPOCH, "carol", LinkFields(floor=40, ack_epoch="d" * 16))
     assert fresh.arrived(far, [39, 40], [], 0.0).deliver == (40,)
     del bravo
+
+
+@pytest.mark.parametrize("known", [None, "e" * 16])
+def test_a_file_written_before_the_readers_epoch_delivers_nothing(known: str | None) -> None:
+    """A file whose writer did not know the reader's current epoch (a replay from
+    before the reader's state was wiped, or a first file) delivers nothing."""
+    _, bravo = pair()
+    replayed = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=known))
+    assert bravo.arrived(replayed, [1, 2], [3], 0.0).deliver == ()
+    assert bravo.outbound("alpha").unacked == 0 and bravo.clock() == {"alpha": 0}
+    acquainted = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
+    assert bravo.arrived(acquainted, [1, 2], [], 1.0).deliver == (1, 2)
+
+
+def test_a_writer_resends_what_it_holds_at_once_when_it_learns_a_new_reader_epoch() -> None:
+    alpha, _ = pair()
+    send(alpha, 3)
+    first = alpha.outgoing(0.0)[0]
+    assert first.link.ack_epoch is None  # alpha has not heard bravo yet
+    alpha.written(first, 0.0)
+    met = alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.5)
+    assert met.verdict is Verdict.NEW_EPOCH and met.resend == (1, 2, 3)
+    [again] = [f for f in alpha.outgoing(0.5) if f.seqs]
+    assert again.seqs == (1, 2, 3) and again.link.ack_epoch == B_EPOCH
 
 
 def test_round_trips_stretch_the_resend_timeout() -> None:

@@ -38,12 +38,27 @@ def test_every_message_arrives_exactly_once(names: list[str], seed: int) -> None
     )
 
 
-def test_a_perfect_network_needs_no_resends() -> None:
+def test_a_perfect_network_needs_no_resends_once_the_peers_know_each_other() -> None:
+    """Heartbeats first (a file delivers only to the epoch its writer knew), then no
+    message is ever sent twice."""
     sim = Simulation(["alpha", "bravo"], seed=3, faults=Faults(0, 0, 0, 0, 0.05))
-    sim.schedule("alpha", "bravo", 1000, over=5.0, batch=50)
-    sim.schedule("bravo", "alpha", 1000, over=5.0, batch=50)
+    sim.schedule("alpha", "bravo", 1000, over=5.0, batch=50, start=2.5)
+    sim.schedule("bravo", "alpha", 1000, over=5.0, batch=50, start=2.5)
     sim.run_until_settled(limit=30.0)
     assert set(sim.resends().values()) == {0}
+
+
+def test_messages_sent_before_first_contact_are_resent_once_when_it_comes() -> None:
+    """Before a peer has heard its reader, its files deliver nothing (they could be
+    replays from before the reader's epoch); once it hears it, it resends what it holds,
+    at once, and everything arrives exactly once."""
+    sim = Simulation(["alpha", "bravo"], seed=3, faults=Faults(0, 0, 0, 0, 0.05))
+    sim.schedule("alpha", "bravo", 100, over=0.1, batch=50)
+    sim.run_until_settled(limit=30.0)
+    delivered = sim.nodes["bravo"].delivered
+    assert sorted(n for _, n in delivered) == list(range(100))  # each exactly once
+    assert 0 < sim.resends()["alpha>bravo"] <= 100
+    assert sim.now < 10.0  # not after the resend timers: at first contact
 
 
 def test_truncated_files_are_resent_at_once_not_after_the_timer() -> None:

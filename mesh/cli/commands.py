@@ -33,6 +33,7 @@ from ..config.roster import (
 from ..errors import ConfigError, leaves
 from ..http.asgi import check_tls, serve_at
 from ..http.echo import echo_app
+from ..http.listening import raise_open_file_limit
 from ..peer import Peer, open_peers, run_peers
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
@@ -105,6 +106,8 @@ def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) ->
     problems = _start_problems(loaded, [n for n in peers or loaded.peers if n in loaded.peers])
     if problems:
         _problems(roster, problems)
+    files = raise_open_file_limit()
+    logging.getLogger("mesh").info("mesh: up to %d open files; connections wait beyond", files)
     echo_at = _echo_address(echo)
     try:
         code = _up(loaded, list(peers), echo_at)

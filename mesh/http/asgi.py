@@ -23,17 +23,18 @@ from typing import Any, NoReturn
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from ..config.roster import Address, TLSFiles
 from ..errors import ConfigError, leaves
+from .listening import connection_limit, serve_capped
 from .problems import HTTPProblem
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-KEEP_ALIVE = 75.0  # seconds an idle caller's connection is kept (as nginx does)
+KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
+READ_TIMEOUT = 30  # seconds a connection may send nothing (an idle body, a stalled head)
 
 
 async def serve_at(
@@ -49,8 +50,10 @@ async def serve_at(
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
     config.graceful_timeout = 2.0
     # Keep an idle caller's connection longer than clients keep theirs (httpx, Node: 5 s),
-    # so a caller never sends a request on a connection we are just closing.
+    # so a caller never sends a request on a connection we are just closing; but not for
+    # long: an idle connection holds a file descriptor.
     config.keep_alive_timeout = KEEP_ALIVE
+    config.read_timeout = READ_TIMEOUT
     config.include_server_header = False  # answers carry the upstream's, not ours
     config.include_date_header = False
     if tls is not None:
@@ -61,7 +64,7 @@ async def serve_at(
             config.ca_certs = str(tls.client_ca)
             config.verify_mode = ssl.CERT_REQUIRED
     try:
-        await nursery.start(partial(serve, app, config, mode="asgi"))
+        await nursery.start(partial(serve_capped, app, config, connection_limit()))
     except* OSError as group:  # raised inside hypercorn's nurseries
         reasons = "; ".join(str(e.strerror or e) for e in leaves(group))
         raise ConfigError(f"{what}: cannot listen on {address}: {reasons}") from None

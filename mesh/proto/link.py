@@ -13,6 +13,13 @@ starts afresh from the sender's `floor` (its lowest unacknowledged number), and 
 from a retired epoch deliver nothing (see `inbound`). Acks name the epoch they
 acknowledge, so an ack for an older incarnation never acknowledges a newer one's messages.
 
+No replays across epochs: a file delivers messages only if it was written knowing the
+reader's current epoch (its `ack_epoch` is the reader's epoch). A file made before that
+epoch existed (captured and dropped into the pipe again after the reader's state was
+wiped or restored) delivers nothing; nor does a writer's first file, before it heard the
+reader. Nothing is lost: when a writer learns a new epoch of its reader, it resends at
+once every message it still holds, and those files do name the new epoch.
+
 Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its duties:
 persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
 before `stored` (an ack is advertised only for what is durable); write the files
@@ -323,12 +330,15 @@ class Protocol:
         link = self._links[remote]
         old_epoch, numbered_to = link.inbound.epoch, link.outbound.next_seq
         verdict = link.inbound.observe(head.epoch, head.link.floor)
+        acquainted = head.link.ack_epoch == self.epoch  # written knowing our epoch
         acked: list[int] = []
-        if head.link.ack is not None and head.link.ack_epoch == self.epoch:
+        if head.link.ack is not None and acquainted:
             acked = link.outbound.acked(head.link.ack, now)
         resend = link.outbound.resend_now(head.link.missing, now)
+        if verdict is Verdict.NEW_EPOCH:  # it took nothing we wrote before we knew it
+            resend += link.outbound.resend_now(link.outbound.pending(), now)
         deliver: list[int] = []
-        if verdict is not Verdict.STALE:
+        if verdict is not Verdict.STALE and acquainted:
             seen: set[int] = set()
             for seq in whole:
                 if seq >= 1 and link.inbound.fresh(seq) and seq not in seen:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -118,14 +119,23 @@ class MeshProcess:
 
 @asynccontextmanager
 async def mesh_up(
-    roster: Path, *peers: str, extra: tuple[str, ...] = ()
+    roster: Path, *peers: str, extra: tuple[str, ...] = (), open_files: int | None = None
 ) -> AsyncIterator[MeshProcess]:
-    """`mesh up ROSTER [--peer P]... EXTRA` for the block's duration; killed if still running."""
+    """`mesh up ROSTER [--peer P]... EXTRA` for the block's duration; killed if still running.
+    With `open_files`, the process may open no more files than that (soft and hard)."""
     args = ["up", str(roster), *extra]
     for peer in peers:
         args += ["--peer", peer]
+
+    def limited() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     process = await trio.lowlevel.open_process(
-        mesh_command(*args), stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        mesh_command(*args),
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=limited,
     )
     running = MeshProcess(process)
     async with trio.open_nursery() as nursery:

@@ -1,0 +1,116 @@
+"""Accepting connections within a bound: hypercorn's connection handling (its
+`TCPServer`, which speaks HTTP/1.1 to one connection), driven by an accept loop of ours
+that takes a new connection only while fewer than `limit` are open.
+
+hypercorn's own `serve` accepts every connection it can, so a crowd of connections that
+never finish a request could take every file descriptor of the process and leave the
+peer unable to write a file or open its database. Here a connection past the bound waits
+in the kernel's backlog until another ends, and the peer keeps descriptors of its own.
+The ASGI lifespan protocol is not run: mesh's applications need no start-up or shutdown.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import wrap_app
+
+RESERVED = 256  # file descriptors kept for the peer's own files, database and upstream
+FEWEST = 16  # connections allowed however low the limit
+
+
+def connection_limit() -> int:
+    """How many connections one listener may have open: the soft limit on open files,
+    less what the peer keeps for itself."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(FEWEST, soft - RESERVED)
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one (start-up); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+class _Connection(TCPServer):
+    """hypercorn's connection, let go as soon as the caller is: after the caller closed
+    its side (or went silent past the read timeout), hypercorn would still wait out its
+    keep-alive timer before closing, holding the descriptor; a request under way still
+    finishes."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
+class Capped(trio.abc.Listener[trio.abc.Stream]):
+    """A listener that accepts only while a slot is free; the connection's handler gives
+    its slot back when it ends."""
+
+    def __init__(self, inner: trio.abc.Listener[Any], slots: trio.Semaphore) -> None:
+        self.inner, self.slots = inner, slots
+
+    async def accept(self) -> trio.abc.Stream:
+        await self.slots.acquire()
+        try:
+            stream: trio.abc.Stream = await self.inner.accept()
+        except BaseException:
+            self.slots.release()
+            raise
+        return stream
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def listeners(config: Config) -> list[trio.abc.Listener[Any]]:
+    """The listeners of `config`'s binds, listening (TLS ones wrapped as hypercorn
+    does); OSError when an address cannot be had."""
+    sockets = config.create_sockets()
+    found: list[trio.abc.Listener[Any]] = []
+    secure: list[socket.socket] = list(sockets.secure_sockets)
+    for sock in [*secure, *sockets.insecure_sockets]:
+        sock.listen(config.backlog)
+    context = config.create_ssl_context() if secure else None
+    if context is not None:
+        for sock in secure:
+            plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+            found.append(trio.SSLListener(plain, context, https_compatible=True))
+    for sock in sockets.insecure_sockets:
+        found.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    return found
+
+
+async def serve_capped(
+    app: Any,
+    config: Config,
+    limit: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ASGI `app` on `config`'s binds with at most `limit` connections open at once
+    (on all of them together); started once it listens. OSError when it cannot listen."""
+    opened = listeners(config)
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    slots = trio.Semaphore(limit)
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await _Connection(wrapped, config, context, {}, stream)  # type: ignore[arg-type]
+        finally:
+            slots.release()
+
+    capped = [Capped(listener, slots) for listener in opened]
+    task_status.started()
+    await trio.serve_listeners(handle, capped)
