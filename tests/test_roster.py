@@ -128,6 +128,7 @@ def test_built_in_defaults() -> None:
         "upstream_timeout": 60.0,
         "upstream_concurrency": 64,
         "quarantine_limit": 1 << 30,
+        "file_mode": 0o600,
         "callers": None,
         "serves": None,
         "tls": None,

@@ -34,7 +34,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
-READ_TIMEOUT = 30  # seconds a connection may send nothing (an idle body, a stalled head)
+READ_TIMEOUT = 30  # seconds a connection may send nothing, or take for its first head
 
 
 async def serve_at(
@@ -64,7 +64,8 @@ async def serve_at(
             config.ca_certs = str(tls.client_ca)
             config.verify_mode = ssl.CERT_REQUIRED
     try:
-        await nursery.start(partial(serve_capped, app, config, connection_limit()))
+        serving = partial(serve_capped, app, config, connection_limit(), READ_TIMEOUT)
+        await nursery.start(serving)
     except* OSError as group:  # raised inside hypercorn's nurseries
         reasons = "; ".join(str(e.strerror or e) for e in leaves(group))
         raise ConfigError(f"{what}: cannot listen on {address}: {reasons}") from None

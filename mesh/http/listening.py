@@ -53,6 +53,13 @@ class _Connection(TCPServer):
         await self.idle_task.stop()
 
 
+async def _drop_if_headless(headed: trio.Event, seconds: float, scope: trio.CancelScope) -> None:
+    with trio.move_on_after(seconds):
+        await headed.wait()
+        return
+    scope.cancel()
+
+
 class Capped(trio.abc.Listener[trio.abc.Stream]):
     """A listener that accepts only while a slot is free; the connection's handler gives
     its slot back when it ends."""
@@ -91,23 +98,42 @@ def listeners(config: Config) -> list[trio.abc.Listener[Any]]:
     return found
 
 
+class _Noticed:
+    """An application that notes it was called (a request's head arrived whole)."""
+
+    def __init__(self, app: Any, called: trio.Event) -> None:
+        self.app, self.called = app, called
+
+    async def __call__(self, *args: Any) -> None:
+        self.called.set()
+        await self.app(*args)
+
+
 async def serve_capped(
     app: Any,
     config: Config,
     limit: int,
+    head_timeout: float,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ASGI `app` on `config`'s binds with at most `limit` connections open at once
-    (on all of them together); started once it listens. OSError when it cannot listen."""
+    (on all of them together); started once it listens. A connection whose first request
+    head is not whole within `head_timeout` seconds is dropped (one that trickles it in
+    a byte at a time too). OSError when it cannot listen."""
     opened = listeners(config)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     slots = trio.Semaphore(limit)
 
     async def handle(stream: trio.abc.Stream) -> None:
+        headed = trio.Event()
+        connection = _Connection(_Noticed(wrapped, headed), config, context, {}, stream)  # type: ignore[arg-type]
         try:
-            await _Connection(wrapped, config, context, {}, stream)  # type: ignore[arg-type]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_drop_if_headless, headed, head_timeout, nursery.cancel_scope)
+                await connection
+                nursery.cancel_scope.cancel()
         finally:
             slots.release()
 
