@@ -23,7 +23,7 @@ from .config import keys as keyfiles
 from .config.access import ANY
 from .config.modes import others_may_change
 from .config.roster import PeerSettings, Roster
-from .errors import ConfigError
+from .errors import ConfigError, leaves
 from .http.asgi import serve_at
 from .http.forwarder import Forwarder, Upstream
 from .http.ingress import Ingress, Services
@@ -47,6 +47,7 @@ from .wire.fileformat import Limits
 # Frames hold a message with an inline body (up to bodies.INLINE), a fragment (up to
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
 MAX_FRAME = 16 << 20
+RESTART_AFTER = 1.0  # seconds before a part that failed on an OSError starts again
 COMPLAIN_EVERY = 60.0  # seconds between two log lines about one recurring failure
 SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
 
@@ -75,6 +76,21 @@ class Complaints:
         quiet = self._quiet.pop(kind, 0)
         more = f" ({quiet} more like it since)" if quiet else ""
         self.log.warning(f"%s: {message}{more}", self.name, *args)
+
+
+async def keep_running(part: Running, complaints: Complaints) -> None:
+    """Run `part` until it returns or is cancelled; an OSError out of it (no file
+    descriptor left, a share gone away) is logged now and then, and `part` starts again
+    after `RESTART_AFTER` seconds: it never ends the peer. Other errors do."""
+    while True:
+        try:
+            await part.run()
+            return
+        except* OSError as group:
+            first = next(iter(leaves(group)))
+            name = type(part).__name__
+            complaints.say(name, "%s stopped (%s); starting it again", name, first)
+        await trio.sleep(RESTART_AFTER)
 
 
 class Peer:
@@ -173,7 +189,7 @@ class Peer:
         try:
             async with trio.open_nursery() as nursery:
                 for part in parts:
-                    nursery.start_soon(part.run)
+                    nursery.start_soon(keep_running, part, self._complaints)
                 nursery.start_soon(self._save_status)
                 nursery.start_soon(self._checkpoint)
                 await self._serve_http(nursery)

@@ -208,6 +208,20 @@ def test_a_writer_resends_what_it_holds_at_once_when_it_learns_a_new_reader_epoc
     assert again.seqs == (1, 2, 3) and again.link.ack_epoch == B_EPOCH
 
 
+def test_a_file_planned_before_the_readers_epoch_was_learned_is_sent_again_at_once() -> None:
+    """The epoch comes in while the file is being written: the file names no epoch (or
+    an old one), so the reader takes nothing from it, and waiting for the resend timer
+    would only add delay."""
+    alpha, _ = pair()
+    send(alpha, 2)
+    [planned] = alpha.outgoing(0.0)
+    assert planned.link.ack_epoch is None
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.1)  # meanwhile
+    alpha.written(planned, 0.2)
+    [again] = [f for f in alpha.outgoing(0.2) if f.seqs]
+    assert again.seqs == (1, 2) and again.link.ack_epoch == B_EPOCH
+
+
 def test_round_trips_stretch_the_resend_timeout() -> None:
     alpha, _ = pair()
     send(alpha, 1)

@@ -285,10 +285,14 @@ class Protocol:
 
     def written(self, file: OutgoingFile, now: float) -> Written:
         """`file` is in the pipe: its messages wait for their acks from `now` on. What it
-        sent and resent leaves out messages acknowledged while it was being written."""
+        sent and resent leaves out messages acknowledged while it was being written. A
+        file planned before a new epoch of its reader was learned (while it was being
+        written) delivers nothing: its messages go again at once."""
         link = self._links[file.remote]
         attempts = {seq: link.outbound.attempts(seq) for seq in file.seqs}
         link.outbound.sent(file.seqs, now)
+        if file.link.ack_epoch != link.inbound.epoch:  # planned before we knew the reader's
+            link.outbound.resend_now(file.seqs, now)  # epoch: it delivers nothing there
         link.outbound.stats.files += 1
         link.last_file = now
         link.inbound.news = False
