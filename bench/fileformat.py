@@ -3,10 +3,11 @@ cost of each step, all in the same run.
 
     python bench/fileformat.py [--mib 64]
 
-Version 1 differed from version 2 only in its frame digests (xxh3-128, which anyone can
-make collide; version 2 lists BLAKE3-256): the v1 column is this code with xxh3 put
-back, and a BLAKE2b-256 column shows the other candidate. Two files: one big body (half
-random, half text-like, as real traffic) and 1,000 small messages of 1 KiB.
+Version 1 differed from version 2 only in its frame digests: one xxh3-128 per frame
+(which anyone can make collide), where version 2 lists BLAKE3-256, one per block of
+small frames (`mesh.wire.layout.blocks`). The v1 column is this code with that put back;
+two more show the other choices (BLAKE3 per frame, BLAKE2b per block). Two files: one
+big body (half random, half text-like, as real traffic) and 1,000 messages of 1 KiB.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import blake3
 import xxhash
 
-from mesh.wire import bounded, reader, writer
+from mesh.wire import bounded, layout, reader, writer
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring, seal
 from mesh.wire.messages import Envelope, Response, pack
@@ -43,22 +45,43 @@ def rate(size: int, fn: Callable[[], object], repeat: int = 3) -> float:
     return size / best / 1e6
 
 
-DIGESTS: dict[str, Callable[[bytes | memoryview], bytes]] = {
-    "v1 xxh3": lambda data: xxhash.xxh3_128_digest(data) + bytes(16),
-    "v2 blake3": lambda data: blake3.blake3(data).digest(),
-    "blake2b": lambda data: hashlib.blake2b(data, digest_size=32).digest(),
+class Xxh3:
+    """xxh3-128 as a frame digest (v1's, padded to the table's 32 bytes)."""
+
+    def __init__(self, data: bytes | memoryview = b"") -> None:
+        self._hash = xxhash.xxh3_128(data)
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+
+    def digest(self) -> bytes:
+        return bytes(self._hash.digest()) + bytes(16)
+
+
+def blake2b(data: bytes | memoryview = b"") -> Any:
+    return hashlib.blake2b(data, digest_size=32)
+
+
+# name: (frame digest, whether small frames share one)
+DIGESTS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "v1 xxh3": (Xxh3, False),
+    "v2 blake3": (blake3.blake3, True),
+    "blake3/frame": (blake3.blake3, False),
+    "blake2b": (blake2b, True),
 }
 
 
 @contextlib.contextmanager
 def digested_by(name: str) -> Iterator[None]:
-    """The format with frame digests made by `DIGESTS[name]` (the writer's and reader's)."""
-    saved = writer.digest, reader.digest
-    writer.digest = reader.digest = DIGESTS[name]  # type: ignore[assignment]
+    """The format with frame digests as `DIGESTS[name]` says (writer's and reader's)."""
+    factory, shared = DIGESTS[name]
+    saved = writer.new_digest, reader.new_digest, layout.SMALL_FRAME
+    writer.new_digest = reader.new_digest = factory  # type: ignore[assignment]
+    layout.SMALL_FRAME = saved[2] if shared else -1  # -1: no frame joins another
     try:
         yield
     finally:
-        writer.digest, reader.digest = saved
+        writer.new_digest, reader.new_digest, layout.SMALL_FRAME = saved
 
 
 def file_rates(frames: list[bytes], size: int, encrypted: bool) -> dict[str, tuple[float, float]]:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mesh.errors import FormatError, MessageError
 from mesh.proto.received import ReceivedState
-from mesh.wire import bounded
+from mesh.wire import bounded, layout
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring
 from mesh.wire.messages import (
@@ -174,7 +174,7 @@ def test_flipping_any_single_byte_is_detected(
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-def test_truncation_at_every_offset_keeps_exactly_the_whole_frames(
+def test_truncation_at_every_offset_keeps_exactly_the_whole_blocks(
     identities: dict[str, Identity], encrypted: bool
 ) -> None:
     frames = [os.urandom(40), b"b" * 300, pack(Envelope(3, MESSAGES[0])), b"", b"tail"]
@@ -187,7 +187,12 @@ def test_truncation_at_every_offset_keeps_exactly_the_whole_frames(
         except FormatError as exc:
             assert cut < parsed.spans[0][0], f"cut at {cut} lost the whole file: {exc}"
             continue
-        whole = {i for i, (off, length) in enumerate(parsed.spans) if off + length <= cut}
+        whole = {  # frames whose whole block arrived (small frames share a digest)
+            i
+            for block in parsed.blocks
+            if all(sum(parsed.spans[j]) <= cut for j in block)
+            for i in block
+        }
         assert {i for i, f in enumerate(decoded.frames) if f is not None} == whole
         for i in whole:
             assert decoded.frames[i] == frames[i]
@@ -556,12 +561,14 @@ def test_scan_finds_a_corrupted_frame_as_decode_file_does(
 ) -> None:
     data = encode(identities, SMALL_FRAMES, encrypted=encrypted)
     keys = keyring_for(identities, "bravo", ("alpha",), encrypted)
-    offset, length = wire.read_header(data, keys).spans[1]
+    parsed = wire.read_header(data, keys)
+    offset, length = parsed.spans[1]
     damaged = bytearray(data)
     damaged[offset + length // 2] ^= 0x04
     assert_streaming_agrees(bytes(damaged), keys)
     scanned = wire.scan_file(io.BytesIO(bytes(damaged)), keys)
-    assert scanned.missing == (1,) and "does not match its digest" in scanned.problems[0]
+    assert scanned.missing == tuple(parsed.block_of(1))  # it shares a digest with these
+    assert "does not match its digest" in scanned.problems[0]
     assert not scanned.cut_short
 
 
@@ -749,3 +756,48 @@ def test_a_split_fragment_agrees_with_unpacking_it_whole(
         assert isinstance(whole.message, Fragment)
         assert envelope == Envelope(whole.seq, dataclasses.replace(whole.message, data=b""))
         assert bytes(view) == whole.message.data
+
+
+# -- blocks: small frames share a digest ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("lengths", "grouped"),
+    [
+        ([], []),
+        ([100] * 3, [range(0, 3)]),
+        ([5000, 100, 100], [range(0, 1), range(1, 3)]),  # a big frame alone
+        ([100, 5000, 100], [range(0, 1), range(1, 2), range(2, 3)]),
+        ([4096] * 17, [range(0, 16), range(16, 17)]),  # 64 KiB at most under one digest
+        ([0, 0, 4097], [range(0, 2), range(2, 3)]),
+    ],
+)
+def test_small_frames_share_a_digest_up_to_a_block(
+    lengths: list[int], grouped: list[range]
+) -> None:
+    assert layout.blocks(lengths) == grouped
+
+
+def test_a_block_is_checked_whole_wherever_it_is_read(
+    identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    """Small frames read one by one from a file are each checked with their block (read
+    once per block with a buffer); a block changed after the scan is refused."""
+    frames = [os.urandom(1000) for _ in range(100)]  # stored raw: blocks of 65 and 35
+    data = encode(identities, frames)
+    f = io.BytesIO(data)
+    scanned = wire.scan_file(f, bravo_keys)
+    assert [len(b) for b in scanned.parsed.blocks] == [65, 35] and scanned.complete
+    buffer = wire.ReadBuffer()
+    assert [
+        bytes(wire.read_frame(f, scanned.parsed, i, bravo_keys, buffer=buffer)) for i in range(100)
+    ] == frames
+    offset, _ = scanned.parsed.spans[70]
+    changed = bytearray(data)
+    changed[offset] ^= 1
+    with pytest.raises(FormatError, match="does not match its digest"):
+        wire.read_frame(io.BytesIO(bytes(changed)), scanned.parsed, 65, bravo_keys)
+    assert (
+        bytes(wire.read_frame(io.BytesIO(bytes(changed)), scanned.parsed, 3, bravo_keys))
+        == frames[3]
+    )

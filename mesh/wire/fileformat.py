@@ -10,15 +10,16 @@ Layout::
 
 The header carries sender, recipient, epoch, creation time, a per-file nonce, whether
 frames are sealed, the link fields (ack state, floor, missing hints, clock vector), and a
-frame table: per frame its stored length, codec, sequence number and BLAKE3-256 digest, so
-a reader knows which messages a cut file lost without opening them, and the signature
-vouches for every frame's bytes (a cryptographic digest: no other bytes match it). A
+frame table: per frame its stored length, codec, sequence number and a BLAKE3-256 digest
+(small neighbours share one: `layout.blocks`), so a reader knows which messages a cut
+file lost without opening them, and the signature vouches for every frame's bytes (a
+cryptographic digest: no other bytes match it). A
 frame's stored bytes are its envelope, zstd-compressed when that helps, then AES-256-GCM
 sealed on encrypted links.
 
 Reading trusts nothing before the signature checks out. Truncation, the common fault,
-loses only the frames it cut: every frame that arrived whole, with a matching digest,
-is still good. Everything decoded is bounded by `Limits`.
+loses only the frames it cut (and the small frames sharing a digest with them): every
+block that arrived whole, with a matching digest, is still good. Everything decoded is bounded by `Limits`.
 
 Files live in memory (`encode_file`, `decode_file`) or, when big, on disk: `write_file`
 and `scan_file`/`read_frame` hold one frame at a time, never the whole file.

@@ -3,13 +3,16 @@ writer and the reader (`fileformat` has the whole picture).
 
 Frame digests are BLAKE3-256, a cryptographic hash: the signed header lists them, so the
 signature vouches for every frame. (Version 1 listed xxh3-128 digests, which anyone can
-make collide from xxh3's public secret; its files are refused.)
+make collide from xxh3's public secret; its files are refused.) Small frames share one
+digest with their neighbours (`blocks`): hashed one by one, 1 KiB messages would cost
+more in digest calls than in everything else.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntFlag
 from typing import Protocol, TypeAlias
@@ -28,6 +31,9 @@ PREFIX_SIZE = PREFIX.size
 DIGEST_SIZE = 32
 FRAME_ENTRY = struct.Struct(">QBQ32s")  # stored length, codec, seq, BLAKE3-256 digest
 FILE_NONCE_SIZE = 8
+SMALL_FRAME = 4096  # stored bytes: a frame of at most this shares a digest (see `blocks`)
+BLOCK = 64 << 10  # stored bytes of small frames under one digest at most
+NO_DIGEST = bytes(32)  # listed for a frame whose block's digest is listed further on
 EPOCH = re.compile(r"[0-9a-f]{16}")
 NO_LINK = LinkFields()  # a file that tells nothing about the link (tests, tools)
 
@@ -95,6 +101,34 @@ def digest(data: Buffer) -> bytes:
 def new_digest(data: Buffer = b"") -> blake3.blake3:
     """A frame digest to feed piece by piece (``update``), then read (``digest``)."""
     return blake3.blake3(data)
+
+
+def blocks(lengths: Sequence[int]) -> list[range]:
+    """The frames under each digest, in file order, from the frames' stored lengths: a
+    frame over `SMALL_FRAME` bytes alone; consecutive small frames together, up to
+    `BLOCK` bytes. A block's digest covers its frames' stored bytes back to back and is
+    listed at its last frame (the others list `NO_DIGEST`). Whether a frame starts a new
+    block depends only on it and the frames before it, so a writer decides as it goes."""
+    found, start, size = [], 0, 0
+    for index, length in enumerate(lengths):
+        if index > start and not joins(lengths[start], size, length):
+            found.append(range(start, index))
+            start, size = index, 0
+        size += length
+    if start < len(lengths):
+        found.append(range(start, len(lengths)))
+    return found
+
+
+def joins(first: int, size: int, length: int) -> bool:
+    """Whether a frame of `length` joins a block of `size` bytes whose first frame has
+    `first` bytes."""
+    return small(first) and small(length) and size + length <= BLOCK
+
+
+def small(length: int) -> bool:
+    """Whether a frame of `length` stored bytes may share its digest."""
+    return length <= SMALL_FRAME
 
 
 def frame_nonce(nonce: bytes, index: int) -> bytes:

@@ -30,7 +30,7 @@ from .layout import (
     Header,
     KeySource,
     Limits,
-    digest,
+    blocks,
     frame_aad,
     frame_nonce,
     new_digest,
@@ -45,6 +45,12 @@ class ParsedHeader:
     header: Header
     size: int  # the file's full size as the header declares it
     spans: tuple[tuple[int, int], ...]
+    blocks: tuple[range, ...] = ()  # the frames under each digest (`layout.blocks`)
+    in_block: tuple[int, ...] = ()  # per frame, the number of its block
+
+    def block_of(self, index: int) -> range:
+        """The block frame `index` is in."""
+        return self.blocks[self.in_block[index]]
 
 
 def header_size(data: bytes, limits: Limits = DEFAULT_LIMITS) -> int:
@@ -96,7 +102,9 @@ def read_header(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     for frame in header.frames:
         spans.append((offset, frame.length))
         offset += frame.length
-    return ParsedHeader(header, offset, tuple(spans))
+    grouped = tuple(blocks([frame.length for frame in header.frames]))
+    numbers = tuple(number for number, block in enumerate(grouped) for _ in block)
+    return ParsedHeader(header, offset, tuple(spans), grouped, numbers)
 
 
 def _header_map(region: bytes, limits: Limits) -> dict[str, Any]:
@@ -208,14 +216,13 @@ def open_frame(
     keys: KeySource,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Buffer:
-    """The envelope bytes of frame `index`, given its stored bytes (returned as they are
-    for a raw frame); FormatError if bad."""
+    """The envelope bytes of frame `index`, given its stored bytes, already checked
+    against their block's digest (returned as they are for a raw frame); FormatError if
+    they do not open."""
     header = parsed.header
     info = header.frames[index]
     if len(stored) != info.length:
         raise FormatError("truncated", f"frame {index} cut short")
-    if digest(stored) != info.digest:
-        raise _corrupt(index)
     data = stored
     if header.encrypted:
         key = keys.link_key(header.sender, header.recipient)
@@ -236,6 +243,9 @@ def open_frame(
 
 def _corrupt(index: int) -> FormatError:
     return FormatError("frame-corrupt", f"frame {index} does not match its digest")
+
+
+Hasher = Any  # what `layout.new_digest` makes: update(bytes), digest()
 
 
 @dataclass(frozen=True)
@@ -266,11 +276,15 @@ def decode_file(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     appends, so the extra bytes mean someone else wrote into it.
     """
     parsed = _checked_header(data, len(data), keys, limits)
+    view = memoryview(data)
+
+    def hash_span(hasher: Hasher, index: int, offset: int, length: int) -> None:
+        hasher.update(view[offset : offset + length])
 
     def take(index: int, offset: int, length: int) -> bytes:
         return bytes(open_frame(parsed, index, data[offset : offset + length], keys, limits))
 
-    frames, problems = _each_frame(parsed, len(data), take)
+    frames, problems = _each_frame(parsed, len(data), hash_span, take)
     return DecodedFile(parsed.header, frames, problems, len(data) < parsed.size)
 
 
@@ -315,22 +329,18 @@ def scan_file(f: BinaryIO, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -> 
 
     buffer = ReadBuffer()
 
-    def take(index: int, offset: int, length: int) -> bool:
+    def hash_span(hasher: Hasher, index: int, offset: int, length: int) -> None:
         f.seek(offset)
-        digest = new_digest()
         left = length
         while left:
             chunk = buffer.view(min(left, _CHUNK))
             got = f.readinto(chunk)  # type: ignore[attr-defined]
             if not got:  # shrank since we measured it
                 raise FormatError("truncated", f"frame {index} cut short")
-            digest.update(chunk[:got])
+            hasher.update(chunk[:got])
             left -= got
-        if digest.digest() != parsed.header.frames[index].digest:
-            raise _corrupt(index)
-        return True
 
-    found, problems = _each_frame(parsed, size, take)
+    found, problems = _each_frame(parsed, size, hash_span, lambda *_: True)
     intact = tuple(ok is not None for ok in found)
     return ScannedFile(parsed, intact, problems, size < parsed.size)
 
@@ -344,19 +354,59 @@ def read_frame(
     buffer: ReadBuffer | None = None,
 ) -> Buffer:
     """The envelope bytes of frame `index` of the file open as `f`, whose header is
-    `parsed` (from `scan_file`); FormatError when it is cut short or does not open. With
-    `buffer`, a raw frame comes as a view of it, valid until the buffer's next use."""
+    `parsed` (from `scan_file`), checked again against its digest (the file may have
+    changed since); FormatError when it is cut short, does not match or does not open.
+    A small frame is read with its block (kept in `buffer` for the next frames of it);
+    with `buffer`, a raw frame with a digest of its own comes as a view of it, valid
+    until the buffer's next use."""
+    block = parsed.block_of(index)
+    if len(block) > 1:
+        whole, start = _verified_block(f, parsed, block, buffer), parsed.spans[block[0]][0]
+        offset, length = parsed.spans[index]
+        return open_frame(
+            parsed, index, whole[offset - start : offset - start + length], keys, limits
+        )
+    stored = _read_span(f, parsed, index, buffer)
+    if new_digest(stored).digest() != parsed.header.frames[index].digest:
+        raise _corrupt(index)
+    return open_frame(parsed, index, stored, keys, limits)
+
+
+def _read_span(f: BinaryIO, parsed: ParsedHeader, index: int, buffer: ReadBuffer | None) -> Buffer:
+    """The stored bytes of frame `index` (into `buffer` when given); FormatError when
+    the file is cut before its end."""
     offset, length = parsed.spans[index]
     if f.seek(0, io.SEEK_END) < offset + length:  # an empty frame too, past the cut
         raise FormatError("truncated", f"frame {index} cut short")
     f.seek(offset)
     if buffer is None:
-        return open_frame(parsed, index, _read_up_to(f, length), keys, limits)
+        return _read_up_to(f, length)
     stored = buffer.view(length)
     got = 0
     while got < length and (more := f.readinto(stored[got:])):  # type: ignore[attr-defined]
         got += more
-    return open_frame(parsed, index, stored[:got], keys, limits)
+    return stored[:got]
+
+
+def _verified_block(
+    f: BinaryIO, parsed: ParsedHeader, block: range, buffer: ReadBuffer | None
+) -> bytes:
+    """The stored bytes of `block` (small frames, at most `layout.BLOCK`), checked
+    against its digest; the last one read is kept in `buffer`."""
+    if buffer is not None and buffer.block is not None:
+        kept_parsed, kept_start, kept = buffer.block
+        if kept_parsed is parsed and kept_start == block.start:
+            return kept
+    start, (last, length) = parsed.spans[block[0]][0], parsed.spans[block[-1]]
+    f.seek(start)
+    whole = _read_up_to(f, last + length - start)
+    if len(whole) < last + length - start:
+        raise FormatError("truncated", f"frame {block[-1]} cut short")
+    if new_digest(whole).digest() != parsed.header.frames[block[-1]].digest:
+        raise _corrupt(block[-1])
+    if buffer is not None:
+        buffer.block = (parsed, block.start, whole)
+    return whole
 
 
 class ReadBuffer:
@@ -365,6 +415,7 @@ class ReadBuffer:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self.block: tuple[ParsedHeader, int, bytes] | None = None  # a verified block
 
     def view(self, size: int) -> memoryview:
         """A view of `size` bytes of the buffer (grown as needed: a view given before
@@ -387,21 +438,58 @@ _T = TypeVar("_T")
 
 
 def _each_frame(
-    parsed: ParsedHeader, size: int, take: Callable[[int, int, int], _T]
+    parsed: ParsedHeader,
+    size: int,
+    hash_span: Callable[[Hasher, int, int, int], None],
+    take: Callable[[int, int, int], _T],
 ) -> tuple[tuple[_T | None, ...], tuple[str, ...]]:
-    """`take(index, offset, length)` of each frame a file of `size` bytes holds whole,
-    None for the others and where `take` raised FormatError; and why, per None."""
+    """`take(index, offset, length)` of each frame of a file of `size` bytes whose block is
+    whole and matches its digest (fed by `hash_span(hasher, index, offset, length)`), None
+    for the others and where `take` raised FormatError; and why, per None."""
     results: list[_T | None] = []
-    problems = []
-    for index, (offset, length) in enumerate(parsed.spans):
+    problems: list[str] = []
+    for block in parsed.blocks:
         try:
-            if offset + length > size:
-                raise FormatError("truncated", f"frame {index} cut short")
-            results.append(take(index, offset, length))
+            _check_block(parsed, size, block, hash_span)
         except FormatError as exc:
-            results.append(None)
-            problems.append(str(exc))
+            results.extend(None for _ in block)
+            problems.extend(_per_frame(exc, index) for index in block)
+            continue
+        for index in block:
+            try:
+                results.append(take(index, *parsed.spans[index]))
+            except FormatError as exc:
+                results.append(None)
+                problems.append(str(exc))
     return tuple(results), tuple(problems)
+
+
+def _check_block(
+    parsed: ParsedHeader,
+    size: int,
+    block: range,
+    hash_span: Callable[[Hasher, int, int, int], None],
+) -> None:
+    """FormatError unless every frame of `block` is in a file of `size` bytes and their
+    bytes (back to back in the file: hashed in one go) match the digest listed at its
+    last frame."""
+    start = parsed.spans[block[0]][0]
+    for index in block:
+        offset, length = parsed.spans[index]
+        if offset + length > size:
+            raise FormatError("truncated", f"frame {index} cut short")
+    hasher = new_digest()
+    end = parsed.spans[block[-1]][0] + parsed.spans[block[-1]][1]
+    hash_span(hasher, block[0], start, end - start)
+    if hasher.digest() != parsed.header.frames[block[-1]].digest:
+        raise _corrupt(block[-1])
+
+
+def _per_frame(error: FormatError, index: int) -> str:
+    """What `error` about a block means for its frame `index`."""
+    if error.reason == "truncated":
+        return f"frame {index} cut short"
+    return f"frame {index} does not match its digest"
 
 
 def _read_up_to(f: BinaryIO, size: int) -> bytes:

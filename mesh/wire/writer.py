@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -16,14 +16,17 @@ from .layout import (
     FILE_NONCE_SIZE,
     FRAME_ENTRY,
     MAGIC,
+    NO_DIGEST,
     NO_LINK,
     PREFIX,
     VERSION,
     Buffer,
     Codec,
-    digest,
     frame_aad,
     frame_nonce,
+    joins,
+    new_digest,
+    small,
 )
 
 _COMPRESS_FROM = 128  # smaller frames are stored raw: zstd cannot win back its overhead
@@ -166,19 +169,18 @@ def _write(
     start = out.tell()
     head_size = len(head(bytes(count * FRAME_ENTRY.size))) + SIGNATURE_SIZE
     out.write(bytes(head_size))  # no mesh file (bad magic) until the real header is in
-    size, entries = head_size, list[bytes]()
+    size, table = head_size, _Table()
     for codec, data in stored:
-        index = len(entries)
+        index = len(table.entries)
         if index == count:
             raise ValueError(f"more than the {count} frames announced")
         out.write(data)
         size += len(data)
-        seq = 0 if seqs is None else seqs[index]
-        entries.append(FRAME_ENTRY.pack(len(data), codec, seq, digest(data)))
+        table.add(data, codec, 0 if seqs is None else seqs[index])
         del data  # hold no frame while the next one is made
-    if len(entries) != count:
-        raise ValueError(f"{len(entries)} frames, not the {count} announced")
-    signed = head(b"".join(entries))
+    if len(table.entries) != count:
+        raise ValueError(f"{len(table.entries)} frames, not the {count} announced")
+    signed = head(table.packed())
     signed += identity.sign(signed)
     if len(signed) != head_size:  # cannot happen: the table's size is all that varies
         raise AssertionError(f"header of {len(signed)} bytes over a {head_size}-byte space")
@@ -186,6 +188,43 @@ def _write(
     out.write(signed)
     out.seek(start + size)
     return size
+
+
+class _Table:
+    """The frame table as frames come: each frame's entry, and the digest of each block
+    (`layout.blocks`) listed at its last frame once the block is closed. A block of
+    small frames is hashed in one call when it closes (one call per frame would cost
+    more than the hashing)."""
+
+    def __init__(self) -> None:
+        self.entries: list[list[Any]] = []  # length, codec, seq, digest
+        self._parts: list[bytes] = []  # the open block's small frames
+        self._hasher = new_digest()  # the open block's big frame, fed as it comes
+        self._start = self._size = 0  # the open block: its first frame, its bytes
+
+    def add(self, data: Buffer, codec: Codec, seq: int) -> None:
+        opened = len(self.entries) > self._start
+        if opened and not joins(self.entries[self._start][0], self._size, len(data)):
+            self._close()
+        if small(len(data)):
+            self._parts.append(bytes(data))
+        else:
+            self._hasher.update(data)
+        self._size += len(data)
+        self.entries.append([len(data), codec, seq, NO_DIGEST])
+
+    def _close(self) -> None:
+        if self._parts:
+            self._hasher.update(b"".join(self._parts))
+        self.entries[-1][3] = self._hasher.digest()
+        self._hasher, self._parts = new_digest(), []
+        self._start, self._size = len(self.entries), 0
+
+    def packed(self) -> bytes:
+        """The table, with the last block closed."""
+        if len(self.entries) > self._start:
+            self._close()
+        return b"".join(FRAME_ENTRY.pack(*entry) for entry in self.entries)
 
 
 def _head(
