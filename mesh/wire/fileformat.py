@@ -19,7 +19,8 @@ sealed on encrypted links.
 
 Reading trusts nothing before the signature checks out. Truncation, the common fault,
 loses only the frames it cut (and the small frames sharing a digest with them): every
-block that arrived whole, with a matching digest, is still good. Everything decoded is bounded by `Limits`.
+block that arrived whole, with a matching digest, is still good. Everything decoded is
+bounded by `Limits`.
 
 Files live in memory (`encode_file`, `decode_file`) or, when big, on disk: `write_file`
 and `scan_file`/`read_frame` hold one frame at a time, never the whole file.
