@@ -130,14 +130,14 @@ def main() -> None:
     big = [pack(Envelope(1, Response("ab" * 16, 200, (), data)))]
     small = [pack(Envelope(n, Response("ab" * 16, 200, (), os.urandom(1024)))) for n in range(1000)]
     cases = [(f"{size >> 20} MiB body", big, size), ("1,000 x 1 KiB", small, 1000 * 1024)]
-    print(f"\n{'file':<34}" + "".join(f"{name:>12}" for name in DIGESTS) + f"{'v2/v1':>8}")
+    print(f"\n{'file':<34}" + "".join(f"{name:>14}" for name in DIGESTS) + f"{'v2/v1':>8}")
     for label, frames, bytes_in in cases:
         for encrypted in (False, True):
             rates = file_rates(frames, bytes_in, encrypted)
             for index, step in enumerate(("encode", "decode")):
                 row = [rates[name][index] for name in DIGESTS]
                 name = f"{label}, {'sealed' if encrypted else 'plain'}, {step}"
-                cells = "".join(f"{value:>12.0f}" for value in row)
+                cells = "".join(f"{value:>14.0f}" for value in row)
                 print(f"  {name:<32}{cells}{row[1] / row[0]:>8.2f}")
 
 
