@@ -17,10 +17,11 @@ HEAD = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @asynccontextmanager
-async def serving(limit: int, head_timeout: float) -> AsyncIterator[int]:
+async def serving(limit: int, head_timeout: float, keep_alive: float = 30) -> AsyncIterator[int]:
     [port] = free_ports(1)
     config = Config()
     config.bind, config.accesslog = [f"127.0.0.1:{port}"], None
+    config.keep_alive_timeout = keep_alive
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_capped, echo_app, config, limit, head_timeout)
         yield port
@@ -69,3 +70,25 @@ async def test_connections_past_the_limit_wait_until_one_ends() -> None:
             assert (await third.receive_some()).startswith(b"HTTP/1.1 200")
             await idle[1].aclose()
             await third.aclose()
+
+
+async def test_a_later_head_trickled_in_is_dropped_by_the_keep_alive_timer() -> None:
+    """After a first request, the next head has the keep-alive time to arrive whole:
+    bytes of it trickling in do not count as activity."""
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30, keep_alive=0.5) as port:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(HEAD)
+            assert (await stream.receive_some()).startswith(b"HTTP/1.1 200")
+            started, closed = trio.current_time(), False
+            for byte in b"GET /y HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 100:
+                try:
+                    await stream.send_all(bytes([byte]))
+                except trio.BrokenResourceError:
+                    closed = True
+                    break
+                with trio.move_on_after(0.05):  # the attacker's pace
+                    if await stream.receive_some() == b"":
+                        closed = True
+                        break
+            assert closed and trio.current_time() - started < 3
