@@ -137,7 +137,7 @@ def test_proven_missing_messages_are_resent_at_once_even_when_backlogged() -> No
     alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)  # met
     send(alpha, 3)
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    hint = LinkFields(missing=(2,))
+    hint = LinkFields(missing=(2,), ack_epoch=A_EPOCH)
     assert alpha.arrived(header("bravo", B_EPOCH, "alpha", hint), [], [], 1.0).resend == (2,)
     assert [f.seqs for f in alpha.outgoing(1.0, backlogged=["bravo"])] == [(2,)]
 
@@ -220,6 +220,33 @@ def test_a_file_planned_before_the_readers_epoch_was_learned_is_sent_again_at_on
     alpha.written(planned, 0.2)
     [again] = [f for f in alpha.outgoing(0.2) if f.seqs]
     assert again.seqs == (1, 2) and again.link.ack_epoch == B_EPOCH
+
+
+def test_an_old_file_replayed_never_retires_the_writers_current_epoch() -> None:
+    """A file of an epoch of alpha's that bravo never recorded, written before bravo's
+    own epoch existed, is not believed: were it, alpha's real files would all be stale
+    from then on and the link cut for good. Nor are its missing hints taken."""
+    _, bravo = pair()
+    current = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
+    assert bravo.arrived(current, [1], [], 0.0).deliver == (1,)
+    bravo.stored("alpha", [1])
+    old = header("alpha", "f" * 16, "bravo", LinkFields(ack_epoch="e" * 16, missing=(1,)))
+    replayed = bravo.arrived(old, [1, 2], [], 1.0)
+    assert replayed.verdict is Verdict.STALE and replayed.deliver == replayed.resend == ()
+    assert bravo.status("alpha").remote_epoch == A_EPOCH
+    assert bravo.arrived(current, [2], [], 2.0).deliver == (2,)  # the link goes on
+
+
+def test_a_new_epoch_of_the_writer_is_believed_once_it_knows_the_readers() -> None:
+    """alpha's state is wiped: its first files, not knowing bravo, change nothing; once
+    it heard bravo, its files name bravo's epoch and bravo takes the new one."""
+    _, bravo = pair()
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH)), [], [], 0.0)
+    fresh = bravo.arrived(header("alpha", "f" * 16, "bravo", LinkFields()), [1], [], 1.0)
+    assert fresh.verdict is Verdict.STALE and bravo.status("alpha").remote_epoch == A_EPOCH
+    knows = header("alpha", "f" * 16, "bravo", LinkFields(ack_epoch=B_EPOCH))
+    renewed = bravo.arrived(knows, [1], [], 2.0)
+    assert renewed.verdict is Verdict.NEW_EPOCH and renewed.deliver == (1,)
 
 
 def test_round_trips_stretch_the_resend_timeout() -> None:

@@ -118,3 +118,4 @@ async def test_a_running_peer_writes_its_files_with_file_mode(tmp_path: Path, po
             assert await mesh.stop() == 130
     assert mode_of(out) == 0o750 and mode_of(tmp_path / "a-in") == 0o750
     assert {mode_of(p) for p in out.iterdir()} == {0o640}
+    assert mode_of(tmp_path / "state" / "alpha" / "state.sqlite") == 0o600

@@ -171,3 +171,23 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused(tmp_path: Path) ->
     with pytest.raises(FormatError) as caught:  # this test hangs if it opens it blocking
         inbox.open_regular(path, os.stat_result(values))
     assert caught.value.reason == "not-a-file"
+
+
+def test_a_hard_link_to_a_secret_is_refused_and_never_kept(tmp_path: Path) -> None:
+    """A hard link is the secret itself under another name: renamed into quarantine it
+    would be a copy of the key there. It is refused unread, and only noted."""
+    secret = tmp_path / "alpha.key"
+    secret.write_bytes(SECRET)
+    inbox_dir = tmp_path / "pipe"
+    inbox_dir.mkdir()
+    linked = inbox_dir / name()
+    os.link(secret, linked)
+    [checked] = inbox.check_files(
+        [(FileName(1, "bravo", "alpha", "00000001", FileKind.MESSAGES), linked)], None, None, {}
+    )  # type: ignore[arg-type]
+    assert checked.error is not None and "hard link" in checked.error.detail
+    q = Quarantine(tmp_path / "q")
+    q.put(linked, checked.error.reason, checked.error.detail)
+    assert not linked.exists() and secret.read_bytes() == SECRET
+    assert name() not in kept(tmp_path / "q")
+    assert "a hard link, perhaps to a secret" in note(tmp_path / "q", name())

@@ -85,3 +85,49 @@ async def test_a_request_replayed_after_the_receivers_state_is_wiped_runs_nothin
             assert app.posts == {"first": 1, "second": 1}  # the replay ran nothing
             assert await alpha.stop() == 130
         assert "Traceback" not in alpha.text + bravo.text
+
+
+async def test_a_file_of_an_old_epoch_replayed_does_not_cut_the_link(
+    tmp_path: Path, ports: Ports
+) -> None:
+    """A request file of alpha's first state, kept, and dropped into the pipe once both
+    peers' states were made anew: bravo never heard of that epoch, and must not take it
+    for alpha's newest (alpha's real files would all be stale from then on)."""
+    upstream = f"http://127.0.0.1:{ports.upstream}"
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ports.alpha, ["bravo"]),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=upstream),
+        },
+        defaults={"heartbeat": "200ms", "linger": "2ms", "resend_after": "30s"},
+    )
+    keygen(roster)
+    pipe, state = tmp_path / "pipe", tmp_path / "state"
+    base = f"http://127.0.0.1:{ports.alpha}"
+    with trio.fail_after(90):
+        async with upstream_served(ports.upstream) as app:
+            async with mesh_up(roster, "alpha") as alpha:  # bravo down: the file waits
+                await alpha.wait_for("alpha: HTTP ingress")
+                async with httpx.AsyncClient(base_url=base) as client:
+                    await post(client, b"one")
+                written = await until_written(pipe)
+                captured = written.read_bytes()
+                assert await alpha.stop() == 130
+            shutil.rmtree(state / "alpha")  # alpha anew; bravo has never run
+            written.unlink()
+            async with (
+                mesh_up(roster, "alpha") as alpha,
+                mesh_up(roster, "bravo") as bravo,
+                httpx.AsyncClient(base_url=base) as client,
+            ):
+                await bravo.wait_for("bravo: first heard from alpha")
+                await until_done(client, await post(client, b"two"))
+                (pipe / f".{written.name}").write_bytes(captured)  # the old epoch's file
+                (pipe / f".{written.name}").rename(written)
+                await until_gone(written)
+                await until_done(client, await post(client, b"three"))
+                assert await bravo.stop() == 130
+                assert await alpha.stop() == 130
+            assert app.posts == {"two": 1, "three": 1}
+        assert "has a new epoch" not in bravo.text

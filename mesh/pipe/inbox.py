@@ -131,6 +131,8 @@ def open_regular(path: Path, info: os.stat_result | None = None) -> BinaryIO:
     info = os.lstat(path) if info is None else info
     if not stat.S_ISREG(info.st_mode):
         raise FormatError("not-a-file", f"{kind_of(info.st_mode)}, not a file: never opened")
+    if info.st_nlink > 1:  # mesh's files have one name; another could be a secret's
+        raise FormatError("not-a-file", "a file with other names (a hard link): never opened")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:

@@ -16,6 +16,8 @@ import trio
 
 from ..config.roster import PeerSettings
 from ..errors import FormatError
+from ..proto.inbound import Verdict
+from ..proto.link import Arrival
 from ..proto.settle import Settling
 from ..state.offload import Offload
 from ..wire.crypto import Keyring
@@ -23,13 +25,14 @@ from ..wire.fileformat import Limits, ScannedFile
 from . import folder, inbox
 from .quarantine import Quarantine
 
-Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[object]]
+Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[Arrival]]
 Heard = Callable[[str, str], None]  # (peer, its epoch): a valid file came from it
 
 
 class Intake:
     """The inbox of the peer `settings` are of: each valid file goes to `arrived` (the
-    links), its sender to `heard` (who is alive) first."""
+    links), then its sender to `heard` (who is alive), unless the links found the file
+    stale."""
 
     def __init__(
         self,
@@ -112,12 +115,13 @@ class Intake:
         if scanned is None:
             return False
         sender = checked.name.sender
-        self.heard(sender, scanned.header.epoch)
         try:
-            await self.arrived(checked.path, scanned, checked.content)
+            arrival = await self.arrived(checked.path, scanned, checked.content)
         except FormatError as exc:  # swapped since it was checked (for a FIFO, a link)
             await self._quarantine(checked.path, exc.reason, exc.detail)
             return False
+        if arrival.verdict is not Verdict.STALE:  # a stale file (a replay) says nothing
+            self.heard(sender, scanned.header.epoch)
         if scanned.missing:
             self.log.info(
                 "%s: %s lost %d of %d frames on the way; asked %s for them again",

@@ -91,7 +91,7 @@ class Quarantine:
         if stat.S_ISDIR(info.st_mode):
             return False
         dest = self.folder / path.name
-        keep = info.st_size <= self.limit
+        keep = info.st_size <= self.limit and info.st_nlink == 1
         if keep:
             try:
                 os.rename(path, dest)
@@ -156,6 +156,8 @@ def kept_why(info: os.stat_result, limit: int) -> str:
         return "a folder is left where it is, recorded once"
     if not stat.S_ISREG(info.st_mode):
         return f"{kind_of(info.st_mode)} is never opened or copied"
+    if info.st_nlink > 1:
+        return "a file with other names (a hard link, perhaps to a secret) is never kept"
     if info.st_size > limit:
         return f"bigger than quarantine_limit, {limit} bytes"
     return f"on another filesystem and over {COPY_MOST} bytes"

@@ -16,9 +16,12 @@ acknowledge, so an ack for an older incarnation never acknowledges a newer one's
 No replays across epochs: a file delivers messages only if it was written knowing the
 reader's current epoch (its `ack_epoch` is the reader's epoch). A file made before that
 epoch existed (captured and dropped into the pipe again after the reader's state was
-wiped or restored) delivers nothing; nor does a writer's first file, before it heard the
-reader. Nothing is lost: when a writer learns a new epoch of its reader, it resends at
-once every message it still holds, and those files do name the new epoch.
+wiped) delivers nothing; nor does a writer's first file, before it heard the reader.
+Nothing is lost: when a writer learns a new epoch of its reader, it resends at once
+every message it still holds, and those files do name the new epoch. Nor does such a
+file change what the reader holds to be the writer's epoch (an old file replayed would
+retire the current one and cut the link), unless the reader has heard nothing of the
+writer yet; its missing hints are ignored too.
 
 Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its duties:
 persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
@@ -333,12 +336,15 @@ class Protocol:
         remote = head.sender
         link = self._links[remote]
         old_epoch, numbered_to = link.inbound.epoch, link.outbound.next_seq
-        verdict = link.inbound.observe(head.epoch, head.link.floor)
         acquainted = head.link.ack_epoch == self.epoch  # written knowing our epoch
+        if acquainted or link.inbound.epoch in (None, head.epoch):
+            verdict = link.inbound.observe(head.epoch, head.link.floor)
+        else:  # a change of the writer's epoch, told by a file that did not know ours:
+            verdict = Verdict.STALE  # maybe an old file replayed; never believed
         acked: list[int] = []
         if head.link.ack is not None and acquainted:
             acked = link.outbound.acked(head.link.ack, now)
-        resend = link.outbound.resend_now(head.link.missing, now)
+        resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
         if verdict is Verdict.NEW_EPOCH:  # it took nothing we wrote before we knew it
             resend += link.outbound.resend_now(link.outbound.pending(), now)
         deliver: list[int] = []

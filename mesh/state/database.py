@@ -112,7 +112,11 @@ class Database:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.folder = state_dir
-        self.connection = sqlite3.connect(state_dir / "state.sqlite", isolation_level=None)
+        path = state_dir / "state.sqlite"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)  # SQLite gives its -wal and -shm files the same mode
+        os.close(fd)
+        self.connection = sqlite3.connect(path, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")  # commits reach the disk in groups
         # Checkpoints (WAL into the database, with fsyncs) would stall whichever commit
