@@ -275,3 +275,32 @@ def test_settling_waits_for_an_unchanged_file() -> None:
     assert s.next_check() == 4.5
     assert s.marks(4.4) == {"f": (20, 2)}
     assert s.settled("f", (20, 2), 4.5) and s.marks(4.5) == {}
+
+
+S_OLD, S_NEW, S_ALPHA = "1" * 16, "2" * 16, "a" * 16
+
+
+def test_a_file_from_before_the_readers_latest_start_delivers_nothing() -> None:
+    """A start of a peer has a session of its own: a file naming an older one (captured
+    before a state was restored from a backup, say) delivers nothing, though it names
+    the reader's epoch."""
+    bravo = Protocol("bravo", B_EPOCH, {"alpha": SETTINGS}, session=S_NEW)
+    old = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH, ack_session=S_OLD))
+    assert bravo.arrived(old, [1], [], 0.0).deliver == ()
+    fresh = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH, ack_session=S_NEW))
+    assert bravo.arrived(fresh, [1], [], 1.0).deliver == (1,)
+
+
+def test_a_writer_resends_at_once_when_its_reader_started_again() -> None:
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": SETTINGS}, session=S_ALPHA)
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields(session=S_OLD)), [], [], 0.0)
+    send(alpha, 2)
+    [first] = alpha.outgoing(0.0)
+    assert first.link.ack_session == S_OLD
+    alpha.written(first, 0.0)
+    again = LinkFields(session=S_NEW, ack_epoch=A_EPOCH, ack_session=S_ALPHA)
+    assert alpha.arrived(header("bravo", B_EPOCH, "alpha", again), [], [], 1.0).resend == (1, 2)
+    replayed = LinkFields(session=S_OLD)  # an old file of bravo's: it moves nothing back
+    assert alpha.arrived(header("bravo", B_EPOCH, "alpha", replayed), [], [], 1.5).resend == ()
+    [resent] = [f for f in alpha.outgoing(1.5) if f.seqs]
+    assert resent.seqs == (1, 2) and resent.link.ack_session == S_NEW

@@ -131,3 +131,50 @@ async def test_a_file_of_an_old_epoch_replayed_does_not_cut_the_link(
                 assert await alpha.stop() == 130
             assert app.posts == {"two": 1, "three": 1}
         assert "has a new epoch" not in bravo.text
+
+
+async def test_a_request_replayed_into_a_state_restored_from_a_backup_runs_nothing(
+    tmp_path: Path, ports: Ports
+) -> None:
+    """bravo's state is restored from a backup taken before a request ran: the restored
+    state has bravo's epoch and remembers nothing of the request, but the request's
+    file names an earlier start of bravo's, so it delivers nothing."""
+    upstream = f"http://127.0.0.1:{ports.upstream}"
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ports.alpha, ["bravo"]),
+            "bravo": peer(ports.bravo, ["alpha"], upstream=upstream),
+        },
+        defaults={"heartbeat": "200ms", "linger": "2ms", "resend_after": "30s"},
+    )
+    keygen(roster)
+    pipe, state = tmp_path / "pipe", tmp_path / "state"
+    base = f"http://127.0.0.1:{ports.alpha}"
+    with trio.fail_after(60):
+        async with (
+            upstream_served(ports.upstream) as app,
+            mesh_up(roster, "alpha") as alpha,
+            httpx.AsyncClient(base_url=base) as client,
+        ):
+            await alpha.wait_for("alpha: HTTP ingress")
+            async with mesh_up(roster, "bravo") as bravo:
+                await alpha.wait_for("alpha: first heard from bravo")
+                assert await bravo.stop() == 130
+            shutil.copytree(state / "bravo", tmp_path / "backup")
+            seven = await post(client, b"seven")  # bravo is down: its file waits
+            written = await until_written(pipe)
+            captured = written.read_bytes()
+            async with mesh_up(roster, "bravo") as bravo:
+                await until_done(client, seven)
+                assert await bravo.stop() == 130
+            shutil.rmtree(state / "bravo")
+            shutil.copytree(tmp_path / "backup", state / "bravo")  # restored
+            (pipe / f".{written.name}").write_bytes(captured)  # the oldest file there
+            (pipe / f".{written.name}").rename(written)
+            async with mesh_up(roster, "bravo") as bravo:
+                await until_gone(written)
+                await until_done(client, await post(client, b"eight"))
+                assert await bravo.stop() == 130
+            assert app.posts == {"seven": 1, "eight": 1}
+            assert await alpha.stop() == 130

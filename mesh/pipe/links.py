@@ -69,7 +69,8 @@ class Links:
         self._kick = trio.Event()
         restored = {remote: tables.link_state(remote) for remote in settings}
         now = trio.current_time()
-        self.protocol = Protocol(self.name, database.epoch, settings, restored, now)
+        session = os.urandom(8).hex()  # this start's: a file that names it is no replay
+        self.protocol = Protocol(self.name, database.epoch, settings, restored, now, session)
         self.events = LinkEvents(self.name)
         self.progress: EventHub[Progress] = EventHub()
         self.sending = Sending(

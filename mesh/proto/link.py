@@ -21,7 +21,11 @@ Nothing is lost: when a writer learns a new epoch of its reader, it resends at o
 every message it still holds, and those files do name the new epoch. Nor does such a
 file change what the reader holds to be the writer's epoch (an old file replayed would
 retire the current one and cut the link), unless the reader has heard nothing of the
-writer yet; its missing hints are ignored too.
+writer yet; its missing hints are ignored too. The same holds per start of the reader:
+each start has a random session, and a file delivers only if it names the reader's
+current one, so a state restored from a backup (same epoch, less received) takes
+nothing from files captured before it started; a writer that hears a new session of
+its reader resends what it holds at once.
 
 Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its duties:
 persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
@@ -71,6 +75,8 @@ class LinkFields:
 
     ack: ReceivedState | None = None
     ack_epoch: str | None = None
+    session: str | None = None  # the writer's, new each time it starts
+    ack_session: str | None = None  # the recipient's, as the writer last heard it
     floor: int = 1
     missing: tuple[int, ...] = ()
     clock: Mapping[str, int] = field(default_factory=dict)
@@ -158,6 +164,7 @@ class _Link:
     outbound: Outbound
     inbound: Inbound
     last_file: float = float("-inf")
+    remote_session: str | None = None  # the remote's current session, once heard
 
 
 @dataclass(frozen=True)
@@ -181,8 +188,10 @@ class Protocol:
         settings: Mapping[str, LinkSettings],
         restored: Mapping[str, LinkState] | None = None,
         now: float = 0.0,
+        session: str | None = None,
     ) -> None:
         self.me, self.epoch = me, epoch
+        self.session = session  # new at each start (None: files need not name one)
         self._links: dict[str, _Link] = {}
         for remote, link_settings in settings.items():
             state = (restored or {}).get(remote, LinkState())
@@ -281,6 +290,8 @@ class Protocol:
         return LinkFields(
             ack=inbound.received if inbound.epoch is not None else None,
             ack_epoch=inbound.epoch,
+            session=self.session,
+            ack_session=link.remote_session,
             floor=link.outbound.floor,
             missing=missing,
             clock=self.clock(),
@@ -294,8 +305,9 @@ class Protocol:
         link = self._links[file.remote]
         attempts = {seq: link.outbound.attempts(seq) for seq in file.seqs}
         link.outbound.sent(file.seqs, now)
-        if file.link.ack_epoch != link.inbound.epoch:  # planned before we knew the reader's
-            link.outbound.resend_now(file.seqs, now)  # epoch: it delivers nothing there
+        known = (link.inbound.epoch, link.remote_session)
+        if (file.link.ack_epoch, file.link.ack_session) != known:  # planned before we knew
+            link.outbound.resend_now(file.seqs, now)  # the reader's epoch: nothing there
         link.outbound.stats.files += 1
         link.last_file = now
         link.inbound.news = False
@@ -336,16 +348,18 @@ class Protocol:
         remote = head.sender
         link = self._links[remote]
         old_epoch, numbered_to = link.inbound.epoch, link.outbound.next_seq
-        acquainted = head.link.ack_epoch == self.epoch  # written knowing our epoch
+        acquainted = self._acquainted(head.link)  # written knowing our epoch and session
         if acquainted or link.inbound.epoch in (None, head.epoch):
             verdict = link.inbound.observe(head.epoch, head.link.floor)
         else:  # a change of the writer's epoch, told by a file that did not know ours:
             verdict = Verdict.STALE  # maybe an old file replayed; never believed
         acked: list[int] = []
-        if head.link.ack is not None and acquainted:
+        if head.link.ack is not None and head.link.ack_epoch == self.epoch:
             acked = link.outbound.acked(head.link.ack, now)
         resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
-        if verdict is Verdict.NEW_EPOCH:  # it took nothing we wrote before we knew it
+        restarted = self._new_session(link, head.link, acquainted)
+        if verdict is Verdict.NEW_EPOCH or restarted:
+            # it took nothing we wrote before we knew its epoch (or this start of it)
             resend += link.outbound.resend_now(link.outbound.pending(), now)
         deliver: list[int] = []
         if verdict is not Verdict.STALE and acquainted:
@@ -365,6 +379,25 @@ class Protocol:
             link.outbound.next_seq > numbered_to,
             old_epoch if verdict is Verdict.NEW_EPOCH else None,
         )
+
+    def _acquainted(self, fields: LinkFields) -> bool:
+        """Whether a file was written knowing our epoch and, when we have one, this
+        start of ours (its session): only such a file delivers messages."""
+        if fields.ack_epoch != self.epoch:
+            return False
+        return self.session is None or fields.ack_session == self.session
+
+    @staticmethod
+    def _new_session(link: _Link, fields: LinkFields, acquainted: bool) -> bool:
+        """Take note of the writer's session from a file believed fresh (one that knows
+        our session, or any before we heard one): whether it is another than we knew."""
+        if fields.session is None or fields.session == link.remote_session:
+            return False
+        if not acquainted and link.remote_session is not None:
+            return False  # an old file replayed cannot move it back
+        changed = link.remote_session is not None
+        link.remote_session = fields.session
+        return changed
 
     def receipt(self, remote: str, seqs: Iterable[int]) -> Receipt:
         """The received-state from `remote` once `seqs` (delivered by `arrived`) are

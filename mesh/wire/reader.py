@@ -157,8 +157,10 @@ def _header_fields(raw: dict[str, Any], limits: Limits) -> Header:
 
 def _link_fields(raw: dict[str, Any], limits: Limits) -> LinkFields:
     ack_epoch, floor, missing = raw.get("ae"), raw.get("b", 1), raw.get("m", [])
-    if ack_epoch is not None and not (isinstance(ack_epoch, str) and EPOCH.fullmatch(ack_epoch)):
-        raise FormatError("bad-header", "header field ae (ack epoch) is not 16 hex digits")
+    session, ack_session = raw.get("ss"), raw.get("as")
+    for key, value in (("ae", ack_epoch), ("ss", session), ("as", ack_session)):
+        if value is not None and not (isinstance(value, str) and EPOCH.fullmatch(value)):
+            raise FormatError("bad-header", f"header field {key} is not 16 hex digits")
     if type(floor) is not int or floor < 1:
         raise FormatError("bad-header", "header field b (floor) is not a whole number >= 1")
     ok = isinstance(missing, list) and len(missing) <= limits.max_ranges
@@ -167,6 +169,8 @@ def _link_fields(raw: dict[str, Any], limits: Limits) -> LinkFields:
     return LinkFields(
         ack=_ack(raw.get("a"), limits),
         ack_epoch=ack_epoch,
+        session=session,
+        ack_session=ack_session,
         floor=floor,
         missing=tuple(missing),
         clock=_clock(raw.get("c", {}), limits),

@@ -249,6 +249,8 @@ def _head(
         "x": encrypted,
         "a": link.ack.to_wire() if link.ack is not None else None,
         "ae": link.ack_epoch,
+        "ss": link.session,
+        "as": link.ack_session,
         "b": link.floor,
         "m": list(link.missing),
         "c": dict(link.clock),
