@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -304,3 +305,19 @@ def test_a_writer_resends_at_once_when_its_reader_started_again() -> None:
     assert alpha.arrived(header("bravo", B_EPOCH, "alpha", replayed), [], [], 1.5).resend == ()
     [resent] = [f for f in alpha.outgoing(1.5) if f.seqs]
     assert resent.seqs == (1, 2) and resent.link.ack_session == S_NEW
+
+
+def test_files_left_from_old_epochs_do_not_stand_in_the_way() -> None:
+    """Both states made anew, files of their old epochs still in the pipe: bravo first
+    takes alpha's old epoch from one, then alpha's newer epoch from a file written after
+    it, though that file does not know bravo's epoch yet (else neither would ever take
+    the other's files). An older one never goes back."""
+    bravo = Protocol("bravo", B_NEW, {"alpha": SETTINGS})
+    leftover = header("alpha", "f" * 16, "bravo", LinkFields(ack_epoch=B_EPOCH))
+    bravo.arrived(dataclasses.replace(leftover, created=100.0), [], [], 0.0)
+    real = header("alpha", A_EPOCH, "bravo", LinkFields())
+    newer = bravo.arrived(dataclasses.replace(real, created=200.0), [], [], 1.0)
+    assert newer.verdict is Verdict.NEW_EPOCH and bravo.status("alpha").remote_epoch == A_EPOCH
+    other_old = header("alpha", "e" * 16, "bravo", LinkFields())
+    older = bravo.arrived(dataclasses.replace(other_old, created=150.0), [], [], 2.0)
+    assert older.verdict is Verdict.STALE and bravo.status("alpha").remote_epoch == A_EPOCH

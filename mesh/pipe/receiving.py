@@ -79,6 +79,7 @@ class Receiving:
             time.time(),
             opened.fragments,
             opened.abandoned,
+            receipt.since,
         )
         self.protocol.stored(remote, taken)
         self.events.tell("delivered", remote, taken, time.time())

@@ -29,15 +29,18 @@ class Inbound:
         epoch: str | None = None,
         received: ReceivedState = NOTHING,
         retired: Iterable[str] = (),
+        since: float = 0.0,
     ) -> None:
         self.epoch = epoch
+        self.since = since  # `created` of the file that began `epoch` (the writer's clock)
         self.received = received
         self.retired = set(retired)
         self._missing: set[int] = set()
         self.news = False  # received something not yet told in a file
 
-    def observe(self, epoch: str, floor: int) -> Verdict:
-        """Take note of a file from the remote in `epoch` whose writer's floor is `floor`."""
+    def observe(self, epoch: str, floor: int, created: float = 0.0) -> Verdict:
+        """Take note of a file from the remote in `epoch` whose writer's floor is `floor`,
+        written at `created` (by the writer's clock)."""
         if epoch == self.epoch:
             self.received = self.received.merge(ReceivedState(floor - 1))
             return Verdict.CURRENT
@@ -45,7 +48,7 @@ class Inbound:
             return Verdict.STALE
         if self.epoch is not None:
             self.retired.add(self.epoch)
-        self.epoch, self.received = epoch, ReceivedState(floor - 1)
+        self.epoch, self.received, self.since = epoch, ReceivedState(floor - 1), created
         self._missing.clear()
         self.news = True
         return Verdict.NEW_EPOCH

@@ -21,11 +21,13 @@ Nothing is lost: when a writer learns a new epoch of its reader, it resends at o
 every message it still holds, and those files do name the new epoch. Nor does such a
 file change what the reader holds to be the writer's epoch (an old file replayed would
 retire the current one and cut the link), unless the reader has heard nothing of the
-writer yet; its missing hints are ignored too. The same holds per start of the reader:
-each start has a random session, and a file delivers only if it names the reader's
-current one, so a state restored from a backup (same epoch, less received) takes
-nothing from files captured before it started; a writer that hears a new session of
-its reader resends what it holds at once.
+writer yet or the file was written after the epoch it holds began (by the writer's
+clock: after both states were made anew, files of their old epochs left in the pipe
+must not stand in the way); its missing hints are ignored too. The same holds per
+start of the reader: each start has a random session, and a file delivers only if it
+names the reader's current one, so a state restored from a backup (same epoch, less
+received) takes nothing from files captured before it started; a writer that hears a
+new session of its reader resends what it holds at once.
 
 Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its duties:
 persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
@@ -92,6 +94,9 @@ class FileHead(Interface):
     def epoch(self) -> str: ...
 
     @property
+    def created(self) -> float: ...  # the writer's clock when it wrote the file
+
+    @property
     def link(self) -> LinkFields: ...
 
 
@@ -143,6 +148,7 @@ class Receipt:
     epoch: str  # the remote's epoch they belong to
     received: ReceivedState
     retired: frozenset[str]  # the remote's earlier epochs, whose files deliver nothing
+    since: float = 0.0  # when the remote's epoch began, by its clock
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class _Link:
     inbound: Inbound
     last_file: float = float("-inf")
     remote_session: str | None = None  # the remote's current session, once heard
+    session_since: float = float("-inf")  # `created` of the file that told it
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ class LinkState:
     remote_epoch: str | None = None
     received: ReceivedState = NOTHING
     retired: tuple[str, ...] = ()
+    remote_since: float = 0.0
 
 
 class Protocol:
@@ -198,7 +206,7 @@ class Protocol:
             self._links[remote] = _Link(
                 link_settings,
                 Outbound(epoch, link_settings.resend_after, state.next_seq, state.unacked, now),
-                Inbound(state.remote_epoch, state.received, state.retired),
+                Inbound(state.remote_epoch, state.received, state.retired, state.remote_since),
             )
 
     @property
@@ -349,15 +357,16 @@ class Protocol:
         link = self._links[remote]
         old_epoch, numbered_to = link.inbound.epoch, link.outbound.next_seq
         acquainted = self._acquainted(head.link)  # written knowing our epoch and session
-        if acquainted or link.inbound.epoch in (None, head.epoch):
-            verdict = link.inbound.observe(head.epoch, head.link.floor)
-        else:  # a change of the writer's epoch, told by a file that did not know ours:
-            verdict = Verdict.STALE  # maybe an old file replayed; never believed
+        inbound = link.inbound
+        if acquainted or inbound.epoch in (None, head.epoch) or head.created > inbound.since:
+            verdict = inbound.observe(head.epoch, head.link.floor, head.created)
+        else:  # a change of the writer's epoch, told by a file that did not know ours and
+            verdict = Verdict.STALE  # is older than the epoch we hold: an old file replayed
         acked: list[int] = []
         if head.link.ack is not None and head.link.ack_epoch == self.epoch:
             acked = link.outbound.acked(head.link.ack, now)
         resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
-        restarted = self._new_session(link, head.link, acquainted)
+        restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
             # it took nothing we wrote before we knew its epoch (or this start of it)
             resend += link.outbound.resend_now(link.outbound.pending(), now)
@@ -388,16 +397,19 @@ class Protocol:
         return self.session is None or fields.ack_session == self.session
 
     @staticmethod
-    def _new_session(link: _Link, fields: LinkFields, acquainted: bool) -> bool:
-        """Take note of the writer's session from a file believed fresh (one that knows
-        our session, or any before we heard one): whether it is another than we knew."""
-        if fields.session is None or fields.session == link.remote_session:
+    def _new_session(link: _Link, head: FileHead, acquainted: bool) -> bool:
+        """Take note of the writer's session from a file believed fresh: one that knows
+        our session, or was written after the file that told us the session we hold (an
+        old file replayed cannot move it back; a newer one, not knowing us yet, may move
+        it on). Whether it is new to us (the first heard since we started, too: what we
+        wrote before named none)."""
+        session = head.link.session
+        if session is None or session == link.remote_session:
             return False
-        if not acquainted and link.remote_session is not None:
-            return False  # an old file replayed cannot move it back
-        changed = link.remote_session is not None
-        link.remote_session = fields.session
-        return changed
+        if not acquainted and head.created <= link.session_since:
+            return False
+        link.remote_session, link.session_since = session, head.created
+        return True
 
     def receipt(self, remote: str, seqs: Iterable[int]) -> Receipt:
         """The received-state from `remote` once `seqs` (delivered by `arrived`) are
@@ -408,7 +420,7 @@ class Protocol:
         received = inbound.received
         for seq in seqs:
             received = received.add(seq)
-        return Receipt(inbound.epoch, received, frozenset(inbound.retired))
+        return Receipt(inbound.epoch, received, frozenset(inbound.retired), inbound.since)
 
     def stored(self, remote: str, seqs: Iterable[int]) -> None:
         """Deliveries from `remote` are durable: acknowledge them from now on."""

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS links (
     next_seq INTEGER NOT NULL DEFAULT 1,
     remote_epoch TEXT,
     received TEXT NOT NULL DEFAULT '[0, []]',
-    retired TEXT NOT NULL DEFAULT '[]'
+    retired TEXT NOT NULL DEFAULT '[]',
+    remote_since REAL NOT NULL DEFAULT 0  -- when the remote's epoch began, by its clock
 );
 CREATE TABLE IF NOT EXISTS outbound (
     remote TEXT NOT NULL,
@@ -137,6 +138,7 @@ class Database:
         """Bring a state made by an earlier version up to this schema."""
         added = {
             "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
+            "links": ("remote_since REAL NOT NULL DEFAULT 0",),
             "requests": ("body_file TEXT", "caller TEXT", "signing_key BLOB"),
             "posts": ("body_file TEXT", "signing_key BLOB"),
             "transfers": (

@@ -52,7 +52,8 @@ class LinkTables(Tables):
     def link_state(self, remote: str) -> LinkState:
         """What to restore the link to `remote` from (a fresh link if never seen)."""
         row = self._sql.execute(
-            "SELECT next_seq, remote_epoch, received, retired FROM links WHERE remote = ?",
+            "SELECT next_seq, remote_epoch, received, retired, remote_since FROM links"
+            " WHERE remote = ?",
             (remote,),
         ).fetchone()
         unacked = tuple(
@@ -65,13 +66,14 @@ class LinkTables(Tables):
         )
         if row is None:
             return LinkState(unacked=unacked)
-        next_seq, remote_epoch, received, retired = row
+        next_seq, remote_epoch, received, retired, since = row
         return LinkState(
             next_seq=int(next_seq),
             unacked=unacked,
             remote_epoch=remote_epoch,
             received=ReceivedState.from_wire(json.loads(received), 1 << 20),
             retired=tuple(json.loads(retired)),
+            remote_since=float(since),
         )
 
     def _ensure_link(self, remote: str) -> None:
@@ -186,6 +188,7 @@ class LinkTables(Tables):
         now: float,
         fragments: Iterable[tuple[str, str, int, int]] = (),
         abandoned: Iterable[str] = (),
+        since: float = 0.0,
     ) -> list[int]:
         """Store delivered messages (seq, kind, payload), the (transfer, message id, total,
         length) of delivered fragments (whose data is already durable in their body
@@ -216,8 +219,15 @@ class LinkTables(Tables):
                     self.repeats += 1  # delivered before: never twice
             self._ensure_link(remote)
             self._sql.execute(
-                "UPDATE links SET remote_epoch = ?, received = ?, retired = ? WHERE remote = ?",
-                (remote_epoch, json.dumps(received.to_wire()), json.dumps(sorted(retired)), remote),
+                "UPDATE links SET remote_epoch = ?, received = ?, retired = ?, remote_since = ?"
+                " WHERE remote = ?",
+                (
+                    remote_epoch,
+                    json.dumps(received.to_wire()),
+                    json.dumps(sorted(retired)),
+                    since,
+                    remote,
+                ),
             )
         return ids
 
