@@ -6,6 +6,7 @@ import pytest
 
 from mesh.config.roster import PeerSettings
 from mesh.http.admission import Call, addressed, head_fits, host_answered, single_headers
+from mesh.http.headers import end_to_end
 from mesh.http.problems import HTTPProblem
 
 
@@ -101,7 +102,7 @@ def test_a_head_the_far_side_would_refuse_is_refused_here(
     method: str, target: str, headers: list[tuple[bytes, bytes]], status: int | None
 ) -> None:
     try:
-        head_fits(method, target, headers)
+        head_fits(method, target, end_to_end(headers))
     except HTTPProblem as problem:
         assert problem.status == status
     else:

@@ -42,9 +42,9 @@ async def until_gone(path: Path) -> None:
         await trio.sleep(0.02)
 
 
-async def test_a_request_replayed_after_the_receivers_state_is_wiped_runs_nothing(
-    tmp_path: Path, ports: Ports
-) -> None:
+def two_peers(tmp_path: Path, ports: Ports) -> Path:
+    """alpha and bravo on one folder, bravo with the test's upstream; resends far off, so
+    that only the rules under test send anything again."""
     upstream = f"http://127.0.0.1:{ports.upstream}"
     roster = write_roster(
         tmp_path,
@@ -55,6 +55,13 @@ async def test_a_request_replayed_after_the_receivers_state_is_wiped_runs_nothin
         defaults={"heartbeat": "200ms", "linger": "2ms", "resend_after": "30s"},
     )
     keygen(roster)
+    return roster
+
+
+async def test_a_request_replayed_after_the_receivers_state_is_wiped_runs_nothing(
+    tmp_path: Path, ports: Ports
+) -> None:
+    roster = two_peers(tmp_path, ports)
     pipe = tmp_path / "pipe"
     base = f"http://127.0.0.1:{ports.alpha}"
     with trio.fail_after(60):
@@ -93,16 +100,7 @@ async def test_a_file_of_an_old_epoch_replayed_does_not_cut_the_link(
     """A request file of alpha's first state, kept, and dropped into the pipe once both
     peers' states were made anew: bravo never heard of that epoch, and must not take it
     for alpha's newest (alpha's real files would all be stale from then on)."""
-    upstream = f"http://127.0.0.1:{ports.upstream}"
-    roster = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(ports.alpha, ["bravo"]),
-            "bravo": peer(ports.bravo, ["alpha"], upstream=upstream),
-        },
-        defaults={"heartbeat": "200ms", "linger": "2ms", "resend_after": "30s"},
-    )
-    keygen(roster)
+    roster = two_peers(tmp_path, ports)
     pipe, state = tmp_path / "pipe", tmp_path / "state"
     base = f"http://127.0.0.1:{ports.alpha}"
     with trio.fail_after(90):
@@ -139,16 +137,7 @@ async def test_a_request_replayed_into_a_state_restored_from_a_backup_runs_nothi
     """bravo's state is restored from a backup taken before a request ran: the restored
     state has bravo's epoch and remembers nothing of the request, but the request's
     file names an earlier start of bravo's, so it delivers nothing."""
-    upstream = f"http://127.0.0.1:{ports.upstream}"
-    roster = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(ports.alpha, ["bravo"]),
-            "bravo": peer(ports.bravo, ["alpha"], upstream=upstream),
-        },
-        defaults={"heartbeat": "200ms", "linger": "2ms", "resend_after": "30s"},
-    )
-    keygen(roster)
+    roster = two_peers(tmp_path, ports)
     pipe, state = tmp_path / "pipe", tmp_path / "state"
     base = f"http://127.0.0.1:{ports.alpha}"
     with trio.fail_after(60):

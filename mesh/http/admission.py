@@ -19,12 +19,17 @@ from dataclasses import dataclass
 
 from ..config.access import is_loopback
 from ..config.roster import PeerSettings
-from ..wire.messages import MAX_HEADER_BYTES, MAX_HEADERS, MAX_TARGET
-from .headers import end_to_end
+from ..wire.messages import (
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    MAX_TARGET,
+    Headers,
+    valid_method,
+    valid_target,
+)
 from .problems import HTTPProblem
 
 SINGLE = (b"host", b"origin", b"authorization", b"proxy-authorization")
-_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")  # as the far side takes it
 _HOST_SUFFIX = ".localhost"  # names that resolve to this machine only (RFC 6761)
 
 
@@ -107,16 +112,16 @@ def _is_ip(host: str) -> bool:
     return bool(re.fullmatch(r"[0-9.]+|[0-9a-f:]+", host)) and any(c in host for c in ".:")
 
 
-def head_fits(method: str, target: str, headers: Iterable[tuple[bytes, bytes]]) -> None:
+def head_fits(method: str, target: str, crossing: Headers) -> None:
     """HTTPProblem 400/414/431 for a request head the far side would refuse (its method,
-    its target, the headers that cross)."""
-    if not _METHOD.fullmatch(method.encode("latin-1")):
+    its target, `crossing`: the headers that cross, `headers.end_to_end`); by the far
+    side's own rules (`wire.messages`)."""
+    if not valid_method(method):
         raise HTTPProblem(400, "bad method", "a method is a token of at most 32 characters")
     if len(target) > MAX_TARGET:
         raise HTTPProblem(414, "target too long", f"at most {MAX_TARGET} characters")
-    if not (target.isascii() and target.isprintable() and " " not in target):
+    if not valid_target(target):
         raise HTTPProblem(400, "bad target", "a target is printable ASCII without spaces")
-    crossing = end_to_end(headers)
     size = sum(len(name) + len(value) for name, value in crossing)
     if len(crossing) > MAX_HEADERS or size > MAX_HEADER_BYTES:
         detail = f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all cross"

@@ -187,7 +187,8 @@ class Ingress:
         self._check_remote(remote)
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        head_fits(method, target, scope["headers"])
+        crossing = end_to_end(scope["headers"])  # what goes to the far side
+        head_fits(method, target, crossing)
         asker = self._asker(identity, headers)
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
@@ -199,7 +200,7 @@ class Ingress:
                     remote,
                     scope["method"],
                     target,
-                    end_to_end(scope["headers"]),
+                    crossing,
                     body,
                     self.settings.request_deadline,
                     asker,

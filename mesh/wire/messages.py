@@ -255,18 +255,28 @@ def _fragmented(length: Any, transfer: Any, body: bytes) -> tuple[int | None, st
     return int(length), _id(transfer)
 
 
-def _request(f: list[Any]) -> Request:
-    id_, method, target, headers, body, deadline, length, transfer = f
-    _check(isinstance(method, str) and _METHOD.fullmatch(method) is not None, "bad method")
-    _check(
+def valid_method(method: object) -> bool:
+    """Whether `method` is an HTTP method a request may carry (a token of 1 to 32)."""
+    return isinstance(method, str) and _METHOD.fullmatch(method) is not None
+
+
+def valid_target(target: object) -> bool:
+    """Whether `target` is one a request may carry: origin-form (``/path?query``),
+    printable ASCII without spaces, of at most `MAX_TARGET` characters."""
+    return (
         isinstance(target, str)
         and target.startswith("/")
         and len(target) <= MAX_TARGET
         and target.isascii()
         and target.isprintable()
-        and " " not in target,
-        "bad target",
+        and " " not in target
     )
+
+
+def _request(f: list[Any]) -> Request:
+    id_, method, target, headers, body, deadline, length, transfer = f
+    _check(valid_method(method), "bad method")
+    _check(valid_target(target), "bad target")
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
     body = _bytes(body, "body")
     length, transfer = _fragmented(length, transfer, body)
