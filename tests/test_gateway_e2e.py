@@ -662,4 +662,5 @@ async def test_past_its_deadline_a_request_is_a_504_and_a_refusing_upstream_a_50
                 assert 1.0 < time.monotonic() - started < 10  # retried until the deadline
                 answer = await client.get(late.headers["location"])  # answered before that
                 assert answer.status_code == 504, answer.text
-                assert answer.json()["title"] == "request expired in transit"
+                expired = ("request expired in transit", "the request's deadline passed before")
+                assert answer.json()["title"].startswith(expired)  # bravo's word or alpha's

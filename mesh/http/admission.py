@@ -24,6 +24,7 @@ from ..wire.messages import (
     MAX_HEADERS,
     MAX_TARGET,
     Headers,
+    headers_fit,
     valid_method,
     valid_target,
 )
@@ -122,7 +123,6 @@ def head_fits(method: str, target: str, crossing: Headers) -> None:
         raise HTTPProblem(414, "target too long", f"at most {MAX_TARGET} characters")
     if not valid_target(target):
         raise HTTPProblem(400, "bad target", "a target is printable ASCII without spaces")
-    size = sum(len(name) + len(value) for name, value in crossing)
-    if len(crossing) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+    if not headers_fit(crossing):
         detail = f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all cross"
         raise HTTPProblem(431, "headers too large", detail)

@@ -28,9 +28,19 @@ from ..state.database import Database
 from ..state.durable import Durability
 from ..state.executions import Execution, ExecutionTables
 from ..state.links import Delivery
-from ..wire.messages import Control, Kind, Request, Response, unpack_envelope
-from .headers import declared_length, end_to_end, upstream_headers
-from .origin import NeverSent, Origin, Reply, UpstreamError
+from ..wire.messages import (
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
+    Control,
+    Headers,
+    Kind,
+    Request,
+    Response,
+    headers_fit,
+    unpack_envelope,
+)
+from .headers import REASON, declared_length, end_to_end, upstream_headers
+from .origin import BadReply, NeverSent, Origin, Reply, UpstreamError
 from .problems import over_limit, problem_response
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -187,6 +197,12 @@ class Forwarder:
             except BodyTooLarge:
                 limit = over_limit(f"{self.name}'s", self.max_body)
                 return self._problem(request, 502, f"the upstream's response is {limit}")
+            except HeadTooLarge:
+                title = f"the upstream's response head is over what crosses ({MAX_HEADERS}"
+                return self._problem(request, 502, f"{title} headers, {MAX_HEADER_BYTES} bytes)")
+            except BadReply as exc:  # it had the request: asking again would not help
+                unknown = {} if request.method in IDEMPOTENT else {"outcome": "unknown"}
+                return self._problem(request, 502, str(exc), **unknown)
             except UpstreamError as exc:
                 if isinstance(exc, NeverSent):  # it never reached the upstream
                     self.executions.mark(request.id, Execution.RECEIVED, time.time())
@@ -218,16 +234,13 @@ class Forwarder:
             headers = [(name, value) for name, value in headers if name not in OVERRIDES]
         content = self._request_body(asker, request)
         async with origin.request(request.method, request.target, headers, content) as reply:
+            kept = _crossing(request, reply)
             if self._declared_too_big(request, reply):
                 raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
             stream = self._stream(asker, request, reply)
             body = await receive_body(
                 self.bodies, self.sending, reply.chunks(), self.max_body, stream
             )
-        kept = end_to_end(reply.headers)
-        if request.method == "HEAD":  # no body, but the size it would have had
-            declared = reply.header(b"content-length")
-            kept += ((b"content-length", declared),) if declared else ()
         return Outcome(Response(request.id, reply.status, kept, body.data), body, stream)
 
     def _stream(self, asker: str, request: Request, reply: Reply) -> BodyStream | None:
@@ -248,6 +261,25 @@ class Forwarder:
         if not request.body_id:
             return request.body
         return self.bodies.chunks(incoming_name(asker, request.body_id))
+
+
+class HeadTooLarge(Exception):
+    """The upstream's response head is over what a message may carry."""
+
+
+def _crossing(request: Request, reply: Reply) -> Headers:
+    """What crosses of `reply`'s head: its end-to-end headers, the `Content-Length` of a
+    reply that has no body but declares one (to a HEAD, a 304), its reason phrase
+    (``Mesh-Reason``). HeadTooLarge when they are too many or too big to cross."""
+    kept = end_to_end(reply.headers)
+    if request.method == "HEAD" or reply.status == 304:
+        declared = reply.header(b"content-length")
+        kept += ((b"content-length", declared),) if declared else ()
+    if reply.reason:
+        kept += ((REASON, reply.reason),)
+    if not headers_fit(kept):
+        raise HeadTooLarge
+    return kept
 
 
 def _path(request: Request) -> str:

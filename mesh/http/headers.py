@@ -27,6 +27,7 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+REASON = b"mesh-reason"  # the upstream's reason phrase, carried beside its status
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that always say their length
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -54,7 +54,6 @@ from .requests import Requests, new_id
 Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
 NOT_CONNECT = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE")
 MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
-DEFAULT_WAIT, MAX_WAIT_CALL = 30.0, 3600.0  # seconds a caller waits for its answer
 
 
 @dataclass(frozen=True)
@@ -209,16 +208,19 @@ class Ingress:
         except HTTPProblem:
             await self._drop(body, stream)
             raise
-        if asker.callback or b"respond-async" in headers.get(b"prefer", b""):
-            await self._accepted(send, request_id)
+        wait = _wait(scope["headers"])
+        if asker.callback or wait == 0:
+            await self._accepted(send, request_id, remote)
             return
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
-        record = await self.services.requests.wait(request_id, _timeout(headers))
-        if record is None or not record.done:
-            await self._accepted(send, request_id)
-        else:
-            await respond_with(send, record, self.services.bodies)
+        record = await self.services.requests.wait(request_id, wait)
+        if record is None or not record.done:  # only when the caller asked for a limit
+            await self._accepted(send, request_id, remote)
+            return
+        await respond_with(send, record, self.services.bodies)
+        if record.body_file is not None:  # given whole to the one who waited: not kept
+            self.services.requests.given(record)
 
     async def _receive_body(
         self, remote: str, headers: Headers, receive: Receive
@@ -272,12 +274,12 @@ class Ingress:
         elif record.done:
             await respond_with(send, record, self.services.bodies)
         else:
-            await self._accepted(send, request_id)
+            await self._accepted(send, request_id, record.remote)
 
-    async def _accepted(self, send: Send, request_id: str) -> None:
+    async def _accepted(self, send: Send, request_id: str, remote: str) -> None:
         """`accepted`, once what the 202 promises (the request is stored) is on disk."""
         await self.services.durable.synced()
-        await accepted(send, request_id)
+        await accepted(send, request_id, self.services.requests.retry_after(remote))
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         """``POST /mesh/messages/{peer}``: the body to `peer` as an opaque message."""
@@ -348,43 +350,73 @@ async def _refuse_websocket(scope: Scope, send: Send, problem: HTTPProblem) -> N
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-def _timeout(headers: Headers) -> float:
-    """Seconds to wait for the answer: `Mesh-Timeout`, or 30; bad values are a 400."""
-    raw = headers.get(b"mesh-timeout")
-    if raw is None:
-        return DEFAULT_WAIT
+def _wait(headers: Iterable[tuple[bytes, bytes]]) -> float:
+    """Seconds the caller waits for its answer before a ``202``: 0 for ``Prefer:
+    respond-async``, N for ``Prefer: wait=N`` or ``Mesh-Timeout: N`` (the smaller when
+    both come), else until the request ends (its deadline bounds that). A bad number
+    is a 400."""
+    wait, preferences = math.inf, []
+    for name, value in headers:
+        name = name.lower()
+        if name == b"mesh-timeout":
+            wait = min(wait, _seconds(value, "Mesh-Timeout"))
+        elif name == b"prefer":
+            preferences += [p.strip() for p in value.decode("latin-1").lower().split(",")]
+    for preference in preferences:
+        token, _, argument = preference.partition(";")[0].partition("=")
+        if token.strip() == "respond-async":
+            return 0.0
+        if token.strip() == "wait":
+            wait = min(wait, _seconds(argument.strip().strip('"').encode(), "Prefer: wait"))
+    return wait
+
+
+def _seconds(raw: bytes, what: str) -> float:
+    """A number of seconds given by the caller; HTTPProblem 400 when it is not one."""
     try:
         seconds = float(raw)
     except ValueError:
-        raise HTTPProblem(400, "bad Mesh-Timeout", "give seconds, e.g. 30") from None
+        seconds = math.nan
     if not (math.isfinite(seconds) and seconds >= 0):
-        raise HTTPProblem(400, "bad Mesh-Timeout", "give seconds, e.g. 30")
-    return min(seconds, MAX_WAIT_CALL)
+        raise HTTPProblem(400, f"bad {what}", "give seconds, e.g. 30")
+    return seconds
 
 
-async def accepted(send: Send, request_id: str) -> None:
-    """202: the request is durable; its answer will be at the Location."""
+async def accepted(send: Send, request_id: str, retry_after: int) -> None:
+    """202: the request is durable; its answer will be at the Location, likely in
+    `retry_after` seconds."""
     body = json.dumps({"id": request_id, "status": f"/mesh/requests/{request_id}"}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
         (b"location", f"/mesh/requests/{request_id}/response".encode()),
-        (b"retry-after", b"1"),
+        (b"retry-after", str(retry_after).encode()),
         (b"mesh-request-id", request_id.encode()),
     ]
     await send({"type": "http.response.start", "status": 202, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+NO_BODY = frozenset({204, 304})  # statuses that never have a body (nor say its length)
+
+
 async def respond_with(send: Send, record: RequestRecord, bodies: Bodies) -> None:
-    """The upstream's answer as it gave it, with `Mesh-Request-Id` (a HEAD answer keeps
-    the upstream's Content-Length); a spooled body is streamed from its file."""
+    """The upstream's answer as it gave it, with `Mesh-Request-Id`. A `Content-Length` is
+    added only where the upstream's was dropped for a body that crossed: never to a
+    ``204``, a ``304`` or an answer to ``HEAD`` (they keep the upstream's own, if any). A
+    spooled body is streamed from its file; HTTPProblem 410 when that file is gone."""
     assert record.status is not None
     headers = [*record.headers, (b"mesh-request-id", record.id.encode())]
     size = len(record.body)
+    if record.given_at is not None:
+        raise HTTPProblem(410, "response given", "it went to the caller that waited for it")
     if record.body_file is not None:
-        size = (await trio.Path(bodies.path(record.body_file)).stat()).st_size
-    if not any(name == b"content-length" for name, _ in record.headers):
+        try:
+            size = (await trio.Path(bodies.path(record.body_file)).stat()).st_size
+        except FileNotFoundError:
+            raise HTTPProblem(410, "response gone", "its body file is not kept") from None
+    framed = record.status in NO_BODY or record.method == "HEAD" or record.status < 200
+    if not framed and not any(name == b"content-length" for name, _ in record.headers):
         headers.append((b"content-length", str(size).encode()))
     await send({"type": "http.response.start", "status": record.status, "headers": headers})
     if record.body_file is None:

@@ -40,6 +40,11 @@ class NeverSent(UpstreamError):
     """No connection to the upstream could be made: the request never left."""
 
 
+class BadReply(UpstreamError):
+    """The upstream answered, but not in HTTP/1.1 this side takes (a head over
+    `MAX_HEAD`, a malformed one): it had the request, and asking again would not help."""
+
+
 class _WriteFailed(UpstreamError):
     """The upstream stopped taking the request: it may have answered already."""
 
@@ -55,10 +60,13 @@ class _Connection:
 class Reply:
     """A response under way: status and headers read, the body still to come."""
 
-    def __init__(self, connection: _Connection, status: int, headers: RawHeaders) -> None:
+    def __init__(
+        self, connection: _Connection, status: int, headers: RawHeaders, reason: bytes = b""
+    ) -> None:
         self._connection = connection
         self.status = status
         self.headers = headers
+        self.reason = reason  # the status line's reason phrase, as the upstream wrote it
         self.complete = False
 
     def header(self, name: bytes) -> bytes | None:
@@ -224,7 +232,8 @@ class Origin:
         while True:
             event = await _next_event(connection)
             if isinstance(event, h11.Response):
-                return Reply(connection, event.status_code, event.headers.raw_items())
+                headers = event.headers.raw_items()
+                return Reply(connection, event.status_code, headers, bytes(event.reason))
             # an InformationalResponse (1xx) is skipped: the final one follows
 
     async def _early_reply(self, connection: _Connection, failure: _WriteFailed) -> Reply:
@@ -261,7 +270,7 @@ async def _next_event(connection: _Connection) -> h11.Event:
     except h11.RemoteProtocolError as exc:
         if not data:  # h11 refuses an end of stream in the middle of a reply
             raise closed from None
-        raise UpstreamError(f"bad reply from the upstream: {exc}") from exc
+        raise BadReply(f"bad reply from the upstream: {exc}") from exc
     except (OSError, trio.BrokenResourceError) as exc:
         raise UpstreamError(f"lost the upstream: {_reason(exc)}") from exc
 

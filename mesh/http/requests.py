@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -26,6 +28,7 @@ from ..proto.lifecycle import (
     FAILED,
     FINAL,
     FORWARDED,
+    RESPONDED,
     SENT,
     STORED,
     RequestState,
@@ -40,6 +43,11 @@ from .problems import is_problem, over_limit, problem_response
 # What a link event of a request's message means for the request.
 LINK_STEPS = {"sent": SENT, "acked": DELIVERED}
 FOLLOW_BATCH = 1024  # link events taken in one transaction at most
+# Seconds past its deadline a request the far side took may still be answered (its
+# upstream may answer late, its response may be crossing); then it fails.
+ANSWER_GRACE = 300.0
+ROUND_TRIP_WEIGHT = 0.2  # of each new round trip in the smoothed one
+EXPIRY_CHECK = 1.0  # seconds between looks for overdue requests
 
 
 def new_id() -> str:
@@ -90,6 +98,8 @@ class Requests:
         self.posted, self.max_body = posted, max_body
         self.events: EventHub[RequestEvent] = EventHub()
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
+        self._started: dict[str, tuple[str, float]] = {}  # in flight: to whom, since when
+        self._round_trip: dict[str, float] = {}  # seconds, smoothed, per remote peer
 
     async def submit(
         self,
@@ -115,7 +125,22 @@ class Requests:
             sent = await self.sending.send(remote, request, body, stream)
             self.tables.add(request_id, remote, sent.seq, method, target, deadline, now, asker)
         self.durable.after_sync(lambda: self._changed(request_id, [(STORED, now)]))
+        self._started[request_id] = (remote, trio.current_time())
         return request_id
+
+    def retry_after(self, remote: str) -> int:
+        """Seconds a caller told to come back for an answer from `remote` should wait:
+        the round trip measured lately (requests to their answers), 1 to 60."""
+        return min(max(math.ceil(self._round_trip.get(remote, 1.0)), 1), 60)
+
+    def _measure(self, request_id: str) -> None:
+        """Take the round trip of `request_id`, which ended, into its remote's average."""
+        started = self._started.pop(request_id, None)
+        if started is not None:
+            remote, since = started
+            took = trio.current_time() - since
+            before = self._round_trip.get(remote, took)
+            self._round_trip[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
 
     def get(self, request_id: str) -> RequestRecord | None:
         return self.tables.get(request_id)
@@ -130,10 +155,19 @@ class Requests:
                 await self._finished.setdefault(request_id, trio.Event()).wait()
         return self.get(request_id)
 
+    def given(self, record: RequestRecord) -> None:
+        """Let go of the spooled response of `record`, which went whole to the caller that
+        waited for it: the record says so, and its body file is removed once that is on
+        disk."""
+        assert record.body_file is not None
+        self.tables.given(record.id, time.time())
+        self.sending.remove_once_synced([record.body_file])
+
     def _changed(self, request_id: str, events: list[Event]) -> None:
         """Publish the new events of `request_id`, post them, and wake those waiting for
         it if it ended (only then: each wake-up reads the record again)."""
         if any(state in FINAL for state, _ in events):
+            self._measure(request_id)
             waiting = self._finished.pop(request_id, None)
             if waiting is not None:
                 waiting.set()
@@ -152,6 +186,7 @@ class Requests:
             nursery.start_soon(self._follow_link_events)
             nursery.start_soon(self._follow_notes)
             nursery.start_soon(self._follow_transfers)
+            nursery.start_soon(self._expire)
             async for batch in self.receiving.deliveries(Kind.RESPONSE):
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:
@@ -175,11 +210,27 @@ class Requests:
             body_file = await self.receiving.body_arrived(
                 item.remote, message.body_id, message.body_length
             )
-        answer = Answer(message.id, message.status, message.headers, message.body, body_file)
+        answer = _answer(message, body_file)
         added = self.tables.answer(item.id, answer, time.time(), end)
         if body_file is not None and message.body_id:
             self.receiving.forget_body(item.remote, message.body_id)
         self.database.after_commit(lambda: self._changed(message.id, added))
+
+    async def _expire(self) -> None:
+        """End each request whose time is up (`RequestTables.overdue`) with a 504 of this
+        peer's own, so that no caller, callback or status URL waits for good (for a
+        request the far side refused without an answer, or a pipe that stopped)."""
+        while True:
+            now = time.time()
+            for request_id, state in self.tables.overdue(now, ANSWER_GRACE):
+                if state in (FORWARDED, RESPONDED):
+                    title = f"no answer {ANSWER_GRACE:g} s after the request's deadline"
+                else:
+                    title = "the request's deadline passed before the far peer took it"
+                answer = _answer(problem_response(request_id, self.name, 504, title))
+                added = self.tables.fail(answer, now)
+                self.database.after_commit(partial(self._changed, request_id, added))
+            await trio.sleep(EXPIRY_CHECK)
 
     async def _follow_notes(self) -> None:
         """The far side's notes on our requests (``forwarded``), as they are delivered."""
@@ -217,3 +268,8 @@ class Requests:
                     request_id = state and self.tables.by_seq(each.remote, each.seq)
                     if state and request_id:
                         self._advance(request_id, state, each.at)
+
+
+def _answer(response: Response, body_file: str | None = None) -> Answer:
+    """What is kept of `response` (its body in `body_file` when it came in fragments)."""
+    return Answer(response.id, response.status, response.headers, response.body, body_file)

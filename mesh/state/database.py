@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS requests (
     callback TEXT,
     events_url TEXT,
     caller TEXT,  -- the caller who made it (None: the peer has no callers)
-    signing_key BLOB  -- signs its callbacks: derived from the caller's token, never it
+    signing_key BLOB,  -- signs its callbacks: derived from the caller's token, never it
+    given_at REAL  -- when its spooled response went to the caller that waited (file gone)
 );
 CREATE TABLE IF NOT EXISTS posts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -104,6 +105,8 @@ CREATE TABLE IF NOT EXISTS refusals (  -- requests `serves` kept from the upstre
     count INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (remote, seq);
+CREATE INDEX IF NOT EXISTS requests_open ON requests (deadline)
+    WHERE state NOT IN ('completed', 'failed');  -- those that may fall overdue
 """
 
 
@@ -139,7 +142,7 @@ class Database:
         added = {
             "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
             "links": ("remote_since REAL NOT NULL DEFAULT 0",),
-            "requests": ("body_file TEXT", "caller TEXT", "signing_key BLOB"),
+            "requests": ("body_file TEXT", "caller TEXT", "signing_key BLOB", "given_at REAL"),
             "posts": ("body_file TEXT", "signing_key BLOB"),
             "transfers": (
                 "message TEXT NOT NULL DEFAULT ''",

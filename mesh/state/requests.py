@@ -7,13 +7,22 @@ as posts in the same transaction that records them. Times are the caller's (wall
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from ..proto.lifecycle import COMPLETED, FINAL, INITIAL, RESPONDED, RequestState, advance
+from ..proto.lifecycle import (
+    COMPLETED,
+    FAILED,
+    FINAL,
+    FORWARDED,
+    INITIAL,
+    RESPONDED,
+    RequestState,
+    advance,
+)
 from ..wire.messages import Headers
 from .database import Database, Tables
 from .posts import PostTables, RawHeaders
@@ -67,6 +76,7 @@ class RequestRecord:
     body: bytes = b""
     body_file: str | None = None  # the response body is in this body file instead
     caller: str | None = None  # who made it
+    given_at: float | None = None  # its spooled response went to the caller then (file gone)
 
     @property
     def done(self) -> bool:
@@ -131,12 +141,26 @@ class RequestTables(Tables):
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._sql.execute(
             "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
-            " body_file, caller FROM requests WHERE id = ?",
+            " body_file, caller, given_at FROM requests WHERE id = ?",
             (request_id,),
         ).fetchone()
         if row is None:
             return None
-        id_, remote, method, target, state, events, deadline, status, headers, body, file, by = row
+        (
+            id_,
+            remote,
+            method,
+            target,
+            state,
+            events,
+            deadline,
+            status,
+            headers,
+            body,
+            file,
+            by,
+            given,
+        ) = row
         return RequestRecord(
             id=id_,
             remote=remote,
@@ -150,7 +174,17 @@ class RequestTables(Tables):
             body=bytes(body or b""),
             body_file=file,
             caller=by,
+            given_at=given,
         )
+
+    def given(self, request_id: str, at: float) -> None:
+        """Note that the spooled response of `request_id` went whole to the caller that
+        waited for it, at `at`: its body file is let go (`given_at`)."""
+        with self._database.transaction():
+            self._sql.execute(
+                "UPDATE requests SET body_file = NULL, given_at = ? WHERE id = ?",
+                (at, request_id),
+            )
 
     def by_seq(self, remote: str, seq: int) -> str | None:
         """The id of the request sent as message `seq` to `remote`, if one was."""
@@ -187,35 +221,72 @@ class RequestTables(Tables):
         ``responded`` to `end` (``completed``, or ``failed`` when the answer is mesh's own
         problem), queue its callback, and consume delivery `delivery_id`, in one
         transaction; the events added (none if there was nothing to answer)."""
-        new: list[Event] = []
         with self._database.transaction():
-            row = self._sql.execute(
-                "SELECT state, events, callback, events_url, deadline, signing_key FROM requests"
-                " WHERE id = ?",
-                (answer.request_id,),
-            ).fetchone()
-            if row is not None and row[0] not in FINAL:
-                current = RequestState(row[0])
-                steps = advance(current, RESPONDED) + advance(RESPONDED, end)
-                new = [(step, at) for step in steps]
-                self._post_events(_News(answer.request_id, row[3], row[4], row[5]), new, at)
-                if row[2] is not None:
-                    self._post_answer(_News(answer.request_id, row[2], row[4], row[5]), answer, at)
-                self._sql.execute(
-                    "UPDATE requests SET state = ?, events = ?, status = ?, headers = ?,"
-                    " body = ?, body_file = ? WHERE id = ?",
-                    (
-                        end,
-                        _with_events(row[1], new),
-                        answer.status,
-                        _pack_headers(answer.headers),
-                        answer.body,
-                        answer.body_file,
-                        answer.request_id,
-                    ),
-                )
+            new = self._settle(
+                answer, at, lambda now: advance(now, RESPONDED) + advance(RESPONDED, end)
+            )
             self._sql.execute("DELETE FROM inbound WHERE id = ?", (delivery_id,))
         return new
+
+    def fail(self, answer: Answer, at: float) -> list[Event]:
+        """End the request with `answer`, a problem of this peer's own (no response came:
+        it was overdue), if it has not ended; its callback is queued as for any answer.
+        The events added."""
+        with self._database.transaction():
+            return self._settle(answer, at, lambda now: advance(now, FAILED))
+
+    def _settle(
+        self,
+        answer: Answer,
+        at: float,
+        steps: Callable[[RequestState], tuple[RequestState, ...]],
+    ) -> list[Event]:
+        """Store `answer` and the `steps` from the request's state (inside a transaction)."""
+        row = self._sql.execute(
+            "SELECT state, events, callback, events_url, deadline, signing_key FROM requests"
+            " WHERE id = ?",
+            (answer.request_id,),
+        ).fetchone()
+        if row is None or row[0] in FINAL:
+            return []
+        new = [(step, at) for step in steps(RequestState(row[0]))]
+        self._post_events(_News(answer.request_id, row[3], row[4], row[5]), new, at)
+        if row[2] is not None:
+            self._post_answer(_News(answer.request_id, row[2], row[4], row[5]), answer, at)
+        self._sql.execute(
+            "UPDATE requests SET state = ?, events = ?, status = ?, headers = ?,"
+            " body = ?, body_file = ? WHERE id = ?",
+            (
+                new[-1][0],
+                _with_events(row[1], new),
+                answer.status,
+                _pack_headers(answer.headers),
+                answer.body,
+                answer.body_file,
+                answer.request_id,
+            ),
+        )
+        return new
+
+    def overdue(self, now: float, grace: float) -> list[tuple[str, RequestState]]:
+        """Requests not ended whose time is up, with their states, at most 256 at once:
+        those the far side has not taken (not ``forwarded``) past their deadline, the
+        others `grace` seconds later (their answer may be on its way)."""
+        taken = (FORWARDED, RESPONDED)
+        rows = self._sql.execute(
+            "SELECT id, state FROM requests WHERE state NOT IN (?, ?) AND (deadline < ?"
+            " AND state NOT IN (?, ?) OR deadline < ?) ORDER BY deadline LIMIT 256",
+            (*sorted(FINAL), now, *taken, now - grace),
+        )
+        return [(str(id_), RequestState(state)) for id_, state in rows]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a request not ended, if there is one."""
+        marks = ",".join("?" * len(FINAL))
+        row = self._sql.execute(
+            f"SELECT min(deadline) FROM requests WHERE state NOT IN ({marks})", tuple(FINAL)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def progress(self, request_id: str, event: str, now: float) -> bool:
         """Queue progress `event` (JSON) for the request's events URL, if it has one;

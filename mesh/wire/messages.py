@@ -236,6 +236,13 @@ def _headers_out(headers: Headers) -> list[bytes]:
     return [part for pair in headers for part in pair]
 
 
+def headers_fit(headers: Headers) -> bool:
+    """Whether `headers` are few and small enough to cross (`MAX_HEADERS` pairs of
+    `MAX_HEADER_BYTES` in all)."""
+    size = sum(len(name) + len(value) for name, value in headers)
+    return len(headers) <= MAX_HEADERS and size <= MAX_HEADER_BYTES
+
+
 def _headers_in(value: Any) -> Headers:
     _check(isinstance(value, list) and len(value) % 2 == 0, "headers must be name/value pairs")
     _check(all(isinstance(v, bytes) for v in value), "header names and values must be bytes")
