@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from hypercorn.config import Config
 
+from mesh.http.asgi import Receive, Scope, Send, too_large_unread
 from mesh.http.echo import echo_app
 from mesh.http.listening import serve_capped
 from tests.helpers.ports import free_ports
@@ -17,13 +19,15 @@ HEAD = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 @asynccontextmanager
-async def serving(limit: int, head_timeout: float, keep_alive: float = 30) -> AsyncIterator[int]:
+async def serving(
+    limit: int, head_timeout: float, keep_alive: float = 30, app: Any = echo_app
+) -> AsyncIterator[int]:
     [port] = free_ports(1)
     config = Config()
     config.bind, config.accesslog = [f"127.0.0.1:{port}"], None
     config.keep_alive_timeout = keep_alive
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_capped, echo_app, config, limit, head_timeout)
+        await nursery.start(serve_capped, app, config, limit, head_timeout)
         yield port
         nursery.cancel_scope.cancel()
 
@@ -92,3 +96,45 @@ async def test_a_later_head_trickled_in_is_dropped_by_the_keep_alive_timer() -> 
                         closed = True
                         break
             assert closed and trio.current_time() - started < 3
+
+
+async def _refusing_big_bodies(scope: Scope, receive: Receive, send: Send) -> None:
+    """413 for a declared length over 10 bytes, without reading; else the echo service;
+    a `Mesh-Reason` header on its answers (the status line's reason)."""
+    if scope["type"] != "http":
+        return
+    declared = dict(scope["headers"]).get(b"content-length", b"0")
+    if int(declared) > 10:
+        problem = too_large_unread(10)
+        headers = [(b"content-length", b"0"), (b"mesh-reason", b"Too Big Here"), *problem.headers]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await echo_app(scope, receive, send)
+
+
+async def _exchange(port: int, head: bytes) -> tuple[trio.SocketStream, bytes]:
+    """A connection that sent `head`, and what came back before the client sends more."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(head)
+    return stream, bytes(await stream.receive_some())
+
+
+async def test_100_continue_only_once_the_app_reads_the_body() -> None:
+    """A body declared over the app's limit is refused before the client sends it (no
+    ``100 Continue`` first); one the app reads is asked for with ``100 Continue``; the
+    app's `Mesh-Reason` is its status line's reason phrase."""
+    expect = b"POST /x HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30, app=_refusing_big_bodies) as port:
+            stream, got = await _exchange(port, expect + b"Content-Length: 11\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 413 Too Big Here\r\n"), got
+            assert b"connection: close" in got.lower() and b"mesh-reason" not in got.lower()
+            assert await stream.receive_some() == b""  # closed: the body is not wanted
+            stream, got = await _exchange(port, expect + b"Content-Length: 5\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 100 ") and got.endswith(b"\r\n\r\n"), got
+            await stream.send_all(b"hello")
+            answer = b""
+            while b"hello" not in answer:
+                answer += await stream.receive_some()
+            assert answer.startswith(b"HTTP/1.1 200 ")

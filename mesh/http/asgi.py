@@ -26,7 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from ..config.roster import Address, TLSFiles
 from ..errors import ConfigError, leaves
-from .listening import connection_limit, serve_capped
+from .listening import connection_limit, go_on, serve_capped
 from .problems import HTTPProblem
 
 Scope = MutableMapping[str, Any]
@@ -144,7 +144,9 @@ async def lifespan(receive: Receive, send: Send) -> None:
 
 
 async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
-    """The request body as it comes; a client that goes away midway is a 400."""
+    """The request body as it comes (a client waiting for ``100 Continue`` is told to
+    send it first); a client that goes away midway is a 400."""
+    await go_on()
     while True:
         event = await receive()
         if event["type"] == "http.disconnect":
@@ -169,6 +171,17 @@ async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
 
 
 DISCARD_BEFORE_ANSWER = 64 << 20  # bytes of a refused body read (and dropped) before a 413
+
+
+def too_large_unread(limit: int) -> HTTPProblem:
+    """The 413 for a body declared over `limit` by a client waiting for ``100 Continue``
+    before it sends it: answered at once, nothing read, and the connection closed after
+    (the client may send the body anyway)."""
+    problem = HTTPProblem(
+        413, "body over the limit", f"the limit is {limit} bytes", ((b"connection", b"close"),)
+    )
+    problem.body_read = True  # none of it will be
+    return problem
 
 
 async def too_large(receive: Receive, limit: int) -> HTTPProblem:

@@ -43,6 +43,7 @@ from .asgi import (
     read_body,
     respond_json,
     too_large,
+    too_large_unread,
 )
 from .auth import Gate, Identity
 from .callbacks import checked_url
@@ -231,6 +232,8 @@ class Ingress:
         limit = self.settings.body_limit
         length = declared_length(headers.get(b"content-length"))
         if length is not None and length > limit:  # refused before a byte is kept
+            if b"100-continue" in headers.get(b"expect", b"").lower():
+                raise too_large_unread(limit)  # before the client sends a byte of it
             raise await too_large(receive, limit)
         stream = stream_for(self.services.sending, remote, new_id(), length, limit)
         chunks = body_chunks(receive)
