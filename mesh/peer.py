@@ -235,7 +235,10 @@ class Peer:
             settings.body_limit,
         )
         upstream = Upstream(
-            settings.upstream, settings.upstream_timeout, settings.upstream_concurrency
+            settings.upstream,
+            settings.upstream_timeout,
+            settings.upstream_concurrency,
+            settings.preserve_host,
         )
         forwarder = Forwarder(
             self.name,

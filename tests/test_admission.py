@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from mesh.config.roster import PeerSettings
-from mesh.http.admission import Call, addressed, head_fits, host_answered, single_headers
+from mesh.http.admission import (
+    HOST,
+    PROXY,
+    Call,
+    addressed,
+    head_fits,
+    host_answered,
+    route,
+    single_headers,
+)
 from mesh.http.headers import end_to_end
 from mesh.http.problems import HTTPProblem
 
@@ -17,9 +26,10 @@ from mesh.http.problems import HTTPProblem
         (b"/bravo", Call("bravo", "/")),
         (b"/bravo/", Call("bravo", "/")),
         (b"/bravo/a%2Fb", Call("bravo", "/a%2Fb")),  # the target stays as it came
-        (b"http://bravo/x", Call("bravo", "/x", proxied=True)),
-        (b"HTTP://Bravo:80/x", Call("bravo", "/x", proxied=True)),
-        (b"http://user:pw@bravo", Call("bravo", "/", proxied=True)),
+        (b"http://bravo/x", Call("bravo", "/x", PROXY, "bravo")),
+        (b"HTTP://Bravo:80/x", Call("bravo", "/x", PROXY, "bravo:80")),
+        (b"http://user:pw@bravo", Call("bravo", "/", PROXY, "bravo")),
+        (b"https://bravo/", Call("bravo", "/", PROXY, "bravo", "https")),
         (b"/mesh/status", None),
         (b"/mesh", None),
         (b"/", None),
@@ -27,6 +37,63 @@ from mesh.http.problems import HTTPProblem
 )
 def test_a_call_is_read_from_the_raw_target(raw: bytes, call: Call | None) -> None:
     assert addressed(raw) == call
+
+
+def test_options_of_a_peer_without_a_path_asks_the_upstream_itself() -> None:
+    """RFC 9112, 3.2.4: ``OPTIONS http://bravo`` is forwarded as ``OPTIONS *``."""
+    assert addressed(b"http://bravo", "OPTIONS") == Call("bravo", "*", PROXY, "bravo")
+    assert addressed(b"http://bravo/", "OPTIONS") == Call("bravo", "/", PROXY, "bravo")
+    assert addressed(b"http://bravo", "OPTIONS", b"a=1") == Call("bravo", "/", PROXY, "bravo")
+    assert addressed(b"http://bravo", "GET") == Call("bravo", "/", PROXY, "bravo")
+
+
+def _scope(target: bytes, host: bytes, method: str = "GET") -> dict[str, object]:
+    path, _, query = target.partition(b"?")
+    headers = [(b"host", host)]
+    return {
+        "raw_path": path,
+        "path": path.decode(),
+        "query_string": query,
+        "method": method,
+        "headers": headers,
+    }
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "call"),
+    [
+        (b"/x/y", b"bravo.localhost:8081", Call("bravo", "/x/y", HOST)),
+        (b"//x", b"BRAVO.localhost", Call("bravo", "//x", HOST)),  # untouched in this form
+        (b"/mesh/status", b"bravo.localhost", Call("bravo", "/mesh/status", HOST)),
+        (b"/bravo/x", b"localhost:8081", Call("bravo", "/x")),
+        (b"/bravo/x", b"alpha.localhost", Call("bravo", "/x")),  # itself: its own routes
+        (b"/bravo/x", b"carol.localhost", Call("bravo", "/x")),  # not a peer
+        (b"/x", b"bravo.example.org", None),  # another suffix: 421 on an open peer
+        (b"http://bravo/x", b"carol.localhost", Call("bravo", "/x", PROXY, "bravo")),
+    ],
+)
+def test_the_three_forms(target: bytes, host: bytes, call: Call | None) -> None:
+    settings = peer("127.0.0.1:8081")
+    if call is None:
+        with pytest.raises(HTTPProblem) as refused:
+            route(settings, ["alpha", "bravo"], _scope(target, host))
+        assert refused.value.status == 421
+    else:
+        assert route(settings, ["alpha", "bravo"], _scope(target, host)) == call
+
+
+def test_a_host_suffix_of_the_roster_names_peers() -> None:
+    settings = PeerSettings.model_validate(
+        {
+            "name": "alpha",
+            "listen": "127.0.0.1:1",
+            "outbox": "/p",
+            "inbox": "/p",
+            "host_suffix": "Mesh.Example.ORG",
+        }
+    )
+    scope = _scope(b"/x", b"bravo.mesh.example.org:443")
+    assert route(settings, ["alpha", "bravo"], scope) == Call("bravo", "/x", HOST)
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,8 @@ def test_built_in_defaults() -> None:
         "callers": None,
         "serves": None,
         "tls": None,
+        "host_suffix": "localhost",
+        "preserve_host": False,
     }
 
 
@@ -143,6 +145,8 @@ def test_built_in_defaults() -> None:
         ("listen", "LocalHost:80", Address("localhost", 80)),
         ("listen", "0.0.0.0:65535", Address("0.0.0.0", 65535)),
         ("linger", 0, 0.0),
+        ("host_suffix", "Mesh.Example.org.", "mesh.example.org"),
+        ("preserve_host", True, True),
         ("linger", "0ms", 0.0),
         ("heartbeat", 2, 2.0),
         ("settle", "500ms", 0.5),
@@ -374,6 +378,8 @@ def test_peer_must_be_a_mapping(value: object) -> None:
         ("settle", -1, "-1 is negative"),
         ("poll_interval", "0ms", "must be more than 0"),
         ("linger", "-5ms", "is negative"),
+        ("host_suffix", "-bad.example", "is not a DNS name"),
+        ("host_suffix", "a b", "is not a DNS name"),
         ("linger", True, "true is not a duration"),
         ("fragment_size", "32KiB", '"32KiB" is less than the minimum, 64KiB'),
         ("fragment_size", 1.5, "1.5 is not a size"),

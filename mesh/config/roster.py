@@ -232,6 +232,17 @@ def _file_mode(value: object) -> int:
     return mode
 
 
+_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _host_suffix(value: object) -> str:
+    """A DNS name (``localhost``, ``mesh.example.org``) under which ``{peer}.{suffix}``
+    names a peer (the host form)."""
+    if isinstance(value, str) and _DNS_NAME.fullmatch(value.lower().strip(".")):
+        return value.lower().strip(".")
+    raise ValueError(f"{describe(value)} is not a DNS name such as localhost")
+
+
 def _watch(value: object) -> str:
     if value in ("auto", "notify", "poll"):
         return str(value)
@@ -257,6 +268,7 @@ PositiveCount = Annotated[int, BeforeValidator(_positive_count)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Watch = Annotated[Literal["auto", "notify", "poll"], BeforeValidator(_watch)]
 FileMode = Annotated[int, BeforeValidator(_file_mode)]
+HostSuffix = Annotated[str, BeforeValidator(_host_suffix)]
 
 
 class TLSFiles(BaseModel):
@@ -306,6 +318,8 @@ class PeerSettings(BaseModel):
     callers: Callers = None
     serves: Serves = None  # per remote peer, what its requests may ask of the upstream
     tls: TLSFiles | None = None
+    host_suffix: HostSuffix = "localhost"  # Host: {peer}.{host_suffix} addresses {peer}
+    preserve_host: Flag = False  # the upstream gets the caller's Host, not its own
 
     @field_validator("serves")
     @classmethod

@@ -13,9 +13,12 @@ Every refusal is an `HTTPProblem` raised before anything is stored or sent:
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from ..config.access import is_loopback
 from ..config.roster import PeerSettings
@@ -34,24 +37,52 @@ SINGLE = (b"host", b"origin", b"authorization", b"proxy-authorization")
 _HOST_SUFFIX = ".localhost"  # names that resolve to this machine only (RFC 6761)
 
 
+class Form(StrEnum):
+    """How a call names its peer (DESIGN.md, "HTTP API")."""
+
+    PATH = "path"  # /{peer}/{path}
+    PROXY = "proxy"  # http://{peer}/{path}: the peer as an HTTP proxy
+    HOST = "host"  # Host: {peer}.{host_suffix}, /{path}
+
+
+PATH, PROXY, HOST = Form.PATH, Form.PROXY, Form.HOST
+
+
 @dataclass(frozen=True)
 class Call:
     """Where a call goes: to `peer`'s upstream, at `target` (its path; the query is
-    added later); `proxied` when it came in absolute form (the peer as an HTTP proxy)."""
+    added later), named in `form`; `authority` is the host (and port) the caller named
+    in the proxy form."""
 
     peer: str
     target: str
-    proxied: bool = False
+    form: Form = Form.PATH
+    authority: str = ""
+    scheme: str = "http"  # of the absolute-form target
+
+    @property
+    def proxied(self) -> bool:
+        return self.form is Form.PROXY
+
+    @property
+    def prefix(self) -> str:
+        """What the caller's view has before the upstream's paths: ``/{peer}`` in the
+        path form, nothing in the others."""
+        return f"/{self.peer}" if self.form is Form.PATH else ""
 
 
-def addressed(raw_path: bytes) -> Call | None:
+def addressed(raw_path: bytes, method: str = "GET", query: bytes = b"") -> Call | None:
     """The `Call` a request makes, from the raw request target (`raw_path`, no query):
     ``/{peer}/{path}`` or ``http://{peer}[:port]/{path}``; None for mesh's own routes
-    (``/mesh/...``) and ``/``. HTTPProblem 400 when the peer's name is empty or
-    percent-encoded, or the absolute form has no host: such a target reads differently
-    to each side."""
+    (``/mesh/...``) and ``/``. ``OPTIONS http://{peer}`` (no path, no query) asks the
+    upstream itself: ``OPTIONS *`` (RFC 9112, 3.2.4). HTTPProblem 400 when the peer's
+    name is empty or percent-encoded, or the absolute form has no host: such a target
+    reads differently to each side."""
     if raw_path[:8].lower().startswith((b"http://", b"https://")):
-        return _absolute(raw_path)
+        call = _absolute(raw_path)
+        if not call.target and method == "OPTIONS" and not query:
+            return dataclasses.replace(call, target="*")
+        return dataclasses.replace(call, target=call.target or "/")
     peer, slash, rest = raw_path.decode("latin-1")[1:].partition("/")
     if peer == "mesh" or not (peer or slash):
         return None
@@ -62,13 +93,41 @@ def addressed(raw_path: bytes) -> Call | None:
 
 
 def _absolute(raw_path: bytes) -> Call:
-    """The call of ``http://peer[:port]/path`` (userinfo ignored)."""
-    rest = raw_path.decode("latin-1").split("://", 1)[1]
+    """The call of ``http://peer[:port]/path`` (userinfo ignored; target "" for no path)."""
+    scheme, rest = raw_path.decode("latin-1").split("://", 1)
     authority, slash, path = rest.partition("/")
-    host = authority.rsplit("@", 1)[-1].split(":", 1)[0].lower()
+    authority = authority.rsplit("@", 1)[-1].lower()
+    host = authority.split(":", 1)[0]
     if not host:
         raise HTTPProblem(400, "ambiguous target", "an absolute-form target names a host")
-    return Call(host, slash + path if slash else "/", proxied=True)
+    return Call(host, slash + path, Form.PROXY, authority, scheme.lower())
+
+
+def route(settings: PeerSettings, peers: Collection[str], scope: Mapping[str, Any]) -> Call | None:
+    """The `Call` an ASGI request `scope` makes, in any of the three forms (the proxy
+    form, whose target names the peer, before the host form, before the path form);
+    None for mesh's own routes. HTTPProblem 400 as `addressed` raises it, 421 as
+    `host_answered` does for a form that reads `Host`."""
+    raw = scope.get("raw_path") or scope["path"].encode()
+    method, query = scope["method"], scope.get("query_string", b"")
+    host = next((v for n, v in scope["headers"] if n.lower() == b"host"), None)
+    if raw[:8].lower().startswith((b"http://", b"https://")):
+        return addressed(raw, method, query)  # a proxy's Host is the target's
+    host_answered(settings, {b"host": host} if host is not None else {})
+    return hosted(settings, peers, host, raw) or addressed(raw, method, query)
+
+
+def hosted(
+    settings: PeerSettings, peers: Collection[str], host: bytes | None, raw_path: bytes
+) -> Call | None:
+    """The `Call` of the host form: ``Host: {peer}.{host_suffix}`` (any port) names
+    `peer`, one of `peers` other than this one, and the whole target goes to its
+    upstream untouched; None for any other `Host`."""
+    name = _hostname((host or b"").decode("latin-1"))
+    peer, dot, suffix = name.partition(".")
+    if not dot or suffix != settings.host_suffix or peer == settings.name or peer not in peers:
+        return None
+    return Call(peer, raw_path.decode("latin-1"), Form.HOST)
 
 
 def single_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
@@ -92,7 +151,7 @@ def host_answered(settings: PeerSettings, headers: Mapping[bytes, bytes]) -> Non
     host = _hostname(headers.get(b"host", b"").decode("latin-1"))
     if (
         is_loopback(host)
-        or host.endswith(_HOST_SUFFIX)
+        or host.endswith((_HOST_SUFFIX, f".{settings.host_suffix}"))
         or host in (settings.listen.host, settings.name)
         or (settings.listen.wildcard and _is_ip(host))
     ):
@@ -121,7 +180,7 @@ def head_fits(method: str, target: str, crossing: Headers) -> None:
         raise HTTPProblem(400, "bad method", "a method is a token of at most 32 characters")
     if len(target) > MAX_TARGET:
         raise HTTPProblem(414, "target too long", f"at most {MAX_TARGET} characters")
-    if not valid_target(target):
+    if not valid_target(method, target):
         raise HTTPProblem(400, "bad target", "a target is printable ASCII without spaces")
     if not headers_fit(crossing):
         detail = f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all cross"

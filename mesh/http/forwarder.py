@@ -39,6 +39,7 @@ from ..wire.messages import (
     headers_fit,
     unpack_envelope,
 )
+from .forwarded import View, caller_location
 from .headers import REASON, declared_length, end_to_end, upstream_headers
 from .origin import BadReply, NeverSent, Origin, Reply, UpstreamError
 from .problems import over_limit, problem_response
@@ -77,6 +78,7 @@ class Upstream:
     url: str | None
     timeout: float = 60.0
     concurrency: int = 64
+    preserve_host: bool = False  # send the caller's Host (X-Forwarded-Host), not its own
 
     def origin(self) -> contextlib.AbstractAsyncContextManager[Origin | None]:
         if self.url is None:
@@ -233,8 +235,10 @@ class Forwarder:
         if self.serves is not None:  # what was allowed must be what the upstream does
             headers = [(name, value) for name, value in headers if name not in OVERRIDES]
         content = self._request_body(asker, request)
-        async with origin.request(request.method, request.target, headers, content) as reply:
-            kept = _crossing(request, reply)
+        view = View.of(request.headers)
+        host = view.host.encode("latin-1") if view and self.upstream.preserve_host else None
+        async with origin.request(request.method, request.target, headers, content, host) as reply:
+            kept = _crossing(request, reply, origin.base, view)
             if self._declared_too_big(request, reply):
                 raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
             stream = self._stream(asker, request, reply)
@@ -267,11 +271,17 @@ class HeadTooLarge(Exception):
     """The upstream's response head is over what a message may carry."""
 
 
-def _crossing(request: Request, reply: Reply) -> Headers:
-    """What crosses of `reply`'s head: its end-to-end headers, the `Content-Length` of a
-    reply that has no body but declares one (to a HEAD, a 304), its reason phrase
+def _crossing(request: Request, reply: Reply, base: str, view: View | None) -> Headers:
+    """What crosses of `reply`'s head: its end-to-end headers (a ``Location`` under the
+    upstream's `base` moved to the caller's `view`), the `Content-Length` of a reply
+    that has no body but declares one (to a HEAD, a 304), its reason phrase
     (``Mesh-Reason``). HeadTooLarge when they are too many or too big to cross."""
     kept = end_to_end(reply.headers)
+    if view is not None:
+        kept = tuple(
+            (name, caller_location(value, base, view) if name == b"location" else value)
+            for name, value in kept
+        )
     if request.method == "HEAD" or reply.status == 304:
         declared = reply.header(b"content-length")
         kept += ((b"content-length", declared),) if declared else ()

@@ -32,7 +32,7 @@ from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
 from ..state.requests import Asker, RequestRecord
-from .admission import Call, addressed, head_fits, host_answered, single_headers
+from .admission import Call, head_fits, host_answered, route, single_headers
 from .asgi import (
     Receive,
     Scope,
@@ -47,6 +47,7 @@ from .asgi import (
 )
 from .auth import Gate, Identity
 from .callbacks import checked_url
+from .forwarded import View, forwarded
 from .headers import declared_length, end_to_end
 from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
@@ -135,9 +136,7 @@ class Ingress:
         if method == "CONNECT":
             detail = "address the far service as http://PEER/path (its peer may use TLS to it)"
             raise HTTPProblem(405, "no tunnels", detail, headers=(NOT_CONNECT,))
-        call = addressed(scope.get("raw_path") or path.encode())
-        if call is None or not call.proxied:  # a proxy's Host is the target's
-            host_answered(self.settings, headers)
+        call = route(self.settings, self.services.peers, scope)
         if call is not None:
             await self._call(call, headers, scope, receive, send)
         elif path.startswith("/mesh/") or path == "/mesh":
@@ -187,7 +186,9 @@ class Ingress:
         self._check_remote(remote)
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
-        crossing = end_to_end(scope["headers"])  # what goes to the far side
+        client = (scope.get("client") or (None,))[0]
+        # What goes to the far side: the end-to-end headers and how the caller came
+        crossing = forwarded(end_to_end(scope["headers"]), _view(call, headers, scope), client)
         head_fits(method, target, crossing)
         asker = self._asker(identity, headers)
         pipe_error = self.services.pipe_error()
@@ -324,6 +325,14 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "wait must be finite")
         epoch = query.get("epoch", [None])[0]
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
+
+
+def _view(call: Call, headers: Headers, scope: Scope) -> View:
+    """How the caller sees the upstream it calls (`forwarded`)."""
+    if call.proxied:
+        return View(call.scheme, call.authority)
+    host = headers.get(b"host", b"").decode("latin-1")
+    return View(scope.get("scheme", "http"), host, call.prefix)
 
 
 def _same_origin(headers: Headers, scheme: str) -> None:

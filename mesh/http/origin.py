@@ -106,6 +106,8 @@ class Origin:
         self.port = parts.port or (443 if self.tls else 80)
         self.netloc = parts.netloc.rsplit("@", 1)[-1].encode()
         self.prefix = parts.path.rstrip("/").encode()
+        # Its URLs start so (userinfo aside): a Location under it names the upstream
+        self.base = f"{parts.scheme}://{self.netloc.decode()}{self.prefix.decode()}"
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self._idle: list[_Connection] = []
         self._ssl = ssl_context
@@ -117,16 +119,17 @@ class Origin:
         target: str,
         headers: RawHeaders,
         body: bytes | AsyncIterable[bytes] = b"",
+        host: bytes | None = None,
     ) -> AsyncIterator[Reply]:
-        """Send a request (`target` the path and query, its bytes as latin-1; `headers`
-        all but ``Host``, with ``Content-Length`` when there is a body) and give its reply
-        once its head is here. The connection is kept for another request if the body was
-        read to its end inside the block, else closed."""
+        """Send a request (`target` the path and query, its bytes as latin-1, or ``*``;
+        `headers` all but ``Host``, with ``Content-Length`` when there is a body) and
+        give its reply once its head is here. ``Host`` is `host`, or the origin's own.
+        The connection is kept for another request if the body was read to its end
+        inside the block, else closed."""
         try:
+            path = b"*" if target == "*" else self.prefix + target.encode("latin-1")
             head = h11.Request(
-                method=method,
-                target=self.prefix + target.encode("latin-1"),
-                headers=[(b"host", self.netloc), *headers],
+                method=method, target=path, headers=[(b"host", host or self.netloc), *headers]
             )
         except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
             raise UpstreamError(f"cannot send the request: {exc}") from None

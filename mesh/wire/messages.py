@@ -267,9 +267,12 @@ def valid_method(method: object) -> bool:
     return isinstance(method, str) and _METHOD.fullmatch(method) is not None
 
 
-def valid_target(target: object) -> bool:
-    """Whether `target` is one a request may carry: origin-form (``/path?query``),
-    printable ASCII without spaces, of at most `MAX_TARGET` characters."""
+def valid_target(method: str, target: object) -> bool:
+    """Whether `target` is one a request of `method` may carry: origin-form
+    (``/path?query``), printable ASCII without spaces, of at most `MAX_TARGET`
+    characters; or ``*`` for ``OPTIONS`` (the server itself)."""
+    if method == "OPTIONS" and target == "*":
+        return True
     return (
         isinstance(target, str)
         and target.startswith("/")
@@ -283,7 +286,7 @@ def valid_target(target: object) -> bool:
 def _request(f: list[Any]) -> Request:
     id_, method, target, headers, body, deadline, length, transfer = f
     _check(valid_method(method), "bad method")
-    _check(valid_target(target), "bad target")
+    _check(valid_target(method, target), "bad target")
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
     body = _bytes(body, "body")
     length, transfer = _fragmented(length, transfer, body)

@@ -1,0 +1,105 @@
+"""How the upstream learns the way its caller reached it, and how its redirects are
+turned back to the caller's view.
+
+The caller's peer sets, on every call that crosses (DESIGN.md, "HTTP API"):
+- ``X-Forwarded-Host``: the host (and port) the caller named: this peer's address in the
+  path form, ``{peer}[:port]`` in the proxy form, ``{peer}.{host_suffix}[:port]`` in the
+  host form;
+- ``X-Forwarded-Proto``: ``http`` or ``https``, as the caller spoke to this peer (or, in
+  the proxy form, the scheme of its target);
+- ``X-Forwarded-Prefix``: ``/{peer}`` in the path form only;
+- ``X-Forwarded-For`` and ``Forwarded`` (RFC 7239): the caller's address appended to
+  any the caller sent (a list each proxy on the way adds to).
+
+A caller's own ``X-Forwarded-Host``, ``-Proto`` and ``-Prefix`` are dropped: only mesh
+says where the caller stood, so an upstream that trusts these headers cannot be told a
+made-up origin by a caller. The far side reads them back (`View.of`) to send the
+caller's ``Host`` (``preserve_host``) and to rewrite a ``Location`` that names the
+upstream's own address (`caller_location`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..wire.messages import Headers
+
+HOST, PROTO, PREFIX = b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix"
+FOR, FORWARDED = b"x-forwarded-for", b"forwarded"
+OURS = frozenset({HOST, PROTO, PREFIX})  # only mesh sets these
+LISTS = frozenset({FOR, FORWARDED})  # mesh appends to the caller's
+
+
+@dataclass(frozen=True)
+class View:
+    """The upstream as its caller sees it: `proto` and `host` (with any port) of the URL
+    it called, and the `prefix` before the upstream's own paths."""
+
+    proto: str
+    host: str
+    prefix: str = ""
+
+    @property
+    def base(self) -> str:
+        """The URL the upstream's root has for the caller, without a trailing slash."""
+        return f"{self.proto}://{self.host}{self.prefix}"
+
+    @classmethod
+    def of(cls, headers: Headers) -> View | None:
+        """The view the caller's peer put in `headers`; None without one."""
+        found = {name: value.decode("latin-1") for name, value in headers if name in OURS}
+        if HOST not in found:
+            return None
+        proto = found.get(PROTO, "http")
+        return cls(
+            proto if proto in ("http", "https") else "http", found[HOST], found.get(PREFIX, "")
+        )
+
+
+def forwarded(crossing: Headers, view: View, client: str | None) -> Headers:
+    """`crossing` with the caller's own forwarding headers replaced by this peer's:
+    `view` and `client` (the caller's address, when known) appended to its lists."""
+    kept = [(name, value) for name, value in crossing if name not in OURS | LISTS]
+    chain = [value for name, value in crossing if name == FOR]
+    earlier = [value for name, value in crossing if name == FORWARDED]
+    node = _node(client)
+    this_hop = f'for={node};host="{_quoted(view.host)}";proto={view.proto}'.encode()
+    added = [
+        (HOST, view.host.encode("latin-1")),
+        (PROTO, view.proto.encode()),
+        *([(PREFIX, view.prefix.encode())] if view.prefix else []),
+        (FOR, b", ".join([*chain, (client or "unknown").encode()])),
+        (FORWARDED, b", ".join([*earlier, this_hop])),
+    ]
+    return (*kept, *added)
+
+
+def caller_location(location: bytes, upstream_base: str, view: View) -> bytes:
+    """`location` as the caller must follow it: a URL under `upstream_base` (the
+    upstream's own scheme, host and path prefix) is moved under `view`'s base; any
+    other is left as it is (relative ones resolve against the caller's URL already)."""
+    text = location.decode("latin-1")
+    base = upstream_base.rstrip("/")
+    if text.lower() == base.lower() or text[: len(base) + 1].lower() in (
+        base.lower() + "/",
+        base.lower() + "?",
+    ):
+        return (view.base + text[len(base) :]).encode("latin-1")
+    return location
+
+
+def _node(client: str | None) -> str:
+    """A caller's address as RFC 7239 writes a node: IPv6 quoted in brackets."""
+    if client is None:
+        return "unknown"
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return f'"{_quoted(client)}"'
+    return f'"[{address}]"' if address.version == 6 else str(address)
+
+
+def _quoted(text: str) -> str:
+    """`text` safe inside an RFC 7239 quoted string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
