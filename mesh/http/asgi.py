@@ -26,6 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from ..config.roster import Address, TLSFiles
 from ..errors import ConfigError, leaves
+from ..wire.messages import MAX_HEADER_BYTES, MAX_TARGET
 from .listening import connection_limit, go_on, serve_capped
 from .problems import HTTPProblem
 
@@ -33,6 +34,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
+MAX_HEAD = MAX_TARGET + MAX_HEADER_BYTES + 16 * 1024  # bytes of a request head read at most
 KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
 READ_TIMEOUT = 30  # seconds a connection may send nothing, or take for its first head
 
@@ -54,6 +56,9 @@ async def serve_at(
     # long: an idle connection holds a file descriptor.
     config.keep_alive_timeout = KEEP_ALIVE
     config.read_timeout = READ_TIMEOUT
+    # Room for the longest head the far side takes, so that one over it is answered by
+    # the ingress (414, 431 as problem+json), not cut off by h11 (16 KiB by default)
+    config.h11_max_incomplete_size = MAX_HEAD
     config.include_server_header = False  # answers carry the upstream's, not ours
     config.include_date_header = False
     if tls is not None:

@@ -267,6 +267,9 @@ class Forwarder:
         return self.bodies.chunks(incoming_name(asker, request.body_id))
 
 
+LENGTH = frozenset({b"content-length"})
+
+
 class HeadTooLarge(Exception):
     """The upstream's response head is over what a message may carry."""
 
@@ -276,15 +279,13 @@ def _crossing(request: Request, reply: Reply, base: str, view: View | None) -> H
     upstream's `base` moved to the caller's `view`), the `Content-Length` of a reply
     that has no body but declares one (to a HEAD, a 304), its reason phrase
     (``Mesh-Reason``). HeadTooLarge when they are too many or too big to cross."""
-    kept = end_to_end(reply.headers)
+    bodiless = request.method == "HEAD" or reply.status == 304  # its length is of another
+    kept = end_to_end(reply.headers, LENGTH if bodiless else frozenset())
     if view is not None:
         kept = tuple(
             (name, caller_location(value, base, view) if name == b"location" else value)
             for name, value in kept
         )
-    if request.method == "HEAD" or reply.status == 304:
-        declared = reply.header(b"content-length")
-        kept += ((b"content-length", declared),) if declared else ()
     if reply.reason:
         kept += ((REASON, reply.reason),)
     if not headers_fit(kept):

@@ -31,8 +31,11 @@ REASON = b"mesh-reason"  # the upstream's reason phrase, carried beside its stat
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that always say their length
 
 
-def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Headers without hop-by-hop ones (and those `Connection` names) or mesh's own."""
+def end_to_end(
+    headers: Iterable[tuple[bytes, bytes]], keeping: frozenset[bytes] = frozenset()
+) -> Headers:
+    """Headers without hop-by-hop ones (and those `Connection` names) or mesh's own,
+    but those named in `keeping` (lowercase), in their places."""
     pairs = [(name.lower(), value) for name, value in headers]
     named = {
         token.strip().lower()
@@ -43,7 +46,8 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     return tuple(
         (name, value)
         for name, value in pairs
-        if name not in HOP_BY_HOP and name not in named and not name.startswith(b"mesh-")
+        if name in keeping
+        or (name not in HOP_BY_HOP and name not in named and not name.startswith(b"mesh-"))
     )
 
 

@@ -16,6 +16,7 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -171,6 +172,15 @@ async def go_on() -> None:
         await send_continue()
 
 
+def _standard_reason(status: int) -> bytes:
+    """The reason phrase RFC 9110 gives `status`, or none (some clients, botocore among
+    them, misread a status line without one)."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 class _NoEagerContinue(h11.Connection):
     """h11's connection, saying no client waits for ``100 Continue``: hypercorn sends one
     as soon as a head comes, which asks the client for a body the app may refuse (a
@@ -189,7 +199,7 @@ class _MeshH11(H11Protocol):
         if not (isinstance(event, Response) and event.status_code >= 200):
             await super().stream_send(event)
             return
-        reason, headers = b"", []
+        reason, headers = _standard_reason(event.status_code), []
         for name, value in event.headers:
             if name.lower() != REASON:
                 headers.append((name, value))
