@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from mesh.proto.lifecycle import FAILED, FORWARDED, STORED
 from mesh.proto.received import ReceivedState
 from mesh.state.links import OutboundRow
+from mesh.state.requests import Answer, Asker
 from mesh.state.store import Store
 
 EPOCH = "0123456789abcdef"
@@ -158,3 +160,33 @@ def test_the_log_is_checkpointed_from_another_thread(tmp_path: Path) -> None:
     assert logged == copied > 0
     store.close()
     assert Store(tmp_path).links.link_state("bravo").unacked == ((1, 100_000),)
+
+
+def test_an_overdue_request_fails_once_with_its_callback_queued(tmp_path: Path) -> None:
+    """`overdue` lists requests not ended past their deadline (those the far side took,
+    a grace later); `fail` ends one with mesh's own answer and queues its callback,
+    once."""
+    store = Store(tmp_path)
+    asker = Asker(callback="http://127.0.0.1:9/done")
+    store.requests.add("a" * 32, "bravo", 1, "GET", "/x", 100.0, 0.0, asker)
+    store.requests.add("b" * 32, "bravo", 2, "GET", "/y", 100.0, 0.0)
+    store.requests.advance("b" * 32, FORWARDED, 50.0, 50.0)
+    assert store.requests.overdue(99.0, grace=60) == []
+    assert store.requests.overdue(101.0, grace=60) == [("a" * 32, STORED)]
+    assert store.requests.overdue(161.0, grace=60) == [("a" * 32, STORED), ("b" * 32, FORWARDED)]
+    problem = Answer("a" * 32, 504, ((b"content-type", b"application/problem+json"),), b"{}")
+    assert [state for state, _ in store.requests.fail(problem, 101.0)] == [FAILED]
+    assert store.requests.fail(problem, 102.0) == []  # ended: nothing moves it
+    record = store.requests.get("a" * 32)
+    assert record is not None and record.state is FAILED and record.status == 504
+    assert [post.body for post in store.posts.due(1e10)] == [b"{}"]
+    assert store.requests.overdue(161.0, grace=60) == [("b" * 32, FORWARDED)]
+    assert store.requests.next_deadline() == 100.0
+
+
+def test_a_response_given_to_its_caller_lets_go_of_its_file(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.requests.add("c" * 32, "bravo", 1, "GET", "/x", 100.0, 0.0)
+    store.requests.given("c" * 32, 5.0)
+    record = store.requests.get("c" * 32)
+    assert record is not None and record.given_at == 5.0 and record.body_file is None

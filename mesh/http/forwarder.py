@@ -173,7 +173,9 @@ class Forwarder:
         length, transfer = request.body_length, request.body_id
         if length and transfer and not self.receiving.body_here(asker, transfer, length):
             return self._problem(request, 504, "request body did not arrive by its deadline")
-        async with self.limit:
+        async with self.limit:  # the upstream may be busy past the deadline
+            if time.time() > request.deadline:
+                return self._problem(request, 504, "request expired waiting for the upstream")
             return await self._forward(origin, asker, request)
 
     def _problem(self, request: Request, status: int, title: str, **extra: str) -> Outcome:

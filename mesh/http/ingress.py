@@ -210,7 +210,7 @@ class Ingress:
         except HTTPProblem:
             await self._drop(body, stream)
             raise
-        wait = _wait(scope["headers"])
+        wait = wait_for_answer(scope["headers"])
         if asker.callback or wait == 0:
             await self._accepted(send, request_id, remote)
             return
@@ -362,7 +362,7 @@ async def _refuse_websocket(scope: Scope, send: Send, problem: HTTPProblem) -> N
     await send({"type": "websocket.http.response.body", "body": body})
 
 
-def _wait(headers: Iterable[tuple[bytes, bytes]]) -> float:
+def wait_for_answer(headers: Iterable[tuple[bytes, bytes]]) -> float:
     """Seconds the caller waits for its answer before a ``202``: 0 for ``Prefer:
     respond-async``, N for ``Prefer: wait=N`` or ``Mesh-Timeout: N`` (the smaller when
     both come), else until the request ends (its deadline bounds that). A bad number

@@ -167,7 +167,9 @@ class Requests:
         """Publish the new events of `request_id`, post them, and wake those waiting for
         it if it ended (only then: each wake-up reads the record again)."""
         if any(state in FINAL for state, _ in events):
-            self._measure(request_id)
+            if any(state is COMPLETED for state, _ in events):
+                self._measure(request_id)
+            self._started.pop(request_id, None)
             waiting = self._finished.pop(request_id, None)
             if waiting is not None:
                 waiting.set()
