@@ -29,16 +29,19 @@ from mesh.wire import bounded, layout
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring
 from mesh.wire.messages import (
+    UNREADABLE,
     Control,
     Datagram,
     Envelope,
     Fragment,
+    Kind,
     Request,
     Response,
     fragment_head,
     pack,
     unpack_envelope,
     unpack_fragment,
+    unreadable,
 )
 from tests.helpers.bombs import zstd_bomb
 from tests.helpers.keys import keyring_for
@@ -801,3 +804,24 @@ def test_a_block_is_checked_whole_wherever_it_is_read(
         bytes(wire.read_frame(io.BytesIO(bytes(changed)), scanned.parsed, 3, bravo_keys))
         == frames[3]
     )
+
+
+def test_an_unreadable_request_or_response_still_names_its_id() -> None:
+    """What `unpack_envelope` refuses can still be answered when its kind and id read."""
+    too_many = Request("a" * 32, "GET", "/x", tuple((b"h", b"v") for _ in range(1100)), b"", 1.0)
+    data = pack(Envelope(7, too_many))
+    with pytest.raises(MessageError):
+        unpack_envelope(data, len(data))
+    found = unreadable(data, "too many headers")
+    assert found == (
+        Kind.REQUEST,
+        Control(UNREADABLE, {"id": "a" * 32, "problem": "too many headers"}),
+    )
+    bad_status = msgpack.packb([Kind.RESPONSE, 3, "b" * 32, 999, [], b"", None, None])
+    assert unreadable(bad_status, "bad status") == (
+        Kind.RESPONSE,
+        Control(UNREADABLE, {"id": "b" * 32, "problem": "bad status"}),
+    )
+    assert unreadable(msgpack.packb([Kind.REQUEST, 3, "not an id"]), "x") is None
+    assert unreadable(msgpack.packb([Kind.DATAGRAM, 3, "c" * 32, b""]), "x") is None
+    assert unreadable(b"\xc1", "x") is None

@@ -120,11 +120,22 @@ class Forwarder:
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
+                        if isinstance(message, Control):  # it came, but could not be read
+                            await self._unreadable(item, message)
+                            continue
                         assert isinstance(message, Request)
                         if message.body_length:  # its body comes as fragments: take it then
                             nursery.start_soon(self._take, origin, nursery, item, message)
                         else:
                             await self._take(origin, nursery, item, message)
+
+    async def _unreadable(self, item: Delivery, note: Control) -> None:
+        """Answer a request that arrived but could not be read (`note` stands for it):
+        ``400``, and it is never forwarded (inside the batch's transaction)."""
+        problem = f"{self.name} could not read the request: {note.args.get('problem')}"
+        answer = problem_response(str(note.args["id"]), self.name, 400, problem)
+        await self.sending.send(item.remote, answer)
+        self.receiving.consume([item.id])
 
     async def _take(
         self, origin: Origin | None, nursery: trio.Nursery, item: Delivery, request: Request

@@ -193,11 +193,23 @@ class Requests:
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
+                        if isinstance(message, Control):  # it came, but could not be read
+                            self._unreadable(item, message)
+                            continue
                         assert isinstance(message, Response)
                         if message.body_length:  # its body comes as fragments: later
                             nursery.start_soon(self._answered, item, message)
                         else:
                             await self._answered(item, message)
+
+    def _unreadable(self, item: Delivery, note: Control) -> None:
+        """End the request whose response arrived but could not be read (`note` stands
+        for it): ``failed`` with a 502 of this peer's own."""
+        request_id = str(note.args["id"])
+        title = f"the response could not be read: {note.args.get('problem')}"
+        answer = _answer(problem_response(request_id, self.name, 502, title))
+        added = self.tables.answer(item.id, answer, time.time(), FAILED)
+        self.database.after_commit(partial(self._changed, request_id, added))
 
     async def _answered(self, item: Delivery, message: Response) -> None:
         """Store `message` as its request's answer, once its whole body is here; one over

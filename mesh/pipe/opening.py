@@ -13,12 +13,15 @@ from ..wire.crypto import Keyring
 from ..wire.fileformat import Limits, ReadBuffer, ScannedFile, read_frame
 from ..wire.messages import (
     Control,
+    Envelope,
     Fragment,
     Message,
     is_id,
     kind_of,
+    pack,
     unpack_envelope,
     unpack_fragment,
+    unreadable,
 )
 from .bodies import Bodies, BodyWriter, incoming_name
 from .streams import ABANDON
@@ -29,9 +32,11 @@ class Opened:
     """The delivered frames of one file, read: messages to store (seq, kind, envelope),
     fragments already written to their body files ((transfer, message id, total,
     length)), transfers given up, seqs refused (authentic but malformed: acknowledged,
-    never delivered) and seqs that could not be read now (left for a resend)."""
+    never delivered as they are; a request or response among them whose id can be read
+    is delivered as an ``unreadable`` note of its kind instead, so that it is answered)
+    and seqs that could not be read now (left for a resend)."""
 
-    messages: list[tuple[int, int, bytes]] = field(default_factory=list)
+    messages: list[tuple[int, int, bytes]] = field(default_factory=list)  # with stand-ins
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
@@ -79,6 +84,7 @@ class Reader:
                     message, fragment_data = self.message(seq, data)
                 except MessageError as exc:
                     opened.refused.append((seq, str(exc)))
+                    _stand_in(seq, data, str(exc), opened)
                     continue
                 self._take(remote, seq, data, message, fragment_data, bodies, opened, given_up)
         return opened
@@ -129,3 +135,11 @@ class Reader:
         ):
             raise MessageError("abandon names no transfer")
         return message, fragment_data
+
+
+def _stand_in(seq: int, data: bytes | memoryview, problem: str, opened: Opened) -> None:
+    """Add to `opened` the ``unreadable`` note of frame `seq`, if it has one (`unreadable`)."""
+    found = unreadable(data, problem)
+    if found is not None:
+        kind, note = found
+        opened.messages.append((seq, int(kind), pack(Envelope(seq, note))))

@@ -207,9 +207,31 @@ def unpack_envelope(data: bytes | memoryview, max_body: int) -> Envelope:
     return Envelope(seq, decoder(rest))
 
 
+UNREADABLE = "unreadable"  # the op of a note standing for a request or response refused
+
+
+def unreadable(data: bytes | memoryview, problem: str) -> tuple[Kind, Control] | None:
+    """For a frame `unpack_envelope` refused with `problem`: when it still reads as a
+    request or response with an id, its kind and a note standing for it
+    (``Control(UNREADABLE, {"id", "problem"})``), so that the request can be answered (or
+    ended) rather than left waiting; None otherwise. Bounded by the frame's own size."""
+    try:
+        obj = unpack(data, MsgpackBounds(max_bin=len(data), max_array=len(data)))
+    except DecodeError:
+        return None
+    if not (isinstance(obj, list) and len(obj) > 2 and obj[0] in _ANSWERABLE):
+        return None
+    if type(obj[0]) is not int or not is_id(obj[2]):
+        return None
+    return Kind(obj[0]), Control(UNREADABLE, {"id": obj[2], "problem": problem[:200]})
+
+
 def _check(ok: bool, problem: str) -> None:
     if not ok:
         raise MessageError(problem)
+
+
+_ANSWERABLE = (Kind.REQUEST, Kind.RESPONSE)
 
 
 def is_id(value: object) -> bool:
