@@ -27,7 +27,8 @@ from hypercorn.config import Config as HypercornConfig
 from ..config.roster import Address, TLSFiles
 from ..errors import ConfigError, leaves
 from ..wire.messages import MAX_HEADER_BYTES, MAX_TARGET
-from .listening import connection_limit, go_on, serve_capped
+from .http11 import go_on
+from .listening import connection_limit, serve_capped
 from .problems import HTTPProblem
 
 Scope = MutableMapping[str, Any]

@@ -11,23 +11,17 @@ The ASGI lifespan protocol is not run: mesh's applications need no start-up or s
 
 from __future__ import annotations
 
-import re
 import resource
 import socket
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from http import HTTPStatus
 from typing import Any
 
-import h11
 import trio
 from hypercorn.config import Config
-from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Response
-from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
+
+from .http11 import adopt
 
 RESERVED = 256  # file descriptors kept for the peer's own files, database and upstream
 FEWEST = 16  # connections allowed however low the limit
@@ -54,16 +48,10 @@ class _Connection(TCPServer):
     """hypercorn's connection, let go as soon as the caller is: after the caller closed
     its side (or went silent past the read timeout), hypercorn would still wait out its
     keep-alive timer before closing, holding the descriptor; a request under way still
-    finishes. Its HTTP/1.1 is `_MeshH11`."""
+    finishes. Its HTTP/1.1 is mesh's (`http11`)."""
 
     async def _read_data(self) -> None:
-        protocol = self.protocol.protocol  # made, and nothing read yet
-        if type(protocol) is H11Protocol:
-            protocol.__class__ = _MeshH11
-            size = self.config.h11_max_incomplete_size
-            protocol.connection = _NoEagerContinue(h11.SERVER, max_incomplete_event_size=size)
-            assert isinstance(protocol, _MeshH11)
-            _GO_ON.set(protocol.send_continue)  # the app's tasks start from this one
+        adopt(self.protocol.protocol, self.config.h11_max_incomplete_size)  # nothing read yet
         await super()._read_data()
         await self.idle_task.stop()
 
@@ -155,65 +143,3 @@ async def serve_capped(
     capped = [Capped(listener, slots) for listener in opened]
     task_status.started()
     await trio.serve_listeners(handle, capped)
-
-
-# -- HTTP/1.1 as mesh needs it ----------------------------------------------------------
-
-_GO_ON: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("go_on", default=None)
-REASON = b"mesh-reason"  # an app's header that becomes the status line's reason phrase
-_REASON_PHRASE = re.compile(rb"[\t \x21-\x7e\x80-\xff]{0,256}")  # RFC 9112's, bounded
-
-
-async def go_on() -> None:
-    """Tell a client waiting for ``100 Continue`` that its body is wanted now (the app is
-    about to read it); nothing for other clients, or outside `serve_capped`."""
-    send_continue = _GO_ON.get()
-    if send_continue is not None:
-        await send_continue()
-
-
-def _standard_reason(status: int) -> bytes:
-    """The reason phrase RFC 9110 gives `status`, or none (some clients, botocore among
-    them, misread a status line without one)."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""
-
-
-class _NoEagerContinue(h11.Connection):
-    """h11's connection, saying no client waits for ``100 Continue``: hypercorn sends one
-    as soon as a head comes, which asks the client for a body the app may refuse (a
-    ``413`` for its declared length); `go_on` sends it instead."""
-
-    @property
-    def they_are_waiting_for_100_continue(self) -> bool:
-        return False
-
-
-class _MeshH11(H11Protocol):
-    """hypercorn's HTTP/1.1 with `_NoEagerContinue`, and an app's `REASON` header sent as
-    the reason phrase of its status line (ASGI has no field for one)."""
-
-    async def stream_send(self, event: StreamEvent) -> None:
-        if not (isinstance(event, Response) and event.status_code >= 200):
-            await super().stream_send(event)
-            return
-        reason, headers = _standard_reason(event.status_code), []
-        for name, value in event.headers:
-            if name.lower() != REASON:
-                headers.append((name, value))
-            elif _REASON_PHRASE.fullmatch(value):  # else none: h11 would send it as it is
-                reason = value
-        headers += self.config.response_headers("h11")
-        if self.keep_alive_requests >= self.config.keep_alive_max_requests:
-            headers.append((b"connection", b"close"))
-        response = h11.Response(status_code=event.status_code, headers=headers, reason=reason)
-        await self._send_h11_event(response)
-
-    async def send_continue(self) -> None:
-        """``100 Continue``, if the client waits for one."""
-        connection = self.connection
-        if isinstance(connection, h11.Connection) and connection.client_is_waiting_for_100_continue:
-            headers = self.config.response_headers("h11")
-            await self._send_h11_event(h11.InformationalResponse(status_code=100, headers=headers))
