@@ -45,7 +45,11 @@ def test_an_ipv6_caller_is_quoted_and_no_prefix_outside_the_path_form() -> None:
         (b"http://127.0.0.1:9000?a=1", b"http://alpha:8081/bravo?a=1"),
         (b"http://127.0.0.1:90001/x", b"http://127.0.0.1:90001/x"),  # another port
         (b"https://example.org/x", b"https://example.org/x"),  # elsewhere
-        (b"/simple/x/", b"/simple/x/"),  # relative: already the caller's
+        (b"/simple/x/", b"/bravo/simple/x/"),  # from the upstream's root
+        (b"/bravo/simple/", b"/bravo/simple/"),  # the upstream honoured the prefix
+        (b"/bravo", b"/bravo"),
+        (b"//elsewhere.example/x", b"//elsewhere.example/x"),  # another host
+        (b"simple/x/", b"simple/x/"),  # relative: already the caller's
     ],
 )
 def test_a_location_naming_the_upstream_is_the_callers_view(location: bytes, seen: bytes) -> None:
@@ -61,3 +65,7 @@ def test_an_upstream_under_a_path_keeps_its_own_prefix_out() -> None:
         caller_location(b"http://up:9000/apix", "http://up:9000/api", view)
         == b"http://up:9000/apix"
     )
+
+
+def test_outside_the_path_form_a_rooted_location_stays() -> None:
+    assert caller_location(b"/dir/", "http://up:9000", View("http", "bravo")) == b"/dir/"

@@ -25,10 +25,11 @@ MiB = 1 << 20
 
 
 class Upstream:
-    """An ASGI upstream that answers `status` with `body`, keeping what it received."""
+    """An ASGI upstream that answers `status` with `body` (after `delay` seconds),
+    keeping what it received."""
 
-    def __init__(self, status: int, body: bytes) -> None:
-        self.status, self.body = status, body
+    def __init__(self, status: int, body: bytes, delay: float = 0.0) -> None:
+        self.status, self.body, self.delay = status, body, delay
         self.received: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -38,6 +39,7 @@ class Upstream:
         body = await read_body(receive, 64 * MiB)
         headers = {name.decode(): value.decode() for name, value in scope["headers"]}
         self.received.append({**scope, "headers": headers, "body": body})
+        await trio.sleep(self.delay)  # the upstream's own pace
         length = str(len(self.body)).encode()
         start = {"type": "http.response.start", "status": self.status}
         await send({**start, "headers": [(b"content-length", length)]})
@@ -46,7 +48,10 @@ class Upstream:
 
 @asynccontextmanager
 async def mesh(
-    tmp_path: Path, upstream: Upstream, alpha: dict[str, Any] | None = None
+    tmp_path: Path,
+    upstream: Upstream,
+    alpha: dict[str, Any] | None = None,
+    bravo: dict[str, Any] | None = None,
 ) -> AsyncIterator[dict[str, Peer]]:
     """alpha and bravo running in this trio run, bravo forwarding to `upstream`."""
     alpha_port, bravo_port, upstream_port = free_ports(3)
@@ -54,7 +59,9 @@ async def mesh(
         tmp_path,
         {
             "alpha": peer(alpha_port, ["bravo"], **(alpha or {})),
-            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
+            "bravo": peer(
+                bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}", **(bravo or {})
+            ),
         },
         defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
     )
@@ -122,3 +129,16 @@ async def test_a_request_the_far_side_cannot_read_is_answered_400(tmp_path: Path
     assert "bravo could not read the request" in json.loads(record.body)["title"]
     assert dict(record.headers)[b"mesh-problem"] == b"bravo"
     assert upstream.received == []
+
+
+async def test_an_upstream_silent_past_its_timeout_is_asked_once(tmp_path: Path) -> None:
+    """A GET the upstream sits on past `upstream_timeout` is a 502 at once, not sent
+    again (it would ask the upstream to do the work twice, for as long as the deadline)."""
+    upstream = Upstream(200, b"late", delay=3.0)
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream, bravo={"upstream_timeout": "300ms"}) as peers:
+            request_id, state = await call(peers["alpha"], "GET", "/slow", b"")
+            record = peers["alpha"].requests.get(request_id)
+    assert record is not None and state is FAILED and record.status == 502
+    assert "no data from the upstream" in json.loads(record.body)["title"]
+    assert len(upstream.received) == 1

@@ -122,11 +122,15 @@ def hosted(
 ) -> Call | None:
     """The `Call` of the host form: ``Host: {peer}.{host_suffix}`` (any port) names
     `peer`, one of `peers` other than this one, and the whole target goes to its
-    upstream untouched; None for any other `Host`."""
+    upstream untouched; None for any other `Host` (and this peer's own name).
+    HTTPProblem 404 when the name is not a peer's."""
     name = _hostname((host or b"").decode("latin-1"))
     peer, dot, suffix = name.partition(".")
-    if not dot or suffix != settings.host_suffix or peer == settings.name or peer not in peers:
+    if not dot or suffix != settings.host_suffix or peer == settings.name:
         return None
+    if peer not in peers:
+        detail = f"{name} names peer {peer!r}, which is not in the roster"
+        raise HTTPProblem(404, "unknown peer", detail)
     return Call(peer, raw_path.decode("latin-1"), Form.HOST)
 
 

@@ -15,7 +15,7 @@ A caller's own ``X-Forwarded-Host``, ``-Proto`` and ``-Prefix`` are dropped: onl
 says where the caller stood, so an upstream that trusts these headers cannot be told a
 made-up origin by a caller. The far side reads them back (`View.of`) to send the
 caller's ``Host`` (``preserve_host``) and to rewrite a ``Location`` that names the
-upstream's own address (`caller_location`).
+upstream's own address, or in the path form its root (`caller_location`).
 """
 
 from __future__ import annotations
@@ -77,16 +77,24 @@ def forwarded(crossing: Headers, view: View, client: str | None) -> Headers:
 
 def caller_location(location: bytes, upstream_base: str, view: View) -> bytes:
     """`location` as the caller must follow it: a URL under `upstream_base` (the
-    upstream's own scheme, host and path prefix) is moved under `view`'s base; any
-    other is left as it is (relative ones resolve against the caller's URL already)."""
+    upstream's own scheme, host and path prefix) is moved under `view`'s base; in the
+    path form, a path from the root (``/dir/``) gets the view's prefix (``/bravo/dir/``),
+    unless it has it already (an upstream that honours ``X-Forwarded-Prefix``); any
+    other is left as it is (a relative one resolves against the caller's URL already)."""
     text = location.decode("latin-1")
     base = upstream_base.rstrip("/")
-    if text.lower() == base.lower() or text[: len(base) + 1].lower() in (
-        base.lower() + "/",
-        base.lower() + "?",
-    ):
+    if _under(text, base):
         return (view.base + text[len(base) :]).encode("latin-1")
+    rooted = text.startswith("/") and not text.startswith("//")
+    if view.prefix and rooted and not _under(text, view.prefix):
+        return (view.prefix + text).encode("latin-1")
     return location
+
+
+def _under(url: str, base: str) -> bool:
+    """Whether `url` is `base` or below it (case aside in scheme and host)."""
+    url, base = url.lower(), base.lower()
+    return url == base or url[: len(base) + 1] in (base + "/", base + "?", base + "#")
 
 
 def _node(client: str | None) -> str:

@@ -41,7 +41,7 @@ from ..wire.messages import (
 )
 from .forwarded import View, caller_location
 from .headers import REASON, declared_length, end_to_end, upstream_headers
-from .origin import BadReply, NeverSent, Origin, Reply, UpstreamError
+from .origin import BadReply, NeverSent, Origin, Reply, Silent, UpstreamError
 from .problems import over_limit, problem_response
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -200,35 +200,52 @@ class Forwarder:
         return request.target.startswith("/") and serves(patterns, request.method, _path(request))
 
     async def _forward(self, origin: Origin, asker: str, request: Request) -> Outcome:
-        """The upstream's answer (its body in memory or spooled). A request that never
-        reached it is tried again with backoff until the deadline; a failure after it may
-        have reached it is an unknown outcome for a method that is not idempotent."""
-        delay, first = RETRY_FIRST, True
+        """The upstream's answer (its body in memory or spooled), or the problem its
+        failure makes (`_failed`). A request that never reached it is tried again with
+        backoff until the deadline; an idempotent one whose connection broke, once."""
+        delay, first, tries = RETRY_FIRST, True, 0
         while True:
             await self._mark_forwarding(asker, request, first)
             first = False
             try:
                 return await self._exchange(origin, asker, request)
-            except BodyTooLarge:
-                limit = over_limit(f"{self.name}'s", self.max_body)
-                return self._problem(request, 502, f"the upstream's response is {limit}")
-            except HeadTooLarge:
-                title = f"the upstream's response head is over what crosses ({MAX_HEADERS}"
-                return self._problem(request, 502, f"{title} headers, {MAX_HEADER_BYTES} bytes)")
-            except BadReply as exc:  # it had the request: asking again would not help
-                unknown = {} if request.method in IDEMPOTENT else {"outcome": "unknown"}
-                return self._problem(request, 502, str(exc), **unknown)
-            except UpstreamError as exc:
-                if isinstance(exc, NeverSent):  # it never reached the upstream
+            except (BodyTooLarge, HeadTooLarge, UpstreamError) as exc:
+                reason = str(exc)
+                tries += 0 if isinstance(exc, NeverSent) else 1
+                failed = self._failed(request, exc, tries)
+                if failed is not None:
+                    return failed
+                if isinstance(exc, NeverSent):
                     self.executions.mark(request.id, Execution.RECEIVED, time.time())
-                elif request.method not in IDEMPOTENT:
-                    self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
-                    return self._problem(request, 502, f"outcome unknown: {exc}", outcome="unknown")
-                left = request.deadline - time.time()
-                if left <= 0:
-                    return self._problem(request, 502, f"upstream failed: {exc}")
-                await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
-                delay = min(delay * 2, RETRY_MOST)
+            left = request.deadline - time.time()
+            if left <= 0:
+                return self._problem(request, 502, f"upstream failed: {reason}")
+            await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
+            delay = min(delay * 2, RETRY_MOST)
+
+    def _failed(self, request: Request, exc: Exception, tries: int) -> Outcome | None:
+        """The problem answering `request` after `exc` (its `tries`-th failure after it
+        reached the upstream), or None to try again: a request that never reached the
+        upstream, an idempotent one whose connection broke the first time. A response
+        too big or malformed, or the upstream's silence past its timeout, are final
+        (asking again would ask it to do the work twice); for a method that is not
+        idempotent, any failure after the request left leaves its outcome unknown."""
+        unknown = {} if request.method in IDEMPOTENT else {"outcome": "unknown"}
+        if isinstance(exc, BodyTooLarge):
+            limit = over_limit(f"{self.name}'s", self.max_body)
+            return self._problem(request, 502, f"the upstream's response is {limit}", **unknown)
+        if isinstance(exc, HeadTooLarge):
+            title = f"the upstream's response head is over what crosses ({MAX_HEADERS}"
+            title += f" headers, {MAX_HEADER_BYTES} bytes)"
+            return self._problem(request, 502, title, **unknown)
+        if isinstance(exc, NeverSent) or (
+            request.method in IDEMPOTENT and tries < 2 and not isinstance(exc, BadReply | Silent)
+        ):
+            return None
+        if unknown:
+            self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
+            return self._problem(request, 502, f"outcome unknown: {exc}", **unknown)
+        return self._problem(request, 502, f"upstream failed: {exc}")
 
     async def _mark_forwarding(self, asker: str, request: Request, first: bool) -> None:
         """Mark the execution `forwarding` (and, the first time, tell the caller's peer),

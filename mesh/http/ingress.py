@@ -32,7 +32,7 @@ from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
 from ..state.requests import Asker, RequestRecord
-from .admission import Call, head_fits, host_answered, route, single_headers
+from .admission import PATH, Call, head_fits, host_answered, route, single_headers
 from .asgi import (
     Receive,
     Scope,
@@ -108,9 +108,12 @@ class Ingress:
         headers = {name.lower(): value for name, value in scope["headers"]}
         try:
             single_headers(scope["headers"])
-            host_answered(self.settings, headers)
             if scope["path"] != "/mesh/events":
-                raise HTTPProblem(404, "not found", "the only WebSocket is /mesh/events")
+                detail = (
+                    "WebSockets do not cross the mesh; the only one is this peer's /mesh/events"
+                )
+                raise HTTPProblem(404, "no such WebSocket", detail)
+            host_answered(self.settings, headers)
             _same_origin(headers, scope.get("scheme", "ws"))
             self.gate.admin(headers, "/mesh/events")
         except HTTPProblem as problem:
@@ -212,13 +215,13 @@ class Ingress:
             raise
         wait = wait_for_answer(scope["headers"])
         if asker.callback or wait == 0:
-            await self._accepted(send, request_id, remote)
+            await self._accepted(send, request_id, remote, _own_base(call, scope))
             return
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
         record = await self.services.requests.wait(request_id, wait)
         if record is None or not record.done:  # only when the caller asked for a limit
-            await self._accepted(send, request_id, remote)
+            await self._accepted(send, request_id, remote, _own_base(call, scope))
             return
         await respond_with(send, record, self.services.bodies)
         if record.body_file is not None:  # given whole to the one who waited: not kept
@@ -280,10 +283,10 @@ class Ingress:
         else:
             await self._accepted(send, request_id, record.remote)
 
-    async def _accepted(self, send: Send, request_id: str, remote: str) -> None:
+    async def _accepted(self, send: Send, request_id: str, remote: str, base: str = "") -> None:
         """`accepted`, once what the 202 promises (the request is stored) is on disk."""
         await self.services.durable.synced()
-        await accepted(send, request_id, self.services.requests.retry_after(remote))
+        await accepted(send, request_id, self.services.requests.retry_after(remote), base)
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         """``POST /mesh/messages/{peer}``: the body to `peer` as an opaque message."""
@@ -325,6 +328,17 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "wait must be finite")
         epoch = query.get("epoch", [None])[0]
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
+
+
+def _own_base(call: Call, scope: Scope) -> str:
+    """This peer's own URL as the connection reached it, for links to its routes: ""
+    (relative) in the path form; absolute in the proxy and host forms, where a relative
+    link would resolve to the far upstream."""
+    if call.form is PATH or not scope.get("server"):
+        return ""
+    host, port = scope["server"][:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{scope.get('scheme', 'http')}://{host}:{port}"
 
 
 def _view(call: Call, headers: Headers, scope: Scope) -> View:
@@ -394,14 +408,16 @@ def _seconds(raw: bytes, what: str) -> float:
     return seconds
 
 
-async def accepted(send: Send, request_id: str, retry_after: int) -> None:
-    """202: the request is durable; its answer will be at the Location, likely in
+async def accepted(send: Send, request_id: str, retry_after: int, base: str = "") -> None:
+    """202: the request is durable; its answer will be at the Location (under `base`,
+    this peer's own URL, when the caller's URL would lead elsewhere), likely in
     `retry_after` seconds."""
-    body = json.dumps({"id": request_id, "status": f"/mesh/requests/{request_id}"}).encode()
+    status = f"{base}/mesh/requests/{request_id}"
+    body = json.dumps({"id": request_id, "status": status}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"location", f"/mesh/requests/{request_id}/response".encode()),
+        (b"location", f"{status}/response".encode()),
         (b"retry-after", str(retry_after).encode()),
         (b"mesh-request-id", request_id.encode()),
     ]

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
@@ -54,6 +55,15 @@ class _Connection(TCPServer):
         adopt(self.protocol.protocol, self.config.h11_max_incomplete_size)  # nothing read yet
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def protocol_send(self, event: Event) -> None:
+        """hypercorn's, but a write that meets the connection being closed (the caller
+        left as soon as it had the head of an answer, and hypercorn's reader is closing
+        it) is the caller gone, as a broken connection is, not an error of the app."""
+        try:
+            await super().protocol_send(event)
+        except trio.BusyResourceError:
+            await self.protocol.handle(Closed())
 
 
 async def _drop_if_headless(headed: trio.Event, seconds: float, scope: trio.CancelScope) -> None:

@@ -45,6 +45,11 @@ class BadReply(UpstreamError):
     `MAX_HEAD`, a malformed one): it had the request, and asking again would not help."""
 
 
+class Silent(UpstreamError):
+    """The upstream had the request and said nothing for `timeout` seconds: asking again
+    would only ask it to do the work twice."""
+
+
 class _WriteFailed(UpstreamError):
     """The upstream stopped taking the request: it may have answered already."""
 
@@ -269,7 +274,7 @@ async def _next_event(connection: _Connection) -> h11.Event:
                 raise closed
             return event
     except trio.TooSlowError:
-        raise UpstreamError(f"no data from the upstream for {silence:g} s") from None
+        raise Silent(f"no data from the upstream for {silence:g} s") from None
     except h11.RemoteProtocolError as exc:
         if not data:  # h11 refuses an end of stream in the middle of a reply
             raise closed from None
