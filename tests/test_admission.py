@@ -174,3 +174,26 @@ def test_a_head_the_far_side_would_refuse_is_refused_here(
         assert problem.status == status
     else:
         assert status is None
+
+
+@pytest.mark.parametrize(
+    ("target", "host"),
+    [
+        (b"/bravo/x", b"localhost:1,evil.example"),  # would read as a list when copied
+        (b"/bravo/x", b'localhost;for="6.6.6.6"'),
+        (b"/bravo/x", b"local host"),
+        (b"http://bravo:1,evil.example/x", b"localhost"),
+        (b"http://bravo;x=y/x", b"localhost"),
+    ],
+)
+def test_a_host_that_is_not_a_name_or_address_is_a_400(target: bytes, host: bytes) -> None:
+    with pytest.raises(HTTPProblem) as refused:
+        route(peer("127.0.0.1:8081"), ["alpha", "bravo"], _scope(target, host))
+    assert refused.value.status == 400
+
+
+def test_a_header_value_with_a_control_character_is_a_400() -> None:
+    with pytest.raises(HTTPProblem) as refused:
+        head_fits("GET", "/x", ((b"x-ctl", b"a\x0bb"),))
+    assert refused.value.status == 400
+    head_fits("GET", "/x", ((b"x-tab", b"a\tb"),))

@@ -61,9 +61,12 @@ async def settled(alpha_port: int, state: Path) -> None:
     status = f"http://127.0.0.1:{alpha_port}/mesh/status"
     bodies = state / "alpha" / "bodies"
     async with httpx.AsyncClient(trust_env=False) as client:
-        with trio.fail_after(20):
+        with trio.move_on_after(20):
             while (await client.get(status)).json()["requests"] or list(bodies.glob("in-*")):  # noqa: ASYNC110 (another process)
                 await trio.sleep(0.05)
+            return
+        left = (await client.get(status)).json()["requests"], list(bodies.glob("in-*"))
+        raise AssertionError(f"in flight, body files: {left}")
 
 
 @contextmanager
@@ -121,6 +124,7 @@ async def test_curl_edge_cases(tmp_path: Path) -> None:
                 await _bodies_and_framing(url, alpha, tmp_path)
             await settled(port, tmp_path / "state")
         assert upstream.calls["/bighead/80"] == 1 and upstream.calls["/bighead/300"] == 1
+        assert upstream.calls["/pay"] == 0
         assert not any(path.startswith("/ravo") or "%" in path for path in upstream.calls)
 
 
@@ -154,6 +158,8 @@ async def _refused_at_once(alpha: str, tmp_path: Path) -> None:
         assert line.split(" ")[1] == status, (target, line, body[:200])
         assert dict(headers)["content-type"] == "application/problem+json"
         assert dict(headers)["mesh-problem"] == "alpha"
+    line, _, _, _ = await curl("-H", "Mesh-Timeout: soon", "-d", "pay=1", alpha + "/bravo/pay")
+    assert line.split(" ")[1] == "400"  # refused before it was stored: never paid
     for kib, why in ((80, "head is over what crosses"), (300, "bad reply")):
         line, _, body, _ = await curl(f"{alpha}/bravo/bighead/{kib}")
         assert line.split(" ")[1] == "502" and why in json.loads(body)["title"], body
@@ -182,6 +188,18 @@ async def _bodies_and_framing(direct: str, alpha: str, tmp_path: Path) -> None:
     assert asked == b"OPTIONS * 0"
     _, _, big, _ = await curl(f"{alpha}/bravo/bytes/{2 * MiB}")
     assert big == b"x" * (2 * MiB)
+    line, _, _, _ = await curl("--http2", f"{alpha}/bravo/h2c")  # asks to switch: ignored
+    assert line.startswith("HTTP/1.1 200")
+    _, _, echoed, _ = await curl(
+        "-H",
+        "X_Forwarded_Host: evil",
+        "-H",
+        "X-Real-IP: 6.6.6.6",
+        "-H",
+        "X-Forwarded-Port: 1",
+        f"{alpha}/bravo/dup",
+    )
+    assert b"evil" not in echoed and b"6.6.6.6" not in echoed and b"port" not in echoed
 
 
 async def test_a_slow_answer_is_waited_for_not_a_202(tmp_path: Path) -> None:
@@ -198,6 +216,27 @@ async def test_a_slow_answer_is_waited_for_not_a_202(tmp_path: Path) -> None:
                 )
                 assert line.split(" ")[1] == "202" and int(dict(headers)["retry-after"]) >= 1
             await settled(port, tmp_path / "state")
+
+
+async def test_a_caller_that_leaves_midway_finds_its_answer_kept(tmp_path: Path) -> None:
+    """A caller that goes away while its response streams does not lose it: the body
+    file is kept, and the status URL gives it whole."""
+    size = 32 * MiB  # more than socket buffers hold
+    async with raw_upstream() as (url, _):
+        path, port = two_peers(tmp_path, url, "64MiB")
+        async with running(path):
+            alpha = f"http://127.0.0.1:{port}"
+            with trio.fail_after(60):
+                async with (
+                    httpx.AsyncClient(base_url=alpha, trust_env=False) as client,
+                    client.stream("GET", f"/bravo/bytes/{size}") as reply,
+                ):
+                    request_id = reply.headers["mesh-request-id"]
+                    async for _ in reply.aiter_raw(65536):
+                        break  # one piece, then gone
+                async with httpx.AsyncClient(base_url=alpha, trust_env=False) as client:
+                    again = await client.get(f"/mesh/requests/{request_id}/response")
+            assert again.status_code == 200 and again.content == b"x" * size
 
 
 # git -----------------------------------------------------------------------------------------

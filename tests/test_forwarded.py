@@ -49,6 +49,7 @@ def test_an_ipv6_caller_is_quoted_and_no_prefix_outside_the_path_form() -> None:
         (b"/bravo/simple/", b"/bravo/simple/"),  # the upstream honoured the prefix
         (b"/bravo", b"/bravo"),
         (b"//elsewhere.example/x", b"//elsewhere.example/x"),  # another host
+        (b"//127.0.0.1:9000/x", b"//alpha:8081/bravo/x"),  # the upstream, scheme-relative
         (b"simple/x/", b"simple/x/"),  # relative: already the caller's
     ],
 )
@@ -69,3 +70,26 @@ def test_an_upstream_under_a_path_keeps_its_own_prefix_out() -> None:
 
 def test_outside_the_path_form_a_rooted_location_stays() -> None:
     assert caller_location(b"/dir/", "http://up:9000", View("http", "bravo")) == b"/dir/"
+
+
+def test_a_callers_other_claims_and_malformed_lists_are_dropped() -> None:
+    crossing = (
+        (b"x_forwarded_host", b"evil.example"),  # what CGI-style servers read as dashed
+        (b"x-forwarded-port", b"443"),
+        (b"x-real-ip", b"6.6.6.6"),
+        (b"forwarded", b'for="x'),  # a stray quote would swallow mesh's element
+        (b"x-forwarded-for", b"1.2.3.4, evil;x=y"),
+        (b"accept", b"*/*"),
+    )
+    headers = forwarded(crossing, View("http", "bravo"), "127.0.0.1")
+    assert headers == (
+        (b"accept", b"*/*"),
+        (b"x-forwarded-host", b"bravo"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-for", b"127.0.0.1"),
+        (b"forwarded", b'for=127.0.0.1;host="bravo";proto=http'),
+    )
+    good = ((b"forwarded", b'for=10.0.0.1;proto=https, for="[::1]:80"'),)
+    assert dict(forwarded(good, View("http", "b"), None))[b"forwarded"] == (
+        b'for=10.0.0.1;proto=https, for="[::1]:80", for=unknown;host="b";proto=http'
+    )

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from hypercorn.config import Config
 
+from mesh.http import asgi
 from mesh.http.asgi import Receive, Scope, Send, too_large_unread
 from mesh.http.echo import echo_app
 from mesh.http.listening import serve_capped
@@ -138,3 +140,14 @@ async def test_100_continue_only_once_the_app_reads_the_body() -> None:
             while b"hello" not in answer:
                 answer += await stream.receive_some()
             assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_body_that_stops_coming_is_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection has no read timeout as a whole (a caller waits for its answer in
+    silence), but a request body that stops coming is given up."""
+    monkeypatch.setattr(asgi, "BODY_SILENCE", 0.5)
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30) as port:
+            head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc"
+            _, got = await _exchange(port, head)
+            assert got.startswith(b"HTTP/1.1 408 "), got

@@ -28,12 +28,19 @@ from ..wire.messages import (
     MAX_TARGET,
     Headers,
     headers_fit,
+    valid_headers,
     valid_method,
     valid_target,
 )
 from .problems import HTTPProblem
 
 SINGLE = (b"host", b"origin", b"authorization", b"proxy-authorization")
+# What a Host (or an absolute target's authority) may be: a DNS name or an IPv4 address,
+# or an IPv6 one in brackets, with a port; nothing that reads as a list or as parameters
+# where it is copied (X-Forwarded-Host, Forwarded); underscores as some container names have
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9._])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 _HOST_SUFFIX = ".localhost"  # names that resolve to this machine only (RFC 6761)
 
 
@@ -100,6 +107,8 @@ def _absolute(raw_path: bytes) -> Call:
     host = authority.split(":", 1)[0]
     if not host:
         raise HTTPProblem(400, "ambiguous target", "an absolute-form target names a host")
+    if not _HOST.fullmatch(authority):
+        raise HTTPProblem(400, "bad target", "its host is a name or address, with a port")
     return Call(host, slash + path, Form.PROXY, authority, scheme.lower())
 
 
@@ -113,6 +122,8 @@ def route(settings: PeerSettings, peers: Collection[str], scope: Mapping[str, An
     host = next((v for n, v in scope["headers"] if n.lower() == b"host"), None)
     if raw[:8].lower().startswith((b"http://", b"https://")):
         return addressed(raw, method, query)  # a proxy's Host is the target's
+    if host is not None and not _HOST.fullmatch(host.decode("latin-1")):
+        raise HTTPProblem(400, "bad Host", "Host is a name or address, with a port")
     host_answered(settings, {b"host": host} if host is not None else {})
     return hosted(settings, peers, host, raw) or addressed(raw, method, query)
 
@@ -186,6 +197,8 @@ def head_fits(method: str, target: str, crossing: Headers) -> None:
         raise HTTPProblem(414, "target too long", f"at most {MAX_TARGET} characters")
     if not valid_target(method, target):
         raise HTTPProblem(400, "bad target", "a target is printable ASCII without spaces")
+    if not valid_headers(crossing):
+        raise HTTPProblem(400, "bad header", "header values are free of control characters")
     if not headers_fit(crossing):
         detail = f"at most {MAX_HEADERS} headers of {MAX_HEADER_BYTES} bytes in all cross"
         raise HTTPProblem(431, "headers too large", detail)

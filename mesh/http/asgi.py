@@ -37,7 +37,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_HEAD = MAX_TARGET + MAX_HEADER_BYTES + 16 * 1024  # bytes of a request head read at most
 KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
-READ_TIMEOUT = 30  # seconds a connection may send nothing, or take for its first head
+HEAD_TIMEOUT = 30  # seconds a connection may take for its first request head
+BODY_SILENCE = 30  # seconds a request body may stop coming before it is given up
 
 
 async def serve_at(
@@ -56,7 +57,10 @@ async def serve_at(
     # so a caller never sends a request on a connection we are just closing; but not for
     # long: an idle connection holds a file descriptor.
     config.keep_alive_timeout = KEEP_ALIVE
-    config.read_timeout = READ_TIMEOUT
+    # No timeout on reading a connection as a whole: a caller waiting for its answer
+    # sends nothing, for as long as the request lasts. The first head has its deadline
+    # (`serve_capped`), later ones the keep-alive timer, a body `BODY_SILENCE`.
+    config.read_timeout = None
     # Room for the longest head the far side takes, so that one over it is answered by
     # the ingress (414, 431 as problem+json), not cut off by h11 (16 KiB by default)
     config.h11_max_incomplete_size = MAX_HEAD
@@ -70,7 +74,7 @@ async def serve_at(
             config.ca_certs = str(tls.client_ca)
             config.verify_mode = ssl.CERT_REQUIRED
     try:
-        serving = partial(serve_capped, app, config, connection_limit(), READ_TIMEOUT)
+        serving = partial(serve_capped, app, config, connection_limit(), HEAD_TIMEOUT)
         await nursery.start(serving)
     except* OSError as group:  # raised inside hypercorn's nurseries
         reasons = "; ".join(str(e.strerror or e) for e in leaves(group))
@@ -149,12 +153,22 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+async def _next_piece(receive: Receive) -> MutableMapping[str, Any]:
+    """The next ASGI event of a request body; HTTPProblem 408 when none comes for
+    `BODY_SILENCE` seconds (a body that stopped coming would hold its connection)."""
+    with trio.move_on_after(BODY_SILENCE):
+        return await receive()
+    detail = f"no part of the request body came for {BODY_SILENCE} s"
+    raise HTTPProblem(408, "request body stopped", detail, ((b"connection", b"close"),))
+
+
 async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
     """The request body as it comes (a client waiting for ``100 Continue`` is told to
-    send it first); a client that goes away midway is a 400."""
+    send it first); a client that goes away midway is a 400, one whose body stops
+    coming for `BODY_SILENCE` seconds a 408."""
     await go_on()
     while True:
-        event = await receive()
+        event = await _next_piece(receive)
         if event["type"] == "http.disconnect":
             raise HTTPProblem(400, "client went away")
         yield event.get("body", b"")
@@ -169,7 +183,10 @@ async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
     connection whose queue is full is never closed."""
     dropped = 0
     while dropped <= bound:
-        event = await receive()
+        try:
+            event = await _next_piece(receive)
+        except HTTPProblem:  # stopped coming: nothing more to drop
+            return False
         if event["type"] == "http.disconnect" or not event.get("more_body", False):
             return True
         dropped += len(event.get("body", b""))

@@ -70,7 +70,7 @@ class Gate:
                 "http://NAME:TOKEN@host:port",
                 headers=(PROXY_CHALLENGE,),
             )
-        if self._identify(None, headers.get(b"authorization")) not in (None, OPEN):
+        if self._holds_token(headers.get(b"authorization")):
             detail = (
                 "a mesh token in Authorization would go on to the upstream: send it as "
                 "Proxy-Authorization (Authorization belongs to the upstream)"
@@ -102,6 +102,23 @@ class Gate:
             raise HTTPProblem(403, "not allowed", f"{route} is for admin callers only")
         return identity
 
+    def _caller_of(self, token: bytes) -> str | None:
+        """The caller whose token `token` is, compared with every one in constant time."""
+        assert self._callers is not None
+        digest = hashlib.sha256(token).hexdigest().encode()
+        found = None
+        for caller_name, caller in self._callers.items():  # every one: constant time
+            if hmac.compare_digest(digest, caller.token_sha256.encode()):
+                found = caller_name
+        return found
+
+    def _holds_token(self, authorization: bytes | None) -> bool:
+        """Whether an `Authorization` header carries a mesh token in any shape (Bearer,
+        Basic NAME:TOKEN, any other scheme): it would reach the upstream."""
+        if self._callers is None or not authorization:
+            return False
+        return any(self._caller_of(shape) is not None for shape in _token_shapes(authorization))
+
     def _identify(self, proxy: bytes | None, bearer: bytes | None) -> Identity | None:
         """The caller named by `proxy` (Proxy-Authorization) or else `bearer`
         (Authorization, Bearer only); None when neither names a known caller."""
@@ -111,15 +128,22 @@ class Gate:
         if given is None:
             return None
         name, token = given
-        digest = hashlib.sha256(token).hexdigest().encode()
-        found = None
-        for caller_name, caller in self._callers.items():  # every one: constant time
-            if hmac.compare_digest(digest, caller.token_sha256.encode()):
-                found = caller_name
+        found = self._caller_of(token)
         if found is None or name not in (None, "", found):
             return None
         caller = self._callers[found]
         return Identity(found, caller.admin, caller.may_call, signing_key(token.decode("latin-1")))
+
+
+def _token_shapes(value: bytes) -> set[bytes]:
+    """Every way `value` (an Authorization header) could carry a token: whole, after
+    its scheme, or as the password of Basic credentials."""
+    rest = value.strip().partition(b" ")[2]
+    shapes = {value.strip(), rest.strip()}
+    basic = _credentials(value, basic=True)
+    if basic is not None:
+        shapes.add(basic[1])
+    return {shape for shape in shapes if shape}
 
 
 def _credentials(value: bytes | None, basic: bool) -> tuple[str | None, bytes] | None:

@@ -8,7 +8,8 @@ import base64
 import json
 from typing import Any
 
-from .asgi import Receive, Scope, Send, lifespan, read_body
+from .asgi import Receive, Scope, Send, lifespan, read_body, respond_json
+from .problems import HTTPProblem
 
 MAX_BODY = 64 << 20
 
@@ -19,7 +20,11 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
-    body = await read_body(receive, MAX_BODY)
+    try:
+        body = await read_body(receive, MAX_BODY)
+    except HTTPProblem as problem:  # over the limit, stopped coming
+        await respond_json(send, problem.status, problem.as_json(), "", problem.headers)
+        return
     try:
         text: dict[str, Any] = {"text": body.decode()}
     except UnicodeDecodeError:

@@ -11,16 +11,18 @@ The caller's peer sets, on every call that crosses (DESIGN.md, "HTTP API"):
 - ``X-Forwarded-For`` and ``Forwarded`` (RFC 7239): the caller's address appended to
   any the caller sent (a list each proxy on the way adds to).
 
-A caller's own ``X-Forwarded-Host``, ``-Proto`` and ``-Prefix`` are dropped: only mesh
-says where the caller stood, so an upstream that trusts these headers cannot be told a
-made-up origin by a caller. The far side reads them back (`View.of`) to send the
-caller's ``Host`` (``preserve_host``) and to rewrite a ``Location`` that names the
-upstream's own address, or in the path form its root (`caller_location`).
+A caller's own ``X-Forwarded-*`` claims (and their underscore spellings, ``X-Real-IP``)
+are dropped: only mesh says where the caller stood, so an upstream that trusts these
+headers cannot be told a made-up origin by a caller. The far side reads them back
+(`View.of`) to send the caller's ``Host`` (``preserve_host``) and to rewrite a
+``Location`` that names the upstream's own address, or in the path form its root
+(`caller_location`).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from ..wire.messages import Headers
@@ -28,7 +30,11 @@ from ..wire.messages import Headers
 HOST, PROTO, PREFIX = b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix"
 FOR, FORWARDED = b"x-forwarded-for", b"forwarded"
 OURS = frozenset({HOST, PROTO, PREFIX})  # only mesh sets these
-LISTS = frozenset({FOR, FORWARDED})  # mesh appends to the caller's
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_PAIR = rb"%s=(?:%s|\"(?:[^\"\\]|\\.)*\")" % (_TOKEN, _TOKEN)
+_ELEMENT = rb"(?:%s(?:\s*;\s*%s)*)" % (_PAIR, _PAIR)
+_ELEMENTS = re.compile(rb"%s(?:\s*,\s*%s)*" % (_ELEMENT, _ELEMENT))  # RFC 7239's list
+_ADDRESSES = re.compile(rb"[0-9A-Za-z.:\[\]_-]+(?:\s*,\s*[0-9A-Za-z.:\[\]_-]+)*")
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,15 @@ class View:
 
 
 def forwarded(crossing: Headers, view: View, client: str | None) -> Headers:
-    """`crossing` with the caller's own forwarding headers replaced by this peer's:
-    `view` and `client` (the caller's address, when known) appended to its lists."""
-    kept = [(name, value) for name, value in crossing if name not in OURS | LISTS]
+    """`crossing` with the caller's claims of where it stood dropped (`claims`) and this
+    peer's added: `view`, and `client` (the caller's address, when known) appended to
+    the caller's `X-Forwarded-For` and `Forwarded` lists when those are well formed
+    (dropped otherwise: a stray quote would swallow this peer's element)."""
+    kept = [(name, value) for name, value in crossing if not claims(name)]
     chain = [value for name, value in crossing if name == FOR]
     earlier = [value for name, value in crossing if name == FORWARDED]
+    chain = chain if all(_ADDRESSES.fullmatch(value) for value in chain) else []
+    earlier = earlier if all(_ELEMENTS.fullmatch(value) for value in earlier) else []
     node = _node(client)
     this_hop = f'for={node};host="{_quoted(view.host)}";proto={view.proto}'.encode()
     added = [
@@ -75,9 +85,18 @@ def forwarded(crossing: Headers, view: View, client: str | None) -> Headers:
     return (*kept, *added)
 
 
+def claims(name: bytes) -> bool:
+    """Whether a caller's header `name` (lowercase) claims something only mesh may say of
+    the caller: ``X-Forwarded-*`` (mesh sets or appends to each it knows), ``Forwarded``,
+    ``X-Real-IP``, or any name with an underscore (``X_Forwarded_Host``: servers that
+    read headers CGI-style take it for the dashed name; dropped as nginx does)."""
+    return name.startswith(b"x-forwarded-") or name in (FORWARDED, b"x-real-ip") or b"_" in name
+
+
 def caller_location(location: bytes, upstream_base: str, view: View) -> bytes:
     """`location` as the caller must follow it: a URL under `upstream_base` (the
-    upstream's own scheme, host and path prefix) is moved under `view`'s base; in the
+    upstream's own scheme, host and path prefix; or without the scheme, ``//host/x``)
+    is moved under `view`'s base; in the
     path form, a path from the root (``/dir/``) gets the view's prefix (``/bravo/dir/``),
     unless it has it already (an upstream that honours ``X-Forwarded-Prefix``); any
     other is left as it is (a relative one resolves against the caller's URL already)."""
@@ -85,6 +104,9 @@ def caller_location(location: bytes, upstream_base: str, view: View) -> bytes:
     base = upstream_base.rstrip("/")
     if _under(text, base):
         return (view.base + text[len(base) :]).encode("latin-1")
+    schemeless = base.partition(":")[2]  # //host:port/prefix
+    if text.startswith("//") and _under(text, schemeless):
+        return (view.base.partition(":")[2] + text[len(schemeless) :]).encode("latin-1")
     rooted = text.startswith("/") and not text.startswith("//")
     if view.prefix and rooted and not _under(text, view.prefix):
         return (view.prefix + text).encode("latin-1")

@@ -40,23 +40,12 @@ from ..wire.messages import (
     unpack_envelope,
 )
 from .forwarded import View, caller_location
-from .headers import REASON, declared_length, end_to_end, upstream_headers
-from .origin import BadReply, NeverSent, Origin, Reply, Silent, UpstreamError
+from .headers import OVERRIDES, REASON, declared_length, end_to_end, upstream_headers
+from .origin import BadReply, NeverSent, Origin, Reply, Silent, Unsendable, UpstreamError
 from .problems import over_limit, problem_response
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
-RETRY_FIRST, RETRY_MOST = 0.1, 5.0
-# Headers some servers take as the method or path instead of the request's own: dropped
-# when `serves` decides what the upstream may receive.
-OVERRIDES = frozenset(
-    {
-        b"x-http-method-override",
-        b"x-http-method",
-        b"x-method-override",
-        b"x-original-url",
-        b"x-rewrite-url",
-    }
-)  # seconds between attempts that never reached it
+RETRY_FIRST, RETRY_MOST = 0.1, 5.0  # seconds between attempts that never reached it
 
 
 @dataclass(frozen=True)
@@ -201,9 +190,9 @@ class Forwarder:
 
     async def _forward(self, origin: Origin, asker: str, request: Request) -> Outcome:
         """The upstream's answer (its body in memory or spooled), or the problem its
-        failure makes (`_failed`). A request that never reached it is tried again with
-        backoff until the deadline; an idempotent one whose connection broke, once."""
-        delay, first, tries = RETRY_FIRST, True, 0
+        failure makes (`_failed`). A request that never reached it, or an idempotent one
+        whose connection broke, is tried again with backoff until the deadline."""
+        delay, first = RETRY_FIRST, True
         while True:
             await self._mark_forwarding(asker, request, first)
             first = False
@@ -211,8 +200,7 @@ class Forwarder:
                 return await self._exchange(origin, asker, request)
             except (BodyTooLarge, HeadTooLarge, UpstreamError) as exc:
                 reason = str(exc)
-                tries += 0 if isinstance(exc, NeverSent) else 1
-                failed = self._failed(request, exc, tries)
+                failed = self._failed(request, exc)
                 if failed is not None:
                     return failed
                 if isinstance(exc, NeverSent):
@@ -223,10 +211,10 @@ class Forwarder:
             await trio.sleep(min(delay, left))  # every retry backs off; the last at the end
             delay = min(delay * 2, RETRY_MOST)
 
-    def _failed(self, request: Request, exc: Exception, tries: int) -> Outcome | None:
-        """The problem answering `request` after `exc` (its `tries`-th failure after it
-        reached the upstream), or None to try again: a request that never reached the
-        upstream, an idempotent one whose connection broke the first time. A response
+    def _failed(self, request: Request, exc: Exception) -> Outcome | None:
+        """The problem answering `request` after `exc`, or None to try again: a request
+        that never reached the upstream, an idempotent one whose connection broke. A
+        request h11 cannot write is a 400 (it never left); a response
         too big or malformed, or the upstream's silence past its timeout, are final
         (asking again would ask it to do the work twice); for a method that is not
         idempotent, any failure after the request left leaves its outcome unknown."""
@@ -238,10 +226,12 @@ class Forwarder:
             title = f"the upstream's response head is over what crosses ({MAX_HEADERS}"
             title += f" headers, {MAX_HEADER_BYTES} bytes)"
             return self._problem(request, 502, title, **unknown)
-        if isinstance(exc, NeverSent) or (
-            request.method in IDEMPOTENT and tries < 2 and not isinstance(exc, BadReply | Silent)
-        ):
+        if isinstance(exc, Unsendable):
+            return self._problem(request, 400, str(exc))
+        if isinstance(exc, NeverSent):
             return None
+        if not unknown and not isinstance(exc, BadReply | Silent):
+            return None  # a connection that broke
         if unknown:
             self.log.warning("%s: outcome of %s unknown: %s", self.name, request.id, exc)
             return self._problem(request, 502, f"outcome unknown: {exc}", **unknown)

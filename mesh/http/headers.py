@@ -25,6 +25,19 @@ HOP_BY_HOP = frozenset(
         b"proxy-connection",
         b"host",
         b"content-length",
+        b"expect",  # answered by the caller's peer; the far side sends the body whole
+    }
+)
+# Headers some servers take as the method or path instead of the request's own: dropped
+# where what the caller may call (`may_call`) or what the upstream may receive (`serves`)
+# is decided by method and path
+OVERRIDES = frozenset(
+    {
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-url",
+        b"x-rewrite-url",
     }
 )
 REASON = b"mesh-reason"  # the upstream's reason phrase, carried beside its status

@@ -5,6 +5,8 @@ changes, put on each connection by `listening` before anything is read (`adopt`)
   comes: hypercorn's eager one asks the client for a body the app may refuse by its
   head alone (a ``413`` for its declared length, a ``401``), so the client would send
   it all for nothing.
+- No HTTP/2: hypercorn would switch to it on ``Upgrade: h2c`` or a prior-knowledge
+  preface, where header values h11 refuses pass.
 - An app's `REASON` header becomes the reason phrase of its status line (ASGI has no
   field for one: the upstream's phrase crosses that way); without one, the phrase RFC
   9110 gives the status (some clients, botocore among them, misread a status line
@@ -71,8 +73,13 @@ class _NoEagerContinue(h11.Connection):
 
 
 class _MeshH11(H11Protocol):
-    """hypercorn's HTTP/1.1 with `_NoEagerContinue`, and an app's `REASON` header sent as
-    the reason phrase of its status line (ASGI has no field for one)."""
+    """hypercorn's HTTP/1.1 with `_NoEagerContinue`, an app's `REASON` header sent as
+    the reason phrase of its status line (ASGI has no field for one), and no switch to
+    HTTP/2 (``Upgrade: h2c`` is ignored, a ``PRI *`` preface is a request like another):
+    mesh's checks are made for HTTP/1.1's rules."""
+
+    async def _check_protocol(self, event: h11.Request) -> None:
+        return
 
     async def stream_send(self, event: StreamEvent) -> None:
         if not (isinstance(event, Response) and event.status_code >= 200):

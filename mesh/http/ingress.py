@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from ..config.access import DEFAULT_MAY_CALL
 from ..config.roster import PeerSettings
 from ..pipe.bodies import Bodies, Body, BodyTooLarge
 from ..pipe.sending import Sending, receive_body, stream_for
@@ -48,7 +49,7 @@ from .asgi import (
 from .auth import Gate, Identity
 from .callbacks import checked_url
 from .forwarded import View, forwarded
-from .headers import declared_length, end_to_end
+from .headers import OVERRIDES, declared_length, end_to_end
 from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
@@ -192,8 +193,11 @@ class Ingress:
         client = (scope.get("client") or (None,))[0]
         # What goes to the far side: the end-to-end headers and how the caller came
         crossing = forwarded(end_to_end(scope["headers"]), _view(call, headers, scope), client)
+        if identity.may_call != DEFAULT_MAY_CALL:  # decided by method and path: no overrides
+            crossing = tuple((n, v) for n, v in crossing if n not in OVERRIDES)
         head_fits(method, target, crossing)
         asker = self._asker(identity, headers)
+        wait = wait_for_answer(scope["headers"])  # a bad one refused before anything is kept
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", pipe_error)
@@ -213,18 +217,35 @@ class Ingress:
         except HTTPProblem:
             await self._drop(body, stream)
             raise
-        wait = wait_for_answer(scope["headers"])
+        base = _own_base(call, scope)
         if asker.callback or wait == 0:
-            await self._accepted(send, request_id, remote, _own_base(call, scope))
+            await self._accepted(send, request_id, remote, base)
             return
+        async with trio.open_nursery() as nursery:
+            gone = trio.Event()
+            nursery.start_soon(_note_gone, receive, gone)
+            await self._answer(request_id, remote, wait, base, send, gone)
+            nursery.cancel_scope.cancel()
+
+    async def _answer(
+        self, request_id: str, remote: str, wait: float, base: str, send: Send, gone: trio.Event
+    ) -> None:
+        """The answer to a caller waiting up to `wait` seconds: the response, or a 202;
+        nothing once it is `gone` (its request goes on: the status URL will have the
+        answer). A spooled response given whole is let go."""
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
-        record = await self.services.requests.wait(request_id, wait)
-        if record is None or not record.done:  # only when the caller asked for a limit
-            await self._accepted(send, request_id, remote, _own_base(call, scope))
+        async with trio.open_nursery() as waiting:
+            waiting.start_soon(_cancel_when_set, gone, waiting.cancel_scope)
+            record = await self.services.requests.wait(request_id, wait)
+            waiting.cancel_scope.cancel()
+        if gone.is_set():
             return
-        await respond_with(send, record, self.services.bodies)
-        if record.body_file is not None:  # given whole to the one who waited: not kept
+        if record is None or not record.done:  # only when the caller asked for a limit
+            await self._accepted(send, request_id, remote, base)
+            return
+        whole = await respond_with(send, record, self.services.bodies, gone)
+        if whole and record.body_file is not None:  # the one who waited has it: not kept
             self.services.requests.given(record)
 
     async def _receive_body(
@@ -330,6 +351,19 @@ class Ingress:
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
 
 
+async def _note_gone(receive: Receive, gone: trio.Event) -> None:
+    """Set `gone` once the caller has gone (its body was read: what comes now is
+    ``http.disconnect``; it comes too once an answer has ended)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 def _own_base(call: Call, scope: Scope) -> str:
     """This peer's own URL as the connection reached it, for links to its routes: ""
     (relative) in the path form; absolute in the proxy and host forms, where a relative
@@ -428,11 +462,14 @@ async def accepted(send: Send, request_id: str, retry_after: int, base: str = ""
 NO_BODY = frozenset({204, 304})  # statuses that never have a body (nor say its length)
 
 
-async def respond_with(send: Send, record: RequestRecord, bodies: Bodies) -> None:
+async def respond_with(
+    send: Send, record: RequestRecord, bodies: Bodies, gone: trio.Event | None = None
+) -> bool:
     """The upstream's answer as it gave it, with `Mesh-Request-Id`. A `Content-Length` is
     added only where the upstream's was dropped for a body that crossed: never to a
     ``204``, a ``304`` or an answer to ``HEAD`` (they keep the upstream's own, if any). A
-    spooled body is streamed from its file; HTTPProblem 410 when that file is gone."""
+    spooled body is streamed from its file; HTTPProblem 410 when that file is gone.
+    Whether the caller was there (`gone` not set) until the last of it was sent."""
     assert record.status is not None
     headers = [*record.headers, (b"mesh-request-id", record.id.encode())]
     size = len(record.body)
@@ -449,7 +486,11 @@ async def respond_with(send: Send, record: RequestRecord, bodies: Bodies) -> Non
     await send({"type": "http.response.start", "status": record.status, "headers": headers})
     if record.body_file is None:
         await send({"type": "http.response.body", "body": record.body})
-        return
-    async for chunk in bodies.chunks(record.body_file):
+        return True
+    whole = True
+    async for chunk in bodies.chunks(record.body_file):  # each read lets `gone` be noted
+        # Still there as this piece leaves: a caller gone midway was noted before its last
+        whole = gone is None or not gone.is_set()
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+    return whole

@@ -45,6 +45,11 @@ class BadReply(UpstreamError):
     `MAX_HEAD`, a malformed one): it had the request, and asking again would not help."""
 
 
+class Unsendable(UpstreamError):
+    """The request cannot be written as HTTP/1.1 (h11 refuses its head): it never left,
+    and never will."""
+
+
 class Silent(UpstreamError):
     """The upstream had the request and said nothing for `timeout` seconds: asking again
     would only ask it to do the work twice."""
@@ -137,7 +142,7 @@ class Origin:
                 method=method, target=path, headers=[(b"host", host or self.netloc), *headers]
             )
         except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
-            raise UpstreamError(f"cannot send the request: {exc}") from None
+            raise Unsendable(f"cannot send the request: {exc}") from None
         connection = await self._connection()
         reply: Reply | None = None
         try:

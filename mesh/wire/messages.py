@@ -24,6 +24,8 @@ Headers: TypeAlias = tuple[tuple[bytes, bytes], ...]
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}")
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")  # no controls but tab
 _OP = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MAX_TARGET = 16 * 1024
 MAX_HEADERS = 1000
@@ -258,6 +260,14 @@ def _headers_out(headers: Headers) -> list[bytes]:
     return [part for pair in headers for part in pair]
 
 
+def valid_headers(headers: Headers) -> bool:
+    """Whether each name is a token and each value free of control characters (but tab),
+    as HTTP/1.1 may carry them."""
+    return all(
+        _FIELD_NAME.fullmatch(name) and _FIELD_VALUE.fullmatch(value) for name, value in headers
+    )
+
+
 def headers_fit(headers: Headers) -> bool:
     """Whether `headers` are few and small enough to cross (`MAX_HEADERS` pairs of
     `MAX_HEADER_BYTES` in all)."""
@@ -270,7 +280,7 @@ def _headers_in(value: Any) -> Headers:
     _check(all(isinstance(v, bytes) for v in value), "header names and values must be bytes")
     _check(sum(len(v) for v in value) <= MAX_HEADER_BYTES, "headers too large")
     pairs = tuple(zip(value[0::2], value[1::2], strict=True))
-    _check(all(name for name, _ in pairs), "empty header name")
+    _check(valid_headers(pairs), "a header name or value HTTP/1.1 cannot carry")
     return pairs
 
 
