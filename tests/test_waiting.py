@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mesh.http.ingress import wait_for_answer
+from mesh.http.answering import wait_for_answer
 from mesh.http.problems import HTTPProblem
 
 

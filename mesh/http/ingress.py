@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -32,8 +32,9 @@ from ..pipe.bodies import Bodies, Body, BodyTooLarge
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
-from ..state.requests import Asker, RequestRecord
+from ..state.requests import Asker
 from .admission import PATH, Call, head_fits, host_answered, route, single_headers
+from .answering import accepted, cancel_when_set, note_gone, respond_with, wait_for_answer
 from .asgi import (
     Receive,
     Scope,
@@ -223,7 +224,7 @@ class Ingress:
             return
         async with trio.open_nursery() as nursery:
             gone = trio.Event()
-            nursery.start_soon(_note_gone, receive, gone)
+            nursery.start_soon(note_gone, receive, gone)
             await self._answer(request_id, remote, wait, base, send, gone)
             nursery.cancel_scope.cancel()
 
@@ -236,7 +237,7 @@ class Ingress:
         # No need to wait for the disk to wait for the answer: the request leaves in a
         # file, and the links make it durable before they write one.
         async with trio.open_nursery() as waiting:
-            waiting.start_soon(_cancel_when_set, gone, waiting.cancel_scope)
+            waiting.start_soon(cancel_when_set, gone, waiting.cancel_scope)
             record = await self.services.requests.wait(request_id, wait)
             waiting.cancel_scope.cancel()
         if gone.is_set():
@@ -351,19 +352,6 @@ class Ingress:
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
 
 
-async def _note_gone(receive: Receive, gone: trio.Event) -> None:
-    """Set `gone` once the caller has gone (its body was read: what comes now is
-    ``http.disconnect``; it comes too once an answer has ended)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    gone.set()
-
-
-async def _cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:
-    await event.wait()
-    scope.cancel()
-
-
 def _own_base(call: Call, scope: Scope) -> str:
     """This peer's own URL as the connection reached it, for links to its routes: ""
     (relative) in the path form; absolute in the proxy and host forms, where a relative
@@ -408,89 +396,3 @@ async def _refuse_websocket(scope: Scope, send: Send, problem: HTTPProblem) -> N
     start = {"type": "websocket.http.response.start", "status": problem.status}
     await send({**start, "headers": headers})
     await send({"type": "websocket.http.response.body", "body": body})
-
-
-def wait_for_answer(headers: Iterable[tuple[bytes, bytes]]) -> float:
-    """Seconds the caller waits for its answer before a ``202``: 0 for ``Prefer:
-    respond-async``, N for ``Prefer: wait=N`` or ``Mesh-Timeout: N`` (the smaller when
-    both come), else until the request ends (its deadline bounds that). A bad number
-    is a 400."""
-    wait, preferences = math.inf, []
-    for name, value in headers:
-        name = name.lower()
-        if name == b"mesh-timeout":
-            wait = min(wait, _seconds(value, "Mesh-Timeout"))
-        elif name == b"prefer":
-            preferences += [p.strip() for p in value.decode("latin-1").lower().split(",")]
-    for preference in preferences:
-        token, _, argument = preference.partition(";")[0].partition("=")
-        if token.strip() == "respond-async":
-            return 0.0
-        if token.strip() == "wait":
-            wait = min(wait, _seconds(argument.strip().strip('"').encode(), "Prefer: wait"))
-    return wait
-
-
-def _seconds(raw: bytes, what: str) -> float:
-    """A number of seconds given by the caller; HTTPProblem 400 when it is not one."""
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise HTTPProblem(400, f"bad {what}", "give seconds, e.g. 30")
-    return seconds
-
-
-async def accepted(send: Send, request_id: str, retry_after: int, base: str = "") -> None:
-    """202: the request is durable; its answer will be at the Location (under `base`,
-    this peer's own URL, when the caller's URL would lead elsewhere), likely in
-    `retry_after` seconds."""
-    status = f"{base}/mesh/requests/{request_id}"
-    body = json.dumps({"id": request_id, "status": status}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"location", f"{status}/response".encode()),
-        (b"retry-after", str(retry_after).encode()),
-        (b"mesh-request-id", request_id.encode()),
-    ]
-    await send({"type": "http.response.start", "status": 202, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-NO_BODY = frozenset({204, 304})  # statuses that never have a body (nor say its length)
-
-
-async def respond_with(
-    send: Send, record: RequestRecord, bodies: Bodies, gone: trio.Event | None = None
-) -> bool:
-    """The upstream's answer as it gave it, with `Mesh-Request-Id`. A `Content-Length` is
-    added only where the upstream's was dropped for a body that crossed: never to a
-    ``204``, a ``304`` or an answer to ``HEAD`` (they keep the upstream's own, if any). A
-    spooled body is streamed from its file; HTTPProblem 410 when that file is gone.
-    Whether the caller was there (`gone` not set) until the last of it was sent."""
-    assert record.status is not None
-    headers = [*record.headers, (b"mesh-request-id", record.id.encode())]
-    size = len(record.body)
-    if record.given_at is not None:
-        raise HTTPProblem(410, "response given", "it went to the caller that waited for it")
-    if record.body_file is not None:
-        try:
-            size = (await trio.Path(bodies.path(record.body_file)).stat()).st_size
-        except FileNotFoundError:
-            raise HTTPProblem(410, "response gone", "its body file is not kept") from None
-    framed = record.status in NO_BODY or record.method == "HEAD" or record.status < 200
-    if not framed and not any(name == b"content-length" for name, _ in record.headers):
-        headers.append((b"content-length", str(size).encode()))
-    await send({"type": "http.response.start", "status": record.status, "headers": headers})
-    if record.body_file is None:
-        await send({"type": "http.response.body", "body": record.body})
-        return True
-    whole = True
-    async for chunk in bodies.chunks(record.body_file):  # each read lets `gone` be noted
-        # Still there as this piece leaves: a caller gone midway was noted before its last
-        whole = gone is None or not gone.is_set()
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-    return whole
