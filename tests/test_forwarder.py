@@ -113,9 +113,9 @@ async def test_an_answer_over_the_callers_body_limit_fails_the_request(tmp_path:
     assert len(upstream.received) == 1
 
 
-async def test_a_request_the_far_side_cannot_read_is_answered_400(tmp_path: Path) -> None:
+async def test_a_request_the_far_side_cannot_read_is_refused_502(tmp_path: Path) -> None:
     """A request the ingress would have refused (1,100 headers), sent anyway: bravo
-    cannot read it, answers 400 for its id, never forwards it; alpha's request ends."""
+    cannot read it, refuses it (502) by its id, never forwards it; alpha's request ends."""
     upstream = Upstream(200, b"never")
     headers = tuple((b"x-h%d" % n, b"1") for n in range(1100))
     with trio.fail_after(30):
@@ -125,7 +125,7 @@ async def test_a_request_the_far_side_cannot_read_is_answered_400(tmp_path: Path
                 "bravo", "GET", "/x", headers, Body.of(b""), 60
             )
             record = await alpha.requests.wait(request_id, 20)
-    assert record is not None and record.state is FAILED and record.status == 400
+    assert record is not None and record.state is FAILED and record.status == 502
     assert "bravo could not read the request" in json.loads(record.body)["title"]
     assert dict(record.headers)[b"mesh-problem"] == b"bravo"
     assert upstream.received == []

@@ -120,9 +120,10 @@ class Forwarder:
 
     async def _unreadable(self, item: Delivery, note: Control) -> None:
         """Answer a request that arrived but could not be read (`note` stands for it):
-        ``400``, and it is never forwarded (inside the batch's transaction)."""
+        ``502`` (refused by the far side, as DESIGN.md says), and it is never forwarded
+        (inside the batch's transaction)."""
         problem = f"{self.name} could not read the request: {note.args.get('problem')}"
-        answer = problem_response(str(note.args["id"]), self.name, 400, problem)
+        answer = problem_response(str(note.args["id"]), self.name, 502, problem)
         await self.sending.send(item.remote, answer)
         self.receiving.consume([item.id])
 
@@ -214,7 +215,7 @@ class Forwarder:
     def _failed(self, request: Request, exc: Exception) -> Outcome | None:
         """The problem answering `request` after `exc`, or None to try again: a request
         that never reached the upstream, an idempotent one whose connection broke. A
-        request h11 cannot write is a 400 (it never left); a response
+        request h11 cannot write is a 502 (refused here: it never left); a response
         too big or malformed, or the upstream's silence past its timeout, are final
         (asking again would ask it to do the work twice); for a method that is not
         idempotent, any failure after the request left leaves its outcome unknown."""
@@ -227,7 +228,7 @@ class Forwarder:
             title += f" headers, {MAX_HEADER_BYTES} bytes)"
             return self._problem(request, 502, title, **unknown)
         if isinstance(exc, Unsendable):
-            return self._problem(request, 400, str(exc))
+            return self._problem(request, 502, str(exc))
         if isinstance(exc, NeverSent):
             return None
         if not unknown and not isinstance(exc, BadReply | Silent):
