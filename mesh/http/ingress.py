@@ -1,10 +1,12 @@
 """A peer's HTTP ingress (ASGI, served by hypercorn's trio worker at the peer's `listen`).
 
 Routes:
-- ``ANY /{peer}/{path}?{query}``, or ``ANY http://{peer}/{path}`` with the peer as an HTTP
-  proxy: the call, carried to `peer`'s upstream; the caller waits for the answer (up to
-  `Mesh-Timeout`, then ``202`` and a status URL), or gets ``202`` at once with
-  `Mesh-Callback` or ``Prefer: respond-async``.
+- a call to `peer`'s upstream, in any of three forms (`admission.route`): the path form
+  ``ANY /{peer}/{path}?{query}``, the proxy form ``ANY http://{peer}/{path}``, the host
+  form ``Host: {peer}.{host_suffix}``; the caller waits for the answer until its
+  request ends (or ``Prefer: wait=N`` / `Mesh-Timeout`, then ``202`` and a status URL),
+  or gets ``202`` at once with `Mesh-Callback` or ``Prefer: respond-async``
+  (`answering`); the upstream learns how the caller came (`forwarded`).
 - ``GET /mesh/requests/{id}`` and ``GET /mesh/requests/{id}/response``.
 - ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
 - ``POST /mesh/messages/{peer}`` and ``GET /mesh/messages``: opaque messages (`mailbox`).
