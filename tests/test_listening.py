@@ -3,6 +3,7 @@ a deadline for the first request head, and a slot freed as soon as a caller leav
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import trio
 from hypercorn.config import Config
 
-from mesh.http import asgi
+from mesh.http import asgi, listening
 from mesh.http.asgi import Receive, Scope, Send, too_large_unread
 from mesh.http.echo import echo_app
 from mesh.http.listening import serve_capped
@@ -151,3 +152,16 @@ async def test_a_body_that_stops_coming_is_a_408(monkeypatch: pytest.MonkeyPatch
             head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc"
             _, got = await _exchange(port, head)
             assert got.startswith(b"HTTP/1.1 408 "), got
+
+
+async def test_an_accepted_connection_is_probed_when_idle() -> None:
+    """A caller gone without a word is noticed: its connection has TCP keepalive."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with listeners[0], await trio.open_tcp_stream("127.0.0.1", port):
+        accepted = await listeners[0].accept()
+        async with accepted:
+            listening._probe_when_idle(accepted)
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            assert idle == listening.KEEPALIVE_IDLE

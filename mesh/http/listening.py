@@ -111,6 +111,27 @@ def listeners(config: Config) -> list[trio.abc.Listener[Any]]:
     return found
 
 
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 6  # seconds, seconds, count
+
+
+def _probe_when_idle(stream: trio.abc.Stream) -> None:
+    """Have the kernel probe a connection idle for a minute (TCP keepalive), so that a
+    caller gone without a word (its machine off, the network cut) is noticed in about
+    two minutes: a caller waiting for its answer sends nothing, and nothing else would
+    tell it from one that is there."""
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(transport, trio.SocketStream):
+        return
+    transport.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_PROBES),
+    ):
+        if hasattr(socket, option):  # Linux has them all; others keep their defaults
+            transport.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 class _Noticed:
     """An application that notes it was called (a request's head arrived whole)."""
 
@@ -140,6 +161,7 @@ async def serve_capped(
     slots = trio.Semaphore(limit)
 
     async def handle(stream: trio.abc.Stream) -> None:
+        _probe_when_idle(stream)
         headed = trio.Event()
         connection = _Connection(_Noticed(wrapped, headed), config, context, {}, stream)  # type: ignore[arg-type]
         try:
