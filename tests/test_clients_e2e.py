@@ -188,6 +188,9 @@ async def _bodies_and_framing(direct: str, alpha: str, tmp_path: Path) -> None:
     assert asked == b"OPTIONS * 0"
     _, _, big, _ = await curl(f"{alpha}/bravo/bytes/{2 * MiB}")
     assert big == b"x" * (2 * MiB)
+    hosted = alpha.replace("127.0.0.1", "bravo.localhost")  # curl resolves it to loopback
+    _, _, echoed, _ = await curl(f"{hosted}/any/path?q=1")
+    assert echoed == b"GET /any/path?q=1 0"  # the host form: the whole target, untouched
     line, _, _, _ = await curl("--http2", f"{alpha}/bravo/h2c")  # asks to switch: ignored
     assert line.startswith("HTTP/1.1 200")
     _, _, echoed, _ = await curl(
