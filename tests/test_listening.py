@@ -23,12 +23,16 @@ HEAD = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 @asynccontextmanager
 async def serving(
-    limit: int, head_timeout: float, keep_alive: float = 30, app: Any = echo_app
+    limit: int,
+    head_timeout: float,
+    keep_alive: float = 30,
+    app: Any = echo_app,
+    quiet: float = 30,
 ) -> AsyncIterator[int]:
     [port] = free_ports(1)
     config = Config()
     config.bind, config.accesslog = [f"127.0.0.1:{port}"], None
-    config.keep_alive_timeout = keep_alive
+    config.keep_alive_timeout, config.read_timeout = keep_alive, quiet
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_capped, app, config, limit, head_timeout)
         yield port
@@ -165,3 +169,32 @@ async def test_an_accepted_connection_is_probed_when_idle() -> None:
             assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
             idle = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
             assert idle == listening.KEEPALIVE_IDLE
+
+
+async def _slow_or_deaf(scope: Scope, receive: Receive, send: Send) -> None:
+    """``/slow``: a 200 after 1.5 s; anything else: a 200 at once, its body never read."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await trio.sleep(1.5)  # the answer takes its time: the caller waits in silence
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_quiet_is_timed_only_while_no_request_is_answered() -> None:
+    """A caller waiting for its answer may be quiet longer than `read_timeout`; one whose
+    body was never read (and never comes) is let go that long after its answer."""
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30, app=_slow_or_deaf, quiet=0.5) as port:
+            stream, got = await _exchange(port, b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            while not got.endswith(b"ok"):
+                got += await stream.receive_some()
+            assert got.startswith(b"HTTP/1.1 200 ")
+            head = b"POST /deaf HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
+            stream, got = await _exchange(port, head)
+            while not got.endswith(b"ok"):
+                got += await stream.receive_some()
+            started = trio.current_time()
+            assert await stream.receive_some() == b""  # closed: the body never came
+            assert trio.current_time() - started < 3

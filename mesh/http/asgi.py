@@ -38,6 +38,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MAX_HEAD = MAX_TARGET + MAX_HEADER_BYTES + 16 * 1024  # bytes of a request head read at most
 KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
 HEAD_TIMEOUT = 30  # seconds a connection may take for its first request head
+QUIET = 30  # seconds a connection may send nothing while none of its requests is answered
 BODY_SILENCE = 30  # seconds a request body may stop coming before it is given up
 
 
@@ -57,10 +58,10 @@ async def serve_at(
     # so a caller never sends a request on a connection we are just closing; but not for
     # long: an idle connection holds a file descriptor.
     config.keep_alive_timeout = KEEP_ALIVE
-    # No timeout on reading a connection as a whole: a caller waiting for its answer
-    # sends nothing, for as long as the request lasts. The first head has its deadline
-    # (`serve_capped`), later ones the keep-alive timer, a body `BODY_SILENCE`.
-    config.read_timeout = None
+    # A connection may be quiet this long, but while one of its requests is answered
+    # (a caller waiting for its answer sends nothing: `listening`); the first head has
+    # its deadline (`serve_capped`), later ones the keep-alive timer, a body `BODY_SILENCE`.
+    config.read_timeout = QUIET
     # Room for the longest head the far side takes, so that one over it is answered by
     # the ingress (414, 431 as problem+json), not cut off by h11 (16 KiB by default)
     config.h11_max_incomplete_size = MAX_HEAD

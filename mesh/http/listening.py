@@ -11,14 +11,15 @@ The ASGI lifespan protocol is not run: mesh's applications need no start-up or s
 
 from __future__ import annotations
 
+import math
 import resource
 import socket
 from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import wrap_app
 
@@ -46,14 +47,42 @@ def raise_open_file_limit() -> int:
 
 
 class _Connection(TCPServer):
-    """hypercorn's connection, let go as soon as the caller is: after the caller closed
-    its side (or went silent past the read timeout), hypercorn would still wait out its
-    keep-alive timer before closing, holding the descriptor; a request under way still
-    finishes. Its HTTP/1.1 is mesh's (`http11`)."""
+    """hypercorn's connection, with mesh's HTTP/1.1 (`http11`), let go as soon as the
+    caller is: after the caller closed its side (or went quiet too long), hypercorn
+    would still wait out its keep-alive timer before closing, holding the descriptor; a
+    request under way still finishes.
+
+    Quiet is timed as hypercorn does (its `read_timeout` for each read), but not while
+    one of the caller's requests is being answered (`answering`): a caller waiting for
+    its answer sends nothing, for as long as the request lasts (the app bounds a body
+    that stops coming). A request whose body was not read holds its connection only
+    that long after its answer."""
+
+    answering = 0  # requests of this connection the app is handling now
+    _reading: trio.CancelScope | None = None  # the read under way
+
+    def pace(self) -> None:
+        """Give the read under way its deadline, from whether a request is answered."""
+        if self._reading is not None:
+            quiet = self.config.read_timeout or math.inf
+            self._reading.deadline = math.inf if self.answering else trio.current_time() + quiet
 
     async def _read_data(self) -> None:
         adopt(self.protocol.protocol, self.config.h11_max_incomplete_size)  # nothing read yet
-        await super()._read_data()
+        while True:
+            with trio.CancelScope() as self._reading:
+                self.pace()
+                try:
+                    data = await self.stream.receive_some(MAX_RECV)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    break
+            if self._reading.cancelled_caught:  # quiet too long
+                break
+            await self.protocol.handle(RawData(bytes(data)))
+            if not data:
+                break
+        self._reading = None
+        await self.protocol.handle(Closed())
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
@@ -133,14 +162,26 @@ def _probe_when_idle(stream: trio.abc.Stream) -> None:
 
 
 class _Noticed:
-    """An application that notes it was called (a request's head arrived whole)."""
+    """An application that notes it was called (a request's head arrived whole), and
+    tells its `connection` while it answers (`_Connection.answering`)."""
 
     def __init__(self, app: Any, called: trio.Event) -> None:
         self.app, self.called = app, called
+        self.connection: _Connection | None = None
 
     async def __call__(self, *args: Any) -> None:
         self.called.set()
-        await self.app(*args)
+        connection = self.connection
+        if connection is None:
+            await self.app(*args)
+            return
+        connection.answering += 1
+        connection.pace()
+        try:
+            await self.app(*args)
+        finally:
+            connection.answering -= 1
+            connection.pace()
 
 
 async def serve_capped(
@@ -163,7 +204,9 @@ async def serve_capped(
     async def handle(stream: trio.abc.Stream) -> None:
         _probe_when_idle(stream)
         headed = trio.Event()
-        connection = _Connection(_Noticed(wrapped, headed), config, context, {}, stream)  # type: ignore[arg-type]
+        noticed = _Noticed(wrapped, headed)
+        connection = _Connection(noticed, config, context, {}, stream)  # type: ignore[arg-type]
+        noticed.connection = connection
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_drop_if_headless, headed, head_timeout, nursery.cancel_scope)
