@@ -182,6 +182,7 @@ def test_a_head_the_far_side_would_refuse_is_refused_here(
         (b"/bravo/x", b"localhost:1,evil.example"),  # would read as a list when copied
         (b"/bravo/x", b'localhost;for="6.6.6.6"'),
         (b"/bravo/x", b"local host"),
+        (b"/bravo/x", b"localhost:99999"),
         (b"http://bravo:1,evil.example/x", b"localhost"),
         (b"http://bravo;x=y/x", b"localhost"),
     ],

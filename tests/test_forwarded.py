@@ -77,6 +77,9 @@ def test_a_callers_other_claims_and_malformed_lists_are_dropped() -> None:
         (b"x_forwarded_host", b"evil.example"),  # what CGI-style servers read as dashed
         (b"x-forwarded-port", b"443"),
         (b"x-real-ip", b"6.6.6.6"),
+        (b"true-client-ip", b"6.6.6.6"),
+        (b"x-forwarded", b"for=6.6.6.6"),
+        (b"front-end-https", b"on"),
         (b"forwarded", b'for="x'),  # a stray quote would swallow mesh's element
         (b"x-forwarded-for", b"1.2.3.4, evil;x=y"),
         (b"accept", b"*/*"),

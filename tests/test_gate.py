@@ -28,6 +28,14 @@ def basic(user: str, password: str) -> bytes:
         basic("anyone", TOKEN),
         f"Token {TOKEN}".encode(),
         TOKEN.encode(),
+        f"Bearer\t{TOKEN}".encode(),
+        f'Bearer "{TOKEN}"'.encode(),
+        f"Bearer {TOKEN},".encode(),
+        basic("billing", TOKEN).rstrip(b"="),  # padding stripped
+        b"Basic " + base64.b64encode(f"{TOKEN}:".encode()),  # curl -u TOKEN:
+        b"Basic " + base64.b64encode(TOKEN.encode()),
+        f'Token token="{TOKEN}"'.encode(),
+        f'Digest username="x", response="{TOKEN}"'.encode(),
     ],
 )
 def test_a_mesh_token_in_authorization_is_refused_in_any_shape(authorization: bytes) -> None:

@@ -39,7 +39,8 @@ SINGLE = (b"host", b"origin", b"authorization", b"proxy-authorization")
 # or an IPv6 one in brackets, with a port; nothing that reads as a list or as parameters
 # where it is copied (X-Forwarded-Host, Forwarded); underscores as some container names have
 _HOST = re.compile(
-    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9._])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9._])?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
 )
 _HOST_SUFFIX = ".localhost"  # names that resolve to this machine only (RFC 6761)
 
@@ -107,7 +108,7 @@ def _absolute(raw_path: bytes) -> Call:
     host = authority.split(":", 1)[0]
     if not host:
         raise HTTPProblem(400, "ambiguous target", "an absolute-form target names a host")
-    if not _HOST.fullmatch(authority):
+    if not _valid_host(authority):
         raise HTTPProblem(400, "bad target", "its host is a name or address, with a port")
     return Call(host, slash + path, Form.PROXY, authority, scheme.lower())
 
@@ -122,10 +123,16 @@ def route(settings: PeerSettings, peers: Collection[str], scope: Mapping[str, An
     host = next((v for n, v in scope["headers"] if n.lower() == b"host"), None)
     if raw[:8].lower().startswith((b"http://", b"https://")):
         return addressed(raw, method, query)  # a proxy's Host is the target's
-    if host is not None and not _HOST.fullmatch(host.decode("latin-1")):
+    if host is not None and not _valid_host(host.decode("latin-1")):
         raise HTTPProblem(400, "bad Host", "Host is a name or address, with a port")
     host_answered(settings, {b"host": host} if host is not None else {})
     return hosted(settings, peers, host, raw) or addressed(raw, method, query)
+
+
+def _valid_host(value: str) -> bool:
+    """Whether `value` is a name or address with an optional port (up to 65535)."""
+    found = _HOST.fullmatch(value)
+    return found is not None and int(found.group("port") or 0) <= 65535
 
 
 def hosted(

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -136,14 +137,29 @@ class Gate:
 
 
 def _token_shapes(value: bytes) -> set[bytes]:
-    """Every way `value` (an Authorization header) could carry a token: whole, after
-    its scheme, or as the password of Basic credentials."""
-    rest = value.strip().partition(b" ")[2]
-    shapes = {value.strip(), rest.strip()}
-    basic = _credentials(value, basic=True)
-    if basic is not None:
-        shapes.add(basic[1])
-    return {shape for shape in shapes if shape}
+    """Every piece of `value` (an Authorization header) that could be a token: each run
+    between spaces, commas, quotes and ``=``, and, base64-decoded (padding or not),
+    each side of its ``:`` (Basic's user name and password)."""
+    pieces = {piece for piece in re.split(rb'[\s,"=]+', value) if piece}
+    shapes = set(pieces)
+    for piece in pieces:
+        decoded = _lenient_base64(piece)
+        if decoded is not None:
+            shapes.add(decoded)
+            shapes.update(part for part in decoded.split(b":") if part)
+    return shapes
+
+
+def _lenient_base64(piece: bytes) -> bytes | None:
+    """`piece` decoded as base64 (standard or URL alphabet, padding optional); None if
+    it is not."""
+    padded = piece + b"=" * (-len(piece) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return None
 
 
 def _credentials(value: bytes | None, basic: bool) -> tuple[str | None, bytes] | None:

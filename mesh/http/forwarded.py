@@ -30,6 +30,21 @@ from ..wire.messages import Headers
 HOST, PROTO, PREFIX = b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix"
 FOR, FORWARDED = b"x-forwarded-for", b"forwarded"
 OURS = frozenset({HOST, PROTO, PREFIX})  # only mesh sets these
+_CLAIMS = frozenset(  # where servers read a client's address or scheme from
+    {
+        FORWARDED,
+        b"forwarded-for",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+        b"x-cluster-client-ip",
+        b"client-ip",
+        b"x-original-forwarded-for",
+        b"x-scheme",
+        b"x-url-scheme",
+        b"front-end-https",
+    }
+)
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PAIR = rb"%s=(?:%s|\"(?:[^\"\\]|\\.)*\")" % (_TOKEN, _TOKEN)
 _ELEMENT = rb"(?:%s(?:\s*;\s*%s)*)" % (_PAIR, _PAIR)
@@ -87,10 +102,11 @@ def forwarded(crossing: Headers, view: View, client: str | None) -> Headers:
 
 def claims(name: bytes) -> bool:
     """Whether a caller's header `name` (lowercase) claims something only mesh may say of
-    the caller: ``X-Forwarded-*`` (mesh sets or appends to each it knows), ``Forwarded``,
-    ``X-Real-IP``, or any name with an underscore (``X_Forwarded_Host``: servers that
-    read headers CGI-style take it for the dashed name; dropped as nginx does)."""
-    return name.startswith(b"x-forwarded-") or name in (FORWARDED, b"x-real-ip") or b"_" in name
+    the caller: ``X-Forwarded*`` (mesh sets or appends to those it knows), ``Forwarded``
+    and the other names servers read a client's address or scheme from (`_CLAIMS`), or
+    any name with an underscore (``X_Forwarded_Host``: servers that read headers
+    CGI-style take it for the dashed name; dropped as nginx does)."""
+    return name.startswith(b"x-forwarded") or name in _CLAIMS or b"_" in name
 
 
 def caller_location(location: bytes, upstream_base: str, view: View) -> bytes:

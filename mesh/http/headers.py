@@ -37,6 +37,8 @@ OVERRIDES = frozenset(
         b"x-http-method",
         b"x-method-override",
         b"x-original-url",
+        b"x-original-uri",
+        b"x-original-method",
         b"x-rewrite-url",
     }
 )
