@@ -198,3 +198,29 @@ async def test_quiet_is_timed_only_while_no_request_is_answered() -> None:
             started = trio.current_time()
             assert await stream.receive_some() == b""  # closed: the body never came
             assert trio.current_time() - started < 3
+
+
+async def test_a_body_trickled_in_is_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body that keeps coming, but slower than `SLOWEST`, would hold its connection."""
+    monkeypatch.setattr(asgi, "SLOW_GRACE", 0.3)
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30) as port:
+            head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(head)
+            got = b""
+            while not got:
+                await stream.send_all(b"a")
+                with trio.move_on_after(0.1):  # the attacker's pace
+                    got = bytes(await stream.receive_some())
+            assert got.startswith(b"HTTP/1.1 408 "), got
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
+    """Without ``Expect``, a body over the limit gets its 413 at once, not after up to
+    64 MiB of it was read (what more comes is dropped, for a while)."""
+    with trio.fail_after(10):
+        async with serving(limit=8, head_timeout=30) as port:
+            head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\n"
+            _, got = await _exchange(port, head + b"a" * 1000)
+            assert got.startswith(b"HTTP/1.1 413 "), got

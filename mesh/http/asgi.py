@@ -40,6 +40,7 @@ KEEP_ALIVE = 30  # seconds an idle caller's connection is kept
 HEAD_TIMEOUT = 30  # seconds a connection may take for its first request head
 QUIET = 30  # seconds a connection may send nothing while none of its requests is answered
 BODY_SILENCE = 30  # seconds a request body may stop coming before it is given up
+SLOWEST, SLOW_GRACE = 1024, 30.0  # bytes/s a request body comes at least, after seconds
 
 
 async def serve_at(
@@ -166,22 +167,30 @@ async def _next_piece(receive: Receive) -> MutableMapping[str, Any]:
 async def body_chunks(receive: Receive) -> AsyncIterator[bytes]:
     """The request body as it comes (a client waiting for ``100 Continue`` is told to
     send it first); a client that goes away midway is a 400, one whose body stops
-    coming for `BODY_SILENCE` seconds a 408."""
+    coming for `BODY_SILENCE` seconds, or comes slower than `SLOWEST` bytes a second
+    after the first `SLOW_GRACE` seconds, a 408."""
     await go_on()
+    started, came = trio.current_time(), 0
     while True:
         event = await _next_piece(receive)
         if event["type"] == "http.disconnect":
             raise HTTPProblem(400, "client went away")
-        yield event.get("body", b"")
+        piece = event.get("body", b"")
+        came += len(piece)
+        took = trio.current_time() - started
+        if took > SLOW_GRACE and came < SLOWEST * took:  # a trickle would hold its slot
+            detail = f"a request body comes at {SLOWEST} bytes/s at least"
+            raise HTTPProblem(408, "request body too slow", detail, ((b"connection", b"close"),))
+        yield piece
         if not event.get("more_body", False):
             return
 
 
 async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
     """Read what is left of a refused body, up to `bound` bytes, and drop it; whether it
-    all came. Before the answer, so a client still sending gets it rather than a closed
-    connection; after it, because hypercorn queues body chunks for the app, and a
-    connection whose queue is full is never closed."""
+    all came. After the answer (`linger`): hypercorn queues body chunks for the app, and
+    a connection whose queue is full is never closed; a client still sending gets the
+    answer rather than a reset connection."""
     dropped = 0
     while dropped <= bound:
         try:
@@ -194,25 +203,30 @@ async def discard_body(receive: Receive, bound: float = math.inf) -> bool:
     return False
 
 
-DISCARD_BEFORE_ANSWER = 64 << 20  # bytes of a refused body read (and dropped) before a 413
+LINGER_BYTES, LINGER_SECONDS = 64 << 20, 10.0  # of a refused body read (and dropped) after
+
+
+async def linger(receive: Receive) -> None:
+    """After answering a request whose body was refused: drop what more of it comes, up
+    to `LINGER_BYTES` and `LINGER_SECONDS` (its connection is closed then)."""
+    with trio.move_on_after(LINGER_SECONDS):
+        await discard_body(receive, LINGER_BYTES)
 
 
 def too_large_unread(limit: int) -> HTTPProblem:
     """The 413 for a body declared over `limit` by a client waiting for ``100 Continue``
     before it sends it: answered at once, nothing read, and the connection closed after
     (the client may send the body anyway)."""
-    problem = HTTPProblem(
-        413, "body over the limit", f"the limit is {limit} bytes", ((b"connection", b"close"),)
-    )
+    problem = too_large(limit)
     problem.body_read = True  # none of it will be
     return problem
 
 
-async def too_large(receive: Receive, limit: int) -> HTTPProblem:
-    """The 413 for a body over `limit`, once the rest of it (if not too much) was read."""
-    problem = HTTPProblem(413, "body over the limit", f"the limit is {limit} bytes")
-    problem.body_read = await discard_body(receive, DISCARD_BEFORE_ANSWER)
-    return problem
+def too_large(limit: int) -> HTTPProblem:
+    """The 413 for a body over `limit`: answered at once (what is still coming is dropped
+    after, `linger`), and the connection closed."""
+    detail = f"the limit is {limit} bytes"
+    return HTTPProblem(413, "body over the limit", detail, ((b"connection", b"close"),))
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -221,6 +235,6 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     async for chunk in body_chunks(receive):
         size += len(chunk)
         if size > limit:
-            raise await too_large(receive, limit)
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)

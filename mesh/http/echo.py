@@ -8,7 +8,8 @@ import base64
 import json
 from typing import Any
 
-from .asgi import Receive, Scope, Send, lifespan, read_body, respond_json
+from .asgi import Receive, Scope, Send, lifespan, linger, read_body, respond_json, too_large
+from .headers import declared_length
 from .problems import HTTPProblem
 
 MAX_BODY = 64 << 20
@@ -20,10 +21,15 @@ async def echo_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
+    declared = declared_length(dict(scope["headers"]).get(b"content-length"))
     try:
+        if declared is not None and declared > MAX_BODY:
+            raise too_large(MAX_BODY)  # at once, before any of it is read
         body = await read_body(receive, MAX_BODY)
     except HTTPProblem as problem:  # over the limit, stopped coming
         await respond_json(send, problem.status, problem.as_json(), "", problem.headers)
+        if problem.status == 413:
+            await linger(receive)
         return
     try:
         text: dict[str, Any] = {"text": body.decode()}

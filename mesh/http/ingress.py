@@ -42,8 +42,8 @@ from .asgi import (
     Scope,
     Send,
     body_chunks,
-    discard_body,
     lifespan,
+    linger,
     read_body,
     respond_json,
     too_large,
@@ -102,7 +102,7 @@ class Ingress:
                 send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), headers
             )
             if problem.status == 413 and not problem.body_read:
-                await discard_body(receive)
+                await linger(receive)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /mesh/events``: each request event of this peer, as JSON text, live; for
@@ -262,7 +262,7 @@ class Ingress:
         if length is not None and length > limit:  # refused before a byte is kept
             if b"100-continue" in headers.get(b"expect", b"").lower():
                 raise too_large_unread(limit)  # before the client sends a byte of it
-            raise await too_large(receive, limit)
+            raise too_large(limit)
         stream = stream_for(self.services.sending, remote, new_id(), length, limit)
         chunks = body_chunks(receive)
         try:
@@ -271,7 +271,7 @@ class Ingress:
                     self.services.bodies, self.services.sending, chunks, limit, stream
                 )
         except BodyTooLarge:
-            raise await too_large(receive, limit) from None
+            raise too_large(limit) from None
         return body, stream
 
     async def _drop(self, body: Body, stream: BodyStream | None) -> None:
