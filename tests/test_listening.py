@@ -224,3 +224,28 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
             head = b"POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000000\r\n\r\n"
             _, got = await _exchange(port, head + b"a" * 1000)
             assert got.startswith(b"HTTP/1.1 413 "), got
+
+
+async def _big(scope: Scope, receive: Receive, send: Send) -> None:
+    """32 MiB for ``/big``, else a short answer."""
+    if scope["type"] != "http":
+        return
+    size = 32 << 20 if scope["path"] == "/big" else 2
+    start = {"type": "http.response.start", "status": 200}
+    await send({**start, "headers": [(b"content-length", str(size).encode())]})
+    for _ in range(size // (1 << 20)):
+        await send({"type": "http.response.body", "body": b"x" * (1 << 20), "more_body": True})
+    await send({"type": "http.response.body", "body": b"ok" if size == 2 else b""})
+
+
+async def test_a_caller_that_stops_reading_frees_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that makes no progress for `WRITE_TIMEOUT` ends the connection, so a
+    caller that never reads its answer cannot keep its slot (here, the only one)."""
+    monkeypatch.setattr(listening, "WRITE_TIMEOUT", 0.5)
+    with trio.fail_after(10):
+        async with serving(limit=1, head_timeout=30, app=_big) as port:
+            deaf = await trio.open_tcp_stream("127.0.0.1", port)
+            await deaf.send_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")  # never read
+            _, got = await _exchange(port, b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert got.startswith(b"HTTP/1.1 200 ")
+            await deaf.aclose()

@@ -27,15 +27,32 @@ from .http11 import adopt
 
 RESERVED = 256  # file descriptors kept for the peer's own files, database and upstream
 FEWEST = 16  # connections allowed however low the limit
+WRITE_TIMEOUT = 60  # seconds a write to a caller may make no progress
+FILES_PER_CONNECTION = 2  # its socket, and a body file it spools or is sent from
 
 
 def connection_limit() -> int:
-    """How many connections one listener may have open: the soft limit on open files,
-    less what the peer keeps for itself."""
+    """How many connections the process may have open on all its listeners together:
+    the soft limit on open files, less what the peers keep for themselves, over what
+    one connection may hold (its socket, and a body file it spools or is sent)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 65536
-    return max(FEWEST, soft - RESERVED)
+    return max(FEWEST, (soft - RESERVED) // FILES_PER_CONNECTION)
+
+
+_SLOTS: trio.lowlevel.RunVar[trio.Semaphore] = trio.lowlevel.RunVar("connection slots")
+
+
+def _shared_slots(limit: int) -> trio.Semaphore:
+    """The slots every listener of this process (one per peer `mesh up` runs) takes its
+    connections from: the descriptors they use come from one limit."""
+    try:
+        return _SLOTS.get()
+    except LookupError:
+        slots = trio.Semaphore(limit)
+        _SLOTS.set(slots)
+        return slots
 
 
 def raise_open_file_limit() -> int:
@@ -59,6 +76,7 @@ class _Connection(TCPServer):
     that long after its answer."""
 
     answering = 0  # requests of this connection the app is handling now
+    drop: trio.CancelScope | None = None  # cancelled to end the connection at once
     _reading: trio.CancelScope | None = None  # the read under way
 
     def pace(self) -> None:
@@ -86,12 +104,27 @@ class _Connection(TCPServer):
         await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
-        """hypercorn's, but a write that meets the connection being closed (the caller
-        left as soon as it had the head of an answer, and hypercorn's reader is closing
-        it) is the caller gone, as a broken connection is, not an error of the app."""
-        try:
+        """hypercorn's, but a write that makes no progress for `WRITE_TIMEOUT` seconds (a
+        caller that stopped reading would hold its connection and the body file it is
+        sent from for good), or that meets the connection being closed (the caller left
+        as soon as it had the head of an answer, and hypercorn's reader is closing it),
+        is the caller gone, as a broken connection is, not an error of the app."""
+        if not isinstance(event, RawData):
             await super().protocol_send(event)
-        except trio.BusyResourceError:
+            return
+        async with self.send_lock:
+            # Shielded as hypercorn does: an app cancelled midway leaves no half write
+            with trio.CancelScope(shield=True), trio.move_on_after(WRITE_TIMEOUT):
+                try:
+                    await self.stream.send_all(event.data)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except trio.BusyResourceError:  # being closed by the reader
+                    pass
+            if self.drop is not None:  # the caller is gone: so is all of its connection
+                self.drop.cancel()
+            await trio.aclose_forcefully(self.stream)
             await self.protocol.handle(Closed())
 
 
@@ -193,13 +226,14 @@ async def serve_capped(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ASGI `app` on `config`'s binds with at most `limit` connections open at once
-    (on all of them together); started once it listens. A connection whose first request
+    on all the listeners of this process (its trio run: the first to start sets the
+    limit, `_shared_slots`); started once it listens. A connection whose first request
     head is not whole within `head_timeout` seconds is dropped (one that trickles it in
     a byte at a time too). OSError when it cannot listen."""
     opened = listeners(config)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
-    slots = trio.Semaphore(limit)
+    slots = _shared_slots(limit)
 
     async def handle(stream: trio.abc.Stream) -> None:
         _probe_when_idle(stream)
@@ -209,6 +243,7 @@ async def serve_capped(
         noticed.connection = connection
         try:
             async with trio.open_nursery() as nursery:
+                connection.drop = nursery.cancel_scope
                 nursery.start_soon(_drop_if_headless, headed, head_timeout, nursery.cancel_scope)
                 await connection
                 nursery.cancel_scope.cancel()
