@@ -26,6 +26,7 @@ from .config.roster import PeerSettings, Roster
 from .errors import ConfigError, leaves
 from .http.asgi import serve_at
 from .http.forwarder import Forwarder, Upstream
+from .http.health import health
 from .http.ingress import Ingress, Services
 from .http.mailbox import Mailbox
 from .http.poster import Poster
@@ -273,6 +274,11 @@ class Peer:
             durable=self.durable,
             pipe_error=lambda: links.pipe_error,
             status=lambda: self.status(running=True),
+            health=lambda: health(
+                links.pipe_error,
+                {"state": self.roster.state_dir(self.name), "outbox": self.settings.outbox},
+                {r: self.liveness.presence.alive(r) for r in self.settings.talks_to},
+            ),
         )
         app: Any = Ingress(services)  # hypercorn's typing wants its own scope types
         await serve_at(

@@ -9,6 +9,7 @@ Routes:
   (`answering`); the upstream learns how the caller came (`forwarded`).
 - ``GET /mesh/requests/{id}`` and ``GET /mesh/requests/{id}/response``.
 - ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
+- ``GET /mesh/health``: ``200`` or ``503``, whether it can take requests (`health`).
 - ``POST /mesh/messages/{peer}`` and ``GET /mesh/messages``: opaque messages (`mailbox`).
 - ``GET /mesh/events`` (WebSocket): each request event of this peer, live.
 
@@ -53,6 +54,7 @@ from .auth import Gate, Identity
 from .callbacks import checked_url
 from .forwarded import View, forwarded
 from .headers import OVERRIDES, declared_length, end_to_end
+from .health import Health
 from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
@@ -75,6 +77,7 @@ class Services:
     durable: Durability
     pipe_error: Callable[[], str | None]  # why the outbox cannot be written, if it cannot
     status: Callable[[], dict[str, Any]]
+    health: Callable[[], Health]
 
 
 class Ingress:
@@ -162,7 +165,10 @@ class Ingress:
     ) -> None:
         """mesh's own routes: for admin callers, but a caller's own requests."""
         route, admin = "/" + "/".join(parts), self.gate.admin
-        if parts == ["mesh", "status"] and method == "GET":
+        if parts == ["mesh", "health"] and method == "GET":  # open to all
+            health = self.services.health()
+            await respond_json(send, 200 if health.ok else 503, health.as_json())
+        elif parts == ["mesh", "status"] and method == "GET":
             admin(headers, route)
             await respond_json(send, 200, self.services.status())
         elif parts == ["mesh", "messages"] and method == "GET":
