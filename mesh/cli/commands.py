@@ -36,6 +36,7 @@ from ..http.echo import echo_app
 from ..http.listening import raise_open_file_limit
 from ..peer import Peer, open_peers, run_peers
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
+from . import logs
 from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
 from .status import collect, console, follow, render
 
@@ -93,15 +94,18 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def up(roster: str, peers: tuple[str, ...], echo: str | None, log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line (time, level, peer, event, message, ids).",
+)
+def up(
+    roster: str, peers: tuple[str, ...], echo: str | None, log_level: str, log_format: str
+) -> None:
     """Run the peers of ROSTER (all, or those named with --peer) in this process."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        stream=sys.stderr,
-    )
-    for chatty in ("watchfiles", "hypercorn.error", "httpx"):  # httpx: a line per request
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logs.configure(log_level, log_format)
     loaded = _load(roster)
     problems = _start_problems(loaded, [n for n in peers or loaded.peers if n in loaded.peers])
     if problems:

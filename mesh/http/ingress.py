@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -60,6 +61,7 @@ from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answe
 from .requests import Requests, new_id
 
 Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
+CALLER = "mesh.caller"  # the scope's key for the caller's name, once known
 NOT_CONNECT = (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE")
 MAX_WAIT = 30.0  # seconds GET /mesh/messages may wait for a message
 
@@ -87,6 +89,7 @@ class Ingress:
         self.services = services
         self.settings = services.settings
         self.gate = Gate(services.settings.callers)
+        self.log = logging.getLogger(f"mesh.{services.settings.name}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -97,6 +100,20 @@ class Ingress:
             return
         if scope["type"] != "http":
             return
+        started, status = trio.current_time(), [0]
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, sending)
+        finally:
+            _access(self.log, self.settings.name, scope, status[0], trio.current_time() - started)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Route an HTTP request; an `HTTPProblem` raised is the answer."""
         try:
             await self._route(scope, receive, send)
         except HTTPProblem as problem:
@@ -196,6 +213,7 @@ class Ingress:
         """``ANY /{peer}/{path}?{query}`` (or its proxy form): to `peer`'s upstream."""
         remote, target, method = call.peer, call.target, scope["method"]
         identity = self.gate.forwarded(headers, method, remote, target)
+        scope[CALLER] = identity.name  # for the access line
         self._check_remote(remote)
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
@@ -358,6 +376,24 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "wait must be finite")
         epoch = query.get("epoch", [None])[0]
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
+
+
+def _access(log: logging.Logger, peer: str, scope: Scope, status: int, took: float) -> None:
+    """The access line of a request at `peer`: method, path without query, status (0:
+    none was sent), seconds, and its caller's name when the peer has callers."""
+    caller = scope.get(CALLER)
+    path = scope["path"].partition("?")[0]
+    log.info(
+        "%s: %s %s %d %.3f s%s",
+        peer,
+        scope["method"],
+        path,
+        status,
+        took,
+        f" by {caller}" if caller else "",
+        extra={"event": "access", "method": scope["method"], "path": path,
+               "status": status, "duration": round(took, 6), "caller": caller},
+    )  # fmt: skip
 
 
 def _own_base(call: Call, scope: Scope) -> str:
