@@ -31,6 +31,7 @@ from tests.helpers.processes import (
     peer,
     write_roster,
 )
+from tests.helpers.raw_upstream import read_head
 
 
 class Upstream:
@@ -586,12 +587,9 @@ class Dropper:
         self.seen: Counter[str] = Counter()
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            data += chunk
+        data = await read_head(stream)
+        if data is None:
+            return
         self.seen[data.split(b" ", 1)[0].decode()] += 1
         if self.drops > 0:
             self.drops -= 1

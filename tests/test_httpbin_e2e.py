@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +14,7 @@ import httpx
 import trio
 
 from tests.helpers.ports import free_ports
-from tests.helpers.processes import keygen, mesh_up, peer, write_roster
+from tests.helpers.processes import keygen, mesh_up, peer, stop_group, write_roster
 
 
 @asynccontextmanager
@@ -40,16 +38,6 @@ async def httpbin(port: int) -> AsyncIterator[str]:
         yield url
     finally:
         await stop_group(process)
-
-
-async def stop_group(process: trio.Process) -> None:
-    """End `process` and its children (hypercorn serves from a worker process)."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        with trio.move_on_after(5):
-            await process.wait()
-            return
 
 
 def three_peers(tmp_path: Path, ports: tuple[int, int, int], upstream: str) -> Path:

@@ -39,8 +39,9 @@ def adopt(protocol: Any, max_incomplete_size: int) -> None:
     if type(protocol) is not H11Protocol:
         return
     protocol.__class__ = _MeshH11
-    size = max_incomplete_size
-    protocol.connection = _NoEagerContinue(h11.SERVER, max_incomplete_event_size=size)
+    protocol.connection = _NoEagerContinue(
+        h11.SERVER, max_incomplete_event_size=max_incomplete_size
+    )
     assert isinstance(protocol, _MeshH11)
     _GO_ON.set(protocol.send_continue)
 

@@ -118,9 +118,11 @@ class _Connection(TCPServer):
                 try:
                     await self.stream.send_all(event.data)
                     return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except trio.BusyResourceError:  # being closed by the reader
+                except (  # gone, or being closed by hypercorn's reader (Busy)
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    trio.BusyResourceError,
+                ):
                     pass
             if self.drop is not None:  # the caller is gone: so is all of its connection
                 self.drop.cancel()

@@ -133,14 +133,12 @@ class Requests:
         the round trip measured lately (requests to their answers), 1 to 60."""
         return min(max(math.ceil(self._round_trip.get(remote, 1.0)), 1), 60)
 
-    def _measure(self, request_id: str) -> None:
-        """Take the round trip of `request_id`, which ended, into its remote's average."""
-        started = self._started.pop(request_id, None)
-        if started is not None:
-            remote, since = started
-            took = trio.current_time() - since
-            before = self._round_trip.get(remote, took)
-            self._round_trip[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
+    def _measure(self, remote: str, since: float) -> None:
+        """Take the round trip of a request to `remote` sent at `since`, which was
+        answered now, into that remote's average."""
+        took = trio.current_time() - since
+        before = self._round_trip.get(remote, took)
+        self._round_trip[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
 
     def get(self, request_id: str) -> RequestRecord | None:
         return self.tables.get(request_id)
@@ -167,9 +165,9 @@ class Requests:
         """Publish the new events of `request_id`, post them, and wake those waiting for
         it if it ended (only then: each wake-up reads the record again)."""
         if any(state in FINAL for state, _ in events):
-            if any(state is COMPLETED for state, _ in events):
-                self._measure(request_id)
-            self._started.pop(request_id, None)
+            started = self._started.pop(request_id, None)
+            if started is not None and any(state is COMPLETED for state, _ in events):
+                self._measure(*started)  # only answers count: not failures, nor expiries
             waiting = self._finished.pop(request_id, None)
             if waiting is not None:
                 waiting.set()

@@ -3,6 +3,7 @@ an ASGI app (an upstream, a callback receiver) on loopback for a test."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -215,3 +216,14 @@ class PeerProcess:
         self.process.send_signal(signal.SIGINT)
         with trio.fail_after(15):
             return await self.process.wait()
+
+
+async def stop_group(process: trio.Process) -> None:
+    """End `process` and whatever it started, its process group (SIGTERM, then SIGKILL):
+    it must have been started with ``start_new_session=True``."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+        with trio.move_on_after(5):
+            await process.wait()
+            return

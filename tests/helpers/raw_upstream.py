@@ -36,6 +36,18 @@ CANNED = {
 }
 
 
+async def read_head(stream: trio.SocketStream) -> bytes | None:
+    """What a client sent up to the end of its request head (and any of its body that
+    came with it); None if it closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class RawUpstream:
     """The server's state: how many requests came for each path."""
 
@@ -48,12 +60,9 @@ class RawUpstream:
 
     async def _exchange(self, stream: trio.SocketStream) -> None:
         async with stream:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = await read_head(stream)
+            if data is None:
+                return
             head, _, body = data.partition(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             method, target, _ = lines[0].split(" ", 2)

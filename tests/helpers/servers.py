@@ -6,13 +6,11 @@ that yields once the server answers and stops its whole process group at the end
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,21 +27,12 @@ import trio
 from botocore.config import Config
 
 from tests.helpers.ports import free_ports
+from tests.helpers.processes import stop_group
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 GIT_CGI = Path(__file__).with_name("git_cgi.py")
-
-
-async def stop_group(process: trio.Process) -> None:
-    """End `process` and whatever it started (SIGTERM, then SIGKILL)."""
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signum)
-        with trio.move_on_after(5):
-            await process.wait()
-            return
 
 
 @asynccontextmanager
