@@ -128,6 +128,7 @@ def test_built_in_defaults() -> None:
         "upstream_timeout": 60.0,
         "upstream_concurrency": 64,
         "quarantine_limit": 1 << 30,
+        "retention": 7 * 86400.0,
         "file_mode": 0o600,
         "callers": None,
         "serves": None,

@@ -313,6 +313,9 @@ class PeerSettings(BaseModel):
     upstream_timeout: PositiveDuration = 60.0  # silence from the upstream before giving up
     upstream_concurrency: PositiveCount = 64  # requests with the upstream at once
     quarantine_limit: PositiveSize = 1 << 30  # bytes the quarantine folder holds at most
+    # How long finished requests, executions, stored responses and unconsumed messages
+    # are kept before the sweep removes them
+    retention: PositiveDuration = 7 * 86400.0
     file_mode: FileMode = 0o600  # of the files this peer writes in the pipe
     # Who may use the ingress: None (loopback only) and "any" leave it open to all.
     callers: Callers = None
