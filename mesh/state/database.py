@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +133,7 @@ class Database:
         self._add_missing_columns()
         self._depth = 0  # nesting of `transaction` blocks
         self.commits = 0  # transactions committed so far (see durable.Durability)
+        self.commit_timed: Callable[[float], None] = _ignore  # told each COMMIT's seconds
         self._after_commit: list[Callable[[], None]] = []
         with self.transaction():
             self.epoch = self._epoch()
@@ -194,7 +196,9 @@ class Database:
             self.connection.execute("ROLLBACK")
             raise
         self._depth = 0
+        began = time.perf_counter()
         self.connection.execute("COMMIT")
+        self.commit_timed(time.perf_counter() - began)
         self.commits += 1
         hooks, self._after_commit = self._after_commit, []
         for hook in hooks:
@@ -250,6 +254,10 @@ class Database:
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.connection.close()
+
+
+def _ignore(seconds: float) -> None:
+    """What a measurement goes to when nobody listens."""
 
 
 class Tables:

@@ -4,6 +4,7 @@ together, at the barriers where something is about to leave the peer."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import trio
@@ -40,6 +41,7 @@ class Durability:
         self._syncing: trio.Event | None = None
         self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
         self.fsyncs = fsyncs or Offload()
+        self.sync_timed: Callable[[float], None] = lambda seconds: None  # each fsync's seconds
 
     def after_sync(self, hook: Callable[[], None]) -> None:
         """Run `hook` once every commit made so far is on disk: at once if it is, else at
@@ -67,6 +69,7 @@ class Durability:
     async def _sync(self, upto: int) -> None:
         failing = False
         while True:
+            began = time.perf_counter()
             try:
                 await self.fsyncs.run(self.database.sync_log)
             except OSError as exc:
@@ -77,6 +80,7 @@ class Durability:
                 continue
             if failing:
                 self.log.info("the state is durable again")
+            self.sync_timed(time.perf_counter() - began)
             self.syncs += 1
             self._synced = max(self._synced, upto)
             due = [hook for covers, hook in self._hooks if covers <= self._synced]
