@@ -37,6 +37,7 @@ from .pipe.intake import Intake
 from .pipe.links import Links
 from .pipe.liveness import Liveness
 from .pipe.quarantine import Quarantine
+from .pipe.retention import Retention
 from .proto.link import LinkSettings
 from .state.durable import Durability
 from .state.lock import StateLock
@@ -113,6 +114,7 @@ class Peer:
         self.liveness: Liveness
         self.links: Links
         self.requests: Requests
+        self.retention: Retention
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -256,7 +258,10 @@ class Peer:
         intake = Intake(
             settings, self.keyring, self.limits, self.quarantine, links.arrived, self.liveness.heard
         )
-        return [links, self.requests, poster, forwarder, intake, self.liveness]
+        self.retention = Retention(
+            store.retention, sending.remove_once_synced, settings.retention, self.log
+        )
+        return [links, self.requests, poster, forwarder, intake, self.liveness, self.retention]
 
     async def _serve_http(self, nursery: trio.Nursery) -> None:
         """Listen at `listen`; ConfigError if the address cannot be had."""

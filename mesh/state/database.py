@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS requests (
     events_url TEXT,
     caller TEXT,  -- the caller who made it (None: the peer has no callers)
     signing_key BLOB,  -- signs its callbacks: derived from the caller's token, never it
-    given_at REAL  -- when its spooled response went to the caller that waited (file gone)
+    given_at REAL,  -- when its spooled response went to the caller that waited (file gone)
+    ended REAL  -- when it reached its end (completed or failed): retention counts from it
 );
 CREATE TABLE IF NOT EXISTS posts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,9 +106,16 @@ CREATE TABLE IF NOT EXISTS refusals (  -- requests `serves` kept from the upstre
     remote TEXT PRIMARY KEY,
     count INTEGER NOT NULL
 );
+"""
+_INDEXES = """  -- made after the columns an earlier version lacked are added
 CREATE INDEX IF NOT EXISTS requests_by_seq ON requests (remote, seq);
 CREATE INDEX IF NOT EXISTS requests_open ON requests (deadline)
     WHERE state NOT IN ('completed', 'failed');  -- those that may fall overdue
+CREATE INDEX IF NOT EXISTS requests_ended ON requests (ended) WHERE ended IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_responded ON executions (updated)
+    WHERE state = 'responded';  -- those retention removes in time
+CREATE INDEX IF NOT EXISTS posts_by_request ON posts (request_id);
+CREATE INDEX IF NOT EXISTS inbound_by_time ON inbound (kind, received);
 """
 
 
@@ -131,6 +139,7 @@ class Database:
         self._checkpointer: sqlite3.Connection | None = None
         self.connection.executescript(_SCHEMA)
         self._add_missing_columns()
+        self.connection.executescript(_INDEXES)
         self._depth = 0  # nesting of `transaction` blocks
         self.commits = 0  # transactions committed so far (see durable.Durability)
         self.commit_timed: Callable[[float], None] = _ignore  # told each COMMIT's seconds
@@ -144,7 +153,13 @@ class Database:
         added = {
             "outbound": ("spool TEXT", "spool_length INTEGER NOT NULL DEFAULT 0"),
             "links": ("remote_since REAL NOT NULL DEFAULT 0",),
-            "requests": ("body_file TEXT", "caller TEXT", "signing_key BLOB", "given_at REAL"),
+            "requests": (
+                "body_file TEXT",
+                "caller TEXT",
+                "signing_key BLOB",
+                "given_at REAL",
+                "ended REAL",
+            ),
             "posts": ("body_file TEXT", "signing_key BLOB"),
             "transfers": (
                 "message TEXT NOT NULL DEFAULT ''",
@@ -156,6 +171,12 @@ class Database:
             for column in columns:
                 if column.split()[0] not in have:
                     self.connection.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if table == "requests" and column == "ended REAL" and "ended" not in have:
+                    # Requests ended before `ended` was kept: retention counts from deadlines
+                    self.connection.execute(
+                        "UPDATE requests SET ended = deadline"
+                        " WHERE state IN ('completed', 'failed')"
+                    )
 
     def _epoch(self) -> str:
         row = self.connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()

@@ -47,10 +47,13 @@ class ExecutionTables(Tables):
         return bool(cursor.rowcount)
 
     def mark(self, request_id: str, state: Execution, at: float) -> None:
+        """Move an execution to `state`; one answered keeps only its id and times (its
+        request, body and all, is not needed again)."""
         with self._database.transaction():
             self._sql.execute(
-                "UPDATE executions SET state = ?, updated = ? WHERE id = ?",
-                (state, at, request_id),
+                "UPDATE executions SET state = ?, updated = ?,"
+                " request = CASE WHEN ? = 'responded' THEN x'' ELSE request END WHERE id = ?",
+                (state, at, state, request_id),
             )
 
     def unfinished(self) -> list[Unfinished]:

@@ -255,7 +255,7 @@ class RequestTables(Tables):
             self._post_answer(_News(answer.request_id, row[2], row[4], row[5]), answer, at)
         self._sql.execute(
             "UPDATE requests SET state = ?, events = ?, status = ?, headers = ?,"
-            " body = ?, body_file = ? WHERE id = ?",
+            " body = ?, body_file = ?, ended = ? WHERE id = ?",
             (
                 new[-1][0],
                 _with_events(row[1], new),
@@ -263,6 +263,7 @@ class RequestTables(Tables):
                 _pack_headers(answer.headers),
                 answer.body,
                 answer.body_file,
+                at,
                 answer.request_id,
             ),
         )

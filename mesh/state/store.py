@@ -10,6 +10,7 @@ from .executions import ExecutionTables
 from .links import LinkTables
 from .posts import PostTables
 from .requests import RequestTables
+from .retention import RetentionTables
 
 
 class Store:
@@ -21,6 +22,7 @@ class Store:
         self.posts = PostTables(self.database)
         self.requests = RequestTables(self.database, self.posts)
         self.executions = ExecutionTables(self.database)
+        self.retention = RetentionTables(self.database)
 
     @property
     def epoch(self) -> str:

@@ -1,0 +1,113 @@
+"""Retention: what has been finished for `retention` seconds is removed, a little at a
+time, so a peer that runs for months keeps a bounded state.
+
+Every `every` seconds a sweep removes, oldest first, the requests that ended, the
+executions answered and the mailbox's messages not consumed, each older than the
+retention (`state.retention` says exactly what), and the body files of the requests
+removed once their removal is on disk. It works in batches, each one short transaction,
+sized so one takes about `BUDGET` seconds, and lets the event loop run between two: a
+sweep never holds the loop for more than about 10 ms however much there is to remove.
+SQLite reuses the pages freed, so under a steady load the database stops growing.
+
+The quarantine is bounded as files come (`quarantine.Quarantine`), not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+import trio.lowlevel
+
+from ..state.retention import RetentionTables
+from ..wire.messages import Kind
+
+BUDGET = 0.005  # seconds a batch should take
+FIRST_BATCH = 64  # rows in the first batch; later ones are sized from how long it took
+MOST_BATCH = 4096
+SWEEP_AT_MOST_EVERY = 60.0  # seconds; a short retention is swept more often
+
+
+@dataclass
+class Swept:
+    """What sweeps removed so far."""
+
+    requests: int = 0
+    executions: int = 0
+    messages: int = 0
+    body_files: int = 0
+
+
+class Retention:
+    """Sweeps `tables` of what ended `retention` seconds ago; body files go to `remove`
+    (which removes them once the commits that let them go are on disk)."""
+
+    def __init__(
+        self,
+        tables: RetentionTables,
+        remove: Callable[[list[str]], None],
+        retention: float,
+        log: logging.Logger,
+    ) -> None:
+        self.tables, self.remove, self.retention, self.log = tables, remove, retention, log
+        self.batch = FIRST_BATCH
+        self.swept = Swept()
+        self.longest = 0.0  # seconds the longest batch held the event loop
+
+    @property
+    def every(self) -> float:
+        """Seconds between two sweeps: a quarter of the retention, within [0.5 s, 60 s]."""
+        return min(SWEEP_AT_MOST_EVERY, max(self.retention / 4, 0.5))
+
+    async def run(self) -> None:
+        """Sweep every `every` seconds until cancelled; a sweep the store refuses (a full
+        disk, a busy database) is logged and tried at the next."""
+        while True:
+            await trio.sleep(self.every)
+            try:
+                await self.sweep(time.time() - self.retention)
+            except sqlite3.Error as exc:
+                self.log.warning("retention sweep failed, tried again later: %s", exc)
+
+    async def sweep(self, cutoff: float) -> None:
+        """Remove everything that ended before `cutoff` (wall clock), batch by batch."""
+        self.swept.requests += await self._batches(self._requests, cutoff)
+        self.swept.executions += await self._batches(self.tables.answered_executions, cutoff)
+        self.swept.messages += await self._batches(self._messages, cutoff)
+
+    def _requests(self, cutoff: float, limit: int) -> int:
+        removed, files = self.tables.ended_requests(cutoff, limit)
+        self.remove(files)
+        self.swept.body_files += len(files)
+        return removed
+
+    def _messages(self, cutoff: float, limit: int) -> int:
+        return self.tables.unconsumed(Kind.DATAGRAM, cutoff, limit)
+
+    async def _batches(self, step: Callable[[float, int], int], cutoff: float) -> int:
+        """Run `step(cutoff, limit)` until it removes fewer than `limit`, letting the
+        event loop run between two batches; how many it removed in all."""
+        total = 0
+        while True:
+            limit = self.batch
+            began = time.perf_counter()
+            removed = step(cutoff, limit)
+            self._took(time.perf_counter() - began, removed)
+            total += removed
+            await trio.lowlevel.checkpoint()
+            if removed < limit:
+                return total
+
+    def _took(self, seconds: float, removed: int) -> None:
+        """Size the next batch so it takes about `BUDGET` seconds."""
+        self.longest = max(self.longest, seconds)
+        if removed < self.batch:
+            return  # a short batch says little about the time of a full one
+        if seconds > BUDGET:
+            self.batch = max(1, self.batch // 2)
+        elif seconds < BUDGET / 2:
+            self.batch = min(MOST_BATCH, self.batch * 2)

@@ -1,0 +1,127 @@
+"""Retention on real SQLite: what ended long enough ago goes, a batch at a time, and
+nothing else does."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import trio
+import trio.lowlevel
+
+from mesh.pipe.retention import FIRST_BATCH, Retention
+from mesh.proto.received import ReceivedState
+from mesh.state.database import Database
+from mesh.state.executions import Execution
+from mesh.state.requests import Answer, Asker
+from mesh.state.store import Store
+from mesh.wire.messages import Kind
+
+EPOCH = "0123456789abcdef"
+LOG = logging.getLogger("test.retention")
+
+
+def _request(store: Store, n: int, ended_at: float | None, body_file: str | None = None) -> str:
+    """Request number `n`, ended at `ended_at` (None: still open), its response body in
+    `body_file` if given."""
+    request_id = f"{n:032x}"
+    store.requests.add(request_id, "bravo", n, "GET", "/x", 1e9, 0.0)
+    if ended_at is not None:
+        answer = Answer(request_id, 200, (), b"ok", body_file)
+        store.requests.answer(0, answer, ended_at)
+    return request_id
+
+
+def test_requests_that_ended_before_the_cutoff_go_with_their_body_files(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    old = _request(store, 1, 10.0, "in-bravo-" + "1" * 32)
+    recent = _request(store, 2, 30.0, "in-bravo-" + "2" * 32)
+    still_open = _request(store, 3, None)
+    assert store.retention.ended_requests(20.0, 100) == (1, ["in-bravo-" + "1" * 32])
+    assert store.requests.get(old) is None
+    assert store.requests.get(recent) is not None and store.requests.get(still_open) is not None
+    assert store.retention.ended_requests(1e9, 100) == (1, ["in-bravo-" + "2" * 32])
+    assert store.requests.get(still_open) is not None  # never, however old
+
+
+def test_a_request_with_a_post_still_queued_is_kept_until_it_goes(tmp_path: Path) -> None:
+    """Its callback reads the response's body file: both stay while the post does."""
+    store = Store(tmp_path)
+    request_id = f"{7:032x}"
+    store.requests.add(request_id, "bravo", 7, "GET", "/x", 1e9, 0.0, Asker(callback="http://h/cb"))
+    store.requests.answer(0, Answer(request_id, 200, (), b"", "in-bravo-" + "7" * 32), 10.0)
+    assert store.retention.ended_requests(1e9, 100) == (0, [])
+    for post in store.posts.due(1e10):
+        store.posts.done(post.id)
+    assert store.retention.ended_requests(1e9, 100) == (1, ["in-bravo-" + "7" * 32])
+
+
+def test_answered_executions_go_and_keep_nothing_of_their_request_meanwhile(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    for n, state in enumerate((Execution.RESPONDED, Execution.FORWARDING, Execution.RECEIVED)):
+        store.executions.take(0, "alpha", f"{n:032x}", b"request" * 100, 10.0)
+        store.executions.mark(f"{n:032x}", state, 10.0)
+    sql = store.database.connection
+    assert sql.execute(
+        "SELECT length(request) FROM executions WHERE id = ?", (f"{0:032x}",)
+    ).fetchone() == (0,)
+    assert store.retention.answered_executions(20.0, 100) == 1
+    assert [u.state for u in store.executions.unfinished()] == [
+        Execution.FORWARDING,
+        Execution.RECEIVED,
+    ]
+
+
+def test_only_the_mailboxs_unconsumed_messages_expire(tmp_path: Path) -> None:
+    """A request waiting in the inbound table is the forwarder's to answer, never
+    dropped; an opaque message nobody consumed is."""
+    store = Store(tmp_path)
+    messages = [(1, Kind.DATAGRAM, b"d"), (2, Kind.REQUEST, b"r")]
+    store.links.deliver("alpha", EPOCH, messages, ReceivedState(2), [], 10.0)
+    assert store.retention.unconsumed(Kind.DATAGRAM, 20.0, 100) == 1
+    assert [d.kind for d in store.links.delivered(0)] == [Kind.REQUEST]
+
+
+def test_a_state_from_before_retention_counts_ended_requests_from_their_deadline(
+    tmp_path: Path,
+) -> None:
+    """A database an earlier version made has no `ended`: it is added, and requests that
+    had ended get their deadline as their end."""
+    store = Store(tmp_path)
+    _request(store, 1, 10.0)
+    store.close()
+    sql = sqlite3.connect(tmp_path / "state.sqlite")
+    sql.executescript("DROP INDEX requests_ended; ALTER TABLE requests DROP COLUMN ended;")
+    sql.close()
+    reopened = Database(tmp_path)
+    ended = reopened.connection.execute("SELECT ended FROM requests").fetchall()
+    assert ended == [(1e9,)]
+
+
+async def test_a_sweep_removes_everything_due_in_batches_letting_the_loop_run(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    with store.database.transaction():
+        for n in range(5000):
+            _request(store, n, 10.0, f"in-bravo-{n:032x}" if n % 2 else None)
+    removed: list[str] = []
+    retention = Retention(store.retention, removed.extend, 60.0, LOG)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tick)
+        await retention.sweep(cutoff=100.0)
+        nursery.cancel_scope.cancel()
+    assert retention.swept.requests == 5000 and len(removed) == 2500
+    assert store.database.connection.execute("SELECT count(*) FROM requests").fetchone() == (0,)
+    assert ticks >= 5000 // max(retention.batch, FIRST_BATCH)  # the loop ran between batches
