@@ -110,8 +110,9 @@ async def until(condition: Callable[[], bool]) -> None:
         await trio.sleep(0.1)
 
 
-async def send_all(client: httpx.AsyncClient, alpha: int, callbacks: str) -> None:
-    """Send the requests, 64 at a time, each answered `202` at once."""
+async def send_all(client: httpx.AsyncClient, alpha: int, callbacks: str) -> list[str]:
+    """Send the requests, 64 at a time, each answered `202` at once; their status URLs."""
+    statuses: list[str] = []
     limit = trio.CapacityLimiter(64)
 
     async def one(n: int) -> None:
@@ -123,10 +124,12 @@ async def send_all(client: httpx.AsyncClient, alpha: int, callbacks: str) -> Non
             url = f"http://127.0.0.1:{alpha}/bravo/r/{n}"
             reply = await client.post(url, content=body, headers=headers)
             assert reply.status_code == 202, reply.text
+            statuses.append(reply.headers["location"].removesuffix("/response"))
 
     async with trio.open_nursery() as nursery:
         for n in range(REQUESTS):
             nursery.start_soon(one, n)
+    return statuses
 
 
 async def test_retention_sweeps_everything_and_a_late_duplicate_runs_nothing(
@@ -163,7 +166,9 @@ async def test_retention_sweeps_everything_and_a_late_duplicate_runs_nothing(
         ):
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
-            await send_all(client, ports.alpha, ports.callbacks)
+            statuses = await send_all(client, ports.alpha, ports.callbacks)
+            last = f"http://127.0.0.1:{ports.alpha}{statuses[-1]}"
+            assert (await client.get(last)).status_code == 200  # kept while retention lasts
             expected_callbacks = len({*range(0, REQUESTS, CALLBACK_EVERY), *BIG})
             await until(lambda: receiver.got >= expected_callbacks)
             await until(lambda: len(upstream.ran) == REQUESTS)
@@ -172,6 +177,8 @@ async def test_retention_sweeps_everything_and_a_late_duplicate_runs_nothing(
             await until(lambda: rows(bravo_state, "SELECT count(*) FROM executions") == 0)
             swept_at = set(mirror.named("duplicate"))
             assert rows(alpha_state, "SELECT count(*) FROM posts") == 0
+            assert (await client.get(last)).status_code == 404  # past retention
+            assert (await client.get(f"{last}/response")).status_code == 404
             await until(lambda: not any((alpha_state / "bodies").iterdir()))
             await until(lambda: not any((bravo_state / "bodies").iterdir()))
             # Second copies of every request file come; those after the sweep run nothing
