@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 E = TypeVar("E", bound=BaseException)
+COMPLAIN_EVERY = 60.0  # seconds between two log lines about one recurring failure
 
 
 def leaves(group: BaseExceptionGroup[E]) -> list[E]:
@@ -30,6 +35,19 @@ def unwrapped() -> Iterator[None]:
         if len(found) == 1:
             raise found[0] from None
         raise
+
+
+SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the user's quota on it) is full: an OSError's
+    ENOSPC or EDQUOT, or SQLite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "is full" in str(exc)
+    return False
 
 
 class MeshError(Exception):
@@ -63,3 +81,23 @@ class FormatError(MeshError):
 
 class MessageError(MeshError):
     """A frame decoded to something that is not a valid message."""
+
+
+class Complaints:
+    """Log lines about recurring failures, at most one per kind every `COMPLAIN_EVERY`
+    seconds, each saying how many were left out since the last."""
+
+    def __init__(self, log: logging.Logger, name: str) -> None:
+        self.log, self.name = log, name
+        self._last: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def say(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -COMPLAIN_EVERY) < COMPLAIN_EVERY:
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        quiet = self._quiet.pop(kind, 0)
+        more = f" ({quiet} more like it since)" if quiet else ""
+        self.log.warning(f"%s: {message}{more}", self.name, *args)

@@ -23,12 +23,13 @@ from .config import keys as keyfiles
 from .config.access import ANY
 from .config.modes import others_may_change
 from .config.roster import PeerSettings, Roster
-from .errors import ConfigError, leaves
+from .errors import Complaints, ConfigError, leaves
 from .http.asgi import serve_at
 from .http.forwarder import Forwarder, Upstream
 from .http.health import health
 from .http.ingress import Ingress, Services
 from .http.mailbox import Mailbox
+from .http.metrics import Metrics, Sources
 from .http.poster import Poster
 from .http.requests import Requests
 from .pipe import folder
@@ -50,7 +51,6 @@ from .wire.fileformat import Limits
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
 MAX_FRAME = 16 << 20
 RESTART_AFTER = 1.0  # seconds before a part that failed on an OSError starts again
-COMPLAIN_EVERY = 60.0  # seconds between two log lines about one recurring failure
 SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
 
 
@@ -60,35 +60,16 @@ class Running(Protocol):
     async def run(self) -> None: ...
 
 
-class Complaints:
-    """Log lines about recurring failures, at most one per kind every `COMPLAIN_EVERY`
-    seconds, each saying how many were left out since the last."""
-
-    def __init__(self, log: logging.Logger, name: str) -> None:
-        self.log, self.name = log, name
-        self._last: dict[str, float] = {}
-        self._quiet: dict[str, int] = {}
-
-    def say(self, kind: str, message: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -COMPLAIN_EVERY) < COMPLAIN_EVERY:
-            self._quiet[kind] = self._quiet.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        quiet = self._quiet.pop(kind, 0)
-        more = f" ({quiet} more like it since)" if quiet else ""
-        self.log.warning(f"%s: {message}{more}", self.name, *args)
-
-
 async def keep_running(part: Running, complaints: Complaints) -> None:
-    """Run `part` until it returns or is cancelled; an OSError out of it (no file
-    descriptor left, a share gone away) is logged now and then, and `part` starts again
+    """Run `part` until it returns or is cancelled; an OSError or SQLite's operational
+    error out of it (no file descriptor left, a share gone away, a full disk) is logged
+    now and then, and `part` starts again
     after `RESTART_AFTER` seconds: it never ends the peer. Other errors do."""
     while True:
         try:
             await part.run()
             return
-        except* OSError as group:
+        except* (OSError, sqlite3.OperationalError) as group:  # a full disk, too
             first = next(iter(leaves(group)))
             name = type(part).__name__
             complaints.say(name, "%s stopped (%s); starting it again", name, first)
@@ -259,7 +240,7 @@ class Peer:
             settings, self.keyring, self.limits, self.quarantine, links.arrived, self.liveness.heard
         )
         self.retention = Retention(
-            store.retention, sending.remove_once_synced, settings.retention, self.log
+            store.retention, sending.remove_once_synced, settings.retention, self._complaints
         )
         return [links, self.requests, poster, forwarder, intake, self.liveness, self.retention]
 
@@ -269,6 +250,7 @@ class Peer:
         mailbox = Mailbox(
             self.store.epoch, self.store.links, links.sending, links.receiving, self.durable
         )
+        places = {"state": self.roster.state_dir(self.name), "outbox": self.settings.outbox}
         services = Services(
             settings=self.settings,
             peers=frozenset(self.roster.peers),
@@ -280,10 +262,11 @@ class Peer:
             pipe_error=lambda: links.pipe_error,
             status=lambda: self.status(running=True),
             health=lambda: health(
-                links.pipe_error,
-                {"state": self.roster.state_dir(self.name), "outbox": self.settings.outbox},
+                (links.pipe_error, self.durable.failing),
+                places,
                 {r: self.liveness.presence.alive(r) for r in self.settings.talks_to},
             ),
+            metrics=self._metrics(places),
         )
         app: Any = Ingress(services)  # hypercorn's typing wants its own scope types
         await serve_at(
@@ -297,6 +280,26 @@ class Peer:
                 self.name,
                 self.settings.listen,
             )
+
+    def _metrics(self, places: dict[str, Path]) -> Metrics:
+        """The peer's metrics (`places`: where free space counts), and the parts that time
+        things told to feed them."""
+        links = self.links
+        sources = Sources(
+            links=links.status,
+            traffic=links.traffic,
+            heard=self.liveness.status,
+            quarantined=self.quarantine.reasons,
+            in_flight=self.store.requests.in_flight,
+            transfers=links.transfers,
+            places=places,
+        )
+        metrics = Metrics(sources)
+        self.store.database.commit_timed = metrics.commit.observe
+        self.durable.sync_timed = metrics.fsync.observe
+        self.requests.ended = metrics.ended
+        self.requests.round_trip_timed = metrics.round_tripped
+        return metrics
 
     def _link_settings(self) -> LinkSettings:
         return LinkSettings(

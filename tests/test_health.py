@@ -12,14 +12,15 @@ from mesh.http.health import health
 
 def test_healthy_and_each_cause_in_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     places = {"state": tmp_path, "outbox": tmp_path / "gone"}
-    sick = health("cannot write to /secret/pipe: disk full", places, {"bravo": False})
+    troubles = ["no space left where the pipe is", None]
+    sick = health(troubles, places, {"bravo": False})
     assert not sick.ok
     assert sick.as_json() == {
         "ok": False,
-        "reasons": ["the outbox cannot be written", "the outbox cannot be reached"],
+        "reasons": ["no space left where the pipe is", "the outbox cannot be reached"],
         "peers": {"bravo": "silent"},
     }
-    assert health(None, {"state": tmp_path}, {"bravo": True}).ok
+    assert health([None], {"state": tmp_path}, {"bravo": True}).ok
     monkeypatch.setattr(health_module, "LOW_SPACE", 1 << 62)  # more than any disk has
-    full = health(None, {"state": tmp_path}, {})
+    full = health([], {"state": tmp_path}, {})
     assert full.reasons[0].startswith("little space left where the state is")

@@ -8,7 +8,8 @@ import logging
 import pytest
 import trio
 
-from mesh.peer import COMPLAIN_EVERY, RESTART_AFTER, Complaints, keep_running
+from mesh.errors import COMPLAIN_EVERY, Complaints
+from mesh.peer import RESTART_AFTER, keep_running
 
 
 class Flaky:
@@ -47,7 +48,7 @@ def test_complaints_are_rate_limited_and_counted(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
-    monkeypatch.setattr("mesh.peer.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("mesh.errors.time.monotonic", lambda: now[0])
     complaints = Complaints(logging.getLogger("mesh.test"), "alpha")
     with caplog.at_level(logging.WARNING):
         for n in range(5):

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 import trio.lowlevel
 
+from mesh.errors import Complaints
 from mesh.pipe.retention import FIRST_BATCH, Retention
 from mesh.proto.received import ReceivedState
 from mesh.state.database import Database
@@ -19,7 +20,7 @@ from mesh.state.store import Store
 from mesh.wire.messages import Kind
 
 EPOCH = "0123456789abcdef"
-LOG = logging.getLogger("test.retention")
+COMPLAINTS = Complaints(logging.getLogger("test.retention"), "alpha")
 
 
 def _request(store: Store, n: int, ended_at: float | None, body_file: str | None = None) -> str:
@@ -109,7 +110,7 @@ async def test_a_sweep_removes_everything_due_in_batches_letting_the_loop_run(
         for n in range(5000):
             _request(store, n, 10.0, f"in-bravo-{n:032x}" if n % 2 else None)
     removed: list[str] = []
-    retention = Retention(store.retention, removed.extend, 60.0, LOG)
+    retention = Retention(store.retention, removed.extend, 60.0, COMPLAINTS)
     ticks = 0
 
     async def tick() -> None:

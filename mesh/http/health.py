@@ -1,12 +1,12 @@
 """Whether a peer can take requests, for a load balancer or a supervisor
-(``GET /mesh/health``, open to all): it can when its outbox can be written and there is
-space where its state and its outbox are. The answer names what is wrong in words,
+(``GET /mesh/health``, open to all): it can when its outbox and its store can be written
+and there is space where its state and its outbox are. The answer names what is wrong in words,
 never a path, and each remote peer's liveness; nothing else."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,13 @@ class Health:
         return {"ok": self.ok, "reasons": list(self.reasons), "peers": peers}
 
 
-def health(pipe_error: str | None, places: Mapping[str, Path], alive: Mapping[str, bool]) -> Health:
-    """The `Health` of a peer whose outbox failed with `pipe_error` (None: it did not),
-    with `places` (``state``, ``outbox``: their folders) to check for space, and its
-    remote peers' liveness."""
-    reasons = ["the outbox cannot be written"] if pipe_error is not None else []
+def health(
+    troubles: Iterable[str | None], places: Mapping[str, Path], alive: Mapping[str, bool]
+) -> Health:
+    """The `Health` of a peer with `troubles` (why its outbox or its store cannot be
+    written, in words without a path; None: no trouble there), with `places` (``state``,
+    ``outbox``: their folders) to check for space, and its remote peers' liveness."""
+    reasons = [trouble for trouble in troubles if trouble is not None]
     for what, folder in places.items():
         try:
             free = shutil.disk_usage(folder).free

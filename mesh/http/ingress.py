@@ -10,6 +10,7 @@ Routes:
 - ``GET /mesh/requests/{id}`` and ``GET /mesh/requests/{id}/response``.
 - ``GET /mesh/status``: this peer's status as JSON (what `mesh status` shows).
 - ``GET /mesh/health``: ``200`` or ``503``, whether it can take requests (`health`).
+- ``GET /metrics``: this peer's metrics in Prometheus's text format (`metrics`).
 - ``POST /mesh/messages/{peer}`` and ``GET /mesh/messages``: opaque messages (`mailbox`).
 - ``GET /mesh/events`` (WebSocket): each request event of this peer, live.
 
@@ -57,6 +58,7 @@ from .forwarded import View, forwarded
 from .headers import OVERRIDES, declared_length, end_to_end
 from .health import Health
 from .mailbox import DATAGRAM_LIMIT, Mailbox
+from .metrics import Metrics
 from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
 
@@ -80,6 +82,7 @@ class Services:
     pipe_error: Callable[[], str | None]  # why the outbox cannot be written, if it cannot
     status: Callable[[], dict[str, Any]]
     health: Callable[[], Health]
+    metrics: Metrics
 
 
 class Ingress:
@@ -110,7 +113,9 @@ class Ingress:
         try:
             await self._handle(scope, receive, sending)
         finally:
-            _access(self.log, self.settings.name, scope, status[0], trio.current_time() - started)
+            took = trio.current_time() - started
+            _access(self.log, self.settings.name, scope, status[0], took)
+            self.services.metrics.waited(took, call=CALLER in scope)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route an HTTP request; an `HTTPProblem` raised is the answer."""
@@ -164,9 +169,9 @@ class Ingress:
             detail = "address the far service as http://PEER/path (its peer may use TLS to it)"
             raise HTTPProblem(405, "no tunnels", detail, headers=(NOT_CONNECT,))
         call = route(self.settings, self.services.peers, scope)
-        if call is not None:
+        if call is not None and not (path == "/metrics" and call.form is PATH):  # not a peer's
             await self._call(call, headers, scope, receive, send)
-        elif path.startswith("/mesh/") or path == "/mesh":
+        elif path.startswith("/mesh/") or path in ("/mesh", "/metrics"):
             await self._own_route(method, path.strip("/").split("/"), headers, scope, receive, send)
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {path}")
@@ -188,6 +193,9 @@ class Ingress:
         elif parts == ["mesh", "status"] and method == "GET":
             admin(headers, route)
             await respond_json(send, 200, self.services.status())
+        elif parts == ["metrics"] and method == "GET":
+            admin(headers, route)
+            await self.services.metrics.respond(send)
         elif parts == ["mesh", "messages"] and method == "GET":
             admin(headers, route)
             await self._fetch(scope, send)

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from ..errors import disk_full
 from ..wire.messages import Response
 
 PROBLEM_JSON = b"application/problem+json"
@@ -20,6 +21,10 @@ LOWER_ERRORS: Mapping[type[Exception], int] = {
     sqlite3.Error: 503,  # the database: full, locked, read-only, gone
     OSError: 503,  # the disk of the state or of a body file: full, read-only, gone
 }
+
+
+STATE_FULL = "no space left where the state is"
+PIPE_FULL = "no space left where the pipe is"
 
 
 class HTTPProblem(Exception):
@@ -51,14 +56,16 @@ def problem_json(status: int, title: str, detail: str = "") -> dict[str, Any]:
 @contextmanager
 def answered_as(title: str) -> Iterator[None]:
     """Raise an error of a lower layer inside the block as the `HTTPProblem` that
-    `LOWER_ERRORS` maps its class to, titled `title`, its message as the detail; any
-    other error passes as it is."""
+    `LOWER_ERRORS` maps its class to, titled `title`, its message as the detail (a full
+    disk: ``disk full``, where the state is); any other error passes as it is."""
     try:
         yield
     except Exception as exc:
         status = next((s for kind, s in LOWER_ERRORS.items() if isinstance(exc, kind)), None)
         if status is None:
             raise
+        if disk_full(exc):
+            raise HTTPProblem(status, "disk full", STATE_FULL) from None
         raise HTTPProblem(status, title, str(exc)) from None
 
 

@@ -100,6 +100,8 @@ class Requests:
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
         self._started: dict[str, tuple[str, float]] = {}  # in flight: to whom, since when
         self._round_trip: dict[str, float] = {}  # seconds, smoothed, per remote peer
+        self.round_trip_timed: Callable[[str, float], None] = _ignore  # (remote, seconds)
+        self.ended: Callable[[int], None] = _ignore  # each request's answer's status, as it ends
 
     async def submit(
         self,
@@ -137,6 +139,7 @@ class Requests:
         """Take the round trip of a request to `remote` sent at `since`, which was
         answered now, into that remote's average."""
         took = trio.current_time() - since
+        self.round_trip_timed(remote, took)
         before = self._round_trip.get(remote, took)
         self._round_trip[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
 
@@ -161,10 +164,12 @@ class Requests:
         self.tables.given(record.id, time.time())
         self.sending.remove_once_synced([record.body_file])
 
-    def _changed(self, request_id: str, events: list[Event]) -> None:
+    def _changed(self, request_id: str, events: list[Event], status: int = 0) -> None:
         """Publish the new events of `request_id`, post them, and wake those waiting for
-        it if it ended (only then: each wake-up reads the record again)."""
+        it if it ended (only then: each wake-up reads the record again), with an answer
+        of `status`."""
         if any(state in FINAL for state, _ in events):
+            self.ended(status)
             started = self._started.pop(request_id, None)
             if started is not None and any(state is COMPLETED for state, _ in events):
                 self._measure(*started)  # only answers count: not failures, nor expiries
@@ -207,7 +212,7 @@ class Requests:
         title = f"the response could not be read: {note.args.get('problem')}"
         answer = _answer(problem_response(request_id, self.name, 502, title))
         added = self.tables.answer(item.id, answer, time.time(), FAILED)
-        self.database.after_commit(partial(self._changed, request_id, added))
+        self.database.after_commit(partial(self._changed, request_id, added, 502))
 
     async def _answered(self, item: Delivery, message: Response) -> None:
         """Store `message` as its request's answer, once its whole body is here; one over
@@ -226,7 +231,7 @@ class Requests:
         added = self.tables.answer(item.id, answer, time.time(), end)
         if body_file is not None and message.body_id:
             self.receiving.forget_body(item.remote, message.body_id)
-        self.database.after_commit(lambda: self._changed(message.id, added))
+        self.database.after_commit(lambda: self._changed(message.id, added, message.status))
 
     async def _expire(self) -> None:
         """End each request whose time is up (`RequestTables.overdue`) with a 504 of this
@@ -241,7 +246,7 @@ class Requests:
                     title = "the request's deadline passed before the far peer took it"
                 answer = _answer(problem_response(request_id, self.name, 504, title))
                 added = self.tables.fail(answer, now)
-                self.database.after_commit(partial(self._changed, request_id, added))
+                self.database.after_commit(partial(self._changed, request_id, added, 504))
             await trio.sleep(EXPIRY_CHECK)
 
     async def _follow_notes(self) -> None:
@@ -280,6 +285,10 @@ class Requests:
                     request_id = state and self.tables.by_seq(each.remote, each.seq)
                     if state and request_id:
                         self._advance(request_id, state, each.at)
+
+
+def _ignore(*_: object) -> None:
+    """A hook nobody set."""
 
 
 def _answer(response: Response, body_file: str | None = None) -> Answer:

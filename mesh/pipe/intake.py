@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from ..config.roster import PeerSettings
-from ..errors import FormatError
+from ..errors import Complaints, FormatError
 from ..proto.inbound import Verdict
 from ..proto.link import Arrival
 from ..proto.settle import Settling
@@ -47,6 +47,7 @@ class Intake:
         self.keyring, self.limits, self.quarantine = keyring, limits, quarantine
         self.arrived, self.heard = arrived, heard
         self.log = logging.getLogger(f"mesh.{self.name}")
+        self._complaints = Complaints(self.log, self.name)  # a full disk: not a line a try
         self._settling = Settling(settings.settle)
         # listing and checking small files: on the loop while that is quick
         self.reads = Offload(allowed=folder.is_local(settings.inbox))
@@ -104,7 +105,7 @@ class Intake:
                 if await self._take(each):
                     taken.append(each.path)
             except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
-                self.log.error("%s: cannot take %s yet: %s", self.name, each.path.name, exc)
+                self._complaints.say("take", "cannot take %s yet: %s", each.path.name, exc)
         unremoved = await self.reads.run(partial(inbox.remove_all, taken)) if taken else []
         for path, error in unremoved:  # it stays: read again, its messages dropped as repeats
             self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)

@@ -12,13 +12,16 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
 
+from ..errors import disk_full
 from ..proto.inbound import Verdict
 from ..proto.link import Arrival, LinkSettings, OutgoingFile, Protocol
 from ..state.database import Database
@@ -38,6 +41,16 @@ from .sending import Sending
 
 UNREAD_KEPT = 64  # our newest files per remote checked for still waiting in the outbox
 SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written on the loop
+
+
+@dataclass
+class Traffic:
+    """Since start, per remote peer: bytes of the files written to the outbox, and files
+    (and their bytes) taken from the inbox (for metrics)."""
+
+    bytes_written: Counter[str] = field(default_factory=Counter)
+    files_read: Counter[str] = field(default_factory=Counter)
+    bytes_read: Counter[str] = field(default_factory=Counter)
 
 
 class Links:
@@ -89,6 +102,7 @@ class Links:
         self._last_heartbeat: dict[str, Path] = {}
         self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
         self.pipe_error: str | None = None  # why the last write to the outbox failed
+        self.traffic = Traffic()
         # Small writes, listings and removals in the outbox: on the loop while quick
         self.disk = disk or Offload(allowed=folder.is_local(outbox))
 
@@ -136,9 +150,11 @@ class Links:
         kind = FileKind.MESSAGES if seqs else FileKind.HEARTBEAT
         name = FileName(time.time_ns(), self.name, file.remote, os.urandom(4).hex(), kind)
 
+        sizes: list[int] = []
+
         def encode(out: BinaryIO) -> None:
             with self.bodies.reader() as reader:
-                write_file(
+                size = write_file(
                     out,
                     self.keyring.identity,
                     recipient=file.remote,
@@ -151,6 +167,7 @@ class Links:
                     link_key=self.keyring.sending_key(file.remote),
                     link=file.link,
                 )
+            sizes.append(size)
 
         write = partial(folder.write_atomically_with, self.outbox, name, encode, self.file_mode)
         small = sum(len(row.payload) + row.spool_length for row in rows) <= SMALL_WRITE
@@ -159,13 +176,14 @@ class Links:
         except OSError as exc:
             if self.pipe_error is None:
                 self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
-            self.pipe_error = f"cannot write to {self.outbox}: {exc.strerror or exc}"
+            self.pipe_error = why_not_written(exc)
             self.protocol.failed(file, trio.current_time())
             return
         if self.pipe_error is not None:
             self.log.info("%s: %s is writable again", self.name, self.outbox)
             self.pipe_error = None
         written = self.protocol.written(file, trio.current_time())
+        self.traffic.bytes_written[file.remote] += sum(sizes)
         at = time.time()
         self.events.tell("sent", file.remote, written.sent, at)
         self.events.tell("resent", file.remote, written.resent, at)
@@ -198,6 +216,8 @@ class Links:
         cut = [infos[i].seq for i in scanned.missing]
         arrival = self.protocol.arrived(header, whole, cut, trio.current_time())
         remote = arrival.remote
+        self.traffic.files_read[remote] += 1
+        self.traffic.bytes_read[remote] += scanned.parsed.size
         if arrival.verdict is Verdict.NEW_EPOCH and arrival.old_epoch is not None:
             self.log.warning(
                 "%s: %s has a new epoch %s (was %s): its state was created anew; "
@@ -240,6 +260,13 @@ class Links:
         """Every body crossing in fragments, either way, with how far it has got."""
         found = [*self.sending.transfers(), *self.receiving.transfers()]
         return [progress.as_json() for progress in found]
+
+
+def why_not_written(exc: OSError) -> str:
+    """Why a file could not be written into the outbox, for callers (no path)."""
+    if disk_full(exc):
+        return "no space left where the pipe is"
+    return f"the outbox cannot be written: {exc.strerror or exc}"
 
 
 def frames(rows: list[OutboundRow], reader: BodyReader) -> Iterator[bytes | memoryview]:

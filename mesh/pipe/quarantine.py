@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from ..wire.names import SUFFIX
@@ -51,6 +51,7 @@ class Quarantine:
         self.folder, self.limit = folder, limit
         self._sizes: OrderedDict[str, int] | None = None  # kept files and notes, oldest first
         self._folders: set[Path] = set()  # folders under message names, recorded already
+        self._reasons: Counter[str] = Counter()  # files refused since start, by reason
         self._lock = threading.Lock()  # `put` runs in worker threads, `count` on the loop
 
     def put(self, path: Path, reason: str, detail: str) -> Path | None:
@@ -73,12 +74,20 @@ class Quarantine:
             f"reason: {reason}\ndetail: {detail}\nfrom: {path.parent}\nat: {stamp}\n"
             f"file: {kind_of(info.st_mode)} of {info.st_size} bytes, {what}\n"
         )
-        return self._note(path.name + NOTE, note.encode())
+        written = self._note(path.name + NOTE, note.encode())
+        with self._lock:
+            self._reasons[reason] += 1
+        return written
 
     def count(self) -> int:
         """How many refused files are recorded here (kept or noted)."""
         with self._lock:
             return sum(1 for name in self._listed() if name.endswith(NOTE))
+
+    def reasons(self) -> dict[str, int]:
+        """How many files were refused since start, by reason (``bad-signature``...)."""
+        with self._lock:
+            return dict(self._reasons)
 
     def size(self) -> int:
         """Bytes held here, notes included."""

@@ -14,7 +14,6 @@ The quarantine is bounded as files come (`quarantine.Quarantine`), not here.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
+from ..errors import Complaints
 from ..state.retention import RetentionTables
 from ..wire.messages import Kind
 
@@ -51,9 +51,10 @@ class Retention:
         tables: RetentionTables,
         remove: Callable[[list[str]], None],
         retention: float,
-        log: logging.Logger,
+        complaints: Complaints,
     ) -> None:
-        self.tables, self.remove, self.retention, self.log = tables, remove, retention, log
+        self.tables, self.remove, self.retention = tables, remove, retention
+        self.complaints = complaints
         self.batch = FIRST_BATCH
         self.swept = Swept()
         self.longest = 0.0  # seconds the longest batch held the event loop
@@ -65,13 +66,13 @@ class Retention:
 
     async def run(self) -> None:
         """Sweep every `every` seconds until cancelled; a sweep the store refuses (a full
-        disk, a busy database) is logged and tried at the next."""
+        disk, a busy database) is logged now and then, and tried at the next."""
         while True:
             await trio.sleep(self.every)
             try:
                 await self.sweep(time.time() - self.retention)
             except sqlite3.Error as exc:
-                self.log.warning("retention sweep failed, tried again later: %s", exc)
+                self.complaints.say("retention", "retention sweep failed (tried again): %s", exc)
 
     async def sweep(self, cutoff: float) -> None:
         """Remove everything that ended before `cutoff` (wall clock), batch by batch."""

@@ -42,6 +42,7 @@ class Durability:
         self._hooks: list[tuple[int, Callable[[], None]]] = []  # (commits to cover, hook)
         self.fsyncs = fsyncs or Offload()
         self.sync_timed: Callable[[float], None] = lambda seconds: None  # each fsync's seconds
+        self.failing: str | None = None  # why the last fsync failed, while it keeps failing
 
     def after_sync(self, hook: Callable[[], None]) -> None:
         """Run `hook` once every commit made so far is on disk: at once if it is, else at
@@ -76,10 +77,12 @@ class Durability:
                 if not failing:
                     self.log.error("cannot make the state durable (fsync failed): %s", exc)
                 failing = True
+                self.failing = f"the state cannot be made durable: {exc.strerror or exc}"
                 await trio.sleep(self.retry)
                 continue
             if failing:
                 self.log.info("the state is durable again")
+                self.failing = None
             self.sync_timed(time.perf_counter() - began)
             self.syncs += 1
             self._synced = max(self._synced, upto)

@@ -1,0 +1,219 @@
+"""A full disk, for real: alpha's state, then its outbox, on a small tmpfs that the test
+fills. While full, new requests get `503` problem+json naming what is full and the peer
+stays up; once space is freed, traffic resumes by itself, and every request accepted
+before completes exactly once.
+
+Mounting a tmpfs needs root (CI runs as root); elsewhere these tests are skipped."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from mesh.http.asgi import lifespan, read_body
+from tests.helpers.ports import Ports
+from tests.helpers.processes import keygen, mesh_up, peer, served, write_roster
+
+SIZE = 24 << 20  # bytes of the tmpfs
+ACCEPTED_BEFORE = 20  # requests accepted before the disk fills, held by the upstream
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path) -> Iterator[Path]:
+    """A tmpfs of `SIZE` bytes mounted at `where` (mode 0700) for the block; skips the
+    test when it cannot be mounted (not root, no mount allowed)."""
+    where.mkdir(parents=True, mode=0o700)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SIZE},mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """A file in `folder` taking every byte left on its filesystem."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = 1 << 16
+        while block:
+            try:
+                os.write(fd, b"\0" * block)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                block //= 2  # then the last few bytes, in smaller pieces
+    finally:
+        os.close(fd)
+    return filler
+
+
+class HeldUpstream:
+    """An upstream that answers once `release` is set, counting each request by path."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.ran: Counter[str] = Counter()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        await read_body(receive, 1 << 20)
+        self.ran[scope["path"]] += 1
+        await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+
+def roster_for(tmp_path: Path, ports: Ports) -> Path:
+    roster = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ports.alpha, ["bravo"], outbox="a2b", inbox="b2a"),
+            "bravo": peer(
+                ports.bravo,
+                ["alpha"],
+                outbox="b2a",
+                inbox="a2b",
+                upstream=f"http://127.0.0.1:{ports.upstream}",
+            ),
+        },
+        defaults={"heartbeat": "200ms", "resend_after": "1s"},
+    )
+    keygen(roster)
+    return roster
+
+
+async def exercise(full: Path, ports: Ports, mesh: Any, what: str) -> None:
+    """Requests accepted, the filesystem of `full` filled, new requests refused `503`
+    naming `what` (those that slipped in are `202`), space freed, traffic again, and
+    every accepted request answered once."""
+    upstream = HeldUpstream()
+    answers: dict[int, httpx.Response] = {}
+    base = f"http://127.0.0.1:{ports.alpha}"
+    async with (
+        served(upstream, ports.upstream),
+        httpx.AsyncClient(base_url=base, timeout=120) as client,
+        trio.open_nursery() as nursery,
+    ):
+        await mesh.wait_for("alpha: first heard from bravo")
+
+        async def call(n: int) -> None:
+            answers[n] = await client.post(f"/bravo/r/{n}", content=b"x" * 100)
+
+        for n in range(ACCEPTED_BEFORE):
+            nursery.start_soon(call, n)
+        await until(lambda: len(upstream.ran) == ACCEPTED_BEFORE)
+        filler = fill(full)
+        refused, slipped_in = await _refused_while_full(client)
+        assert refused["title"] in ("disk full", "pipe not writable"), refused
+        assert refused["detail"] == f"no space left where the {what} is", refused
+        health = await client.get("/mesh/health")
+        assert health.status_code == 503 and what in health.text
+        upstream.release.set()
+        await trio.sleep(1.0)  # answers come back meanwhile: none may be lost
+        assert mesh.process.returncode is None  # up all along
+        filler.unlink()
+        later = await _accepted_again(client)
+        assert later.status_code == 200 and later.content == b"/r/later"
+        for location in slipped_in:  # accepted while full: they go once space is back
+            reply = await client.get(location, headers={"prefer": "wait=60"})
+            assert reply.status_code == 200, reply.text
+    statuses = {n: answer.status_code for n, answer in answers.items()}
+    assert statuses == dict.fromkeys(range(ACCEPTED_BEFORE), 200)
+    assert all(answers[n].content == f"/r/{n}".encode() for n in answers)
+    assert set(upstream.ran.values()) == {1}  # each ran once
+    assert mesh.matching("Traceback") == []
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 (another process)
+        await trio.sleep(0.05)
+
+
+async def _refused_while_full(client: httpx.AsyncClient) -> tuple[dict[str, Any], list[str]]:
+    """The problem a new request gets while the disk is full, and the status URLs of
+    those accepted before one was refused (SQLite may have room it reserved; a full
+    pipe is found when a file cannot be written)."""
+    accepted = []
+    for n in range(200):
+        path, prefer = f"/bravo/full/{n}", {"prefer": "respond-async"}
+        reply = await client.post(path, content=b"y" * 100, headers=prefer)
+        if reply.status_code == 503:
+            assert reply.headers["content-type"] == "application/problem+json"
+            return dict(reply.json()), accepted
+        assert reply.status_code == 202, reply.text
+        accepted.append(reply.headers["location"])
+    raise AssertionError("no 503 while the disk is full")
+
+
+async def _accepted_again(client: httpx.AsyncClient) -> httpx.Response:
+    while True:
+        reply = await client.post("/bravo/r/later", content=b"z")
+        if reply.status_code != 503:
+            return reply
+        await trio.sleep(0.1)
+
+
+async def test_a_full_state_disk(tmp_path: Path, ports: Ports) -> None:
+    roster = roster_for(tmp_path, ports)
+    with tmpfs(tmp_path / "state" / "alpha") as state, trio.fail_after(120):
+        async with mesh_up(roster) as mesh:
+            await exercise(state, ports, mesh, "state")
+
+
+async def test_a_full_pipe(tmp_path: Path, ports: Ports) -> None:
+    roster = roster_for(tmp_path, ports)
+    with tmpfs(tmp_path / "a2b") as pipe, trio.fail_after(120):
+        async with mesh_up(roster) as mesh:
+            await exercise(pipe, ports, mesh, "pipe")
+
+
+async def test_a_full_state_disk_on_the_far_side(tmp_path: Path, ports: Ports) -> None:
+    """Requests reach bravo while it cannot store them: they wait in the pipe (the files
+    stay in its inbox) and run, once each, when space is back."""
+    roster = roster_for(tmp_path, ports)
+    upstream = HeldUpstream()
+    upstream.release.set()
+    answers: list[httpx.Response] = []
+    base = f"http://127.0.0.1:{ports.alpha}"
+    with tmpfs(tmp_path / "state" / "bravo") as state, trio.fail_after(120):
+        async with (
+            mesh_up(roster) as mesh,
+            served(upstream, ports.upstream),
+            httpx.AsyncClient(base_url=base, timeout=120) as client,
+            trio.open_nursery() as nursery,
+        ):
+            await mesh.wait_for("alpha: first heard from bravo")
+            filler = fill(state)
+
+            async def call(n: int) -> None:
+                answers.append(await client.post(f"/bravo/r/{n}", content=b"x"))
+
+            for n in range(ACCEPTED_BEFORE):
+                nursery.start_soon(call, n)
+            await mesh.wait_for("bravo: cannot take")
+            assert not upstream.ran and mesh.process.returncode is None
+            filler.unlink()
+    assert [a.status_code for a in answers] == [200] * ACCEPTED_BEFORE
+    assert upstream.ran == Counter({f"/r/{n}": 1 for n in range(ACCEPTED_BEFORE)})
+    assert mesh.matching("Traceback") == []
