@@ -127,6 +127,11 @@ async def exercise(full: Path, ports: Ports, mesh: Any, what: str) -> None:
         refused, slipped_in = await _refused_while_full(client)
         assert refused["title"] in ("disk full", "pipe not writable"), refused
         assert refused["detail"] == f"no space left where the {what} is", refused
+        for n in range(3):  # refused as long as it is full, and logged once a minute
+            again = await client.post(f"/bravo/again/{n}", content=b"y")
+            assert again.status_code == 503
+        await mesh.wait_for(f"alpha: refusing requests: no space left where the {what} is")
+        assert len(mesh.matching("alpha: refusing requests")) == 1
         health = await client.get("/mesh/health")
         assert health.status_code == 503 and what in health.text
         upstream.release.set()

@@ -33,6 +33,7 @@ import trio
 
 from ..config.access import DEFAULT_MAY_CALL
 from ..config.roster import PeerSettings
+from ..errors import Complaints
 from ..pipe.bodies import Bodies, Body, BodyTooLarge
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
@@ -93,6 +94,7 @@ class Ingress:
         self.settings = services.settings
         self.gate = Gate(services.settings.callers)
         self.log = logging.getLogger(f"mesh.{services.settings.name}")
+        self.complaints = Complaints(self.log, services.settings.name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -122,6 +124,8 @@ class Ingress:
         try:
             await self._route(scope, receive, send)
         except HTTPProblem as problem:
+            if problem.status == 503:  # the store or the pipe cannot take more: say so
+                self.complaints.say("refused", "refusing requests: %s", problem.detail)
             headers = (*problem.headers, (PROBLEM_BY, self.settings.name.encode()))
             await respond_json(
                 send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), headers
@@ -231,7 +235,7 @@ class Ingress:
         if identity.may_call != DEFAULT_MAY_CALL:  # decided by method and path: no overrides
             crossing = tuple((n, v) for n, v in crossing if n not in OVERRIDES)
         head_fits(method, target, crossing)
-        asker = self._asker(identity, headers)
+        asker = _asker(self.settings, identity, headers)
         wait = wait_for_answer(scope["headers"])  # a bad one refused before anything is kept
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
@@ -314,18 +318,6 @@ class Ingress:
         elif body.file is not None:
             await trio.to_thread.run_sync(self.services.bodies.remove, [body.file])
 
-    def _asker(self, identity: Identity, headers: Headers) -> Asker:
-        """Who asks, and where the request's news goes: the `Mesh-Callback` and
-        `Mesh-Events` URLs, checked against the roster's `callbacks` (403 otherwise: mesh
-        never posts to a URL the roster did not allow), signed for a known caller."""
-        urls = []
-        for name in ("Mesh-Callback", "Mesh-Events"):
-            raw = headers.get(name.lower().encode())
-            patterns = self.settings.callbacks
-            urls.append(None if raw is None else checked_url(raw.decode("latin-1"), patterns, name))
-        key = identity.signing_key if identity.name is not None else None
-        return Asker(identity.name, urls[0], urls[1], key if any(urls) else None)
-
     async def _request_status(
         self, identity: Identity, request_id: str, response: bool, send: Send
     ) -> None:
@@ -384,6 +376,19 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "wait must be finite")
         epoch = query.get("epoch", [None])[0]
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
+
+
+def _asker(settings: PeerSettings, identity: Identity, headers: Headers) -> Asker:
+    """Who asks, and where the request's news goes: the `Mesh-Callback` and
+    `Mesh-Events` URLs, checked against the roster's `callbacks` (403 otherwise: mesh
+    never posts to a URL the roster did not allow), signed for a known caller."""
+    urls = []
+    for name in ("Mesh-Callback", "Mesh-Events"):
+        raw = headers.get(name.lower().encode())
+        patterns = settings.callbacks
+        urls.append(None if raw is None else checked_url(raw.decode("latin-1"), patterns, name))
+    key = identity.signing_key if identity.name is not None else None
+    return Asker(identity.name, urls[0], urls[1], key if any(urls) else None)
 
 
 def _access(log: logging.Logger, peer: str, scope: Scope, status: int, took: float) -> None:
