@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import math
 import os
 import signal
 import socket
@@ -40,6 +41,7 @@ from typing import Any
 import httpx
 import trio
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from throughput import started  # bench/ is on the path when run as a script
 
 from mesh.config.units import parse_duration
@@ -367,6 +369,8 @@ async def soak(folder: Path, options: argparse.Namespace, samples: list[Sample])
                 nursery.start_soon(drive, url, options.rate, pool, body, tally)
                 await watch(peers, folder, options, tally, samples)
                 nursery.cancel_scope.cancel()
+            for name, port in named.items():
+                print(await swept(name, port), flush=True)
         finally:
             gone = [name for name, process in peers.items() if process.returncode is not None]
             for process in peers.values():
@@ -374,6 +378,29 @@ async def soak(folder: Path, options: argparse.Namespace, samples: list[Sample])
             tails(folder, gone)
     finally:
         await stop(upstream)
+
+
+async def swept(name: str, port: int) -> str:
+    """What retention removed at peer `name` (listening on `port`), and how long its
+    batches held the event loop, from its `/metrics`."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    removed: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mesh_retention_removed_total":
+                removed[sample.labels["what"]] = sample.value
+            elif sample.name == "mesh_retention_batch_seconds_bucket":
+                buckets[float(sample.labels["le"])] = sample.value
+    batches = buckets.get(math.inf, 0.0)
+    over = batches - buckets.get(0.01, 0.0)
+    under = min((le for le, count in buckets.items() if count == batches), default=math.inf)
+    counts = ", ".join(f"{int(count)} {what}" for what, count in sorted(removed.items()))
+    return (
+        f"{name}: retention removed {counts}; {int(batches)} batches, {int(over)} over 10 ms,"
+        f" all within {under * 1000:g} ms"
+    )
 
 
 def fit(points: list[tuple[float, float]]) -> float:

@@ -293,8 +293,10 @@ class Peer:
             in_flight=self.store.requests.in_flight,
             transfers=links.transfers,
             places=places,
+            swept=lambda: self.retention.swept,
         )
         metrics = Metrics(sources)
+        self.retention.batch_timed = metrics.sweep.observe
         self.store.database.commit_timed = metrics.commit.observe
         self.durable.sync_timed = metrics.fsync.observe
         self.requests.ended = metrics.ended

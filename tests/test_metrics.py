@@ -81,6 +81,7 @@ def test_scraped_from_the_sources(tmp_path: Path) -> None:
     assert value(got, "mesh_transfers", direction="receiving") == 0
     assert (value(got, "mesh_free_bytes", place="state") or 0) > 0
     assert value(got, "mesh_free_bytes", place="outbox") is None  # cannot be reached
+    assert value(got, "mesh_retention_removed_total", what="requests") == 0
 
 
 def test_observed_as_it_happens(tmp_path: Path) -> None:
@@ -94,7 +95,9 @@ def test_observed_as_it_happens(tmp_path: Path) -> None:
     metrics.waited(25.0, call=False)  # mesh's own route: not a call
     metrics.commit.observe(0.001)
     metrics.fsync.observe(0.002)
+    metrics.sweep.observe(0.004)
     got = parsed(metrics.exposition().decode())
+    assert value(got, "mesh_retention_batch_seconds_count") == 1
     assert value(got, "mesh_requests_total", status="200") == 2
     assert value(got, "mesh_requests_total", status="504") == 1
     assert value(got, "mesh_round_trip_seconds_count", remote="bravo") == 1

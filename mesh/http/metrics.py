@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from ..pipe.links import Traffic
+from ..pipe.retention import Swept
 from ..proto.lifecycle import FINAL, RequestState
 from .asgi import Send
 
@@ -59,6 +60,7 @@ class Sources:
     in_flight: Callable[[], Mapping[str, int]]  # requests short of an end, by state
     transfers: Callable[[], Iterable[Mapping[str, Any]]]  # `Links.transfers`
     places: Mapping[str, Path]  # where the state and the outbox are, for free space
+    swept: Callable[[], Swept] = Swept  # what retention removed since start
 
 
 class Metrics:
@@ -94,6 +96,12 @@ class Metrics:
         self.fsync = Histogram(
             "mesh_store_fsync_seconds",
             "Seconds each fsync of the state store took",
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.sweep = Histogram(
+            "mesh_retention_batch_seconds",
+            "Seconds each batch of the retention sweep held the event loop",
             buckets=STORE_BUCKETS,
             registry=registry,
         )
@@ -142,6 +150,7 @@ class Scraped(Collector):
         yield from self._remotes(sorted(links))
         yield from self._requests()
         yield from self._places()
+        yield from self._swept()
 
     def _links(self, links: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
         """Messages per link (sent, acknowledged, resent, waiting) and files written."""
@@ -206,6 +215,13 @@ class Scraped(Collector):
             except OSError:
                 continue
         yield free
+
+    def _swept(self) -> Iterator[Metric]:
+        """What retention removed since start, by what it was."""
+        swept = self.sources.swept()
+        doc = "Rows and body files retention removed, by what they were"
+        values = {what: float(count) for what, count in vars(swept).items()}
+        yield _labelled(COUNTER, "mesh_retention_removed", doc, "what", values)
 
 
 def _labelled(

@@ -58,6 +58,7 @@ class Retention:
         self.batch = FIRST_BATCH
         self.swept = Swept()
         self.longest = 0.0  # seconds the longest batch held the event loop
+        self.batch_timed: Callable[[float], None] = lambda seconds: None  # told each batch's
 
     @property
     def every(self) -> float:
@@ -106,6 +107,7 @@ class Retention:
     def _took(self, seconds: float, removed: int) -> None:
         """Size the next batch so it takes about `BUDGET` seconds."""
         self.longest = max(self.longest, seconds)
+        self.batch_timed(seconds)
         if removed < self.batch:
             return  # a short batch says little about the time of a full one
         if seconds > BUDGET:
