@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sqlite3
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 import trio
 
 from mesh.http.asgi import lifespan, read_body
+from mesh.state.database import Database
 from tests.helpers.ports import Ports
 from tests.helpers.processes import keygen, mesh_up, peer, served, write_roster
 
@@ -222,3 +224,23 @@ async def test_a_full_state_disk_on_the_far_side(tmp_path: Path, ports: Ports) -
     assert [a.status_code for a in answers] == [200] * ACCEPTED_BEFORE
     assert upstream.ran == Counter({f"/r/{n}": 1 for n in range(ACCEPTED_BEFORE)})
     assert mesh.matching("Traceback") == []
+
+
+def test_a_commit_the_disk_refuses_runs_none_of_its_hooks(tmp_path: Path) -> None:
+    """SQLite rolls back a COMMIT it cannot write: what was to run after it never runs,
+    not even at the next commit (it once did, in whichever task committed next)."""
+    with tmpfs(tmp_path / "state") as state:
+        database = Database(state)
+        filler = fill(state)
+        ran: list[str] = []
+        with pytest.raises(sqlite3.OperationalError, match="full"), database.transaction():
+            database.connection.execute(
+                "INSERT INTO meta (key, value) VALUES ('big', ?)", ("x" * 100_000,)
+            )
+            database.after_commit(lambda: ran.append("refused"))
+        assert not database.connection.in_transaction
+        filler.unlink()
+        with database.transaction():
+            database.after_commit(lambda: ran.append("later"))
+        assert ran == ["later"]
+        database.close()

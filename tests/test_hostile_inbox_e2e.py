@@ -124,3 +124,32 @@ async def hostile(tmp_path: Path, pipe: Path, ports: Ports) -> None:
         assert file.stat().st_size <= COPY_MOST, file.name  # across filesystems: small ones
         assert secret not in file.read_bytes(), file.name
     assert any(p.name.endswith(".reason") for p in quarantine.iterdir())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_file_cut_short_is_quarantined_and_then_forgotten(
+    tmp_path: Path, ports: Ports
+) -> None:
+    """A file cut before its header is judged once it has settled, quarantined, and no
+    longer waited on: the inbox sleeps again (it used to spin, listing the folder in a
+    loop, from then on)."""
+    roster = write_roster(
+        tmp_path,
+        {"alpha": peer(ports.alpha, ["bravo"]), "bravo": peer(ports.bravo, ["alpha"])},
+        defaults={"heartbeat": "1s", "settle": "100ms"},
+    )
+    keygen(roster)
+    with trio.fail_after(30):
+        async with mesh_up(roster, "bravo") as mesh:
+            await mesh.wait_for("bravo: HTTP ingress")
+            (tmp_path / "pipe" / next(names())).write_bytes(b"MES")
+            await mesh.wait_for("bravo: quarantined .*truncated")
+            before, started = cpu_seconds(mesh.process.pid), trio.current_time()
+            await trio.sleep(2.0)  # measuring CPU time over a while, not waiting on anything
+            used = cpu_seconds(mesh.process.pid) - before
+            assert used < 0.5 * (trio.current_time() - started), f"{used:.2f} s of CPU"

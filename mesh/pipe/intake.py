@@ -86,7 +86,10 @@ class Intake:
             return
         for name, path in listing.foreign:
             detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
-            await self._quarantine(path, "not-whitelisted", detail)
+            try:
+                await self._quarantine(path, "not-whitelisted", detail)
+            except OSError as exc:  # it stays; the others are still taken
+                self._complaints.say("foreign", "cannot quarantine %s: %s", path.name, exc)
         await self._take_checked(listing.checked)
         for start in range(0, len(listing.unchecked), inbox.BATCH):
             batch = listing.unchecked[start : start + inbox.BATCH]
@@ -167,6 +170,7 @@ class Intake:
         return self._settling.settled(path.name, mark, trio.current_time())
 
     async def _quarantine(self, path: Path, reason: str, detail: str) -> None:
+        self._settling.forget(path.name)  # judged: no longer waited on
         dest = await trio.to_thread.run_sync(self.quarantine.put, path, reason, detail)
         if dest is not None:
             self.log.warning("%s: quarantined %s: %s (%s)", self.name, path.name, reason, detail)

@@ -218,7 +218,13 @@ class Database:
             raise
         self._depth = 0
         began = time.perf_counter()
-        self.connection.execute("COMMIT")
+        try:
+            self.connection.execute("COMMIT")
+        except BaseException:  # a full disk: SQLite may have rolled it back already
+            self._after_commit.clear()  # nothing it promised happened
+            if self.connection.in_transaction:
+                self.connection.execute("ROLLBACK")
+            raise
         self.commit_timed(time.perf_counter() - began)
         self.commits += 1
         hooks, self._after_commit = self._after_commit, []
