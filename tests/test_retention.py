@@ -12,10 +12,11 @@ import trio.lowlevel
 
 from mesh.errors import Complaints
 from mesh.pipe.retention import FIRST_BATCH, Retention
+from mesh.proto.lifecycle import FINAL
 from mesh.proto.received import ReceivedState
 from mesh.state.database import Database
 from mesh.state.executions import Execution
-from mesh.state.requests import Answer, Asker
+from mesh.state.requests import OPEN, Answer, Asker
 from mesh.state.store import Store
 from mesh.wire.messages import Kind
 
@@ -39,10 +40,10 @@ def test_requests_that_ended_before_the_cutoff_go_with_their_body_files(tmp_path
     old = _request(store, 1, 10.0, "in-bravo-" + "1" * 32)
     recent = _request(store, 2, 30.0, "in-bravo-" + "2" * 32)
     still_open = _request(store, 3, None)
-    assert store.retention.ended_requests(20.0, 100) == (1, ["in-bravo-" + "1" * 32])
+    assert store.retention.ended_requests(20.0, 100, 1 << 30) == (1, ["in-bravo-" + "1" * 32])
     assert store.requests.get(old) is None
     assert store.requests.get(recent) is not None and store.requests.get(still_open) is not None
-    assert store.retention.ended_requests(1e9, 100) == (1, ["in-bravo-" + "2" * 32])
+    assert store.retention.ended_requests(1e9, 100, 1 << 30) == (1, ["in-bravo-" + "2" * 32])
     assert store.requests.get(still_open) is not None  # never, however old
 
 
@@ -52,10 +53,10 @@ def test_a_request_with_a_post_still_queued_is_kept_until_it_goes(tmp_path: Path
     request_id = f"{7:032x}"
     store.requests.add(request_id, "bravo", 7, "GET", "/x", 1e9, 0.0, Asker(callback="http://h/cb"))
     store.requests.answer(0, Answer(request_id, 200, (), b"", "in-bravo-" + "7" * 32), 10.0)
-    assert store.retention.ended_requests(1e9, 100) == (0, [])
+    assert store.retention.ended_requests(1e9, 100, 1 << 30) == (0, [])
     for post in store.posts.due(1e10):
         store.posts.done(post.id)
-    assert store.retention.ended_requests(1e9, 100) == (1, ["in-bravo-" + "7" * 32])
+    assert store.retention.ended_requests(1e9, 100, 1 << 30) == (1, ["in-bravo-" + "7" * 32])
 
 
 def test_answered_executions_go_and_keep_nothing_of_their_request_meanwhile(
@@ -69,7 +70,7 @@ def test_answered_executions_go_and_keep_nothing_of_their_request_meanwhile(
     assert sql.execute(
         "SELECT length(request) FROM executions WHERE id = ?", (f"{0:032x}",)
     ).fetchone() == (0,)
-    assert store.retention.answered_executions(20.0, 100) == 1
+    assert store.retention.answered_executions(20.0, 100, 1 << 30) == 1
     assert [u.state for u in store.executions.unfinished()] == [
         Execution.FORWARDING,
         Execution.RECEIVED,
@@ -82,7 +83,7 @@ def test_only_the_mailboxs_unconsumed_messages_expire(tmp_path: Path) -> None:
     store = Store(tmp_path)
     messages = [(1, Kind.DATAGRAM, b"d"), (2, Kind.REQUEST, b"r")]
     store.links.deliver("alpha", EPOCH, messages, ReceivedState(2), [], 10.0)
-    assert store.retention.unconsumed(Kind.DATAGRAM, 20.0, 100) == 1
+    assert store.retention.unconsumed(Kind.DATAGRAM, 20.0, 100, 1 << 30) == 1
     assert [d.kind for d in store.links.delivered(0)] == [Kind.REQUEST]
 
 
@@ -125,4 +126,44 @@ async def test_a_sweep_removes_everything_due_in_batches_letting_the_loop_run(
         nursery.cancel_scope.cancel()
     assert retention.swept.requests == 5000 and len(removed) == 2500
     assert store.database.connection.execute("SELECT count(*) FROM requests").fetchone() == (0,)
-    assert ticks >= 5000 // max(retention.batch, FIRST_BATCH)  # the loop ran between batches
+    assert ticks >= 5000 // max(retention.rows["requests"], FIRST_BATCH)  # the loop ran between
+
+
+def test_a_batch_takes_no_more_bytes_than_allowed_but_always_one_row(tmp_path: Path) -> None:
+    """Big responses held inline cost their pages to remove: a batch stops at its bytes."""
+    store = Store(tmp_path)
+    for n in range(6):
+        request_id = f"{n:032x}"
+        store.requests.add(request_id, "bravo", n, "GET", "/x", 1e9, 0.0)
+        store.requests.answer(0, Answer(request_id, 200, (), b"b" * 1000), 10.0 + n)
+    assert store.retention.ended_requests(100.0, 100, 2500)[0] == 2
+    assert store.retention.ended_requests(100.0, 100, 10)[0] == 1  # one, however big
+    assert store.retention.ended_requests(100.0, 2, 1 << 30)[0] == 2
+    assert store.retention.ended_requests(100.0, 100, 1 << 30)[0] == 1
+
+
+async def test_a_slow_batch_shrinks_the_next_whatever_it_removed(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    retention = Retention(store.retention, [].extend, 60.0, COMPLAINTS)
+    retention.rows["requests"] = 1024
+    retention._took("requests", 1.0, 300)  # slow, and short of its rows: still too big
+    assert retention.rows["requests"] == 150
+    retention._took("requests", 0.0001, 150)  # full and quick: bigger
+    assert retention.rows["requests"] == 300
+    assert retention.rows["executions"] == FIRST_BATCH  # each table its own size
+
+
+def test_what_runs_every_second_reads_only_requests_not_ended(tmp_path: Path) -> None:
+    """With a week of requests kept, the queries made every second (overdue requests,
+    those in flight, the next deadline) must use the index of those not ended, never scan
+    them all: their states are written as that index is."""
+    assert set(FINAL) == {"completed", "failed"}  # as OPEN and the index say
+    sql = Store(tmp_path).database.connection
+    queries = (
+        f"SELECT id FROM requests WHERE {OPEN} AND deadline < 1 ORDER BY deadline",
+        f"SELECT min(deadline) FROM requests WHERE {OPEN}",
+        f"SELECT state, count(*) FROM requests WHERE {OPEN} GROUP BY state",
+    )
+    for query in queries:
+        plan = " ".join(row[3] for row in sql.execute("EXPLAIN QUERY PLAN " + query))
+        assert "USING INDEX requests_open" in plan, plan

@@ -231,6 +231,9 @@ class Requests:
         added = self.tables.answer(item.id, answer, time.time(), end)
         if body_file is not None and message.body_id:
             self.receiving.forget_body(item.remote, message.body_id)
+            if not added:  # its request ended (or was swept) before: nobody reads it
+                late = [body_file]
+                self.database.after_commit(lambda: self.sending.remove_once_synced(late))
         self.database.after_commit(lambda: self._changed(message.id, added, message.status))
 
     async def _expire(self) -> None:
@@ -264,27 +267,28 @@ class Requests:
     async def _follow_transfers(self) -> None:
         """Progress of our requests' bodies going out and their responses' coming in, as
         ``progress`` events (live, and posted to the request's `Mesh-Events` URL)."""
-        async for progress in self.progress.subscribe():
-            now = time.time()
-            event = RequestEvent(progress.message_id, "progress", now, progress)
-            if self.tables.progress(event.request_id, json.dumps(event.as_json()), now):
-                self.events.publish(event)
-                self.posted()
+        with self.progress.subscribe() as channel:  # closed when this part stops
+            async for progress in channel:
+                now = time.time()
+                event = RequestEvent(progress.message_id, "progress", now, progress)
+                if self.tables.progress(event.request_id, json.dumps(event.as_json()), now):
+                    self.events.publish(event)
+                    self.posted()
 
     async def _follow_link_events(self) -> None:
         """Link events of our requests' messages, those that came together in one commit."""
-        channel = self.link_events.subscribe()
-        async for event in channel:
-            batch = [event]
-            with contextlib.suppress(trio.WouldBlock):
-                while len(batch) < FOLLOW_BATCH:
-                    batch.append(channel.receive_nowait())
-            with self.database.transaction():
-                for each in batch:
-                    state = LINK_STEPS.get(each.state)
-                    request_id = state and self.tables.by_seq(each.remote, each.seq)
-                    if state and request_id:
-                        self._advance(request_id, state, each.at)
+        with self.link_events.subscribe() as channel:  # closed when this part stops
+            async for event in channel:
+                batch = [event]
+                with contextlib.suppress(trio.WouldBlock):
+                    while len(batch) < FOLLOW_BATCH:
+                        batch.append(channel.receive_nowait())
+                with self.database.transaction():
+                    for each in batch:
+                        state = LINK_STEPS.get(each.state)
+                        request_id = state and self.tables.by_seq(each.remote, each.seq)
+                        if state and request_id:
+                            self._advance(request_id, state, each.at)
 
 
 def _ignore(*_: object) -> None:

@@ -29,7 +29,10 @@ from ..wire.messages import Kind
 BUDGET = 0.005  # seconds a batch should take
 FIRST_BATCH = 64  # rows in the first batch; later ones are sized from how long it took
 MOST_BATCH = 4096
+BATCH_BYTES = 4 << 20  # of values a batch removes (each costs reading its pages' chain)
 SWEEP_AT_MOST_EVERY = 60.0  # seconds; a short retention is swept more often
+
+Step = Callable[[float, int, int], int]  # (cutoff, rows, bytes): how many it removed
 
 
 @dataclass
@@ -55,7 +58,7 @@ class Retention:
     ) -> None:
         self.tables, self.remove, self.retention = tables, remove, retention
         self.complaints = complaints
-        self.batch = FIRST_BATCH
+        self.rows = {"requests": FIRST_BATCH, "executions": FIRST_BATCH, "messages": FIRST_BATCH}
         self.swept = Swept()
         self.longest = 0.0  # seconds the longest batch held the event loop
         self.batch_timed: Callable[[float], None] = lambda seconds: None  # told each batch's
@@ -77,40 +80,43 @@ class Retention:
 
     async def sweep(self, cutoff: float) -> None:
         """Remove everything that ended before `cutoff` (wall clock), batch by batch."""
-        self.swept.requests += await self._batches(self._requests, cutoff)
-        self.swept.executions += await self._batches(self.tables.answered_executions, cutoff)
-        self.swept.messages += await self._batches(self._messages, cutoff)
+        swept = self.swept
+        swept.requests += await self._batches("requests", self._requests, cutoff)
+        executions = self.tables.answered_executions
+        swept.executions += await self._batches("executions", executions, cutoff)
+        swept.messages += await self._batches("messages", self._messages, cutoff)
 
-    def _requests(self, cutoff: float, limit: int) -> int:
-        removed, files = self.tables.ended_requests(cutoff, limit)
+    def _requests(self, cutoff: float, rows: int, size: int) -> int:
+        removed, files = self.tables.ended_requests(cutoff, rows, size)
         self.remove(files)
         self.swept.body_files += len(files)
         return removed
 
-    def _messages(self, cutoff: float, limit: int) -> int:
-        return self.tables.unconsumed(Kind.DATAGRAM, cutoff, limit)
+    def _messages(self, cutoff: float, rows: int, size: int) -> int:
+        return self.tables.unconsumed(Kind.DATAGRAM, cutoff, rows, size)
 
-    async def _batches(self, step: Callable[[float, int], int], cutoff: float) -> int:
-        """Run `step(cutoff, limit)` until it removes fewer than `limit`, letting the
-        event loop run between two batches; how many it removed in all."""
+    async def _batches(self, what: str, step: Step, cutoff: float) -> int:
+        """Run `step` until it removes nothing more, letting the event loop run between
+        two batches, each sized for `what` from how long the last took; how many it
+        removed in all."""
         total = 0
         while True:
-            limit = self.batch
+            rows = self.rows[what]
             began = time.perf_counter()
-            removed = step(cutoff, limit)
-            self._took(time.perf_counter() - began, removed)
+            removed = step(cutoff, rows, BATCH_BYTES)
+            self._took(what, time.perf_counter() - began, removed)
             total += removed
             await trio.lowlevel.checkpoint()
-            if removed < limit:
+            if not removed:
                 return total
 
-    def _took(self, seconds: float, removed: int) -> None:
-        """Size the next batch so it takes about `BUDGET` seconds."""
+    def _took(self, what: str, seconds: float, removed: int) -> None:
+        """Size the next batch of `what` so it takes about `BUDGET` seconds: halved after
+        any slow one, doubled after a full and quick one."""
         self.longest = max(self.longest, seconds)
         self.batch_timed(seconds)
-        if removed < self.batch:
-            return  # a short batch says little about the time of a full one
+        rows = self.rows[what]
         if seconds > BUDGET:
-            self.batch = max(1, self.batch // 2)
-        elif seconds < BUDGET / 2:
-            self.batch = min(MOST_BATCH, self.batch * 2)
+            self.rows[what] = max(1, min(rows, removed) // 2)
+        elif removed >= rows and seconds < BUDGET / 2:
+            self.rows[what] = min(MOST_BATCH, rows * 2)

@@ -171,12 +171,12 @@ class Database:
             for column in columns:
                 if column.split()[0] not in have:
                     self.connection.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
-                if table == "requests" and column == "ended REAL" and "ended" not in have:
-                    # Requests ended before `ended` was kept: retention counts from deadlines
-                    self.connection.execute(
-                        "UPDATE requests SET ended = deadline"
-                        " WHERE state IN ('completed', 'failed')"
-                    )
+        # Requests ended before `ended` was kept: retention counts from their deadlines.
+        # At every start, not only when the column is added: this may have failed then.
+        self.connection.execute(
+            "UPDATE requests SET ended = deadline"
+            " WHERE ended IS NULL AND state IN ('completed', 'failed')"
+        )
 
     def _epoch(self) -> str:
         row = self.connection.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()

@@ -21,39 +21,62 @@ from __future__ import annotations
 from .database import Tables
 
 
-class RetentionTables(Tables):
-    """The retention sweep's statements on one peer's database."""
+def _oldest(table: str, size: str, where: str, order: str) -> str:
+    """The ids of the oldest rows of `table` matching `where` (parameters: the cutoff,
+    then the rows and bytes a batch may take): at most so many rows, and no more bytes
+    of `size` than allowed, but always the first (a big row must go too). The bytes are
+    summed from the record headers: no big value is read."""
+    return (
+        f"SELECT id FROM (SELECT id, row_number() OVER win AS n, sum(size) OVER win AS upto"
+        f" FROM (SELECT id, {order} AS age, {size} AS size FROM {table} WHERE {where}"
+        f" ORDER BY {order} LIMIT :rows) WINDOW win AS (ORDER BY age, id))"
+        " WHERE n = 1 OR upto <= :bytes"
+    )
 
-    def ended_requests(self, cutoff: float, limit: int) -> tuple[int, list[str]]:
-        """Remove up to `limit` requests that ended before `cutoff` and have no post
+
+_ENDED = _oldest(
+    "requests",
+    "coalesce(length(body), 0) + coalesce(length(headers), 0)",
+    "ended < :cutoff AND NOT EXISTS (SELECT 1 FROM posts WHERE posts.request_id = requests.id)",
+    "ended",
+)
+_ANSWERED = _oldest(
+    "executions", "length(request)", "state = 'responded' AND updated < :cutoff", "updated"
+)
+_UNCONSUMED = _oldest(
+    "inbound", "length(payload)", "kind = :kind AND received < :cutoff", "kind, received"
+)
+
+
+class RetentionTables(Tables):
+    """The retention sweep's statements on one peer's database. Each removes a batch of
+    at most `rows` rows holding at most `size` bytes (at least one row)."""
+
+    def ended_requests(self, cutoff: float, rows: int, size: int) -> tuple[int, list[str]]:
+        """Remove the oldest requests that ended before `cutoff` and have no post
         queued; (how many, their body files)."""
         with self._database.transaction():
-            rows = self._sql.execute(
-                "DELETE FROM requests WHERE id IN (SELECT id FROM requests"
-                " WHERE ended < ? AND NOT EXISTS"
-                " (SELECT 1 FROM posts WHERE posts.request_id = requests.id)"
-                " ORDER BY ended LIMIT ?) RETURNING body_file",
-                (cutoff, limit),
+            found = self._sql.execute(
+                f"DELETE FROM requests WHERE id IN ({_ENDED}) RETURNING body_file",
+                {"cutoff": cutoff, "rows": rows, "bytes": size},
             ).fetchall()
-        return len(rows), [str(file) for (file,) in rows if file is not None]
+        return len(found), [str(file) for (file,) in found if file is not None]
 
-    def answered_executions(self, cutoff: float, limit: int) -> int:
-        """Remove up to `limit` executions answered before `cutoff`; how many."""
+    def answered_executions(self, cutoff: float, rows: int, size: int) -> int:
+        """Remove the oldest executions answered before `cutoff`; how many."""
         with self._database.transaction():
             cursor = self._sql.execute(
-                "DELETE FROM executions WHERE id IN (SELECT id FROM executions"
-                " WHERE state = 'responded' AND updated < ? ORDER BY updated LIMIT ?)",
-                (cutoff, limit),
+                f"DELETE FROM executions WHERE id IN ({_ANSWERED})",
+                {"cutoff": cutoff, "rows": rows, "bytes": size},
             )
         return cursor.rowcount
 
-    def unconsumed(self, kind: int, cutoff: float, limit: int) -> int:
-        """Remove up to `limit` delivered messages of `kind` received before `cutoff` and
+    def unconsumed(self, kind: int, cutoff: float, rows: int, size: int) -> int:
+        """Remove the oldest delivered messages of `kind` received before `cutoff` and
         never consumed; how many."""
         with self._database.transaction():
             cursor = self._sql.execute(
-                "DELETE FROM inbound WHERE id IN (SELECT id FROM inbound"
-                " WHERE kind = ? AND received < ? ORDER BY kind, received LIMIT ?)",
-                (kind, cutoff, limit),
+                f"DELETE FROM inbound WHERE id IN ({_UNCONSUMED})",
+                {"kind": kind, "cutoff": cutoff, "rows": rows, "bytes": size},
             )
         return cursor.rowcount
