@@ -11,7 +11,7 @@ import pytest
 from mesh.proto.lifecycle import FAILED, FORWARDED, STORED
 from mesh.proto.received import ReceivedState
 from mesh.state.links import OutboundRow
-from mesh.state.requests import Answer, Asker
+from mesh.state.requests import LATE_POSTS, Answer, Asker
 from mesh.state.store import Store
 
 EPOCH = "0123456789abcdef"
@@ -179,7 +179,9 @@ def test_an_overdue_request_fails_once_with_its_callback_queued(tmp_path: Path) 
     assert store.requests.fail(problem, 102.0) == []  # ended: nothing moves it
     record = store.requests.get("a" * 32)
     assert record is not None and record.state is FAILED and record.status == 504
-    assert [post.body for post in store.posts.due(1e10)] == [b"{}"]
+    [post] = store.posts.due(1e10)
+    assert post.body == b"{}"
+    assert post.deadline == 101.0 + LATE_POSTS  # the 504 came at the deadline: still posted
     assert store.requests.overdue(161.0, grace=60) == [("b" * 32, FORWARDED)]
     assert store.requests.next_deadline() == 100.0
 

@@ -66,7 +66,8 @@ def answered_as(title: str) -> Iterator[None]:
             raise
         if disk_full(exc):
             raise HTTPProblem(status, "disk full", STATE_FULL) from None
-        raise HTTPProblem(status, title, str(exc)) from None
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise HTTPProblem(status, title, detail) from None  # no path, an OSError's strerror
 
 
 PROBLEM_BY = b"mesh-problem"  # on an answer made by mesh, not the upstream: by which peer

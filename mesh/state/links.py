@@ -236,7 +236,7 @@ class LinkTables(Tables):
         query = "SELECT id, remote, seq, kind, payload, received FROM inbound WHERE id > ?"
         args: list[Any] = [after]
         if kind is not None:
-            query += " AND kind = ?"
+            query += " AND +kind = ?"  # along the ids, not the index by kind and age
             args.append(kind)
         rows = self._sql.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
         return [

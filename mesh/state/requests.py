@@ -32,6 +32,7 @@ Event = tuple[RequestState, float]  # a state and when it was reached
 # parameters: only then may SQLite use the index, and not scan every request kept)
 OPEN = "state NOT IN ('completed', 'failed')"
 JSON_HEADERS = [(b"content-type", b"application/json")]
+LATE_POSTS = 3600.0  # seconds a post queued at or past its request's deadline is tried
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ class RequestTables(Tables):
                 news.url,
                 _event_headers(news.request_id),
                 body.encode(),
-                news.deadline,
+                news.post_until(now),
                 now,
                 signing_key=news.signing_key,
             )
@@ -337,7 +338,7 @@ class RequestTables(Tables):
             news.url,
             answer.callback_headers(),
             answer.body,
-            news.deadline,
+            news.post_until(now),
             now,
             answer.body_file,
             news.signing_key,
@@ -352,6 +353,12 @@ class _News:
     url: str | None
     deadline: float
     signing_key: bytes | None
+
+    def post_until(self, now: float) -> float:
+        """Until when a post queued at `now` is tried: the request's deadline, and at
+        least `LATE_POSTS` seconds (its answer, a 504 among them, may come at or after
+        the deadline: it is posted all the same)."""
+        return max(self.deadline, now + LATE_POSTS)
 
 
 def _event_headers(request_id: str) -> RawHeaders:
