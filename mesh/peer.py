@@ -39,6 +39,8 @@ from .pipe.links import Links
 from .pipe.liveness import Liveness
 from .pipe.quarantine import Quarantine
 from .pipe.retention import Retention
+from .pipe.sending import Sending
+from .pipe.space import FreeSpace
 from .proto.link import LinkSettings
 from .state.durable import Durability
 from .state.lock import StateLock
@@ -96,6 +98,7 @@ class Peer:
         self.links: Links
         self.requests: Requests
         self.retention: Retention
+        self.space: FreeSpace
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -239,10 +242,18 @@ class Peer:
         intake = Intake(
             settings, self.keyring, self.limits, self.quarantine, links.arrived, self.liveness.heard
         )
+        parts: list[Running] = [links, self.requests, poster, forwarder, intake, self.liveness]
+        return [*parts, *self._housekeeping(sending)]
+
+    def _housekeeping(self, sending: Sending) -> list[Running]:
+        """The parts that keep the peer within bounds: retention, and free space watched."""
+        settings = self.settings
         self.retention = Retention(
-            store.retention, sending.remove_once_synced, settings.retention, self._complaints
+            self.store.retention, sending.remove_once_synced, settings.retention, self._complaints
         )
-        return [links, self.requests, poster, forwarder, intake, self.liveness, self.retention]
+        places = {"state": self.roster.state_dir(self.name), "outbox": settings.outbox}
+        self.space = FreeSpace(places)
+        return [self.retention, self.space]
 
     async def _serve_http(self, nursery: trio.Nursery) -> None:
         """Listen at `listen`; ConfigError if the address cannot be had."""
@@ -250,7 +261,7 @@ class Peer:
         mailbox = Mailbox(
             self.store.epoch, self.store.links, links.sending, links.receiving, self.durable
         )
-        places = {"state": self.roster.state_dir(self.name), "outbox": self.settings.outbox}
+        space = self.space
         services = Services(
             settings=self.settings,
             peers=frozenset(self.roster.peers),
@@ -263,10 +274,10 @@ class Peer:
             status=lambda: self.status(running=True),
             health=lambda: health(
                 (links.pipe_error, self.durable.failing),
-                places,
+                space.free,
                 {r: self.liveness.presence.alive(r) for r in self.settings.talks_to},
             ),
-            metrics=self._metrics(places),
+            metrics=self._metrics(space),
         )
         app: Any = Ingress(services)  # hypercorn's typing wants its own scope types
         await serve_at(
@@ -281,8 +292,8 @@ class Peer:
                 self.settings.listen,
             )
 
-    def _metrics(self, places: dict[str, Path]) -> Metrics:
-        """The peer's metrics (`places`: where free space counts), and the parts that time
+    def _metrics(self, space: FreeSpace) -> Metrics:
+        """The peer's metrics (`space`: where free space counts), and the parts that time
         things told to feed them."""
         links = self.links
         sources = Sources(
@@ -292,7 +303,7 @@ class Peer:
             quarantined=self.quarantine.reasons,
             in_flight=self.store.requests.in_flight,
             transfers=links.transfers,
-            places=places,
+            free=lambda: space.free,
             swept=lambda: self.retention.swept,
         )
         metrics = Metrics(sources)

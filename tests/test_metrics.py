@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mesh.http.metrics import IN_FLIGHT, Metrics, Sources
 from mesh.pipe.links import Traffic
 from mesh.pipe.quarantine import Quarantine
+from mesh.pipe.space import FreeSpace
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -50,7 +51,7 @@ def sources(tmp_path: Path, quarantined: Mapping[str, int] | None = None) -> Sou
         quarantined=lambda: quarantined or {},
         in_flight=lambda: {"sent": 2, "forwarded": 1},
         transfers=lambda: transfers,
-        places={"state": tmp_path, "outbox": tmp_path / "gone"},
+        free=FreeSpace({"state": tmp_path, "outbox": tmp_path / "gone"}).free.copy,
     )
 
 

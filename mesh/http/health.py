@@ -5,10 +5,8 @@ never a path, and each remote peer's liveness; nothing else."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 LOW_SPACE = 64 << 20  # bytes free below which a place counts as full
@@ -31,18 +29,16 @@ class Health:
 
 
 def health(
-    troubles: Iterable[str | None], places: Mapping[str, Path], alive: Mapping[str, bool]
+    troubles: Iterable[str | None], free: Mapping[str, int | None], alive: Mapping[str, bool]
 ) -> Health:
     """The `Health` of a peer with `troubles` (why its outbox or its store cannot be
-    written, in words without a path; None: no trouble there), with `places` (``state``,
-    ``outbox``: their folders) to check for space, and its remote peers' liveness."""
+    written, in words without a path; None: no trouble there), the bytes `free` where
+    its ``state`` and ``outbox`` are (as last measured: `pipe.space`; None where it
+    could not be reached), and its remote peers' liveness."""
     reasons = [trouble for trouble in troubles if trouble is not None]
-    for what, folder in places.items():
-        try:
-            free = shutil.disk_usage(folder).free
-        except OSError:
+    for what, left in free.items():
+        if left is None:
             reasons.append(f"the {what} cannot be reached")
-            continue
-        if free < LOW_SPACE:
-            reasons.append(f"little space left where the {what} is ({free >> 20} MiB)")
+        elif left < LOW_SPACE:
+            reasons.append(f"little space left where the {what} is ({left >> 20} MiB)")
     return Health(tuple(reasons), dict(alive))

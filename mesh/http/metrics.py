@@ -12,10 +12,8 @@ other word is counted as ``other``).
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -59,7 +57,7 @@ class Sources:
     quarantined: Callable[[], Mapping[str, int]]  # files refused since start, by reason
     in_flight: Callable[[], Mapping[str, int]]  # requests short of an end, by state
     transfers: Callable[[], Iterable[Mapping[str, Any]]]  # `Links.transfers`
-    places: Mapping[str, Path]  # where the state and the outbox are, for free space
+    free: Callable[[], Mapping[str, int | None]]  # bytes free where state and outbox are
     swept: Callable[[], Swept] = Swept  # what retention removed since start
 
 
@@ -209,11 +207,9 @@ class Scraped(Collector):
         free = GaugeMetricFamily(
             "mesh_free_bytes", "Bytes free where the state and the outbox are", labels=["place"]
         )
-        for place, folder in self.sources.places.items():
-            try:
-                free.add_metric([place], float(shutil.disk_usage(folder).free))
-            except OSError:
-                continue
+        for place, left in self.sources.free().items():
+            if left is not None:
+                free.add_metric([place], float(left))
         yield free
 
     def _swept(self) -> Iterator[Metric]:
