@@ -244,3 +244,37 @@ def test_a_commit_the_disk_refuses_runs_none_of_its_hooks(tmp_path: Path) -> Non
             database.after_commit(lambda: ran.append("later"))
         assert ran == ["later"]
         database.close()
+
+
+async def test_the_far_sides_disk_fills_while_requests_are_with_its_upstream(
+    tmp_path: Path, ports: Ports
+) -> None:
+    """Bravo cannot store its upstream's answers for a while: each waits in place and is
+    stored once space is back. None is cut off (a POST cut off there would be a 502 of
+    unknown outcome), and none runs twice."""
+    roster = roster_for(tmp_path, ports)
+    upstream = HeldUpstream()
+    answers: list[httpx.Response] = []
+    base = f"http://127.0.0.1:{ports.alpha}"
+    with tmpfs(tmp_path / "state" / "bravo") as state, trio.fail_after(120):
+        async with (
+            mesh_up(roster) as mesh,
+            served(upstream, ports.upstream),
+            httpx.AsyncClient(base_url=base, timeout=120) as client,
+            trio.open_nursery() as nursery,
+        ):
+            await mesh.wait_for("alpha: first heard from bravo")
+
+            async def call(n: int) -> None:
+                answers.append(await client.post(f"/bravo/r/{n}", content=b"x"))
+
+            for n in range(ACCEPTED_BEFORE):
+                nursery.start_soon(call, n)
+            await until(lambda: len(upstream.ran) == ACCEPTED_BEFORE)
+            filler = fill(state)
+            upstream.release.set()
+            await mesh.wait_for("bravo: cannot store a request's step yet")
+            filler.unlink()
+    assert [a.status_code for a in answers] == [200] * ACCEPTED_BEFORE, [a.text for a in answers]
+    assert upstream.ran == Counter({f"/r/{n}": 1 for n in range(ACCEPTED_BEFORE)})
+    assert mesh.matching("Traceback") == []

@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
 from ..config.access import serves
+from ..errors import Complaints
 from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending, receive_body, stream_for
@@ -46,6 +48,7 @@ from .problems import over_limit, problem_response
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 RETRY_FIRST, RETRY_MOST = 0.1, 5.0  # seconds between attempts that never reached it
+STORE_RETRY = 1.0  # seconds between two tries of a step the store refused (a full disk)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Forwarder:
         self.serves = serves  # per asker, what its requests may ask (None: anything)
         self.limit = trio.CapacityLimiter(upstream.concurrency)  # with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
+        self.complaints = Complaints(self.log, name)
 
     async def run(self) -> None:
         async with self.upstream.origin() as origin, trio.open_nursery() as nursery:
@@ -106,17 +110,37 @@ class Forwarder:
                 interrupted = left.state is Execution.FORWARDING
                 nursery.start_soon(self._execute, origin, left.asker, request, interrupted)
             async for batch in self.receiving.deliveries(Kind.REQUEST):
-                with self.database.transaction():  # one commit for all those here
-                    for item in batch:
-                        message = unpack_envelope(item.payload, len(item.payload)).message
-                        if isinstance(message, Control):  # it came, but could not be read
-                            await self._unreadable(item, message)
-                            continue
-                        assert isinstance(message, Request)
-                        if message.body_length:  # its body comes as fragments: take it then
-                            nursery.start_soon(self._take, origin, nursery, item, message)
-                        else:
-                            await self._take(origin, nursery, item, message)
+                await self._until_stored(partial(self._take_batch, origin, nursery, batch))
+
+    async def _take_batch(
+        self, origin: Origin | None, nursery: trio.Nursery, batch: list[Delivery]
+    ) -> None:
+        """Take the requests delivered, in one commit for all those here."""
+        with self.database.transaction():
+            for item in batch:
+                message = unpack_envelope(item.payload, len(item.payload)).message
+                if isinstance(message, Control):  # it came, but could not be read
+                    await self._unreadable(item, message)
+                    continue
+                assert isinstance(message, Request)
+                if message.body_length:  # its body comes as fragments: take it then
+                    take = partial(self._take, origin, nursery, item, message)
+                    nursery.start_soon(self._until_stored, take)
+                else:
+                    await self._take(origin, nursery, item, message)
+
+    async def _until_stored(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run `step` (a transaction) until the store takes it: a full disk is waited
+        out in place, and the requests with the upstream meanwhile go on (a failure let
+        out would restart the forwarder and cut them all off). A step tried again must
+        do no harm done twice: each is idempotent or rolled back whole."""
+        while True:
+            try:
+                await step()
+                return
+            except sqlite3.OperationalError as exc:
+                self.complaints.say("store", "cannot store a request's step yet: %s", exc)
+                await trio.sleep(STORE_RETRY)
 
     async def _unreadable(self, item: Delivery, note: Control) -> None:
         """Answer a request that arrived but could not be read (`note` stands for it):
@@ -146,14 +170,17 @@ class Forwarder:
         self, origin: Origin | None, asker: str, request: Request, interrupted: bool
     ) -> None:
         outcome = await self._outcome(origin, asker, request, interrupted)
+        await self._until_stored(partial(self._answer, asker, request, outcome))
+        if request.body_id:  # the request's body file has served its purpose
+            self.receiving.forget_body(asker, request.body_id)
+            self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
+
+    async def _answer(self, asker: str, request: Request, outcome: Outcome) -> None:
         with self.database.transaction():  # answered and marked so, or neither
             await self.sending.send(asker, outcome.response, outcome.body, outcome.stream)
             self.executions.mark(request.id, Execution.RESPONDED, time.time())
             if outcome.refused:
                 self.executions.refused(asker)
-        if request.body_id:  # the request's body file has served its purpose
-            self.receiving.forget_body(asker, request.body_id)
-            self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
 
     async def _outcome(
         self, origin: Origin | None, asker: str, request: Request, interrupted: bool
@@ -195,7 +222,7 @@ class Forwarder:
         whose connection broke, is tried again with backoff until the deadline."""
         delay, first = RETRY_FIRST, True
         while True:
-            await self._mark_forwarding(asker, request, first)
+            await self._until_stored(partial(self._mark_forwarding, asker, request, first))
             first = False
             try:
                 return await self._exchange(origin, asker, request)

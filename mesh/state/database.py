@@ -214,7 +214,8 @@ class Database:
         except BaseException:
             self._depth = 0
             self._after_commit.clear()
-            self.connection.execute("ROLLBACK")
+            if self.connection.in_transaction:  # SQLite may have rolled back already
+                self.connection.execute("ROLLBACK")
             raise
         self._depth = 0
         began = time.perf_counter()
