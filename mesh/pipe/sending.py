@@ -196,9 +196,9 @@ class Sending:
         if spool is None or not stream.opened:
             return
         self.tables.close_stream(spool)
-        stream.opened = False
 
-        def closed() -> None:
+        def closed() -> None:  # not before: a commit that fails leaves it open (its
+            stream.opened = False  # fragments still read the file: it must not go)
             if self.tables.spool_waiting(spool) == 0:  # all acknowledged already
                 self._sending.pop(spool, None)
                 self.remove_once_synced([spool])
