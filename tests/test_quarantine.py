@@ -13,7 +13,7 @@ import trio
 
 from mesh.errors import FormatError
 from mesh.pipe import folder as pipe
-from mesh.pipe import inbox
+from mesh.pipe import inbox, quarantine
 from mesh.pipe.quarantine import COPY_MOST, Quarantine
 from mesh.wire.names import FileKind, FileName
 
@@ -99,6 +99,21 @@ def test_a_folder_under_a_message_name_is_recorded_once(tmp_path: Path) -> None:
     assert q.put(inbox_dir / name(), "not-a-file", "a folder") is None  # not again
     assert (inbox_dir / name() / "inside" / "big").exists()  # left, not moved in
     assert "a folder is left where it is" in note(tmp_path / "q", name())
+
+
+def test_folders_recorded_are_remembered_within_a_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who makes folder after folder under message names cannot grow the peer's
+    memory: the oldest are forgotten (and would be recorded once more)."""
+    monkeypatch.setattr(quarantine, "FOLDERS_KEPT", 3)
+    q = Quarantine(tmp_path / "q")
+    folders = [tmp_path / "pipe" / f"alpha.bravo.{n:016x}-0000000{n}.msg.mesh" for n in range(5)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        assert q.put(folder, "not-a-file", "a folder") is not None
+    assert q.put(folders[-1], "not-a-file", "a folder") is None  # remembered
+    assert q.put(folders[0], "not-a-file", "a folder") is not None  # forgotten: again
 
 
 def other_filesystem(tmp_path: Path) -> Path:

@@ -29,6 +29,7 @@ from ..wire.names import SUFFIX
 
 COPY_MOST = 1 << 20  # bytes of a file copied across filesystems; bigger ones are noted only
 NOTE = ".reason"
+FOLDERS_KEPT = 10_000  # folders under message names remembered as recorded
 _KINDS = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFIFO: "a FIFO",
@@ -50,7 +51,9 @@ class Quarantine:
     def __init__(self, folder: Path, limit: int = 1 << 30) -> None:
         self.folder, self.limit = folder, limit
         self._sizes: OrderedDict[str, int] | None = None  # kept files and notes, oldest first
-        self._folders: set[Path] = set()  # folders under message names, recorded already
+        # folders under message names, recorded already (the last FOLDERS_KEPT of them: one
+        # forgotten is recorded again, once more)
+        self._folders: OrderedDict[Path, None] = OrderedDict()
         self._reasons: Counter[str] = Counter()  # files refused since start, by reason
         self._lock = threading.Lock()  # `put` runs in worker threads, `count` on the loop
 
@@ -66,7 +69,9 @@ class Quarantine:
         if stat.S_ISDIR(info.st_mode):
             if path in self._folders:
                 return None
-            self._folders.add(path)
+            self._folders[path] = None
+            while len(self._folders) > FOLDERS_KEPT:
+                self._folders.popitem(last=False)
         kept = self._take(path, info)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         what = "kept beside this note" if kept else f"not kept ({kept_why(info, self.limit)})"
