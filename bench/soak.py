@@ -434,6 +434,9 @@ def floor(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         minute = int((x - points[0][0]) // 60)
         if minute not in lowest or y < lowest[minute][1]:
             lowest[minute] = (x, y)
+    last = max(lowest, default=0)
+    if last and points[-1][0] - points[0][0] - 60 * last < 30:  # a last minute barely begun
+        del lowest[last]  # (one sample is no floor: it may be mid-swing)
     return list(lowest.values())
 
 

@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 
 from mesh.errors import Complaints
-from mesh.pipe.retention import FIRST_BATCH, Retention
+from mesh.pipe.retention import FIRST_BATCH, LEAST_BATCH, Retention
 from mesh.proto.lifecycle import FINAL
 from mesh.proto.received import ReceivedState
 from mesh.state.database import Database
@@ -150,6 +150,8 @@ async def test_a_slow_batch_shrinks_the_next_whatever_it_removed(tmp_path: Path)
     assert retention.rows["requests"] == 150
     retention._took("requests", 0.0001, 150)  # full and quick: bigger
     assert retention.rows["requests"] == 300
+    retention._took("requests", 1.0, 3)  # slow, but only 3 rows: the commit, not the size
+    assert retention.rows["requests"] == LEAST_BATCH
     assert retention.rows["executions"] == FIRST_BATCH  # each table its own size
 
 

@@ -29,6 +29,7 @@ from ..wire.messages import Kind
 BUDGET = 0.005  # seconds a batch should take
 FIRST_BATCH = 64  # rows in the first batch; later ones are sized from how long it took
 MOST_BATCH = 4096
+LEAST_BATCH = 16  # rows: a commit that waits on the disk must not shrink batches to one
 BATCH_BYTES = 4 << 20  # of values a batch removes (each costs reading its pages' chain)
 SWEEP_AT_MOST_EVERY = 60.0  # seconds; a short retention is swept more often
 
@@ -116,7 +117,7 @@ class Retention:
         self.longest = max(self.longest, seconds)
         self.batch_timed(seconds)
         rows = self.rows[what]
-        if seconds > BUDGET:
-            self.rows[what] = max(1, min(rows, removed) // 2)
+        if seconds > BUDGET:  # not below LEAST_BATCH: the bytes bound big rows anyway
+            self.rows[what] = max(LEAST_BATCH, min(rows, removed) // 2)
         elif removed >= rows and seconds < BUDGET / 2:
             self.rows[what] = min(MOST_BATCH, rows * 2)
