@@ -13,7 +13,7 @@ import os
 import sqlite3
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import trio
 from mesh.http.asgi import lifespan, read_body
 from mesh.state.database import Database
 from tests.helpers.ports import Ports
-from tests.helpers.processes import keygen, mesh_up, peer, served, write_roster
+from tests.helpers.processes import keygen, mesh_up, peer, served, until, write_roster
 
 SIZE = 24 << 20  # bytes of the tmpfs
 ACCEPTED_BEFORE = 20  # requests accepted before the disk fills, held by the upstream
@@ -150,11 +150,6 @@ async def exercise(full: Path, ports: Ports, mesh: Any, what: str) -> None:
     assert all(answers[n].content == f"/r/{n}".encode() for n in answers)
     assert set(upstream.ran.values()) == {1}  # each ran once
     assert mesh.matching("Traceback") == []
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 (another process)
-        await trio.sleep(0.05)
 
 
 async def _refused_while_full(client: httpx.AsyncClient) -> tuple[dict[str, Any], list[str]]:

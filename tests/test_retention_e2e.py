@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import trio
 
 from mesh.http.asgi import lifespan, read_body
 from tests.helpers.ports import Ports
-from tests.helpers.processes import keygen, mesh_command, mesh_up, peer, served, write_roster
+from tests.helpers.processes import keygen, mesh_command, mesh_up, peer, served, until, write_roster
 
 REQUESTS = 5000
 BIG = {7, 2500, 4999}  # requests whose bodies (and responses) cross in body files
@@ -102,12 +102,6 @@ def rows(state: Path, query: str) -> int:
         return int(sql.execute(query).fetchone()[0])
     finally:
         sql.close()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Return once `condition()` holds (it reads other processes' state)."""
-    while not condition():  # noqa: ASYNC110 (another process)
-        await trio.sleep(0.1)
 
 
 async def send_all(client: httpx.AsyncClient, alpha: int, callbacks: str) -> list[str]:

@@ -61,7 +61,6 @@ class Retention:
         self.complaints = complaints
         self.rows = {"requests": FIRST_BATCH, "executions": FIRST_BATCH, "messages": FIRST_BATCH}
         self.swept = Swept()
-        self.longest = 0.0  # seconds the longest batch held the event loop
         self.batch_timed: Callable[[float], None] = lambda seconds: None  # told each batch's
 
     @property
@@ -114,7 +113,6 @@ class Retention:
     def _took(self, what: str, seconds: float, removed: int) -> None:
         """Size the next batch of `what` so it takes about `BUDGET` seconds: halved after
         any slow one, doubled after a full and quick one."""
-        self.longest = max(self.longest, seconds)
         self.batch_timed(seconds)
         rows = self.rows[what]
         if seconds > BUDGET:  # not below LEAST_BATCH: the bytes bound big rows anyway

@@ -211,19 +211,13 @@ class Database:
         self._depth = 1
         try:
             yield
-        except BaseException:
             self._depth = 0
-            self._after_commit.clear()
-            if self.connection.in_transaction:  # SQLite may have rolled back already
-                self.connection.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        began = time.perf_counter()
-        try:
+            began = time.perf_counter()
             self.connection.execute("COMMIT")
-        except BaseException:  # a full disk: SQLite may have rolled it back already
+        except BaseException:  # the block failed, or the COMMIT did (a full disk)
+            self._depth = 0
             self._after_commit.clear()  # nothing it promised happened
-            if self.connection.in_transaction:
+            if self.connection.in_transaction:  # SQLite may have rolled back already
                 self.connection.execute("ROLLBACK")
             raise
         self.commit_timed(time.perf_counter() - began)

@@ -10,7 +10,7 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -70,6 +70,13 @@ def run_mesh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
     return subprocess.run(
         mesh_command(*args), capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+async def until(condition: Callable[[], bool], every: float = 0.05) -> None:
+    """Return once `condition()` holds: it reads what another process changes (its files,
+    its database), which no event tells this one of. Bound it with `trio.fail_after`."""
+    while not condition():  # noqa: ASYNC110 (another process)
+        await trio.sleep(every)
 
 
 class MeshProcess:
