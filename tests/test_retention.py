@@ -11,7 +11,7 @@ import trio
 import trio.lowlevel
 
 from mesh.errors import Complaints
-from mesh.pipe.retention import FIRST_BATCH, LEAST_BATCH, Retention
+from mesh.pipe.retention import FIRST_BATCH, KEEP_FREE_PAGES, LEAST_BATCH, Retention
 from mesh.proto.lifecycle import FINAL
 from mesh.proto.received import ReceivedState
 from mesh.state.database import Database
@@ -127,6 +127,62 @@ async def test_a_sweep_removes_everything_due_in_batches_letting_the_loop_run(
     assert retention.swept.requests == 5000 and len(removed) == 2500
     assert store.database.connection.execute("SELECT count(*) FROM requests").fetchone() == (0,)
     assert ticks >= 5000 // max(retention.rows["requests"], FIRST_BATCH)  # the loop ran between
+
+
+def _pages(database: Database) -> tuple[int, int]:
+    """(pages in the database, pages free in it)."""
+    sql = database.connection
+    return sql.execute("PRAGMA page_count").fetchone()[0], sql.execute(
+        "PRAGMA freelist_count"
+    ).fetchone()[0]
+
+
+def _burst(store: Store, count: int) -> None:
+    """`count` requests of 2 KiB ended long ago, as a burst leaves them."""
+    with store.database.transaction():
+        for n in range(count):
+            request_id = _request(store, n, 10.0)
+            store.database.connection.execute(
+                "UPDATE requests SET body = randomblob(2048) WHERE id = ?", (request_id,)
+            )
+
+
+async def test_after_a_burst_the_sweep_hands_free_pages_back_keeping_some(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    _burst(store, 5000)
+    peak, _ = _pages(store.database)
+    retention = Retention(store.retention, [].extend, 60.0, COMPLAINTS)
+    await retention.sweep(cutoff=100.0)
+    pages, free = _pages(store.database)
+    assert peak > 3000 and pages < 400  # not kept at its peak
+    assert free <= KEEP_FREE_PAGES  # some kept for the next burst
+    assert peak - pages - 32 < retention.swept.free_pages <= peak - pages  # (and ptrmap pages)
+    assert store.database.checkpoint()[1] > 0
+    assert (tmp_path / "state.sqlite").stat().st_size == pages * 4096  # the file shrank
+
+
+async def test_free_pages_a_steady_load_reuses_are_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _burst(store, 400)  # 400 pages or so free: under twice KEEP_FREE_PAGES
+    retention = Retention(store.retention, [].extend, 60.0, COMPLAINTS)
+    await retention.sweep(cutoff=100.0)
+    assert retention.swept.requests == 400 and retention.swept.free_pages == 0
+    assert _pages(store.database)[1] > KEEP_FREE_PAGES
+
+
+async def test_a_database_made_before_keeps_its_size_and_reuses_its_pages(
+    tmp_path: Path,
+) -> None:
+    sqlite3.connect(tmp_path / "state.sqlite").execute("CREATE TABLE made (x)").connection.close()
+    store = Store(tmp_path)  # no incremental auto_vacuum: it cannot be set any more
+    _burst(store, 2000)
+    retention = Retention(store.retention, [].extend, 60.0, COMPLAINTS)
+    await retention.sweep(cutoff=100.0)
+    pages, free = _pages(store.database)
+    assert retention.swept.requests == 2000 and retention.swept.free_pages == 0
+    assert free > 1000 and store.retention.free_pages() == (0, pages)
 
 
 def test_a_batch_takes_no_more_bytes_than_allowed_but_always_one_row(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ class Scraped(Collector):
     def _swept(self) -> Iterator[Metric]:
         """What retention removed since start, by what it was."""
         swept = self.sources.swept()
-        doc = "Rows and body files retention removed, by what they were"
+        doc = "Rows, body files and free pages (handed back) retention removed, by what"
         values = {what: float(count) for what, count in vars(swept).items()}
         yield _labelled(COUNTER, "mesh_retention_removed", doc, "what", values)
 

@@ -7,7 +7,10 @@ retention (`state.retention` says exactly what), and the body files of the reque
 removed once their removal is on disk. It works in batches, each one short transaction,
 sized so one takes about `BUDGET` seconds, and lets the event loop run between two: a
 sweep never holds the loop for more than about 10 ms however much there is to remove.
-SQLite reuses the pages freed, so under a steady load the database stops growing.
+SQLite reuses the pages freed, so under a steady load the database stops growing; and
+after a burst (or a sweep held up) left more free pages than a steady load needs, the
+sweep hands the extra back to the filesystem, a batch at a time too: the file does not
+keep its peak for good.
 
 The quarantine is bounded as files come (`quarantine.Quarantine`), not here.
 """
@@ -32,6 +35,7 @@ MOST_BATCH = 4096
 LEAST_BATCH = 16  # rows: a commit that waits on the disk must not shrink batches to one
 BATCH_BYTES = 4 << 20  # of values a batch removes (each costs reading its pages' chain)
 SWEEP_AT_MOST_EVERY = 60.0  # seconds; a short retention is swept more often
+KEEP_FREE_PAGES = 256  # free pages kept for reuse (1 MiB), or an eighth of those in use
 
 Step = Callable[[float, int, int], int]  # (cutoff, rows, bytes): how many it removed
 
@@ -44,6 +48,7 @@ class Swept:
     executions: int = 0
     messages: int = 0
     body_files: int = 0
+    free_pages: int = 0  # handed back to the filesystem
 
 
 class Retention:
@@ -59,7 +64,7 @@ class Retention:
     ) -> None:
         self.tables, self.remove, self.retention = tables, remove, retention
         self.complaints = complaints
-        self.rows = {"requests": FIRST_BATCH, "executions": FIRST_BATCH, "messages": FIRST_BATCH}
+        self.rows = dict.fromkeys(("requests", "executions", "messages", "pages"), FIRST_BATCH)
         self.swept = Swept()
         self.batch_timed: Callable[[float], None] = lambda seconds: None  # told each batch's
 
@@ -85,6 +90,7 @@ class Retention:
         executions = self.tables.answered_executions
         swept.executions += await self._batches("executions", executions, cutoff)
         swept.messages += await self._batches("messages", self._messages, cutoff)
+        swept.free_pages += await self._give_back()
 
     def _requests(self, cutoff: float, rows: int, size: int) -> int:
         removed, files = self.tables.ended_requests(cutoff, rows, size)
@@ -94,6 +100,24 @@ class Retention:
 
     def _messages(self, cutoff: float, rows: int, size: int) -> int:
         return self.tables.unconsumed(Kind.DATAGRAM, cutoff, rows, size)
+
+    async def _give_back(self) -> int:
+        """Hand back free pages beyond what a steady load reuses, once more than twice
+        that many are free (not at every sweep: a page handed back costs a page moved);
+        how many."""
+        free, pages = self.tables.free_pages()
+        keep = max(KEEP_FREE_PAGES, (pages - free) // 8)  # of the pages in use
+        if free <= 2 * keep:
+            return 0
+        extra = free - keep
+
+        def step(cutoff: float, rows: int, size: int) -> int:
+            nonlocal extra
+            given = self.tables.give_back(min(rows, extra))
+            extra -= given
+            return given
+
+        return await self._batches("pages", step, 0.0)
 
     async def _batches(self, what: str, step: Step, cutoff: float) -> int:
         """Run `step` until it removes nothing more, letting the event loop run between

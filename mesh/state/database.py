@@ -130,6 +130,10 @@ class Database:
         os.fchmod(fd, 0o600)  # SQLite gives its -wal and -shm files the same mode
         os.close(fd)
         self.connection = sqlite3.connect(path, isolation_level=None)
+        # Pages freed can be handed back to the filesystem (`retention`), so a burst does
+        # not keep the file at its peak. Takes effect on a new database only: one made
+        # before keeps its size, and reuses the pages freed in it.
+        self.connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.execute("PRAGMA synchronous=NORMAL")  # commits reach the disk in groups
         # Checkpoints (WAL into the database, with fsyncs) would stall whichever commit

@@ -11,7 +11,9 @@ removed:
   queued (the post reads its body file); their body files are returned, for the caller
   to remove once the deletion is on disk;
 - the far side's executions answered before the cutoff;
-- delivered messages of one kind (the mailbox's) not consumed by the cutoff.
+- delivered messages of one kind (the mailbox's) not consumed by the cutoff;
+- free pages, handed back to the filesystem (the database file shrinks at the next
+  checkpoint), when the database was made able to (`auto_vacuum`, as every new one is).
 
 Posts need no sweep: each leaves its table once delivered or given up at its deadline.
 """
@@ -19,6 +21,8 @@ Posts need no sweep: each leaves its table once delivered or given up at its dea
 from __future__ import annotations
 
 from .database import Tables
+
+INCREMENTAL = 2  # PRAGMA auto_vacuum's value for incremental
 
 
 def _oldest(table: str, size: str, where: str, order: str) -> str:
@@ -80,3 +84,21 @@ class RetentionTables(Tables):
                 {"kind": kind, "cutoff": cutoff, "rows": rows, "bytes": size},
             )
         return cursor.rowcount
+
+    def free_pages(self) -> tuple[int, int]:
+        """(pages free that could be handed back, pages in the database). None can in
+        a database made without incremental `auto_vacuum` (by an earlier version)."""
+        pages = int(self._sql.execute("PRAGMA page_count").fetchone()[0])
+        if self._sql.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+            return 0, pages
+        return int(self._sql.execute("PRAGMA freelist_count").fetchone()[0]), pages
+
+    def give_back(self, pages: int) -> int:
+        """Hand back to the filesystem up to `pages` free pages (each moves a page from
+        the file's end into a free one); how many it did."""
+        with self._database.transaction():
+            before = int(self._sql.execute("PRAGMA freelist_count").fetchone()[0])
+            for _ in range(min(pages, before)):  # one page a statement: Python's sqlite3
+                self._sql.execute("PRAGMA incremental_vacuum(1)")  # steps a pragma once
+            after = int(self._sql.execute("PRAGMA freelist_count").fetchone()[0])
+        return before - after
