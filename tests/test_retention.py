@@ -63,9 +63,11 @@ def test_answered_executions_go_and_keep_nothing_of_their_request_meanwhile(
     tmp_path: Path,
 ) -> None:
     store = Store(tmp_path)
-    for n, state in enumerate((Execution.RESPONDED, Execution.FORWARDING, Execution.RECEIVED)):
-        store.executions.take(0, "alpha", f"{n:032x}", b"request" * 100, 10.0)
-        store.executions.mark(f"{n:032x}", state, 10.0)
+    for n, state in enumerate((Execution.FORWARDING, Execution.RECEIVED)):
+        store.executions.take(0, "alpha", f"{n + 1:032x}", b"request" * 100, 10.0)
+        store.executions.mark(f"{n + 1:032x}", state, 10.0)
+    store.executions.take(0, "alpha", f"{0:032x}", b"request" * 100, 10.0)
+    store.executions.answered(f"{0:032x}", 10.0)
     sql = store.database.connection
     assert sql.execute(
         "SELECT length(request) FROM executions WHERE id = ?", (f"{0:032x}",)
@@ -75,6 +77,25 @@ def test_answered_executions_go_and_keep_nothing_of_their_request_meanwhile(
         Execution.FORWARDING,
         Execution.RECEIVED,
     ]
+
+
+def test_executions_answered_while_others_wait_leave_no_pages_mostly_empty(
+    tmp_path: Path,
+) -> None:
+    """Eight requests in flight at once, 1.3 KiB each, answered in turn: the answered
+    rows, kept until retention, fill their pages (shrunk in place, two a page, they
+    took ten times the pages)."""
+    store = Store(tmp_path)
+    in_flight: list[str] = []
+    for n in range(6000):
+        in_flight.append(f"{n:032x}")
+        store.executions.take(0, "alpha", in_flight[-1], b"r" * 1357, float(n))
+        if len(in_flight) > 8:
+            store.executions.answered(in_flight.pop(0), float(n))
+        if n % 750 == 0:
+            store.retention.answered_executions(n - 3000.0, 10_000, 1 << 30)
+    pages, free = _pages(store.database)
+    assert pages - free < 300  # for the 3,000 or so rows kept
 
 
 def test_only_the_mailboxs_unconsumed_messages_expire(tmp_path: Path) -> None:

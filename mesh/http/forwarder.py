@@ -178,7 +178,7 @@ class Forwarder:
     async def _answer(self, asker: str, request: Request, outcome: Outcome) -> None:
         with self.database.transaction():  # answered and marked so, or neither
             await self.sending.send(asker, outcome.response, outcome.body, outcome.stream)
-            self.executions.mark(request.id, Execution.RESPONDED, time.time())
+            self.executions.answered(request.id, time.time())
             if outcome.refused:
                 self.executions.refused(asker)
 

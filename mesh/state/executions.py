@@ -47,13 +47,23 @@ class ExecutionTables(Tables):
         return bool(cursor.rowcount)
 
     def mark(self, request_id: str, state: Execution, at: float) -> None:
-        """Move an execution to `state`; one answered keeps only its id and times (its
-        request, body and all, is not needed again)."""
+        """Move an execution to `state`."""
         with self._database.transaction():
             self._sql.execute(
-                "UPDATE executions SET state = ?, updated = ?,"
-                " request = CASE WHEN ? = 'responded' THEN x'' ELSE request END WHERE id = ?",
-                (state, at, state, request_id),
+                "UPDATE executions SET state = ?, updated = ? WHERE id = ?",
+                (state, at, request_id),
+            )
+
+    def answered(self, request_id: str, at: float) -> None:
+        """Move an execution to ``responded``, keeping only its id and times (its request,
+        body and all, is not needed again). The row is written anew, at the table's end:
+        shrunk where it was, it would leave its page mostly empty for as long as the row
+        is kept, and the file would grow with the requests in flight at once."""
+        with self._database.transaction():
+            self._sql.execute(
+                "INSERT OR REPLACE INTO executions (id, origin, state, request, updated)"
+                " SELECT id, origin, ?, x'', ? FROM executions WHERE id = ?",
+                (Execution.RESPONDED, at, request_id),
             )
 
     def unfinished(self) -> list[Unfinished]:
