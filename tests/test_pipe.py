@@ -14,6 +14,7 @@ import trio.testing
 
 from mesh.errors import PeerLockedError
 from mesh.pipe import folder as pipe
+from mesh.pipe.watch import watch
 from mesh.state.database import Database
 from mesh.state.lock import StateLock
 from mesh.wire import fileformat as wire
@@ -105,7 +106,7 @@ async def test_watch_wakes_when_a_file_arrives(tmp_path: Path, mode: pipe.WatchM
     send, recv = trio.open_memory_channel[None](1)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pipe.watch, tmp_path, mode, 0.05, send)
+            nursery.start_soon(watch, tmp_path, mode, 0.05, send)
             while True:  # in notify mode the watcher may start after our first write
                 pipe.write_atomically(tmp_path, name(), b"x")
                 with trio.move_on_after(1):
@@ -117,11 +118,33 @@ async def test_watch_wakes_when_a_file_arrives(tmp_path: Path, mode: pipe.WatchM
 async def test_cancelling_a_notify_watch_is_prompt(tmp_path: Path) -> None:
     send, _ = trio.open_memory_channel[None](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pipe.watch, tmp_path, "notify", 60.0, send)
+        nursery.start_soon(watch, tmp_path, "notify", 60.0, send)
         await trio.testing.wait_all_tasks_blocked()
         started = time.monotonic()
         nursery.cancel_scope.cancel()
     assert time.monotonic() - started < 1.0  # the watcher thread would hold it for 5s
+
+
+async def test_a_file_copied_in_wakes_once_it_is_closed_not_at_each_write(
+    tmp_path: Path,
+) -> None:
+    send, recv = trio.open_memory_channel[None](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, tmp_path, "notify", 60.0, send)
+        await wait_for_wake(tmp_path, recv)  # watching now
+        with trio.fail_after(5):
+            while recv.statistics().current_buffer_used:
+                await recv.receive()
+            with (tmp_path / str(name())).open("wb") as copying:  # as a mirror writes one
+                await recv.receive()  # created: looked at (it is cut short for now)
+                for _ in range(50):
+                    copying.write(b"x" * 4096)
+                    copying.flush()
+                with trio.move_on_after(0.2):  # (watchfiles, before, woke at these)
+                    await recv.receive()
+                    pytest.fail("woken while the file was still being written")
+            await recv.receive()  # closed: looked at again at once
+        nursery.cancel_scope.cancel()
 
 
 def test_a_second_lock_on_the_same_state_is_refused(tmp_path: Path) -> None:
@@ -160,7 +183,7 @@ async def test_notify_watch_survives_its_folder_vanishing(tmp_path: Path) -> Non
     folder = tmp_path / "inbox"
     send, recv = trio.open_memory_channel[None](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(pipe.watch, folder, "notify", 2.0, send)
+        nursery.start_soon(watch, folder, "notify", 2.0, send)
         await trio.testing.wait_all_tasks_blocked()
         folder.mkdir()
         await wait_for_wake(folder, recv)

@@ -17,10 +17,6 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
 
-import anyio
-import trio
-import watchfiles
-
 from ..wire.names import SUFFIX, TEMP_PREFIX, FileName, parse_name
 
 WatchMode = Literal["auto", "notify", "poll"]
@@ -256,69 +252,3 @@ def resolve_watch_mode(mode: WatchMode, folder: Path) -> Literal["notify", "poll
     if mode != "auto":
         return mode
     return "poll" if filesystem_type(folder) in NETWORK_FILESYSTEMS else "notify"
-
-
-async def watch(
-    folder: Path, mode: WatchMode, poll_interval: float, wake: trio.MemorySendChannel[None]
-) -> None:
-    """Send a wake-up on `wake` whenever files may have arrived in `folder`; runs until
-    cancelled. Wake-ups coalesce: a reader that is busy gets one, not a backlog.
-
-    ``notify`` uses inotify (via watchfiles) and still wakes every ten poll intervals in
-    case an event was lost; ``poll`` wakes every `poll_interval` (network shares, where
-    inotify sees nothing); ``auto`` picks by the folder's filesystem. A folder that is
-    missing or vanishes (an unmounted share) is polled until it can be watched again.
-    """
-    if resolve_watch_mode(mode, folder) == "poll":
-        await _tick(wake, poll_interval)
-        return
-    stop = anyio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_notify, folder, wake, stop, poll_interval)
-        nursery.start_soon(_tick, wake, poll_interval * 10)
-        try:
-            await trio.sleep_forever()
-        finally:
-            stop.set()  # the watcher's thread ignores cancellation; this ends it at once
-
-
-def _post(wake: trio.MemorySendChannel[None]) -> None:
-    with contextlib.suppress(trio.WouldBlock):
-        wake.send_nowait(None)
-
-
-async def _tick(wake: trio.MemorySendChannel[None], interval: float) -> None:
-    while True:
-        await trio.sleep(interval)
-        _post(wake)
-
-
-async def _notify(
-    folder: Path, wake: trio.MemorySendChannel[None], stop: anyio.Event, poll_interval: float
-) -> None:
-    """Post a wake-up per batch of inotify events. When the folder is missing, vanishes or
-    cannot be watched, post a wake-up every `poll_interval` and try again."""
-    root = str(folder)
-    trouble: str | None = None
-
-    def ours(change: watchfiles.Change, path: str) -> bool:
-        name = os.path.basename(path)
-        return path == root or (name.endswith(SUFFIX) and not name.startswith(TEMP_PREFIX))
-
-    while True:
-        try:
-            async for batch in watchfiles.awatch(
-                root, watch_filter=ours, debounce=10, step=1, recursive=False, stop_event=stop
-            ):
-                if trouble is not None:
-                    log.info("watching %s again", root)
-                    trouble = None
-                _post(wake)
-                if any(path == root for _, path in batch):
-                    break  # the folder itself went or was replaced: watch the new one
-        except (OSError, RuntimeError) as exc:
-            if trouble is None:
-                log.warning("cannot watch %s (%s); polling it meanwhile", root, exc)
-            trouble = str(exc)
-        _post(wake)
-        await trio.sleep(poll_interval)

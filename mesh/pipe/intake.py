@@ -24,6 +24,7 @@ from ..wire.crypto import Keyring
 from ..wire.fileformat import Limits, ScannedFile
 from . import folder, inbox
 from .quarantine import Quarantine
+from .watch import watch
 
 Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[Arrival]]
 Heard = Callable[[str, str], None]  # (peer, its epoch): a valid file came from it
@@ -58,7 +59,7 @@ class Intake:
         settings = self.settings
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                folder.watch, settings.inbox, settings.watch, settings.poll_interval, wake_send
+                watch, settings.inbox, settings.watch, settings.poll_interval, wake_send
             )
             while True:
                 await self._take_inbox()
