@@ -46,58 +46,25 @@ def test_a_file_out_within_the_interval_makes_the_heartbeat_unneeded() -> None:
     assert [f.seqs for f in alpha.outgoing(8.0)] == [()]
 
 
-def test_a_message_for_an_idle_link_goes_at_once() -> None:
+def test_a_burst_shares_one_file_after_its_linger() -> None:
     alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    send(alpha, 3, now=1.0)  # queued together (before the writer looks): one file
-    assert [f.seqs for f in alpha.outgoing(1.0)] == [(1, 2, 3)]
-
-
-def test_while_a_file_is_written_a_burst_waits_and_shares_the_next() -> None:
-    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
-    alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    send(alpha, 1, now=1.0)
-    [writing] = alpha.outgoing(1.0)
-    send(alpha, 3, now=1.01)
-    send(alpha, 2, now=1.02)
-    assert alpha.outgoing(1.03) == []  # the link is busy: they wait for that file
-    alpha.written(writing, 1.04)
-    assert [f.seqs for f in alpha.outgoing(1.04)] == [(2, 3, 4, 5, 6)]  # then go, together
-
-
-def test_linger_bounds_the_wait_for_a_file_being_written() -> None:
-    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
-    alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    send(alpha, 1, now=1.0)
-    [slow] = alpha.outgoing(1.0)
-    send(alpha, 1, now=1.01)
-    assert alpha.next_wakeup() == pytest.approx(1.11)  # the writer looks again by then
-    alpha.written(slow, 1.5)
-    assert [f.seqs for f in alpha.outgoing(1.5)] == [(2,)]
-
-
-def test_what_waited_for_a_failed_file_goes_at_once() -> None:
-    alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
-    alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    send(alpha, 1, now=1.0)
-    [failing] = alpha.outgoing(1.0)
-    send(alpha, 1, now=1.01)
-    alpha.failed(failing, 1.02)
-    assert [f.seqs for f in alpha.outgoing(1.02)] == [(1, 2)]  # the failed one along
+    send(alpha, 3, now=1.0)
+    send(alpha, 2, now=1.05)
+    assert alpha.outgoing(1.09) == []
+    assert [f.seqs for f in alpha.outgoing(1.1)] == [(1, 2, 3, 4, 5)]
 
 
 def test_a_message_of_collate_below_or_more_does_not_wait() -> None:
     settings = LinkSettings(5.0, 10.0, linger=0.1, collate_below=1000)
     alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    send(alpha, 1, now=1.0)
-    alpha.outgoing(1.0)  # a file being written (never reported, as a stuck writer)
     small = alpha.assign("bravo")
     alpha.queued("bravo", small, 999, 1.0)
-    assert alpha.next_wakeup() == pytest.approx(1.1)  # a small one waits
+    assert alpha.outgoing(1.0) == []  # a small one lingers
     big = alpha.assign("bravo")
     alpha.queued("bravo", big, 1000, 1.0)
-    assert alpha.next_wakeup() == 1.0  # a big one does not
+    assert [f.seqs for f in alpha.outgoing(1.0)] == [(small, big)]  # it rides along
 
 
 def test_a_note_rides_with_the_next_file_or_goes_after_ack_delay() -> None:

@@ -143,42 +143,13 @@ class Links:
         return found
 
     async def _write(self, file: OutgoingFile) -> None:
-        """Write `file` and report it to the protocol, exactly once: written, or failed
-        (its messages tried again within a second), even when an error stops this part."""
-        try:
-            path, size, kind = await self._write_file(file)
-        except OSError as exc:
-            if self.pipe_error is None:
-                self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
-            self.pipe_error = why_not_written(exc)
-            self.protocol.failed(file, trio.current_time())
-            return
-        except BaseException:
-            self.protocol.failed(file, trio.current_time())
-            raise
-        if self.pipe_error is not None:
-            self.log.info("%s: %s is writable again", self.name, self.outbox)
-            self.pipe_error = None
-        written = self.protocol.written(file, trio.current_time())
-        self.traffic.bytes_written[file.remote] += size
-        at = time.time()
-        self.events.tell("sent", file.remote, written.sent, at)
-        self.events.tell("resent", file.remote, written.resent, at)
-        unread = self._unread[file.remote]
-        unread.append((path, trio.current_time()))
-        del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
-        await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
-
-    async def _write_file(self, file: OutgoingFile) -> tuple[Path, int, FileKind]:
-        """Write `file` into the outbox, once what it carries is on disk; (its path, its
-        bytes, its kind). Messages acknowledged since it was planned are left out: with
-        none left, it is a heartbeat."""
         await self.durable.synced()  # what the file carries and acknowledges is on disk
         stored = self.tables.outbound_rows(file.remote, file.seqs) if file.seqs else {}
         rows = [stored[seq] for seq in file.seqs if seq in stored]  # acked meanwhile: skip
         seqs = [row.seq for row in rows]
         kind = FileKind.MESSAGES if seqs else FileKind.HEARTBEAT
         name = FileName(time.time_ns(), self.name, file.remote, os.urandom(4).hex(), kind)
+
         sizes: list[int] = []
 
         def encode(out: BinaryIO) -> None:
@@ -200,9 +171,26 @@ class Links:
 
         write = partial(folder.write_atomically_with, self.outbox, name, encode, self.file_mode)
         small = sum(len(row.payload) + row.spool_length for row in rows) <= SMALL_WRITE
-        # big data is hashed (and maybe sealed, compressed) in a thread
-        path = await (self.disk.run(write) if small else trio.to_thread.run_sync(write))
-        return path, sum(sizes), kind
+        try:  # big data is hashed (and maybe sealed, compressed) in a thread
+            path = await (self.disk.run(write) if small else trio.to_thread.run_sync(write))
+        except OSError as exc:
+            if self.pipe_error is None:
+                self.log.error("%s: cannot write to %s: %s", self.name, self.outbox, exc)
+            self.pipe_error = why_not_written(exc)
+            self.protocol.failed(file, trio.current_time())
+            return
+        if self.pipe_error is not None:
+            self.log.info("%s: %s is writable again", self.name, self.outbox)
+            self.pipe_error = None
+        written = self.protocol.written(file, trio.current_time())
+        self.traffic.bytes_written[file.remote] += sum(sizes)
+        at = time.time()
+        self.events.tell("sent", file.remote, written.sent, at)
+        self.events.tell("resent", file.remote, written.resent, at)
+        unread = self._unread[file.remote]
+        unread.append((path, trio.current_time()))
+        del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
+        await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:
         """Any file we write carries the newest link state, so our previous heartbeat for

@@ -33,8 +33,7 @@ Events in, decisions out; the driver (`mesh.pipe.links`) never looks inside. Its
 persist a message before `queued` (or `noted`); persist deliveries with their `receipt`
 before `stored` (an ack is advertised only for what is durable); write the files
 `outgoing` plans, reporting each back with `written` (which says what it sent for the
-first time) or `failed`, before asking `outgoing` again; keep what `arrived` says must
-be kept (acks, numbering).
+first time) or `failed`; keep what `arrived` says must be kept (acks, numbering).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ class LinkSettings:
 
     heartbeat: float
     resend_after: float
-    linger: float = 0.0  # at most, a new small message waits so long for a file to share
+    linger: float = 0.0  # a new small message waits this long for others to share its file
     collate_below: int = 64 << 10  # bytes: a message this big or bigger does not wait
     max_frames: int = 512  # messages per file
     max_bytes: int = 64 << 20  # payload bytes per file (a bigger message goes alone)
@@ -171,8 +170,6 @@ class _Link:
     outbound: Outbound
     inbound: Inbound
     last_file: float = float("-inf")
-    writing: int = 0  # files planned by `outgoing` and not yet `written` or `failed`
-    held: list[int] = field(default_factory=list)  # queued while a file was being written
     remote_session: str | None = None  # the remote's current session, once heard
     session_since: float = float("-inf")  # `created` of the file that told it
 
@@ -232,17 +229,11 @@ class Protocol:
         return self._links[remote].outbound.assign()
 
     def queued(self, remote: str, seq: int, size: int, now: float) -> None:
-        """`seq` is durable: written at once when the link is idle (no file to `remote`
-        being written) or it is `collate_below` or more. Else (as TCP's Nagle) it waits
-        for the file being written, and goes in the next one with the others that came
-        meanwhile: as soon as that file is `written`, or `failed`, and after the link's
-        `linger` at the latest."""
+        """`seq` is durable: first written at once when it is `collate_below` or more,
+        else after the link's `linger` (with the others that came meanwhile)."""
         link = self._links[remote]
-        if link.writing and size < link.settings.collate_below:
-            link.held.append(seq)
-            link.outbound.queue(seq, size, now + link.settings.linger)
-        else:
-            link.outbound.queue(seq, size, now)
+        small = size < link.settings.collate_below
+        link.outbound.queue(seq, size, now + link.settings.linger if small else now)
 
     def noted(self, remote: str, seq: int, size: int, now: float) -> None:
         """`seq` is durable news that need not cost a file of its own (a note on a
@@ -272,7 +263,6 @@ class Protocol:
             batches = self._batches(link, due)
             if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
                 batches = self._batches(link, link.outbound.unwritten()) or [()]
-            link.writing += len(batches)
             for i, seqs in enumerate(batches):
                 missing = link.inbound.take_missing() if i == 0 else ()
                 files.append(OutgoingFile(remote, seqs, self._fields(remote, link, missing)))
@@ -328,7 +318,6 @@ class Protocol:
             link.outbound.resend_now(file.seqs, now)  # the reader's epoch: nothing there
         link.outbound.stats.files += 1
         link.last_file = now
-        self._done_writing(link, now)
         link.inbound.news = False
         return Written(
             tuple(
@@ -342,16 +331,6 @@ class Protocol:
         messages again within a second; nothing reached the pipe, so nothing is wasted."""
         link = self._links[file.remote]
         link.outbound.retry(file.seqs, now + min(link.settings.resend_after, 1.0))
-        self._done_writing(link, now)
-
-    @staticmethod
-    def _done_writing(link: _Link, now: float) -> None:
-        """A file to the link's remote is done with: once none is being written, what
-        waited for them is due at once (to share one file)."""
-        link.writing = max(0, link.writing - 1)
-        if not link.writing:
-            link.outbound.hurry(link.held, now)
-            link.held = []
 
     def next_wakeup(self) -> float | None:
         """When `outgoing` may next have something to say (None: only after an event)."""

@@ -196,13 +196,6 @@ class Outbound:
                 fresh.append(seq)
         return fresh
 
-    def hurry(self, seqs: Iterable[int], now: float) -> None:
-        """Those of `seqs` still pending and never written are due at `now`, if later."""
-        for seq in seqs:
-            pending = self._pending.get(seq)
-            if pending is not None and seq in self._unwritten and pending.due > now:
-                self._schedule(seq, now)
-
     def retry(self, seqs: Iterable[int], at: float) -> None:
         """A write failed: try these again at `at`, without counting an attempt."""
         for seq in seqs:
