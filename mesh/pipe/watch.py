@@ -64,7 +64,7 @@ async def _notify(folder: Path, wake: trio.MemorySendChannel[None], poll_interva
     while True:
         try:
             with INotify(nonblocking=True) as events:
-                events.add_watch(folder, ARRIVALS | inotify.ONLYDIR)
+                events.add_watch(folder, ARRIVALS | GONE | inotify.ONLYDIR)
                 if trouble is not None:
                     log.info("watching %s again", folder)
                     trouble = None
