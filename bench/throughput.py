@@ -1,7 +1,11 @@
 """Requests through the mesh beside direct calls to the same upstream, same load, one run.
 
-    python bench/throughput.py [--requests 4000] [--concurrency 64] [--body 1024]
-                               [--linger 5ms --linger 50ms]
+    python bench/throughput.py [--client wrk|httpx] [--seconds 10] [--requests 4000]
+                               [--concurrency 64] [--body 1024] [--linger 5ms ...]
+
+The load comes from `wrk` (a C load generator, installed from Debian when missing, for
+`--seconds`) or from httpx in this process (`--requests`; it caps the direct figure at
+high concurrency). `--concurrency 1` measures light load: what the mesh adds to each call.
 
 Starts a small echo upstream (hypercorn, its own process), then sends the same POSTs
 directly and through a two-peer mesh (each peer its own `mesh up` process, as at two
@@ -32,6 +36,7 @@ from typing import Any
 import httpx
 import trio
 import yaml
+from wrk import Measured, ensure_wrk, wrk  # bench/ is on the path when run as a script
 
 from mesh.http.asgi import lifespan, read_body
 
@@ -125,11 +130,45 @@ async def load(
     return latencies, time.perf_counter() - began
 
 
-def row(label: str, latencies: list[float], seconds: float) -> str:
+def measured(latencies: list[float], seconds: float) -> Measured:
     ordered = sorted(latencies)
-    p50 = statistics.median(ordered) * 1000
-    p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
-    return f"{label:<14}{len(ordered) / seconds:>8.0f}{p50:>12.1f}{p99:>12.1f}"
+    p99 = ordered[max(int(len(ordered) * 0.99) - 1, 0)] * 1000
+    return Measured(len(ordered), len(ordered) / seconds, statistics.median(ordered) * 1000, p99)
+
+
+def row(label: str, found: Measured, direct: Measured | None = None) -> str:
+    """A line of the table; with `direct`, what the mesh adds and its share of direct."""
+    line = f"{label:<14}{found.per_second:>8.0f}{found.p50:>10.1f}{found.p99:>10.1f}"
+    if direct is not None:
+        added = f"{found.p50 - direct.p50:>+10.1f}{found.p99 - direct.p99:>+10.1f}"
+        line += f"{added}{found.per_second / direct.per_second:>9.2f}"
+    return line + (f"  ({found.errors} errors)" if found.errors else "")
+
+
+Load = Callable[[str, dict[str, str], Callable[[], Awaitable[None]] | None], Awaitable[Measured]]
+
+
+def httpx_load(requests: int, concurrency: int, body: bytes) -> Load:
+    async def run(
+        url: str, headers: dict[str, str], before: Callable[[], Awaitable[None]] | None
+    ) -> Measured:
+        return measured(*await load(url, requests, concurrency, body, before, headers))
+
+    return run
+
+
+def wrk_load(seconds: float, concurrency: int, body: bytes) -> Load:
+    """`wrk` for `seconds`, after a second of it to open the connections."""
+
+    async def run(
+        url: str, headers: dict[str, str], before: Callable[[], Awaitable[None]] | None
+    ) -> Measured:
+        await wrk(url, 1, concurrency, body, headers)
+        if before is not None:
+            await before()
+        return await wrk(url, seconds, concurrency, body, headers)
+
+    return run
 
 
 async def started(url: str, bound: float = 20.0, token: str | None = None) -> None:
@@ -145,10 +184,10 @@ async def started(url: str, bound: float = 20.0, token: str | None = None) -> No
 
 
 async def through_mesh(
-    folder: Path, linger: str, requests: int, concurrency: int, body: bytes, token: str | None
-) -> tuple[str, list[int]]:
-    """The mesh's row with `linger` (calls carrying `token` when given), and the files
-    each peer wrote to the other."""
+    folder: Path, linger: str, run_load: Load, token: str | None
+) -> tuple[Measured, list[int]]:
+    """The mesh's figures with `linger` (calls carrying `token` when given), and the
+    files each peer wrote to the other meanwhile."""
     path = roster(folder, linger, token)
     mesh = str(Path(sys.executable).with_name("mesh"))
     peers = [
@@ -178,20 +217,16 @@ async def through_mesh(
                 warm.extend(await files())
 
             url = f"http://127.0.0.1:{ALPHA}/bravo/echo"
-            latencies, seconds = await load(
-                url, requests, concurrency, body, count_from_here, credentials(token)
-            )
-            line = row(f"mesh {linger}{' token' if token else ''}", latencies, seconds)
+            found = await run_load(url, credentials(token), count_from_here)
             written = [after - before for after, before in zip(await files(), warm, strict=True)]
     finally:
         for process in peers:
             process.terminate()
             await process.wait()
-    return line, written
+    return found, written
 
 
-async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -> None:
-    body = b"x" * size
+async def main(run_load: Load, lingers: list[str], heading: str) -> None:
     bin_dir = Path(sys.executable).parent
     upstream = await trio.lowlevel.open_process(
         # the trio worker: `read_body` is mesh's, written for trio
@@ -210,37 +245,46 @@ async def main(requests: int, concurrency: int, size: int, lingers: list[str]) -
     rows, notes = [], []
     try:
         await started(f"http://127.0.0.1:{UPSTREAM}/echo")
-        latencies, seconds = await load(
-            f"http://127.0.0.1:{UPSTREAM}/echo", requests, concurrency, body
-        )
-        rows.append(row("direct", latencies, seconds))
+        direct = await run_load(f"http://127.0.0.1:{UPSTREAM}/echo", {}, None)
+        rows.append(row("direct", direct))
         runs = [(linger, None) for linger in lingers] + [(lingers[0], secrets.token_urlsafe(32))]
         for linger, token in runs:
+            label = f"mesh {linger}{' token' if token else ''}"
             with tempfile.TemporaryDirectory() as tmp:
-                line, (to_bravo, to_alpha) = await through_mesh(
-                    Path(tmp), linger, requests, concurrency, body, token
-                )
-            rows.append(line)
-            per = 1000 / requests
+                found, (to_bravo, to_alpha) = await through_mesh(Path(tmp), linger, run_load, token)
+            rows.append(row(label, found, direct))
+            per = 1000 / max(found.requests, 1)
             notes.append(
-                f"{line[:14].strip()}: files per 1,000 requests: {to_bravo * per:.0f} alpha"
+                f"{label}: files per 1,000 requests: {to_bravo * per:.0f} alpha"
                 f" to bravo, {to_alpha * per:.0f} bravo to alpha"
             )
     finally:
         os.killpg(upstream.pid, signal.SIGTERM)  # hypercorn and its worker
         await upstream.wait()
-    print(f"{requests} POSTs of {size} bytes, {concurrency} concurrent callers")
-    print(f"{'':<14}{'req/s':>8}{'p50 ms':>12}{'p99 ms':>12}")
+    print(heading)
+    print(
+        f"{'':<14}{'req/s':>8}{'p50 ms':>10}{'p99 ms':>10}{'+p50':>10}{'+p99':>10}{'x direct':>9}"
+    )
     print("\n".join(rows))
     print("\n".join(notes))
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk")
+    parser.add_argument("--seconds", type=float, default=10, help="of load, with wrk")
+    parser.add_argument("--requests", type=int, default=4000, help="with httpx")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--body", type=int, default=1024)
-    parser.add_argument("--linger", action="append", help="repeatable; default 5ms and 50ms")
+    parser.add_argument("--linger", action="append", help="repeatable; default 5ms")
     args = parser.parse_args()
-    lingers = args.linger or ["5ms", "50ms"]
-    trio.run(main, args.requests, args.concurrency, args.body, lingers)
+    body = b"x" * args.body
+    if args.client == "wrk":
+        ensure_wrk()
+        run_load = wrk_load(args.seconds, args.concurrency, body)
+        amount = f"{args.seconds:g} s of wrk"
+    else:
+        run_load = httpx_load(args.requests, args.concurrency, body)
+        amount = f"{args.requests} requests (httpx)"
+    heading = f"{amount}: POSTs of {args.body} bytes, {args.concurrency} concurrent callers"
+    trio.run(main, run_load, args.linger or ["5ms"], heading)
