@@ -54,6 +54,7 @@ from .wire.fileformat import Limits
 MAX_FRAME = 16 << 20
 RESTART_AFTER = 1.0  # seconds before a part that failed on an OSError starts again
 SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
+CHECKPOINT_TAIL = 512  # frames (pages) a checkpoint's end may copy on the loop: 2 MiB
 
 
 class Running(Protocol):
@@ -324,12 +325,17 @@ class Peer:
         )
 
     async def _checkpoint(self) -> None:
-        """Copy the write-ahead log into the database each second; a failure (busy, full,
-        out of file descriptors) is logged now and then, and tried again."""
+        """Copy the write-ahead log into the database each second, from a thread, then
+        the few frames committed meanwhile on the loop (so the log starts over instead of
+        growing); a failure (busy, full, out of file descriptors) is logged now and then,
+        and tried again."""
+        database = self.store.database
         while True:
             await trio.sleep(SNAPSHOT_EVERY)
             try:
-                await trio.to_thread.run_sync(self.store.database.checkpoint)
+                logged, copied = await trio.to_thread.run_sync(database.checkpoint)
+                if 0 < logged - copied <= CHECKPOINT_TAIL:
+                    database.finish_checkpoint()
             except (sqlite3.Error, OSError) as exc:  # the log keeps it meanwhile
                 self._complaints.say("checkpoint", "state checkpoint failed: %s", exc)
 

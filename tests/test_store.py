@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,29 @@ def test_the_log_is_checkpointed_from_another_thread(tmp_path: Path) -> None:
     assert logged == copied > 0
     store.close()
     assert Store(tmp_path).links.link_state("bravo").unacked == ((1, 100_000),)
+
+
+def test_a_checkpoint_finished_on_the_loop_lets_the_log_start_over(tmp_path: Path) -> None:
+    """A checkpoint from a thread that could not copy every frame (a reader held them
+    here; commits coming meanwhile, in a peer) is finished on the writers' connection."""
+    store = Store(tmp_path)
+    database = store.database
+    for seq in range(1, 41):
+        store.links.add_outbound("bravo", [OutboundRow(seq, b"a" * 50_000)], 0.0)
+    reader = sqlite3.connect(tmp_path / "state.sqlite")  # (as `mesh status` may be)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM outbound").fetchone()  # a snapshot: frames kept
+    for seq in range(41, 46):  # committed after it, as while a checkpoint runs
+        store.links.add_outbound("bravo", [OutboundRow(seq, b"b" * 50_000)], 0.0)
+    logged, copied = database.checkpoint()  # (from a thread, in a peer)
+    assert copied < logged  # it could not catch up
+    reader.close()
+    finished = database.finish_checkpoint()  # on the writers' connection, between commits
+    assert finished == (logged, logged)  # copied whole
+    store.links.add_outbound("bravo", [OutboundRow(46, b"c")], 0.0)
+    assert database.checkpoint()[0] < 10  # the log started over: that commit's pages only
+    with database.transaction():
+        assert database.finish_checkpoint() is None  # never inside a transaction
 
 
 def test_an_overdue_request_fails_once_with_its_callback_queued(tmp_path: Path) -> None:
