@@ -53,7 +53,10 @@ from .wire.fileformat import Limits
 # bodies.BLOCK) or a datagram (up to DATAGRAM_LIMIT), plus headers: this bounds them all.
 MAX_FRAME = 16 << 20
 RESTART_AFTER = 1.0  # seconds before a part that failed on an OSError starts again
-SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots (and two checkpoints)
+SNAPSHOT_EVERY = 1.0  # seconds between two status snapshots
+# A busy peer logs megabytes a second: checkpoints come often, so each has little to copy
+# and its end (the frames committed meanwhile) is quick enough to copy on the loop.
+CHECKPOINT_EVERY = 0.1  # seconds between two checkpoints (when anything was committed)
 CHECKPOINT_TAIL = 512  # frames (pages) a checkpoint's end may copy on the loop: 2 MiB
 
 
@@ -325,13 +328,17 @@ class Peer:
         )
 
     async def _checkpoint(self) -> None:
-        """Copy the write-ahead log into the database each second, from a thread, then
-        the few frames committed meanwhile on the loop (so the log starts over instead of
-        growing); a failure (busy, full, out of file descriptors) is logged now and then,
-        and tried again."""
+        """Copy the write-ahead log into the database every `CHECKPOINT_EVERY` seconds
+        when anything was committed, from a thread, then the few frames committed
+        meanwhile on the loop (so the log starts over instead of growing); a failure
+        (busy, full, out of file descriptors) is logged now and then, and tried again."""
         database = self.store.database
+        copied_upto = -1  # commits counted when the last checkpoint began
         while True:
-            await trio.sleep(SNAPSHOT_EVERY)
+            await trio.sleep(CHECKPOINT_EVERY)
+            if database.commits == copied_upto:
+                continue
+            copied_upto = database.commits
             try:
                 logged, copied = await trio.to_thread.run_sync(database.checkpoint)
                 if 0 < logged - copied <= CHECKPOINT_TAIL:
