@@ -69,11 +69,13 @@ def fill(folder: Path) -> Path:
 
 
 class HeldUpstream:
-    """An upstream that answers once `release` is set, counting each request by path."""
+    """An upstream that answers once `release` is set, counting each request by path; its
+    answer is the path, padded to `answer_bytes`."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer_bytes: int = 0) -> None:
         self.release = trio.Event()
         self.ran: Counter[str] = Counter()
+        self.answer_bytes = answer_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -83,7 +85,8 @@ class HeldUpstream:
         self.ran[scope["path"]] += 1
         await self.release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": scope["path"].encode()})
+        body = scope["path"].encode()
+        await send({"type": "http.response.body", "body": body.ljust(self.answer_bytes, b".")})
 
 
 def roster_for(tmp_path: Path, ports: Ports) -> Path:
@@ -246,9 +249,11 @@ async def test_the_far_sides_disk_fills_while_requests_are_with_its_upstream(
 ) -> None:
     """Bravo cannot store its upstream's answers for a while: each waits in place and is
     stored once space is back. None is cut off (a POST cut off there would be a 502 of
-    unknown outcome), and none runs twice."""
+    unknown outcome), and none runs twice. The answers (20 of 512 KiB) are more than the
+    write-ahead log ever held before: small ones would fit in the blocks it already has,
+    and a full disk would never stop them."""
     roster = roster_for(tmp_path, ports)
-    upstream = HeldUpstream()
+    upstream = HeldUpstream(answer_bytes=512 << 10)
     answers: list[httpx.Response] = []
     base = f"http://127.0.0.1:{ports.alpha}"
     with tmpfs(tmp_path / "state" / "bravo") as state, trio.fail_after(120):
