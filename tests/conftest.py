@@ -3,11 +3,19 @@ ports for a test."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from mesh.wire.crypto import Identity, Keyring
 from tests.helpers.keys import keyring_for
 from tests.helpers.ports import Ports, free_ports
+
+# A shell runs a background job (`.ci/run &`) with SIGINT ignored, and its children
+# inherit that: the tests' Ctrl-C to `mesh` processes would then go unheard. A handler
+# here is reset to the default in each child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
