@@ -321,3 +321,35 @@ def test_files_left_from_old_epochs_do_not_stand_in_the_way() -> None:
     other_old = header("alpha", "e" * 16, "bravo", LinkFields())
     older = bravo.arrived(dataclasses.replace(other_old, created=150.0), [], [], 2.0)
     assert older.verdict is Verdict.STALE and bravo.status("alpha").remote_epoch == A_EPOCH
+
+
+def test_frames_cut_from_big_files_make_the_links_files_smaller() -> None:
+    """The reader names frames cut from our big files, never from small ones: the link
+    learns a smaller size, shows it, and the frames it resends go in files that size."""
+    mib = 1 << 20
+    settings = LinkSettings(5.0, 10.0, max_bytes=64 * mib, collate_below=1)
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)  # met
+    assert alpha.status("bravo").file_size == 64 * mib
+    now = 0.0
+    for _ in range(10):  # small files, none cut
+        seq = alpha.assign("bravo")
+        alpha.queued("bravo", seq, 100, now)
+        alpha.written(alpha.outgoing(now)[0], now)
+        now += 0.1
+    for _ in range(3):  # big files (16 frames of 4 MiB), each losing its last frame
+        seqs = [alpha.assign("bravo") for _ in range(16)]
+        for seq in seqs:
+            alpha.queued("bravo", seq, 4 * mib, now)
+        [big] = alpha.outgoing(now)
+        assert big.seqs == tuple(seqs)
+        alpha.written(big, now)
+        # (acknowledged all the same, so the next round's files are its own alone)
+        hint = LinkFields(missing=(seqs[-1],), ack=ReceivedState(seqs[-1]), ack_epoch=A_EPOCH)
+        alpha.arrived(header("bravo", B_EPOCH, "alpha", hint), [], [], now + 0.05)
+        now += 0.1
+    assert alpha.status("bravo").file_size == 32 * mib
+    seqs = [alpha.assign("bravo") for _ in range(16)]
+    for seq in seqs:
+        alpha.queued("bravo", seq, 4 * mib, now)
+    assert [len(f.seqs) for f in alpha.outgoing(now)] == [8, 8]

@@ -96,6 +96,18 @@ def test_a_certain_fault_always_happens_and_an_impossible_one_never(fault: str) 
         assert plan(random.Random(seed), size, only(fault, 0.0)) == Plan()
 
 
+def test_truncate_above_cuts_only_files_of_that_size_or_more() -> None:
+    faults = Faults(truncate_above=(1000, 0.9))
+    rng = random.Random(3)
+    small = [plan(rng, 999, faults).truncate_to for _ in range(200)]
+    big = [plan(rng, 1000, faults).truncate_to for _ in range(200)]
+    assert small == [None] * 200
+    cut = [n for n in big if n is not None]
+    assert 150 < len(cut) < 200 and all(0 <= n < 1000 for n in cut)
+    with pytest.raises(ValueError, match="truncate-above"):
+        Faults(truncate_above=(1000, 1.5))
+
+
 def test_the_same_seed_gives_the_same_plans_and_another_seed_others() -> None:
     faults = Faults(truncate=0.3, corrupt=0.3, drop=0.1, duplicate=0.2, slow_write=True)
 

@@ -45,6 +45,7 @@ def link(**fields: Any) -> dict[str, Any]:
         "last_ack_age": 1.5,
         "remote_epoch": "ab" * 8,
         "received_upto": 7,
+        "file_size": 32 << 20,
         "alive": True,
         "epoch": "ab" * 8,
         "heard_age": 0.25,
@@ -319,6 +320,7 @@ def test_render(roster: Roster) -> None:
     assert epoch[:8] in text and epoch not in text
     assert "not responding" in text and "stopped" in text
     assert "6.5s" in text  # last ack 1.5s + snapshot age 5s
+    assert "file size" in text and "32MiB" in text  # the size learned for the link
 
 
 def test_render_shows_a_bar_per_body_crossing_in_fragments(roster: Roster) -> None:

@@ -37,7 +37,7 @@ from ..http.listening import raise_open_file_limit
 from ..peer import Peer, open_peers, run_peers
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
 from . import logs
-from .mirror import DELAY, INTERVAL, PROBABILITY, Faults, prepare_folders, run_until_signal
+from .mirror import DELAY, INTERVAL, PROBABILITY, SIZE, Faults, prepare_folders, run_until_signal
 from .status import collect, console, follow, render
 
 EXIT_CONFIG = 2
@@ -303,6 +303,12 @@ def _how_to_call(name: str, settings: PeerSettings) -> str:
     "--truncate", type=PROBABILITY, default="0", metavar="P", help="Deliver only a random prefix."
 )
 @click.option(
+    "--truncate-above",
+    type=(SIZE, PROBABILITY),
+    metavar="SIZE P",
+    help="Deliver only a random prefix of files of SIZE or more (e.g. 64MiB 0.9).",
+)
+@click.option(
     "--corrupt", type=PROBABILITY, default="0", metavar="P", help="Flip 1 to 4 random bytes."
 )
 @click.option(
@@ -326,6 +332,7 @@ def mirror(
     interval: float,
     seed: int,
     truncate: float,
+    truncate_above: tuple[int, float] | None,
     corrupt: float,
     drop: float,
     duplicate: float,
@@ -344,6 +351,7 @@ def mirror(
     )
     faults = Faults(
         truncate=truncate,
+        truncate_above=truncate_above,
         corrupt=corrupt,
         drop=drop,
         duplicate=duplicate,

@@ -34,7 +34,7 @@ from typing import Any
 import click
 import trio
 
-from ..config.units import format_duration, parse_duration
+from ..config.units import format_duration, parse_duration, parse_size
 from ..pipe.folder import fsync_folder, replace_atomically, write_all
 from ..wire.names import parse_name
 
@@ -44,6 +44,7 @@ __all__ = [
     "DELAY",
     "INTERVAL",
     "PROBABILITY",
+    "SIZE",
     "Faults",
     "Mirror",
     "MirrorStats",
@@ -119,6 +120,7 @@ class _Parsed(click.ParamType):  # type: ignore[type-arg]  # generic from click 
 
 
 PROBABILITY = _Parsed("probability", parse_probability)
+SIZE = _Parsed("size", parse_size)
 DELAY = _Parsed("delay", parse_delay)
 INTERVAL = _Parsed("interval", parse_interval)
 
@@ -136,12 +138,17 @@ class Faults:
     delay: tuple[float, float] | None = None
     slow_write: bool = False
     seed: int = 0
+    truncate_above: tuple[int, float] | None = None  # (SIZE, P): as a pipe cutting big files
 
     def __post_init__(self) -> None:
         for option in ("truncate", "corrupt", "drop", "duplicate"):
             value = getattr(self, option)
             if not 0 <= value <= 1:
                 raise ValueError(f"--{option} {value} is not a probability (use 0 to 1)")
+        if self.truncate_above is not None:
+            size, p = self.truncate_above
+            if size < 0 or not 0 <= p <= 1:
+                raise ValueError(f"--truncate-above {size} {p}: use a size and 0 to 1")
         if self.delay is not None and not 0 <= self.delay[0] <= self.delay[1] < math.inf:
             raise ValueError(f"--delay {self.delay} is not a range MIN..MAX with 0 <= MIN <= MAX")
 
@@ -183,10 +190,14 @@ def plan(rng: random.Random, size: int, faults: Faults) -> Plan:
     on does not change which files meet the others. A dropped file gets no other fault. An
     empty file is neither truncated nor corrupted, nor is a file truncated to 0 bytes
     corrupted. With `faults.delay`, a second copy waits a delay in that range, not passes.
+    `faults.truncate_above` draws once more per file, after those (only when it is set).
     """
     drop, truncate, corrupt, duplicate = [
         rng.random() < p for p in (faults.drop, faults.truncate, faults.corrupt, faults.duplicate)
     ]
+    if faults.truncate_above is not None:
+        cut_big = rng.random() < faults.truncate_above[1]
+        truncate = truncate or (cut_big and size >= faults.truncate_above[0])
     if drop:
         return Plan(drop=True)
     cut = rng.randrange(size) if truncate and size > 0 else None

@@ -236,6 +236,7 @@ _COLUMNS = (
     "unacked",
     "resends",
     "last ack",
+    "file size",
     "waiting",
     "unread",
     "quarantined",
@@ -243,12 +244,13 @@ _COLUMNS = (
     "refused",
 )
 _AGE_STEPS = ((10.0, 0.1), (60.0, 1.0), (3600.0, 6.0), (36000.0, 360.0))
-_PIPE_WIDTH = 160  # columns when stdout is no terminal: the table is about 110 wide
+_PIPE_WIDTH = 160  # columns when stdout is no terminal: the table is about 120 wide
 _STYLES = {"alive": "green", "not responding": "yellow", "crashed": "red", "starting": "cyan"}
 _CAPTION = (
     "age: of the peer's snapshot, or since it last heard the remote (→); "
     "waiting: files for it in its inbox; unread: files it wrote, not yet taken; "
-    "refused: the remote's requests its serves kept from the upstream"
+    "refused: the remote's requests its serves kept from the upstream; "
+    "file size: the payload a file to the remote carries at most (learned from files cut)"
 )
 
 
@@ -283,7 +285,7 @@ def _table(report: dict[str, Any]) -> Table:
     """A table of `collect`'s report: a row per peer, then a row per link (``→ remote``).
 
     On a link row, state, epoch and age are the remote's as this peer last heard it.
-    It needs about 110 columns; on a narrower console headers and states wrap first.
+    It needs about 120 columns; on a narrower console headers and states wrap first.
     """
     table = Table(
         title=f"mesh status: {report['roster']}",
@@ -316,7 +318,7 @@ def _peer_row(name: str, peer: dict[str, Any]) -> list[str | Text]:
         Text(state, style=style),
         _short(peer["epoch"]),
         _age(peer["snapshot_age"]),
-        *[""] * 5,
+        *[""] * 6,
         _number(peer["files_waiting"]),
         _number(peer["files_unread_by_others"]),
         _number(peer["quarantined"]),
@@ -335,6 +337,7 @@ def _link_row(remote: str, link: dict[str, Any], peer_alive: bool) -> list[str |
         _age(link.get("heard_age")),
         *(_number(link.get(key)) for key in ("sent", "acked", "unacked", "resends")),
         _age(link.get("last_ack_age")),
+        _size(link.get("file_size")),
         *[""] * 4,
         _number(link.get("refused")),
     ]
@@ -351,6 +354,10 @@ def _age(seconds: object) -> str:
         return "-"
     step = next((s for limit, s in _AGE_STEPS if abs(seconds) < limit), 3600.0)
     return format_duration(round(seconds / step) * step)
+
+
+def _size(value: object) -> str:
+    return format_size(value) if isinstance(value, int) else "-"
 
 
 def _number(value: object) -> str:

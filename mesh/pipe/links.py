@@ -239,7 +239,8 @@ class Links:
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Per link: sent, acked, unacked, resends, last ack age, remote epoch, received."""
+        """Per link: sent, acked, unacked, resends, last ack age, remote epoch, received,
+        and the payload bytes per file learned."""
         now = trio.current_time()
         links = {}
         for remote in self.protocol.remotes:
@@ -253,6 +254,7 @@ class Links:
                 "last_ack_age": None if link.last_ack is None else now - link.last_ack,
                 "remote_epoch": link.remote_epoch,
                 "received_upto": link.received_upto,
+                "file_size": link.file_size,
             }
         return links
 

@@ -45,6 +45,7 @@ from typing import Protocol as Interface
 from .inbound import NOTHING, Inbound, Verdict
 from .outbound import Outbound
 from .received import ReceivedState
+from .sizing import FileSizes
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ class LinkSettings:
     linger: float = 0.0  # a new small message waits this long for others to share its file
     collate_below: int = 64 << 10  # bytes: a message this big or bigger does not wait
     max_frames: int = 512  # messages per file
-    max_bytes: int = 64 << 20  # payload bytes per file (a bigger message goes alone)
+    max_bytes: int = 64 << 20  # payload bytes per file at most (a bigger message goes alone)
+    min_bytes: int = 1 << 20  # nor does the size learned for files go below this
 
     @property
     def ack_delay(self) -> float:
@@ -162,6 +164,7 @@ class LinkStatus:
     last_ack: float | None  # when an ack last acknowledged something new
     remote_epoch: str | None
     received_upto: int
+    file_size: int  # payload bytes per file at most, as learned (see `sizing`)
 
 
 @dataclass
@@ -169,6 +172,7 @@ class _Link:
     settings: LinkSettings
     outbound: Outbound
     inbound: Inbound
+    sizes: FileSizes
     last_file: float = float("-inf")
     remote_session: str | None = None  # the remote's current session, once heard
     session_since: float = float("-inf")  # `created` of the file that told it
@@ -207,6 +211,7 @@ class Protocol:
                 link_settings,
                 Outbound(epoch, link_settings.resend_after, state.next_seq, state.unacked, now),
                 Inbound(state.remote_epoch, state.received, state.retired, state.remote_since),
+                FileSizes(link_settings.max_bytes, link_settings.min_bytes),
             )
 
     @property
@@ -276,7 +281,7 @@ class Protocol:
         for seq in seqs:
             item = link.outbound.size(seq)
             full = len(current) >= link.settings.max_frames
-            if current and (full or size + item > link.settings.max_bytes):
+            if current and (full or size + item > link.sizes.limit):
                 batches.append(tuple(current))
                 current, size = [], 0
             current.append(seq)
@@ -312,6 +317,8 @@ class Protocol:
         written) delivers nothing: its messages go again at once."""
         link = self._links[file.remote]
         attempts = {seq: link.outbound.attempts(seq) for seq in file.seqs}
+        held = [seq for seq in file.seqs if link.outbound.holds(seq)]
+        link.sizes.wrote(tuple(held), sum(link.outbound.size(seq) for seq in held))
         link.outbound.sent(file.seqs, now)
         known = (link.inbound.epoch, link.remote_session)
         if (file.link.ack_epoch, file.link.ack_session) != known:  # planned before we knew
@@ -365,6 +372,8 @@ class Protocol:
         acked: list[int] = []
         if head.link.ack is not None and head.link.ack_epoch == self.epoch:
             acked = link.outbound.acked(head.link.ack, now)
+        if acquainted and head.link.missing:  # frames cut from our files: maybe too big
+            link.sizes.lost(head.link.missing)
         resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
         restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
@@ -443,6 +452,7 @@ class Protocol:
             last_ack=outbound.stats.last_ack,
             remote_epoch=inbound.epoch,
             received_upto=inbound.received.upto,
+            file_size=link.sizes.limit,
         )
 
     def clock(self) -> dict[str, int]:

@@ -1,0 +1,89 @@
+"""A pipe that cuts big files: the link learns a file size the pipe carries whole, and a
+1 GiB body still crosses, byte-identical (`mesh mirror --truncate-above`)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from mesh.cli.status import collect
+from mesh.config.roster import load_roster
+from mesh.http.asgi import body_chunks, lifespan
+from tests.helpers.ports import Ports
+from tests.helpers.processes import keygen, mesh_up, mirror, peer, served, write_roster
+
+MiB = 1 << 20
+BODY = 1 << 30
+
+
+async def digest(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers the SHA-256 of the body it got, and its length."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    sha, length = hashlib.sha256(), 0
+    async for chunk in body_chunks(receive):
+        sha.update(chunk)
+        length += len(chunk)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": f"{length} {sha.hexdigest()}".encode()})
+
+
+def roster(tmp_path: Path, ports: Ports) -> Path:
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(ports.alpha, ["bravo"], outbox="a-out", inbox="a-in"),
+            "bravo": peer(
+                ports.bravo,
+                ["alpha"],
+                outbox="b-out",
+                inbox="b-in",
+                upstream=f"http://127.0.0.1:{ports.upstream}",
+            ),
+        },
+        defaults={
+            "heartbeat": "500ms",
+            "resend_after": "4s",
+            "settle": "300ms",
+            "body_limit": "2GiB",
+        },
+    )
+    keygen(path)
+    for folder in ("a-out", "b-out", "a-in", "b-in"):
+        (tmp_path / folder).mkdir()
+    return path
+
+
+async def test_a_gib_crosses_a_pipe_that_cuts_files_of_64_mib_and_the_size_is_learned(
+    tmp_path: Path, ports: Ports
+) -> None:
+    path = roster(tmp_path, ports)
+    body = random.Random(11).randbytes(BODY)
+    expected = f"{BODY} {hashlib.sha256(body).hexdigest()}"
+    with trio.fail_after(300):
+        async with (
+            served(digest, ports.upstream),
+            mesh_up(path, "alpha") as alpha,
+            mesh_up(path, "bravo") as bravo,
+            mirror(tmp_path / "a-out", tmp_path / "b-in", "--truncate-above", "64MiB", "0.9"),
+            mirror(tmp_path / "b-out", tmp_path / "a-in"),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports.alpha}", timeout=280) as client,
+        ):
+            await alpha.wait_for("alpha: HTTP ingress")
+            await bravo.wait_for("bravo: HTTP ingress")
+            reply = await client.post(
+                "/bravo/digest", content=body, headers={"mesh-timeout": "280"}
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.text == expected
+            del body
+            link = collect(load_roster(path), now=time.time())["peers"]["alpha"]["links"]
+            assert link["bravo"]["file_size"] < 64 * MiB, link
+    assert alpha.matching("Traceback") == [] and bravo.matching("Traceback") == []
