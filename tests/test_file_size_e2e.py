@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ async def digest(scope: dict[str, Any], receive: Any, send: Any) -> None:
         length += len(chunk)
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": f"{length} {sha.hexdigest()}".encode()})
+
+
+async def chunks(body: bytes) -> AsyncIterator[bytes]:
+    """`body` in pieces of 1 MiB, sent chunked (no length declared)."""
+    view = memoryview(body)
+    for start in range(0, len(body), MiB):
+        yield bytes(view[start : start + MiB])
 
 
 def roster(tmp_path: Path, ports: Ports) -> Path:
@@ -78,8 +86,9 @@ async def test_a_gib_crosses_a_pipe_that_cuts_files_of_64_mib_and_the_size_is_le
         ):
             await alpha.wait_for("alpha: HTTP ingress")
             await bravo.wait_for("bravo: HTTP ingress")
+            # chunked: the body leaves once whole, in files as big as the link allows
             reply = await client.post(
-                "/bravo/digest", content=body, headers={"mesh-timeout": "280"}
+                "/bravo/digest", content=chunks(body), headers={"mesh-timeout": "280"}
             )
             assert reply.status_code == 200, reply.text
             assert reply.text == expected
