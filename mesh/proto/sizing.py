@@ -5,9 +5,9 @@ ones. The writer cannot see a file cut, but its reader names the frames it lost
 (`LinkFields.missing`), and the writer knows which file carried them. Files are counted
 by size class (powers of two of their payload bytes): how many were written, and how many
 lost frames on the way. When the files from some class up lose frames clearly more often
-than the smaller ones (`CLEARLY`), the link's files are kept to half that class's lower
-edge from then on: the next file that still loses is smaller, and the size comes down to
-what the pipe carries, never below `smallest`.
+than the smaller ones, the link's files are kept under that class's lower edge from then
+on (15/16 of it, room for headers): if those still lose, the size comes down a class at
+a time to what the pipe carries, never below `smallest`.
 
 Rules:
 - A file counts as cut at most once, whichever frames it lost and however often the
@@ -83,7 +83,7 @@ class FileSizes:
         return self._learn()
 
     def _learn(self) -> bool:
-        """Lower `limit` below the smallest class whose files, with all those above it, are
+        """Lower `limit` under the smallest class whose files, with all those above it, are
         cut clearly more often than the files below it."""
         for line in sorted(size_class for size_class, c in self._classes.items() if c.cut):
             above = [c for size_class, c in self._classes.items() if size_class >= line]
@@ -95,7 +95,7 @@ class FileSizes:
             rate_below = sum(c.cut for c in below) / written_below
             if rate_above > 2 * rate_below + MARGIN:
                 edge = 1 << (line - 1)  # the smallest size in the class
-                wanted = max(edge // 2, self.smallest)
+                wanted = max(edge - edge // 16, self.smallest)
                 if wanted < self.limit:
                     self.limit = wanted
                     return True
