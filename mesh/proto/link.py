@@ -317,8 +317,8 @@ class Protocol:
         written) delivers nothing: its messages go again at once."""
         link = self._links[file.remote]
         attempts = {seq: link.outbound.attempts(seq) for seq in file.seqs}
-        held = [seq for seq in file.seqs if link.outbound.holds(seq)]
-        link.sizes.wrote(tuple(held), sum(link.outbound.size(seq) for seq in held))
+        carried = tuple(seq for seq in file.seqs if link.outbound.holds(seq))
+        link.sizes.wrote(carried, sum(link.outbound.size(seq) for seq in carried))
         link.outbound.sent(file.seqs, now)
         known = (link.inbound.epoch, link.remote_session)
         if (file.link.ack_epoch, file.link.ack_session) != known:  # planned before we knew
