@@ -344,12 +344,38 @@ def test_frames_cut_from_big_files_make_the_links_files_smaller() -> None:
         [big] = alpha.outgoing(now)
         assert big.seqs == tuple(seqs)
         alpha.written(big, now)
-        # (acknowledged all the same, so the next round's files are its own alone)
-        hint = LinkFields(missing=(seqs[-1],), ack=ReceivedState(seqs[-1]), ack_epoch=A_EPOCH)
+        hint = LinkFields(missing=(seqs[-1],), ack=ReceivedState(seqs[-2]), ack_epoch=A_EPOCH)
         alpha.arrived(header("bravo", B_EPOCH, "alpha", hint), [], [], now + 0.05)
+        # the frame resent, then acknowledged: the next round's files are its own alone
+        alpha.written(alpha.outgoing(now + 0.05)[0], now + 0.05)
+        whole = LinkFields(ack=ReceivedState(seqs[-1]), ack_epoch=A_EPOCH)
+        alpha.arrived(header("bravo", B_EPOCH, "alpha", whole), [], [], now + 0.08)
         now += 0.1
     assert alpha.status("bravo").file_size == 60 * mib  # under the class cut: 64 MiB up
     seqs = [alpha.assign("bravo") for _ in range(16)]
     for seq in seqs:
         alpha.queued("bravo", seq, 4 * mib, now)
     assert [len(f.seqs) for f in alpha.outgoing(now)] == [15, 1]
+
+
+def test_frames_named_missing_once_acknowledged_teach_no_file_size() -> None:
+    """A file replayed into the pipe names frames long acknowledged: they were not cut,
+    and the size stays."""
+    mib = 1 << 20
+    settings = LinkSettings(5.0, 10.0, max_bytes=64 * mib, collate_below=1)
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)  # met
+    for n in range(10):
+        seq = alpha.assign("bravo")
+        alpha.queued("bravo", seq, 100, n / 10)
+        alpha.written(alpha.outgoing(n / 10)[0], n / 10)
+    for n in range(3):
+        seqs = [alpha.assign("bravo") for _ in range(16)]
+        for seq in seqs:
+            alpha.queued("bravo", seq, 4 * mib, 2.0 + n)
+        alpha.written(alpha.outgoing(2.0 + n)[0], 2.0 + n)
+        acked = LinkFields(ack=ReceivedState(seqs[-1]), ack_epoch=A_EPOCH)
+        alpha.arrived(header("bravo", B_EPOCH, "alpha", acked), [], [], 2.5 + n)
+        replayed = LinkFields(missing=(seqs[-1],), ack_epoch=A_EPOCH)
+        alpha.arrived(header("bravo", B_EPOCH, "alpha", replayed), [], [], 2.6 + n)
+    assert alpha.status("bravo").file_size == 64 * mib

@@ -372,8 +372,9 @@ class Protocol:
         acked: list[int] = []
         if head.link.ack is not None and head.link.ack_epoch == self.epoch:
             acked = link.outbound.acked(head.link.ack, now)
-        if acquainted and head.link.missing:  # frames cut from our files: maybe too big
-            link.sizes.lost(head.link.missing)
+        if acquainted:  # frames cut from our files: maybe too big. Only those still
+            # unacknowledged: a file replayed into the pipe names long-acknowledged ones
+            link.sizes.lost(tuple(s for s in head.link.missing if link.outbound.holds(s)))
         resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
         restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
