@@ -46,19 +46,41 @@ def test_a_file_out_within_the_interval_makes_the_heartbeat_unneeded() -> None:
     assert [f.seqs for f in alpha.outgoing(8.0)] == [()]
 
 
-def test_a_burst_shares_one_file_after_its_linger() -> None:
+def in_flight(settings: LinkSettings) -> Protocol:
+    """alpha with its first message (seq 1) written at 0.5 and not yet acknowledged."""
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    send(alpha, 1, now=0.5)
+    alpha.written(alpha.outgoing(0.5)[0], 0.5)
+    return alpha
+
+
+def test_a_message_for_a_link_with_nothing_in_flight_goes_at_once() -> None:
+    """As TCP's Nagle: no linger when every message written was acknowledged."""
     alpha = Protocol("alpha", A_EPOCH, {"bravo": LinkSettings(5.0, 10.0, linger=0.1)})
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    send(alpha, 2, now=1.0)  # queued together (before the writer looks): one file
+    [file] = alpha.outgoing(1.0)
+    assert file.seqs == (1, 2)
+    alpha.written(file, 1.0)
+    send(alpha, 1, now=1.01)
+    assert alpha.outgoing(1.01) == []  # 1 and 2 are in flight: 3 lingers
+    ack = LinkFields(ack=ReceivedState(2), ack_epoch=A_EPOCH)
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", ack), [], [], 1.05)
+    send(alpha, 1, now=1.06)  # nothing in flight: 4 goes at once, 3 along with it
+    assert [f.seqs for f in alpha.outgoing(1.06)] == [(3, 4)]
+
+
+def test_while_a_message_is_in_flight_a_burst_shares_one_file_after_its_linger() -> None:
+    alpha = in_flight(LinkSettings(5.0, 10.0, linger=0.1))
     send(alpha, 3, now=1.0)
     send(alpha, 2, now=1.05)
     assert alpha.outgoing(1.09) == []
-    assert [f.seqs for f in alpha.outgoing(1.1)] == [(1, 2, 3, 4, 5)]
+    assert [f.seqs for f in alpha.outgoing(1.1)] == [(2, 3, 4, 5, 6)]
 
 
 def test_a_message_of_collate_below_or_more_does_not_wait() -> None:
-    settings = LinkSettings(5.0, 10.0, linger=0.1, collate_below=1000)
-    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
-    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    alpha = in_flight(LinkSettings(5.0, 10.0, linger=0.1, collate_below=1000))
     small = alpha.assign("bravo")
     alpha.queued("bravo", small, 999, 1.0)
     assert alpha.outgoing(1.0) == []  # a small one lingers

@@ -234,11 +234,13 @@ class Protocol:
         return self._links[remote].outbound.assign()
 
     def queued(self, remote: str, seq: int, size: int, now: float) -> None:
-        """`seq` is durable: first written at once when it is `collate_below` or more,
-        else after the link's `linger` (with the others that came meanwhile)."""
+        """`seq` is durable: first written at once when it is `collate_below` or more, or
+        when nothing written to `remote` waits for its ack (as TCP's Nagle: an idle link
+        adds no delay); else after the link's `linger`, with the others that came
+        meanwhile (under load, messages share files)."""
         link = self._links[remote]
-        small = size < link.settings.collate_below
-        link.outbound.queue(seq, size, now + link.settings.linger if small else now)
+        waits = size < link.settings.collate_below and link.outbound.in_flight
+        link.outbound.queue(seq, size, now + link.settings.linger if waits else now)
 
     def noted(self, remote: str, seq: int, size: int, now: float) -> None:
         """`seq` is durable news that need not cost a file of its own (a note on a

@@ -95,6 +95,11 @@ class Outbound:
         return len(self._pending)
 
     @property
+    def in_flight(self) -> bool:
+        """Whether a message written is still unacknowledged."""
+        return len(self._pending) > len(self._unwritten)
+
+    @property
     def floor(self) -> int:
         """The lowest unacknowledged number, or the next one to assign if none is."""
         return self._order[0] if self._order else self.next_seq
