@@ -105,3 +105,17 @@ def test_the_size_stays_within_its_bounds_and_only_comes_down(
             sizes.lost(file)
         assert MiB <= sizes.limit <= last
         last = sizes.limit
+
+
+def test_cuts_reported_after_all_the_writes_still_teach() -> None:
+    """The classes are looked at again whenever a count changed: cuts that come in a row,
+    with no file written between them, count as much as cuts between writes."""
+    sizes = FileSizes(largest=256 * MiB)
+    for n in range(10):
+        sizes.wrote((1000 + n,), HEARTBEAT)
+    for n in range(3):
+        sizes.wrote((n,), 200 * MiB)
+    assert not sizes.lost((0,)) and not sizes.lost((1,))
+    assert not sizes.lost(())  # nothing new: nothing to learn
+    assert sizes.lost((2,))
+    assert sizes.limit == 120 * MiB

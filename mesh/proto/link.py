@@ -54,7 +54,7 @@ class LinkSettings:
 
     heartbeat: float
     resend_after: float
-    linger: float = 0.0  # a new small message waits this long for others to share its file
+    linger: float = 0.0  # while a message awaits its ack, a new small one waits this long
     collate_below: int = 64 << 10  # bytes: a message this big or bigger does not wait
     max_frames: int = 512  # messages per file
     max_bytes: int = 64 << 20  # payload bytes per file at most (a bigger message goes alone)

@@ -54,6 +54,7 @@ class FileSizes:
     limit: int = 0  # set from `largest`
     _classes: dict[int, _Class] = field(default_factory=dict)
     _recent: deque[_File] = field(default_factory=lambda: deque(maxlen=RECENT))
+    _counted: bool = False  # counts changed since `_learn` last looked at them
 
     def __post_init__(self) -> None:
         self.smallest = min(self.smallest, self.largest)
@@ -63,6 +64,7 @@ class FileSizes:
         """A file of `size` payload bytes carrying `seqs` went into the pipe."""
         counts = self._classes.setdefault(size.bit_length(), _Class())
         counts.written += 1
+        self._counted = True
         if counts.written >= WINDOW:
             counts.written, counts.cut = counts.written / 2, counts.cut / 2
         if seqs:
@@ -70,7 +72,9 @@ class FileSizes:
 
     def lost(self, seqs: tuple[int, ...]) -> bool:
         """The reader lost `seqs` on the way (frames cut from a file): count the files
-        that carried them (the newest carrying each) as cut. True when `limit` came down."""
+        that carried them (the newest carrying each) as cut. True when `limit` came down.
+        Called for every file that arrives (most name nothing): the classes are looked at
+        again only when a count changed since."""
         wanted = set(seqs)
         for file in reversed(self._recent):
             if not wanted:
@@ -78,8 +82,11 @@ class FileSizes:
             if file.seqs & wanted:
                 wanted -= file.seqs
                 if not file.cut:
-                    file.cut = True
+                    file.cut = self._counted = True
                     self._classes.setdefault(file.size.bit_length(), _Class()).cut += 1
+        if not self._counted:
+            return False
+        self._counted = False
         return self._learn()
 
     def _learn(self) -> bool:
