@@ -149,9 +149,12 @@ def copy_rates(folder: Path, size: int, runs: int = 3) -> list[float]:
     return sorted(rates)
 
 
-async def transfer(size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo") -> tuple[float, float]:
+async def transfer(
+    size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo"
+) -> tuple[float, float, float]:
     """MB/s of `size` bytes up (POST, checked by the upstream's digest) and down (GET,
-    checked by digest) through alpha (or straight to `base`)."""
+    checked by digest) through alpha (or straight to `base`), and the seconds from the
+    download's request to its first byte."""
     wait = {"mesh-timeout": "3600"}
     async with httpx.AsyncClient(timeout=3600) as client:
         began = time.perf_counter()
@@ -161,15 +164,16 @@ async def transfer(size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo") -> 
         assert reply.status_code == 200, reply.text[:300]
         assert reply.text == pattern_digest(size), "the upload arrived changed"
         began = time.perf_counter()
-        digest, got = hashlib.sha256(), 0
+        digest, got, first = hashlib.sha256(), 0, 0.0
         async with client.stream("GET", f"{base}/bytes/{size}", headers=wait) as down:
             assert down.status_code == 200
             async for chunk in down.aiter_raw():
+                first = first or time.perf_counter() - began
                 digest.update(chunk)
                 got += len(chunk)
         seconds = time.perf_counter() - began
         assert got == size and digest.hexdigest() == pattern_digest(size), "download changed"
-    return size / up / 1e6, size / seconds / 1e6
+    return size / up / 1e6, size / seconds / 1e6, first
 
 
 async def stored(size: int) -> float:
@@ -195,7 +199,14 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
         path = roster(folder, fragment_size, truncate is not None, size)
         processes = [
             await trio.lowlevel.open_process(
-                [str(bin_dir / "hypercorn"), "--bind", f"127.0.0.1:{UPSTREAM}", "bigbody:upstream"],
+                [
+                    str(bin_dir / "hypercorn"),
+                    "-k",
+                    "trio",
+                    "--bind",
+                    f"127.0.0.1:{UPSTREAM}",
+                    "bigbody:upstream",
+                ],
                 cwd=Path(__file__).parent,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
@@ -225,7 +236,7 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             if any(process.returncode is not None for process in processes):
                 raise SystemExit("a process exited at start: is another one using its port?")
             direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
-            up, down = await transfer(size)
+            up, down, first = await transfer(size)
             rss = {name: peak_rss(p.pid) for name, p in peers.items()}
             taken = await stored(size)
         finally:
@@ -238,8 +249,9 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     spread = f"(median of {rates[0]:.0f} to {rates[-1]:.0f})"
     print(f"cp on the same disk   {cp:8.0f} MB/s  {spread}")
     print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
-    print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / cp:.0%} of cp)")
-    print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / cp:.0%} of cp)")
+    print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / direct[0]:.2f} of direct)")
+    print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / direct[1]:.2f} of direct)")
+    print(f"download's first byte {first:8.3f} s     (direct: {direct[2]:.3f} s)")
     print(f"alpha stores it (202) {taken:8.0f} MB/s  ({taken / cp:.0%} of cp: the sender's bound)")
     for name, peak in rss.items():
         print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")

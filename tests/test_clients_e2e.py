@@ -239,6 +239,9 @@ async def test_a_caller_that_leaves_midway_finds_its_answer_kept(tmp_path: Path)
                         break  # one piece, then gone
                 async with httpx.AsyncClient(base_url=alpha, trust_env=False) as client:
                     again = await client.get(f"/mesh/requests/{request_id}/response")
+                    while again.status_code == 202:  # still streaming in: another process
+                        await trio.sleep(0.1)
+                        again = await client.get(f"/mesh/requests/{request_id}/response")
             assert again.status_code == 200 and again.content == b"x" * size
 
 

@@ -335,6 +335,15 @@ def test_render_shows_a_bar_per_body_crossing_in_fragments(roster: Roster) -> No
     assert collect(roster, now=NOW)["peers"]["alpha"]["transfers"][0]["total"] == 12 << 20
 
 
+def test_render_shows_a_body_that_streams_without_a_total(roster: Roster) -> None:
+    receiving = {"direction": "receiving", "peer": "bravo", "id": "cd" * 16, "done": 5 << 20}
+    save(roster, "alpha", transfers=[{**receiving, "total": None}])
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(collect(roster, now=NOW)))
+    text = out.getvalue()
+    assert "← bravo" in text and "cdcdcdcd" in text and "5MiB so far" in text
+
+
 # -- the command -----------------------------------------------------------------------------
 
 

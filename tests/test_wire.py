@@ -73,7 +73,9 @@ MESSAGES = [
         ID, "PUT", "/big", (), b"", 1.5, body_length=40 << 20, body_id=TRANSFER
     ),  # body in fragments
     Response(ID, 200, (), b"", body_length=3 << 30, body_id=TRANSFER),
+    Response(ID, 200, ((b"content-type", b"text/event-stream"),), b"", body_id=TRANSFER),  # head
     Fragment(ID, TRANSFER, 3, 1024, 4096, b"\x00" * 512 + os.urandom(512)),
+    Fragment(ID, TRANSFER, 0, 7 << 30, None, b"a body that streams"),  # its total not known
     Control("missing", {"seq": [4, 5, 9], "note": "frames cut"}),
     Datagram(ID, b"\x00\xff opaque"),
     Request(ID, "GET", "/", (), b"a" * 100_000, 1.0),  # compressible: zstd codec
@@ -427,6 +429,8 @@ def test_bombs_are_refused_within_bounded_memory() -> None:
         [1, 1, ID, "GET", "/", [], b"", 1.0, 10, "not-an-id"],
         [2, 1, ID, 999, [], b"", None, None],
         [2, 1, ID, 200, [], b"", "10", TRANSFER],
+        [2, 1, ID, 200, [], b"a head has no body", None, TRANSFER],
+        [3, 1, ID, TRANSFER, 0, 10, -1, b"x"],
         [3, 1, ID, TRANSFER, 0, 10, 5, b"too long for total"],
         [3, 1, ID, "bad", 0, 0, 5, b"x"],
         [4, 1, "Bad Op", {}],
@@ -718,6 +722,20 @@ def test_a_fragment_frame_built_from_its_head_unpacks_whole_and_without_a_copy(
         envelope, view = split
         assert envelope == Envelope(9, Fragment(ID, TRANSFER, 2, 10, 10 + size, b""))
         assert isinstance(view, memoryview) and view == data
+
+
+def test_only_a_response_with_a_transfer_and_no_length_is_a_head() -> None:
+    assert Response(ID, 200, (), b"", body_id=TRANSFER).head
+    assert not Response(ID, 200, (), b"", body_length=0, body_id=TRANSFER).head
+    assert not Response(ID, 200, (), b"").head
+
+
+def test_a_fragment_of_a_body_that_streams_splits_like_any_other() -> None:
+    frame = pack(Envelope(4, Fragment(ID, TRANSFER, 0, 1 << 40, None, b"piece")))
+    split = unpack_fragment(frame, 1 << 20)
+    assert split is not None
+    assert split[0] == Envelope(4, Fragment(ID, TRANSFER, 0, 1 << 40, None, b""))
+    assert split[1] == b"piece"
 
 
 def test_only_well_formed_fragments_are_split() -> None:

@@ -270,14 +270,14 @@ def _transfers(report: dict[str, Any]) -> Table | None:
         table.add_column(column, justify="right" if column == "bytes" else "left")
     for name, transfer in rows:
         arrow = "→" if transfer["direction"] == "sending" else "←"
-        done, total = int(transfer["done"]), max(int(transfer["total"]), 1)
-        table.add_row(
-            name,
-            f"{arrow} {transfer['peer']}",
-            str(transfer["id"])[:8],
-            ProgressBar(total=total, completed=done, width=30),
-            f"{format_size(done)} / {format_size(total)} ({done / total:.0%})",
-        )
+        done, total = int(transfer["done"]), transfer["total"]
+        if total is None:  # a body that streams: its size not known yet
+            bar, amount = ProgressBar(total=None, width=30), f"{format_size(done)} so far"
+        else:
+            total = max(int(total), 1)
+            bar = ProgressBar(total=total, completed=done, width=30)
+            amount = f"{format_size(done)} / {format_size(total)} ({done / total:.0%})"
+        table.add_row(name, f"{arrow} {transfer['peer']}", str(transfer["id"])[:8], bar, amount)
     return table
 
 

@@ -22,9 +22,9 @@ import trio
 
 from ..config.access import serves
 from ..errors import Complaints
-from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
 from ..pipe.receiving import Receiving
-from ..pipe.sending import Sending, receive_body, stream_for
+from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
 from ..state.database import Database
 from ..state.durable import Durability
@@ -45,6 +45,7 @@ from .forwarded import View, caller_location
 from .headers import OVERRIDES, REASON, declared_length, end_to_end, upstream_headers
 from .origin import BadReply, NeverSent, Origin, Reply, Silent, Unsendable, UpstreamError
 from .problems import over_limit, problem_response
+from .relaying import Relay
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 RETRY_FIRST, RETRY_MOST = 0.1, 5.0  # seconds between attempts that never reached it
@@ -101,6 +102,7 @@ class Forwarder:
         self.limit = trio.CapacityLimiter(upstream.concurrency)  # with the upstream at once
         self.log = logging.getLogger(f"mesh.{name}")
         self.complaints = Complaints(self.log, name)
+        self.relay = Relay(name, database, sending, bodies, max_body)
 
     async def run(self) -> None:
         async with self.upstream.origin() as origin, trio.open_nursery() as nursery:
@@ -289,19 +291,13 @@ class Forwarder:
             kept = _crossing(request, reply, origin.base, view)
             if self._declared_too_big(request, reply):
                 raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
-            stream = self._stream(asker, request, reply)
-            body = await receive_body(
-                self.bodies, self.sending, reply.chunks(), self.max_body, stream
-            )
-        return Outcome(Response(request.id, reply.status, kept, body.data), body, stream)
-
-    def _stream(self, asker: str, request: Request, reply: Reply) -> BodyStream | None:
-        """A stream for the body of `reply` when it says it is big enough to spool (its
-        fragments then leave while it still arrives), else None."""
-        if request.method == "HEAD":  # its Content-Length is of a body it does not send
-            return None
-        length = declared_length(reply.header(b"content-length"))
-        return stream_for(self.sending, asker, request.id, length, self.max_body)
+            response = Response(request.id, reply.status, kept, b"")
+            if _bodiless(request, reply):
+                body = b"".join([chunk async for chunk in reply.chunks()])
+                return Outcome(dataclasses.replace(response, body=body))
+            declared = declared_length(reply.header(b"content-length"))
+            relayed = await self.relay.answer(asker, response, reply.chunks(), declared)
+        return Outcome(relayed.response, relayed.body, relayed.stream)
 
     def _declared_too_big(self, request: Request, reply: Reply) -> bool:
         """Whether `reply` declares a body over this peer's body limit."""
@@ -339,6 +335,15 @@ def _crossing(request: Request, reply: Reply, base: str, view: View | None) -> H
     if not headers_fit(kept):
         raise HeadTooLarge
     return kept
+
+
+def _bodiless(request: Request, reply: Reply) -> bool:
+    """Whether `reply` has no body worth streaming: to a HEAD, of a status that has none,
+    or of a size declared small enough to go inside its response."""
+    if request.method == "HEAD" or reply.status in (204, 304) or reply.status < 200:
+        return True
+    length = declared_length(reply.header(b"content-length"))
+    return length is not None and length <= INLINE
 
 
 def _path(request: Request) -> str:

@@ -39,6 +39,7 @@ from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.durable import Durability
 from ..state.requests import Asker
+from ..wire.messages import Response
 from .admission import PATH, Call, head_fits, host_answered, route, single_headers
 from .answering import accepted, cancel_when_set, note_gone, respond_with, wait_for_answer
 from .asgi import (
@@ -62,6 +63,7 @@ from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .metrics import Metrics
 from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
 from .requests import Requests, new_id
+from .streaming import Streamer
 
 Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
 CALLER = "mesh.caller"  # the scope's key for the caller's name, once known
@@ -95,6 +97,8 @@ class Ingress:
         self.gate = Gate(services.settings.callers)
         self.log = logging.getLogger(f"mesh.{services.settings.name}")
         self.complaints = Complaints(self.log, services.settings.name)
+        requests = services.requests
+        self.streamer = Streamer(requests, requests.receiving, services.bodies, self.log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -276,9 +280,12 @@ class Ingress:
         # file, and the links make it durable before they write one.
         async with trio.open_nursery() as waiting:
             waiting.start_soon(cancel_when_set, gone, waiting.cancel_scope)
-            record = await self.services.requests.wait(request_id, wait)
+            record = await self.services.requests.wait_for_head(request_id, wait)
             waiting.cancel_scope.cancel()
         if gone.is_set():
+            return
+        if isinstance(record, Response):  # the head of an answer whose body streams
+            await self.streamer.answer(send, remote, record, gone)
             return
         if record is None or not record.done:  # only when the caller asked for a limit
             await self._accepted(send, request_id, remote, base)

@@ -38,6 +38,7 @@ from ..state.durable import Durability
 from ..state.links import Delivery
 from ..state.requests import NOBODY, Answer, Asker, Event, RequestRecord, RequestTables
 from ..wire.messages import Control, Headers, Kind, Request, Response, unpack_envelope
+from .headers import declared_length
 from .problems import is_problem, over_limit, problem_response
 
 # What a link event of a request's message means for the request.
@@ -98,6 +99,7 @@ class Requests:
         self.posted, self.max_body = posted, max_body
         self.events: EventHub[RequestEvent] = EventHub()
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
+        self._heads: dict[str, Response | None] = {}  # wanted by a waiter (None until come)
         self._started: dict[str, tuple[str, float]] = {}  # in flight: to whom, since when
         self._round_trip: dict[str, float] = {}  # seconds, smoothed, per remote peer
         self.round_trip_timed: Callable[[str, float], None] = _ignore  # (remote, seconds)
@@ -156,6 +158,26 @@ class Requests:
                 await self._finished.setdefault(request_id, trio.Event()).wait()
         return self.get(request_id)
 
+    async def wait_for_head(
+        self, request_id: str, seconds: float
+    ) -> RequestRecord | Response | None:
+        """As `wait`, but if the head of the answer comes first (`Response.head`: its
+        body streams after it, see `pipe.Receiving.streamed`), that head."""
+        self._heads.setdefault(request_id, None)  # wanted
+        try:
+            with trio.move_on_after(seconds):
+                while True:
+                    record = self.get(request_id)
+                    if record is None or record.done:
+                        return record
+                    head = self._heads.get(request_id)
+                    if head is not None:
+                        return head
+                    await self._finished.setdefault(request_id, trio.Event()).wait()
+            return self.get(request_id)
+        finally:
+            self._heads.pop(request_id, None)
+
     def given(self, record: RequestRecord) -> None:
         """Let go of the spooled response of `record`, which went whole to the caller that
         waited for it: the record says so, and its body file is removed once that is on
@@ -200,10 +222,26 @@ class Requests:
                             self._unreadable(item, message)
                             continue
                         assert isinstance(message, Response)
-                        if message.body_length:  # its body comes as fragments: later
+                        if message.head:  # its body streams, and the answer comes after
+                            self._head(item, message)
+                        elif message.body_length:  # its body comes as fragments: later
                             nursery.start_soon(self._answered, item, message)
                         else:
                             await self._answered(item, message)
+
+    def _head(self, item: Delivery, head: Response) -> None:
+        """The head of an answer whose body streams: the request is ``responded``, and a
+        caller waiting for it may start on it now (the answer itself comes once the
+        body is whole). A head that comes late, with nobody waiting, or declaring a
+        body over this peer's limit (the request will fail) only moves the request on."""
+        self._advance(head.id, RESPONDED, time.time())
+        self.receiving.consume([item.id])
+        length = declared_length(dict(head.headers).get(b"content-length"))
+        if head.id in self._heads and (length or 0) <= self.max_body:
+            self._heads[head.id] = head
+            waiting = self._finished.pop(head.id, None)
+            if waiting is not None:
+                waiting.set()
 
     def _unreadable(self, item: Delivery, note: Control) -> None:
         """End the request whose response arrived but could not be read (`note` stands

@@ -111,8 +111,7 @@ class Bodies:
         while the disk writes (and syncs), with at most that much held in memory. When
         reading fails, what was read is still written (and reported) before the error
         is raised."""
-        name = f"out-{uuid.uuid4().hex}"
-        fd = os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        name, fd = self.create()
         told = False
         send, receive = trio.open_memory_channel[tuple[list[bytes], int, bool]](WRITES_AHEAD)
 
@@ -148,6 +147,11 @@ class Bodies:
         finally:
             os.close(fd)
         return Body(b"", name, size)
+
+    def create(self) -> tuple[str, int]:
+        """A new outgoing body file, empty: its name, and a descriptor to write it."""
+        name = f"out-{uuid.uuid4().hex}"
+        return name, os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
         """The bytes of body file `name`, `CHUNK` at a time."""
@@ -271,6 +275,16 @@ async def _read_on(
 def _append(fd: int, pieces: list[bytes], sync: SyncEvery, last: bool) -> bool:
     """Append `pieces` (in one `writev`, not joined first); whether all written so far is
     durable (always, when `last`)."""
+    if sync.wrote(append(fd, pieces)):
+        return True
+    if last:
+        os.fsync(fd)
+    return last
+
+
+def append(fd: int, pieces: list[bytes]) -> int:
+    """Write `pieces` at `fd`'s end, in as few `writev` as may be (not joined first); how
+    many bytes. Blocking."""
     views = [memoryview(piece) for piece in pieces if piece]
     size = sum(map(len, views))
     while views:
@@ -281,8 +295,4 @@ def _append(fd: int, pieces: list[bytes], sync: SyncEvery, last: bool) -> bool:
             written -= taken
             if not views[0]:
                 views.pop(0)
-    if sync.wrote(size):
-        return True
-    if last:
-        os.fsync(fd)
-    return last
+    return size

@@ -50,7 +50,7 @@ class Progress:
     remote: str
     message_id: str
     done: int
-    total: int
+    total: int | None  # None: a body that streams, its size not known yet
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -30,15 +30,17 @@ from .streams import ABANDON
 @dataclass
 class Opened:
     """The delivered frames of one file, read: messages to store (seq, kind, envelope),
-    fragments already written to their body files ((transfer, message id, total,
-    length)), transfers given up, seqs refused (authentic but malformed: acknowledged,
-    never delivered as they are; a request or response among them whose id can be read
-    is delivered as an ``unreadable`` note of its kind instead, so that it is answered)
+    fragments already written to their body files ((transfer, message id, total (0 for
+    a body that streams), length), and where each lies ((transfer, offset, length)),
+    transfers given up, seqs refused (authentic but malformed: acknowledged, never
+    delivered as they are; a request or response among them whose id can be read is
+    delivered as an ``unreadable`` note of its kind instead, so that it is answered)
     and seqs that could not be read now (left for a resend)."""
 
     messages: list[tuple[int, int, bytes]] = field(default_factory=list)  # with stand-ins
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
+    spans: list[tuple[str, int, int]] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     unread: set[int] = field(default_factory=set)
 
@@ -106,7 +108,9 @@ class Reader:
                 name = incoming_name(remote, message.transfer)
                 bodies.write(name, message.offset, fragment_data)
                 length = len(fragment_data)
-                opened.fragments.append((message.transfer, message.id, message.total, length))
+                total = message.total or 0  # a body that streams: known at its end
+                opened.fragments.append((message.transfer, message.id, total, length))
+                opened.spans.append((message.transfer, message.offset, length))
         elif isinstance(message, Control) and message.op == ABANDON:
             transfer = str(message.args["transfer"])
             given_up.add(transfer)
@@ -125,9 +129,10 @@ class Reader:
             raise MessageError(f"frame says seq {envelope.seq}, header {seq}")
         message = envelope.message
         if isinstance(message, Fragment):
-            if message.total > self.max_body:
-                raise MessageError(f"a body of {message.total} bytes is over the body limit")
             fragment_data = fragment_data if split else message.data
+            end = max(message.total or 0, message.offset + len(fragment_data))
+            if end > self.max_body:
+                raise MessageError(f"a body of {end} bytes or more is over the body limit")
         if (
             isinstance(message, Control)
             and message.op == ABANDON

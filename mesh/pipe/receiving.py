@@ -43,6 +43,7 @@ class Receiving:
         self.events, self.progress = events, progress
         self.log = logging.getLogger(f"mesh.{protocol.me}")
         self._delivered = trio.Event()
+        self._streaming: dict[tuple[str, str], Prefix] = {}  # arriving: what is here from 0
 
     async def store(
         self, arrival: Arrival, path: Path, scanned: ScannedFile, content: bytes | None
@@ -99,9 +100,16 @@ class Receiving:
     def _told(self, remote: str, opened: Opened) -> None:
         """Report the progress of bodies arriving in fragments, and wake those waiting
         for deliveries."""
+        for transfer, offset, length in opened.spans:
+            self._streaming.setdefault((remote, transfer), Prefix()).add(offset, length)
+        for transfer in opened.abandoned:
+            given_up = self._streaming.pop((remote, transfer), None)
+            if given_up is not None:  # whoever holds it hears
+                given_up.abandoned = True
         for transfer, message_id, total in {(t, m, n) for t, m, n, _ in opened.fragments}:
             have = self.tables.transfer_received(remote, transfer)
-            self.progress.publish(Progress("receiving", remote, message_id, have, total))
+            progress = Progress("receiving", remote, message_id, have, total or None)
+            self.progress.publish(progress)
         if opened.messages or opened.fragments or opened.abandoned:
             self._delivered.set()
             self._delivered = trio.Event()
@@ -133,17 +141,52 @@ class Receiving:
             await self._delivered.wait()
         return incoming_name(remote, transfer)
 
+    def streamed(self, remote: str, transfer: str) -> Prefix:
+        """How much of body `transfer` from `remote`, which streams, is here from its
+        start (durably), as it grows (`delivered` wakes on more), and whether its sender
+        gave it up; known only for what came since this peer started. Kept until the
+        body is whole (`forget_body`), given up, or `forget_stream`."""
+        return self._streaming.setdefault((remote, transfer), Prefix())
+
+    def forget_stream(self, remote: str, transfer: str) -> None:
+        """Nobody follows body `transfer` from `remote` as it streams any more."""
+        self._streaming.pop((remote, transfer), None)
+
     def consume(self, ids: Iterable[int]) -> None:
         """The layer above is done with these deliveries: never offer them again."""
         self.tables.consume(ids)
 
     def forget_body(self, remote: str, transfer: str) -> None:
         """Body `transfer` from `remote` has served its purpose: stop counting it."""
+        self._streaming.pop((remote, transfer), None)
         self.tables.forget_transfer(remote, transfer)
 
     def transfers(self) -> list[Progress]:
         """Every body arriving in fragments, with how far it has got."""
         return [
-            Progress("receiving", remote, message_id, have, total)
+            Progress("receiving", remote, message_id, have, total or None)
             for remote, message_id, have, total in self.tables.receiving()
         ]
+
+
+class Prefix:
+    """What has come of a body that streams: the bytes here from its start (`length`),
+    pieces past a gap kept until it fills, and whether it was given up."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.abandoned = False
+        self._ahead: dict[int, int] = {}  # offset: length, of pieces past `length`
+
+    def add(self, offset: int, length: int) -> None:
+        """Bytes `offset .. offset+length` came (a piece that came before is fine)."""
+        if offset > self.length:
+            self._ahead[offset] = max(length, self._ahead.get(offset, 0))
+            return
+        self.length = max(self.length, offset + length)
+        while self._ahead:
+            starts = [at for at in self._ahead if at <= self.length]
+            if not starts:
+                return
+            for at in starts:
+                self.length = max(self.length, at + self._ahead.pop(at))

@@ -72,9 +72,9 @@ class Sending:
             payload = self.tables.outbound_rows(remote, [seq])[seq].payload
             fragment = unpack_envelope(payload, len(payload)).message
             if isinstance(fragment, Fragment):
-                total = fragment.total
+                total = fragment.total  # None for one that streamed: its size unknown here
                 self._sending[spool] = BodyStream(
-                    remote, fragment.id, total, fragment.transfer, spool, queued=total
+                    remote, fragment.id, total, fragment.transfer, spool, queued=total or 0
                 )
 
     def _check(self, remote: str) -> None:
@@ -103,7 +103,7 @@ class Sending:
             return self._store(remote, message)
         assert isinstance(message, Request | Response)
         stream = stream or BodyStream(remote, message.id, body.size)
-        if body.size != stream.total:
+        if stream.total is not None and body.size != stream.total:
             self.abandon(stream)
             raise ValueError(f"a body of {body.size} bytes, not {stream.total} as declared")
         message = dataclasses.replace(
@@ -144,19 +144,21 @@ class Sending:
 
     # -- bodies that leave while they arrive ---------------------------------------------
 
-    def stream(self, remote: str, message_id: str, total: int) -> BodyStream:
-        """A body of `total` bytes for `message_id` to send to `remote` as it arrives.
-        KeyError for a remote this peer does not talk to."""
+    def stream(self, remote: str, message_id: str, total: int | None) -> BodyStream:
+        """A body of `total` bytes (None: not known until its end) for `message_id` to
+        send to `remote` as it arrives. KeyError for a remote this peer does not talk to."""
         self._check(remote)
         return BodyStream(remote, message_id, total)
 
     def grew(self, stream: BodyStream, spool: str, durable: int) -> None:
         """The first `durable` bytes of `stream`'s body file `spool` are durable: store and
-        queue its whole blocks among them (and its last one, once all is here).
-        ValueError past the stream's declared total."""
-        if durable > stream.total:
-            raise ValueError(f"the body is longer than the {stream.total} bytes declared")
-        upto = durable if durable == stream.total else durable - durable % self.block
+        queue its whole blocks among them (and its last one, once all is here); for a
+        body that streams (its total not known), all of them. ValueError past the
+        stream's declared total."""
+        total = stream.total
+        if total is not None and durable > total:
+            raise ValueError(f"the body is longer than the {total} bytes declared")
+        upto = durable if durable == total or total is None else durable - durable % self.block
         if upto <= stream.queued:
             return
         with self.database.transaction():

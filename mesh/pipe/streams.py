@@ -15,11 +15,12 @@ ABANDON = "abandon"  # the control op that gives a transfer up (the far side dro
 @dataclass
 class BodyStream:
     """A body of `total` bytes for message `message_id`, sent to `remote` in fragments
-    as transfer `transfer`, while it may still be arriving."""
+    as transfer `transfer`, while it may still be arriving (its total then maybe not
+    known yet)."""
 
     remote: str
     message_id: str
-    total: int
+    total: int | None  # None: a body that streams, its size known at its end
     transfer: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     spool: str | None = None  # its body file, once known
     queued: int = 0  # bytes of it stored as fragments so far

@@ -65,19 +65,31 @@ class Response:
     body_length: int | None = None  # set when the body comes as fragments (`body` empty)
     body_id: str | None = None  # then: the transfer its fragments name
 
+    @property
+    def head(self) -> bool:
+        """Whether this is only the head of a response whose body streams: its fragments
+        (of `body_id`, their total not known yet) follow it, and then the response
+        again, whole (with `body_length`), or an ``abandon`` of the transfer."""
+        return self.body_id is not None and self.body_length is None
+
 
 @dataclass(frozen=True, slots=True)
 class Fragment:
-    """Bytes `offset .. offset+len(data)` of a body of `total` bytes: the body of message
-    `id` (a request or response) sent as `transfer`. A transfer id is new for each attempt
-    to send a body, so fragments of an abandoned attempt never mix with a later one."""
+    """Bytes `offset .. offset+len(data)` of a body of `total` bytes (None: a body that
+    streams, its size not known yet): the body of message `id` (a request or response)
+    sent as `transfer`. A transfer id is new for each attempt to send a body, so
+    fragments of an abandoned attempt never mix with a later one."""
 
     id: str
     transfer: str
     index: int
     offset: int
-    total: int
+    total: int | None
     data: bytes
+
+    def fits(self, length: int) -> bool:
+        """Whether `length` bytes of data at its offset stay within its total."""
+        return self.total is None or self.offset + length <= self.total
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +199,7 @@ def unpack_fragment(frame: bytes | memoryview, max_body: int) -> tuple[Envelope,
     fragment = envelope.message
     assert isinstance(fragment, Fragment)
     _check(len(data) <= max_body, "fragment data over the limit")
-    _check(fragment.offset + len(data) <= fragment.total, "fragment past its total")
+    _check(fragment.fits(len(data)), "fragment past its total")
     return envelope, data
 
 
@@ -286,9 +298,12 @@ def _headers_in(value: Any) -> Headers:
 
 def _fragmented(length: Any, transfer: Any, body: bytes) -> tuple[int | None, str | None]:
     """(None, None) for an inline body, or the length and transfer id of a body that
-    comes as fragments."""
+    comes as fragments (the length None for a response's head, `Response.head`)."""
     if length is None and transfer is None:
         return None, None
+    if length is None:
+        _check(not body, "a response's head has no body")
+        return None, _id(transfer)
     _check(type(length) is int and length >= 0, "body length must be a whole number >= 0")
     _check(not body, "a body that comes as fragments is not inline too")
     return int(length), _id(transfer)
@@ -322,6 +337,7 @@ def _request(f: list[Any]) -> Request:
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
     body = _bytes(body, "body")
     length, transfer = _fragmented(length, transfer, body)
+    _check(transfer is None or length is not None, "a request's body length is known")
     return Request(_id(id_), method, target, _headers_in(headers), body, deadline, length, transfer)
 
 
@@ -340,10 +356,10 @@ def _fragment(f: list[Any]) -> Fragment:
         _id(transfer),
         _count(index, "index"),
         _count(offset, "offset"),
-        _count(total, "total"),
+        None if total is None else _count(total, "total"),
         _bytes(data, "data"),
     )
-    _check(fragment.offset + len(fragment.data) <= fragment.total, "fragment past its total")
+    _check(fragment.fits(len(fragment.data)), "fragment past its total")
     return fragment
 
 

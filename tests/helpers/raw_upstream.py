@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -104,9 +104,18 @@ class RawUpstream:
 @asynccontextmanager
 async def raw_upstream() -> AsyncIterator[tuple[str, RawUpstream]]:
     """The server on a free loopback port for the block: its URL and its state."""
-    (port,) = free_ports(1)
     server = RawUpstream()
+    async with serve_raw(server.handle) as url:
+        yield url, server
+
+
+@asynccontextmanager
+async def serve_raw(
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """`handle` serving each connection on a free loopback port for the block: its URL."""
+    (port,) = free_ports(1)
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(trio.serve_tcp, server.handle, port, host="127.0.0.1"))
-        yield f"http://127.0.0.1:{port}", server
+        await nursery.start(partial(trio.serve_tcp, handle, port, host="127.0.0.1"))
+        yield f"http://127.0.0.1:{port}"
         nursery.cancel_scope.cancel()

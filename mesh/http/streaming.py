@@ -1,0 +1,148 @@
+"""A waiting caller answered as its answer comes: the head once it crossed, the body
+piece by piece as its fragments land, ended only once the answer is whole.
+
+The body is read from the file its fragments are written to (never held whole), only as
+far as it is here from its start (`pipe.Receiving.streamed`), and from the answer's own
+record once the request ends. A body that does not end whole (its sender gave it up,
+the request ended with another answer, such as the far side's ``502`` saying it broke
+off) is cut: the connection closes without the body's end, so no client takes it for
+whole. The request's record says what happened (`/mesh/requests/{id}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from ..pipe.bodies import CHUNK, Bodies, incoming_name
+from ..pipe.receiving import Prefix, Receiving
+from ..state.requests import RequestRecord
+from ..wire.messages import Response
+from .answering import cancel_when_set
+from .asgi import Send
+from .requests import Requests
+
+
+class Cut(Exception):
+    """The body will not end whole: its connection is closed short."""
+
+
+@dataclass(frozen=True)
+class Streamer:
+    """What answering a caller as its answer streams needs."""
+
+    requests: Requests
+    receiving: Receiving
+    bodies: Bodies
+    log: logging.Logger
+
+    async def answer(self, send: Send, remote: str, head: Response, gone: trio.Event) -> None:
+        """Answer with `head` (from `remote`) and its body as it comes (`respond`), until
+        the caller is `gone`; a body that came whole to it is let go."""
+        whole = False  # if the caller goes first
+        async with trio.open_nursery() as streaming:
+            streaming.start_soon(cancel_when_set, gone, streaming.cancel_scope)
+            whole = await self.respond(send, remote, head)
+            streaming.cancel_scope.cancel()
+        record = self.requests.get(head.id)
+        if whole and record is not None and record.body_file:
+            self.requests.given(record)
+
+    async def respond(self, send: Send, remote: str, head: Response) -> bool:
+        """Answer with `head` (from `remote`) and its body as it comes; whether it ended
+        whole (then the caller has it all). Cut short when it will not end whole."""
+        assert head.body_id is not None
+        prefix = self.receiving.streamed(remote, head.body_id)
+        headers = [*head.headers, (b"mesh-request-id", head.id.encode())]
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        source = _Source(self.bodies, incoming_name(remote, head.body_id))
+        try:
+            await self._body(send, head, prefix, source)
+        except Cut as cut:
+            self.log.warning("%s: the answer to %s cut short: %s", remote, head.id, cut)
+            return False
+        finally:
+            source.close()
+            self.receiving.forget_stream(remote, head.body_id)
+        with trio.CancelScope(shield=True):  # the caller counts as gone once it is sent
+            await send({"type": "http.response.body", "body": b""})
+        return True
+
+    async def _body(self, send: Send, head: Response, prefix: Prefix, source: _Source) -> None:
+        """Send the body as it comes, to its end; Cut when it will not end whole."""
+        while True:
+            record = self.requests.get(head.id)
+            ended = record is not None and record.done
+            whole = await _whole_size(record, head, source) if record and ended else None
+            end = prefix.length if whole is None else whole
+            while source.offset < end:
+                data = await source.read(end)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            # what came before is sent: then the end, or the cut
+            if record is not None and ended and whole is None:
+                raise Cut(f"the request ended {record.state}, answered {record.status}")
+            if ended:
+                return
+            if prefix.abandoned:
+                raise Cut("its sender gave it up")
+            await self._news(head.id)
+
+    async def _news(self, request_id: str) -> None:
+        """Return at the next delivery here, or when the request ends."""
+        async with trio.open_nursery() as nursery:
+
+            async def then_stop(wait: Callable[[], Awaitable[object]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(then_stop, self.receiving.delivered)
+            nursery.start_soon(then_stop, partial(self.requests.wait, request_id, math.inf))
+
+
+async def _whole_size(record: RequestRecord, head: Response, source: _Source) -> int | None:
+    """The size of the body of `record`, ended, when it is the answer `head` began (its
+    body in `source`'s file, or none at all); else None."""
+    if record.status == head.status and record.body_file == source.name:
+        try:
+            return (await trio.Path(source.path).stat()).st_size
+        except OSError as exc:
+            raise Cut(f"its file cannot be read: {exc.strerror}") from None
+    same = record.status == head.status and tuple(record.headers) == tuple(head.headers)
+    if same and record.body_file is None and not record.body and source.offset == 0:
+        return 0
+    return None
+
+
+class _Source:
+    """The body file of an answer that streams, read on from where it was left (opened
+    once the first of it is here)."""
+
+    def __init__(self, bodies: Bodies, name: str) -> None:
+        self.name, self.path = name, bodies.path(name)
+        self.offset = 0
+        self._fd: int | None = None
+
+    async def read(self, end: int) -> bytes:
+        """Up to `CHUNK` bytes on from `offset`, short of `end`; Cut if the file is
+        gone or shorter."""
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            size = min(CHUNK, end - self.offset)
+            data = await trio.to_thread.run_sync(os.pread, self._fd, size, self.offset)
+        except OSError as exc:
+            raise Cut(f"its file cannot be read: {exc.strerror}") from None
+        if not data:
+            raise Cut("its file is shorter than what came")
+        self.offset += len(data)
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)

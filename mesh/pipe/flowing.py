@@ -1,0 +1,93 @@
+"""A body that streams: spooled to a body file as it comes, and each piece sent on as a
+fragment as soon as it is durable, its size known only at its end.
+
+Where `Bodies.receive` sends a body of a declared size a block at a time, this is for a
+body whose size is not known, or that comes slowly (a server's event stream, a download
+read by its caller as it goes): what came while the last piece was written and synced
+goes as the next fragment, so each piece is at most one write (and one file) behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import trio
+
+from .bodies import BLOCK, Bodies, Body, BodyTooLarge, append
+from .folder import fsync_folder
+from .sending import Sending
+from .streams import BodyStream
+
+
+async def flow(
+    bodies: Bodies,
+    sending: Sending,
+    stream: BodyStream,
+    first: list[bytes],
+    rest: trio.MemoryReceiveChannel[bytes],
+    limit: int,
+) -> Body:
+    """The body `first` and then `rest` (to its end: the channel closed) make, spooled to
+    a new body file; after each write is synced, what it added leaves as fragments of
+    `stream` (`Sending.grew`). BodyTooLarge past `limit` bytes. On any error (or when
+    cancelled) `stream` is given up, so the far side drops it and cuts whoever it was
+    going to; the file goes once nothing needs it."""
+    name, fd = bodies.create()
+    size = unsynced = 0
+    try:
+        pending = first
+        while True:
+            pending += _ready(rest, BLOCK - sum(map(len, pending)))
+            if pending:
+                size += sum(map(len, pending))
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                unsynced += await trio.to_thread.run_sync(append, fd, pending)
+            if unsynced and _sync_now(stream, unsynced, rest):
+                await _synced(bodies, sending, stream, fd, name, size)
+                unsynced = 0
+            try:
+                pending = [await rest.receive()]
+            except trio.EndOfChannel:
+                if unsynced:
+                    await _synced(bodies, sending, stream, fd, name, size)
+                return Body(b"", name, size)
+    except BaseException:
+        if stream.opened:
+            sending.abandon(stream)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(bodies.path(name))
+        raise
+    finally:
+        os.close(fd)
+
+
+def _sync_now(stream: BodyStream, unsynced: int, rest: trio.MemoryReceiveChannel[bytes]) -> bool:
+    """Whether to make what was written durable (and send it) now: a block of it, or,
+    for a body of unknown size, whatever came once nothing more is waiting (a body of a
+    known size goes a block at a time: `Sending.grew`)."""
+    idle = rest.statistics().current_buffer_used == 0
+    return unsynced >= BLOCK or (stream.total is None and idle)
+
+
+async def _synced(
+    bodies: Bodies, sending: Sending, stream: BodyStream, fd: int, name: str, size: int
+) -> None:
+    """The first `size` bytes of body file `name` made durable, and sent on."""
+    await trio.to_thread.run_sync(os.fdatasync, fd)
+    if not stream.opened:  # its name must outlive a power cut first
+        await trio.to_thread.run_sync(fsync_folder, bodies.folder)
+    sending.grew(stream, name, size)
+
+
+def _ready(channel: trio.MemoryReceiveChannel[bytes], room: int) -> list[bytes]:
+    """The pieces waiting in `channel` now, while their size is under `room`."""
+    pieces: list[bytes] = []
+    with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
+        while room > 0:
+            piece = channel.receive_nowait()
+            pieces.append(piece)
+            room -= len(piece)
+    return pieces

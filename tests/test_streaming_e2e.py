@@ -1,0 +1,105 @@
+"""Answers that stream through `mesh up` processes: a body the upstream sends slowly, in
+chunks a second apart, reaches the waiting caller chunk by chunk; one that breaks off
+midway is cut at the caller, never ended as if whole, and the request says so."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.helpers.raw_upstream import read_head, serve_raw
+from tests.test_clients_e2e import running, settled, two_peers
+
+CHUNKS = 4
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Streaming:
+    """An upstream that sends event-stream chunks a second apart (``/events``), or two
+    chunks and then closes its connection without the body's end (``/cut``); it notes
+    when it sent each chunk (trio's clock)."""
+
+    def __init__(self) -> None:
+        self.sent: list[float] = []
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            head = await read_head(stream)
+            assert head is not None
+            await stream.send_all(HEAD)
+            count = CHUNKS if head.startswith(b"GET /events") else 2
+            for index in range(count):
+                if index:
+                    await trio.sleep(1.0)  # the upstream's own pace
+                self.sent.append(trio.current_time())
+                await stream.send_all(chunk(b"data: %d\n\n" % index))
+            if head.startswith(b"GET /events"):
+                await stream.send_all(b"0\r\n\r\n")
+            # /cut: the connection closes here, the body unfinished
+
+
+@asynccontextmanager
+async def streaming_upstream() -> AsyncIterator[tuple[str, Streaming]]:
+    server = Streaming()
+    async with serve_raw(server.handle) as url:
+        yield url, server
+
+
+async def test_an_event_stream_reaches_the_caller_chunk_by_chunk(tmp_path: Path) -> None:
+    """Chunks a second apart: each reaches the caller before the upstream sends the next,
+    and the body ends whole, as the upstream sent it."""
+    async with streaming_upstream() as (url, upstream):
+        path, port = two_peers(tmp_path, url)
+        async with running(path):
+            arrived: list[tuple[float, bytes]] = []
+            with trio.fail_after(30):
+                async with (
+                    httpx.AsyncClient(trust_env=False, timeout=20) as client,
+                    client.stream("GET", f"http://127.0.0.1:{port}/bravo/events") as reply,
+                ):
+                    assert reply.status_code == 200
+                    assert reply.headers["content-type"] == "text/event-stream"
+                    async for piece in reply.aiter_raw():
+                        arrived.append((trio.current_time(), piece))
+            body = b"".join(piece for _, piece in arrived)
+            assert body == b"".join(b"data: %d\n\n" % i for i in range(CHUNKS))
+            for index, sent in enumerate(upstream.sent[1:], start=1):
+                got = b"".join(p for at, p in arrived if at < sent)
+                assert got.count(b"data:") == index, (index, arrived, upstream.sent)
+            await settled(port, tmp_path / "state")
+
+
+async def test_an_answer_that_breaks_off_is_cut_never_ended_whole(tmp_path: Path) -> None:
+    """The upstream closes midway: the caller has the head and what came, then its
+    connection is cut (the client sees the body incomplete); the request failed, with
+    the far side's 502 saying the answer broke off, and nothing is left behind."""
+    async with streaming_upstream() as (url, _):
+        path, port = two_peers(tmp_path, url)
+        async with running(path):
+            alpha = f"http://127.0.0.1:{port}"
+            got = b""
+            with trio.fail_after(30):
+                async with httpx.AsyncClient(base_url=alpha, trust_env=False, timeout=20) as client:
+                    try:
+                        async with client.stream("GET", "/bravo/cut") as reply:
+                            request_id = reply.headers["mesh-request-id"]
+                            async for piece in reply.aiter_raw():
+                                got += piece
+                    except httpx.RemoteProtocolError:
+                        pass
+                    else:
+                        raise AssertionError(f"a cut body ended as whole: {got!r}")
+                    assert got == b"data: 0\n\ndata: 1\n\n"
+                    record = (await client.get(f"/mesh/requests/{request_id}")).json()
+                    answer = await client.get(f"/mesh/requests/{request_id}/response")
+            assert record["state"] == "failed" and record["response_status"] == 502
+            assert answer.status_code == 502 and "broke off" in answer.json()["title"]
+            await settled(port, tmp_path / "state")
