@@ -233,9 +233,13 @@ class Requests:
         """The head of an answer whose body streams: the request is ``responded``, and a
         caller waiting for it may start on it now (the answer itself comes once the
         body is whole). A head that comes late, with nobody waiting, or declaring a
-        body over this peer's limit (the request will fail) only moves the request on."""
-        self._advance(head.id, RESPONDED, time.time())
+        body over this peer's limit (the request will fail) only moves the request on;
+        one from another peer than the request went to is dropped."""
         self.receiving.consume([item.id])
+        record = self.tables.get(head.id)
+        if record is None or record.remote != item.remote:  # not a request of ours to it
+            return
+        self._advance(head.id, RESPONDED, time.time())
         length = declared_length(dict(head.headers).get(b"content-length"))
         if head.id in self._heads and (length or 0) <= self.max_body:
             self._heads[head.id] = head
