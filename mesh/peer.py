@@ -315,7 +315,7 @@ class Peer:
         self.store.database.commit_timed = metrics.commit.observe
         self.durable.sync_timed = metrics.fsync.observe
         self.requests.ended = metrics.ended
-        self.requests.round_trip_timed = metrics.round_tripped
+        self.requests.round_trips.timed = metrics.round_tripped
         return metrics
 
     def _link_settings(self) -> LinkSettings:

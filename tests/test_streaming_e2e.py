@@ -1,20 +1,28 @@
-"""Answers that stream through `mesh up` processes: a body the upstream sends slowly, in
+"""Bodies that stream through `mesh up` processes: an answer the upstream sends slowly, in
 chunks a second apart, reaches the waiting caller chunk by chunk; one that breaks off
-midway is cut at the caller, never ended as if whole, and the request says so."""
+midway is cut at the caller, never ended as if whole, and the request says so; an
+upload reaches the upstream while it still comes."""
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
+from mesh.http.asgi import body_chunks, lifespan
+from tests.helpers.ports import free_ports
+from tests.helpers.processes import served
 from tests.helpers.raw_upstream import read_head, serve_raw
 from tests.test_clients_e2e import running, settled, two_peers
 
 CHUNKS = 4
+MiB = 1 << 20
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -103,3 +111,51 @@ async def test_an_answer_that_breaks_off_is_cut_never_ended_whole(tmp_path: Path
             assert record["state"] == "failed" and record["response_status"] == 502
             assert answer.status_code == 502 and "broke off" in answer.json()["title"]
             await settled(port, tmp_path / "state")
+
+
+class Sink:
+    """An ASGI upstream that takes a request body as it comes, noting when its first
+    bytes came (`started`), and answers its SHA-256."""
+
+    def __init__(self) -> None:
+        self.started = trio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        digest = hashlib.sha256()
+        async for chunk in body_chunks(receive):
+            digest.update(chunk)
+            if chunk:
+                self.started.set()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
+
+
+async def test_an_upload_reaches_the_upstream_while_it_still_comes(tmp_path: Path) -> None:
+    """A body of a declared size goes on to the upstream as it arrives: the client sends
+    the rest of it only once the upstream has had the first of it (it would wait for
+    good if the mesh waited for the whole body), and the upstream gets it whole."""
+    (upstream_port,) = free_ports(1)
+    sink, size, first = Sink(), 48 * MiB, 40 * MiB
+    data = random.Random(5).randbytes(size)
+
+    async def paced() -> AsyncIterator[bytes]:
+        for at in range(0, first, MiB):
+            yield data[at : at + MiB]
+        await sink.started.wait()  # the upstream has the first of it: now the rest
+        for at in range(first, size, MiB):
+            yield data[at : at + MiB]
+
+    path, port = two_peers(tmp_path, f"http://127.0.0.1:{upstream_port}", "64MiB")
+    async with served(sink, upstream_port), running(path):
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(trust_env=False, timeout=50) as client:
+                reply = await client.put(
+                    f"http://127.0.0.1:{port}/bravo/upload",
+                    content=paced(),
+                    headers={"content-length": str(size)},
+                )
+        assert reply.status_code == 200 and reply.text == hashlib.sha256(data).hexdigest()
+        await settled(port, tmp_path / "state")

@@ -23,6 +23,7 @@ import trio
 from ..config.access import serves
 from ..errors import Complaints
 from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.flowing import BodyBrokeOff, follow
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
@@ -125,11 +126,7 @@ class Forwarder:
                     await self._unreadable(item, message)
                     continue
                 assert isinstance(message, Request)
-                if message.body_length:  # its body comes as fragments: take it then
-                    take = partial(self._take, origin, nursery, item, message)
-                    nursery.start_soon(self._until_stored, take)
-                else:
-                    await self._take(origin, nursery, item, message)
+                await self._take(origin, nursery, item, message)
 
     async def _until_stored(self, step: Callable[[], Awaitable[None]]) -> None:
         """Run `step` (a transaction) until the store takes it: a full disk is waited
@@ -156,13 +153,9 @@ class Forwarder:
     async def _take(
         self, origin: Origin | None, nursery: trio.Nursery, item: Delivery, request: Request
     ) -> None:
-        """Record `request` for execution once its whole body is here, and start it. A
-        body that does not come by the request's deadline is answered 504; one over this
-        peer's body limit (its fragments are refused) is answered 413 at once."""
-        length, transfer = request.body_length, request.body_id
-        if length and transfer and length <= self.max_body:
-            with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
-                await self.receiving.body_arrived(item.remote, transfer, length)
+        """Record `request` for execution, and start it (inside the batch's transaction).
+        A body that comes as fragments need not be here yet: it goes to the upstream as
+        they come (`pipe.flowing.follow`)."""
         taken = self.executions.take(item.id, item.remote, request.id, item.payload, time.time())
         if taken:
             run = partial(self._execute, origin, item.remote, request, False)
@@ -200,9 +193,6 @@ class Forwarder:
         if (request.body_length or 0) > self.max_body:
             limit = over_limit(f"{self.name}'s", self.max_body)
             return self._problem(request, 413, f"the request body is {limit}")
-        length, transfer = request.body_length, request.body_id
-        if length and transfer and not self.receiving.body_here(asker, transfer, length):
-            return self._problem(request, 504, "request body did not arrive by its deadline")
         async with self.limit:  # the upstream may be busy past the deadline
             if time.time() > request.deadline:
                 return self._problem(request, 504, "request expired waiting for the upstream")
@@ -228,6 +218,8 @@ class Forwarder:
             first = False
             try:
                 return await self._exchange(origin, asker, request)
+            except BodyBrokeOff as exc:  # the upstream had it unfinished, and cut
+                return self._problem(request, 502, f"the request body broke off: {exc}")
             except (BodyTooLarge, HeadTooLarge, UpstreamError) as exc:
                 reason = str(exc)
                 failed = self._failed(request, exc)
@@ -305,10 +297,18 @@ class Forwarder:
         return request.method != "HEAD" and length is not None and length > self.max_body
 
     def _request_body(self, asker: str, request: Request) -> bytes | AsyncIterator[bytes]:
-        """What is sent: the inline body, or the body file streamed."""
-        if not request.body_id:
+        """What is sent: the inline body, or the body that comes in fragments, as they
+        come (BodyBrokeOff if it does not come whole by the deadline)."""
+        if not request.body_id or request.body_length is None:
             return request.body
-        return self.bodies.chunks(incoming_name(asker, request.body_id))
+        return follow(
+            self.receiving,
+            self.bodies,
+            asker,
+            request.body_id,
+            request.body_length,
+            request.deadline,
+        )
 
 
 LENGTH = frozenset({b"content-length"})

@@ -20,7 +20,6 @@ already durable.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -34,9 +33,8 @@ import trio
 from ..config.access import DEFAULT_MAY_CALL
 from ..config.roster import PeerSettings
 from ..errors import Complaints
-from ..pipe.bodies import Bodies, Body, BodyTooLarge
-from ..pipe.sending import Sending, receive_body, stream_for
-from ..pipe.streams import BodyStream
+from ..pipe.bodies import Bodies
+from ..pipe.sending import Sending
 from ..state.durable import Durability
 from ..state.requests import Asker
 from ..wire.messages import Response
@@ -46,24 +44,22 @@ from .asgi import (
     Receive,
     Scope,
     Send,
-    body_chunks,
     lifespan,
     linger,
     read_body,
     respond_json,
-    too_large,
-    too_large_unread,
 )
 from .auth import Gate, Identity
 from .callbacks import checked_url
 from .forwarded import View, forwarded
-from .headers import OVERRIDES, declared_length, end_to_end
+from .headers import OVERRIDES, end_to_end
 from .health import Health
 from .mailbox import DATAGRAM_LIMIT, Mailbox
 from .metrics import Metrics
-from .problems import LOWER_ERRORS, PROBLEM_BY, PROBLEM_JSON, HTTPProblem, answered_as
-from .requests import Requests, new_id
+from .problems import PROBLEM_BY, PROBLEM_JSON, HTTPProblem
+from .requests import Requests
 from .streaming import Streamer
+from .uploads import Taking, Uploads
 
 Headers = Mapping[bytes, bytes]  # a request's, by lowercase name
 CALLER = "mesh.caller"  # the scope's key for the caller's name, once known
@@ -99,6 +95,8 @@ class Ingress:
         self.complaints = Complaints(self.log, services.settings.name)
         requests = services.requests
         self.streamer = Streamer(requests, requests.receiving, services.bodies, self.log)
+        limit = services.settings.body_limit
+        self.uploads = Uploads(requests, services.sending, services.bodies, limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -244,22 +242,8 @@ class Ingress:
         pipe_error = self.services.pipe_error()
         if pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", pipe_error)
-        body, stream = await self._receive_body(remote, headers, receive)
-        try:
-            with answered_as("cannot store the request"):
-                request_id = await self.services.requests.submit(
-                    remote,
-                    scope["method"],
-                    target,
-                    crossing,
-                    body,
-                    self.settings.request_deadline,
-                    asker,
-                    stream,
-                )
-        except HTTPProblem:
-            await self._drop(body, stream)
-            raise
+        taking = Taking(remote, method, target, crossing, self.settings.request_deadline, asker)
+        request_id = await self.uploads.take(taking, headers, receive)
         base = _own_base(call, scope)
         if asker.callback or wait == 0:
             await self._accepted(send, request_id, remote, base)
@@ -293,37 +277,6 @@ class Ingress:
         whole = await respond_with(send, record, self.services.bodies, gone)
         if whole and record.body_file is not None:  # the one who waited has it: not kept
             self.services.requests.given(record)
-
-    async def _receive_body(
-        self, remote: str, headers: Headers, receive: Receive
-    ) -> tuple[Body, BodyStream | None]:
-        """The request body, spooled to a file when big (and then sent to `remote` as it
-        arrives, when its length was declared); 413 past the body limit, at once (without
-        keeping any of it) when its declared length is."""
-        limit = self.settings.body_limit
-        length = declared_length(headers.get(b"content-length"))
-        if length is not None and length > limit:  # refused before a byte is kept
-            if b"100-continue" in headers.get(b"expect", b"").lower():
-                raise too_large_unread(limit)  # before the client sends a byte of it
-            raise too_large(limit)
-        stream = stream_for(self.services.sending, remote, new_id(), length, limit)
-        chunks = body_chunks(receive)
-        try:
-            with answered_as("cannot store the request"):
-                body = await receive_body(
-                    self.services.bodies, self.services.sending, chunks, limit, stream
-                )
-        except BodyTooLarge:
-            raise too_large(limit) from None
-        return body, stream
-
-    async def _drop(self, body: Body, stream: BodyStream | None) -> None:
-        """Let go of the body of a request that could not be stored."""
-        if stream is not None and stream.opened:  # its fragments went: let the far side know
-            with contextlib.suppress(*LOWER_ERRORS):  # else start-up does
-                self.services.sending.abandon(stream)
-        elif body.file is not None:
-            await trio.to_thread.run_sync(self.services.bodies.remove, [body.file])
 
     async def _request_status(
         self, identity: Identity, request_id: str, response: bool, send: Send

@@ -101,8 +101,7 @@ class Requests:
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
         self._heads: dict[str, Response | None] = {}  # wanted by a waiter (None until come)
         self._started: dict[str, tuple[str, float]] = {}  # in flight: to whom, since when
-        self._round_trip: dict[str, float] = {}  # seconds, smoothed, per remote peer
-        self.round_trip_timed: Callable[[str, float], None] = _ignore  # (remote, seconds)
+        self.round_trips = RoundTrips()
         self.ended: Callable[[int], None] = _ignore  # each request's answer's status, as it ends
 
     async def submit(
@@ -122,28 +121,72 @@ class Requests:
         Errors: KeyError (not a link), OSError/sqlite3.Error (the store cannot take it:
         nothing is half accepted)."""
         request_id = stream.message_id if stream is not None else new_id()
-        now = time.time()
-        deadline = now + ttl
-        request = Request(request_id, method, target, headers, body.data, deadline)
-        with self.database.transaction():  # one commit for both
-            sent = await self.sending.send(remote, request, body, stream)
-            self.tables.add(request_id, remote, sent.seq, method, target, deadline, now, asker)
-        self.durable.after_sync(lambda: self._changed(request_id, [(STORED, now)]))
-        self._started[request_id] = (remote, trio.current_time())
+        request = Request(request_id, method, target, headers, body.data, time.time() + ttl)
+        return await self._submit(remote, request, asker, body, stream)
+
+    async def submit_ahead(
+        self,
+        remote: str,
+        method: str,
+        target: str,
+        headers: Headers,
+        stream: BodyStream,
+        ttl: float,
+        asker: Asker = NOBODY,
+    ) -> str:
+        """As `submit`, for a request whose body is still to come, as `stream` (of a
+        declared size): the request goes now, ahead of its body, and the far side
+        streams the body to its upstream as it comes. `Sending.finish` the stream once
+        the body is whole, or `abandon` it and `fail` the request."""
+        deadline = time.time() + ttl
+        request = Request(
+            stream.message_id,
+            method,
+            target,
+            headers,
+            b"",
+            deadline,
+            stream.total,
+            stream.transfer,
+        )
+        request_id = await self._submit(remote, request, asker)
+        stream.ahead = True
         return request_id
 
-    def retry_after(self, remote: str) -> int:
-        """Seconds a caller told to come back for an answer from `remote` should wait:
-        the round trip measured lately (requests to their answers), 1 to 60."""
-        return min(max(math.ceil(self._round_trip.get(remote, 1.0)), 1), 60)
+    async def _submit(
+        self,
+        remote: str,
+        request: Request,
+        asker: Asker,
+        body: Body | None = None,
+        stream: BodyStream | None = None,
+    ) -> str:
+        now = time.time()
+        with self.database.transaction():  # one commit for both
+            sent = await self.sending.send(remote, request, body, stream)
+            self.tables.add(
+                request.id,
+                remote,
+                sent.seq,
+                request.method,
+                request.target,
+                request.deadline,
+                now,
+                asker,
+            )
+        self.durable.after_sync(lambda: self._changed(request.id, [(STORED, now)]))
+        self._started[request.id] = (remote, trio.current_time())
+        return request.id
 
-    def _measure(self, remote: str, since: float) -> None:
-        """Take the round trip of a request to `remote` sent at `since`, which was
-        answered now, into that remote's average."""
-        took = trio.current_time() - since
-        self.round_trip_timed(remote, took)
-        before = self._round_trip.get(remote, took)
-        self._round_trip[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
+    def fail(self, request_id: str, status: int, title: str) -> None:
+        """End `request_id` with a problem of this peer's own (`status`, `title`), if it
+        has not ended: its body did not come whole, say."""
+        answer = _answer(problem_response(request_id, self.name, status, title))
+        added = self.tables.fail(answer, time.time())
+        self.database.after_commit(partial(self._changed, request_id, added, status))
+
+    def retry_after(self, remote: str) -> int:
+        return self.round_trips.retry_after(remote)
 
     def get(self, request_id: str) -> RequestRecord | None:
         return self.tables.get(request_id)
@@ -194,7 +237,7 @@ class Requests:
             self.ended(status)
             started = self._started.pop(request_id, None)
             if started is not None and any(state is COMPLETED for state, _ in events):
-                self._measure(*started)  # only answers count: not failures, nor expiries
+                self.round_trips.measure(*started)  # only answers: not failures, nor expiries
             waiting = self._finished.pop(request_id, None)
             if waiting is not None:
                 waiting.set()
@@ -331,6 +374,27 @@ class Requests:
                         request_id = state and self.tables.by_seq(each.remote, each.seq)
                         if state and request_id:
                             self._advance(request_id, state, each.at)
+
+
+class RoundTrips:
+    """The round trip of requests to each remote peer (sent to answered), smoothed."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, float] = {}
+        self.timed: Callable[[str, float], None] = _ignore  # (remote, seconds), each one
+
+    def retry_after(self, remote: str) -> int:
+        """Seconds a caller told to come back for an answer from `remote` should wait:
+        the round trip measured lately (requests to their answers), 1 to 60."""
+        return min(max(math.ceil(self._seconds.get(remote, 1.0)), 1), 60)
+
+    def measure(self, remote: str, since: float) -> None:
+        """Take the round trip of a request to `remote` sent at `since` (trio's clock),
+        which was answered now, into that remote's average."""
+        took = trio.current_time() - since
+        self.timed(remote, took)
+        before = self._seconds.get(remote, took)
+        self._seconds[remote] = before + ROUND_TRIP_WEIGHT * (took - before)
 
 
 def _ignore(*_: object) -> None:

@@ -1,5 +1,7 @@
-"""A body that streams: spooled to a body file as it comes, and each piece sent on as a
-fragment as soon as it is durable, its size known only at its end.
+"""Bodies that stream. Sending: spooled to a body file as it comes, each piece sent on
+as a fragment as soon as it is durable, its size maybe known only at its end (`flow`).
+Receiving: read in order from the body file its fragments land in, as far as they came
+from its start, while more come (`follow`).
 
 Where `Bodies.receive` sends a body of a declared size a block at a time, this is for a
 body whose size is not known, or that comes slowly (a server's event stream, a download
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+from collections.abc import AsyncIterator
 
 import trio
 
-from .bodies import BLOCK, Bodies, Body, BodyTooLarge, append
+from .bodies import BLOCK, CHUNK, Bodies, Body, BodyTooLarge, append, incoming_name
 from .folder import fsync_folder
+from .receiving import Receiving
 from .sending import Sending
 from .streams import BodyStream
 
@@ -91,3 +96,52 @@ def _ready(channel: trio.MemoryReceiveChannel[bytes], room: int) -> list[bytes]:
             pieces.append(piece)
             room -= len(piece)
     return pieces
+
+
+class BodyBrokeOff(Exception):
+    """A body that was followed as it came will not come whole."""
+
+
+async def follow(
+    receiving: Receiving,
+    bodies: Bodies,
+    remote: str,
+    transfer: str,
+    length: int,
+    deadline: float,
+) -> AsyncIterator[bytes]:
+    """The `length` bytes of body `transfer` from `remote`, in order, as their fragments
+    come (`CHUNK` at a time at most), from the file they land in. BodyBrokeOff when its
+    sender gave it up, or it is not whole by `deadline` (wall-clock seconds)."""
+    prefix = receiving.streamed(remote, transfer)
+    path, offset = bodies.path(incoming_name(remote, transfer)), 0
+    while offset < length:
+        whole = receiving.body_here(remote, transfer, length)  # after a restart, too
+        here = length if whole else min(prefix.length, length)
+        if here > offset:
+            data = await trio.to_thread.run_sync(_read_at, path, offset, min(CHUNK, here - offset))
+            offset += len(data)
+            yield data
+            continue
+        if prefix.abandoned or receiving.given_up(remote, transfer):
+            raise BodyBrokeOff(f"its sender gave it up after {offset} bytes")
+        with trio.move_on_after(max(deadline - time.time(), 0.0)) as waited:
+            await receiving.delivered()
+        if waited.cancelled_caught:
+            raise BodyBrokeOff(f"{offset} of its {length} bytes came by the deadline")
+
+
+def _read_at(path: os.PathLike[str], offset: int, size: int) -> bytes:
+    """`size` bytes of the file at `path` from `offset`; BodyBrokeOff if it is gone or
+    shorter (given up meanwhile). Blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise BodyBrokeOff(f"its file cannot be read: {exc.strerror}") from None
+    try:
+        data = os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+    if len(data) < size:
+        raise BodyBrokeOff("its file is shorter than what came")
+    return data

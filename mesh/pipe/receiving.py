@@ -148,6 +148,10 @@ class Receiving:
         body is whole (`forget_body`), given up, or `forget_stream`."""
         return self._streaming.setdefault((remote, transfer), Prefix())
 
+    def given_up(self, remote: str, transfer: str) -> bool:
+        """Whether the sender of body `transfer` gave it up (from the store)."""
+        return transfer in self.tables.abandoned(remote)
+
     def forget_stream(self, remote: str, transfer: str) -> None:
         """Nobody follows body `transfer` from `remote` as it streams any more."""
         self._streaming.pop((remote, transfer), None)

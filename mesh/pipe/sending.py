@@ -103,17 +103,30 @@ class Sending:
             return self._store(remote, message)
         assert isinstance(message, Request | Response)
         stream = stream or BodyStream(remote, message.id, body.size)
-        if stream.total is not None and body.size != stream.total:
-            self.abandon(stream)
-            raise ValueError(f"a body of {body.size} bytes, not {stream.total} as declared")
+        self._check_whole(stream, body)  # before the transaction: the abandon is kept
         message = dataclasses.replace(
             message, body=b"", body_length=body.size, body_id=stream.transfer
         )
         with self.database.transaction():
+            self.finish(stream, body)
+            return self._store(remote, message)
+
+    def finish(self, stream: BodyStream, body: Body) -> None:
+        """`stream`'s body is whole, in `body`'s file: its last fragments are stored and
+        queued, and the stream is closed, in one transaction. ValueError (`stream` given
+        up) for a body that is not in a file or not of the size declared."""
+        self._check_whole(stream, body)
+        assert body.file is not None
+        with self.database.transaction():
             self.grew(stream, body.file, body.size)
-            sent = self._store(remote, message)
             self._close(stream)
-        return sent
+
+    def _check_whole(self, stream: BodyStream, body: Body) -> None:
+        """ValueError, `stream` given up, unless `body` is in a file, of the size it
+        declared."""
+        if body.file is None or stream.total not in (None, body.size):
+            self.abandon(stream)
+            raise ValueError(f"a body of {body.size} bytes, not {stream.total} as declared")
 
     def note(self, remote: str, message: Message) -> MessageId:
         """Store `message` for `remote` durably as news that need not cost a file of its
@@ -183,11 +196,13 @@ class Sending:
         return rows
 
     def abandon(self, stream: BodyStream) -> None:
-        """Give `stream` up: if any of it was queued, tell the far side to drop what it has
-        of it (its fragments still go; the file goes once they are acknowledged). Never
-        awaits, so it runs even in a cancelled scope."""
-        if not stream.opened:
+        """Give `stream` up: if any of it was queued, or its message went ahead of it,
+        tell the far side to drop what it has of it (its fragments still go; the file
+        goes once they are acknowledged). Never awaits, so it runs even in a cancelled
+        scope."""
+        if not (stream.opened or stream.ahead):
             return
+        stream.ahead = False
         with self.database.transaction():
             self._store(stream.remote, Control(ABANDON, {"transfer": stream.transfer}))
             self._close(stream)

@@ -1,0 +1,128 @@
+"""A caller's request taken in: stored and sent, with its body.
+
+A body of a declared size over `INLINE` bytes (what ``curl -T`` and most clients send)
+does not wait to be whole: the request goes at once, ahead of its body
+(`Requests.submit_ahead`), the body follows as fragments as it arrives, and the far side
+streams it to its upstream as they come. Any other body is taken whole first (in memory,
+or spooled when big), then the request goes with it.
+
+A body that does not come whole (the client goes away, is too slow, the disk is full)
+is never sent as whole: its transfer is given up (the far side drops what it has, and
+cuts the upstream's connection if the request had gone on), and a request that had gone
+ahead ends ``failed`` with the problem the caller gets. Nothing else is kept of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from ..pipe.bodies import Bodies, Body, BodyTooLarge
+from ..pipe.sending import Sending, receive_body, stream_for
+from ..pipe.streams import BodyStream
+from ..state.requests import Asker
+from ..wire.messages import Headers
+from .asgi import Receive, body_chunks, too_large, too_large_unread
+from .headers import declared_length
+from .problems import LOWER_ERRORS, HTTPProblem, answered_as
+from .requests import Requests, new_id
+
+STORE = "cannot store the request"
+
+
+@dataclass(frozen=True)
+class Taking:
+    """One request to take: to `remote`, what crosses of it, and for whom."""
+
+    remote: str
+    method: str
+    target: str
+    crossing: Headers
+    ttl: float
+    asker: Asker
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """Takes requests in for peer whose requests, links and body files these are."""
+
+    requests: Requests
+    sending: Sending
+    bodies: Bodies
+    limit: int  # bytes of a body at most
+
+    async def take(self, call: Taking, headers: Mapping[bytes, bytes], receive: Receive) -> str:
+        """Store and send `call` with the body `receive` brings (`headers`, the caller's,
+        say its length); its id. HTTPProblem: 413 past the body limit (at once, without
+        reading the body, when its declared length is), 400/408 for a body that did not
+        come, 503 when the store cannot take it; nothing is half accepted."""
+        length = declared_length(headers.get(b"content-length"))
+        if length is not None and length > self.limit:  # refused before a byte is kept
+            if b"100-continue" in headers.get(b"expect", b"").lower():
+                raise too_large_unread(self.limit)  # before the client sends a byte of it
+            raise too_large(self.limit)
+        stream = stream_for(self.sending, call.remote, new_id(), length, self.limit)
+        if stream is not None:
+            return await self._ahead(call, stream, receive)
+        body = await self._body(receive, None)
+        try:
+            with answered_as(STORE):
+                return await self.requests.submit(
+                    call.remote,
+                    call.method,
+                    call.target,
+                    call.crossing,
+                    body,
+                    call.ttl,
+                    call.asker,
+                )
+        except HTTPProblem:
+            await self._drop(body, None)
+            raise
+
+    async def _ahead(self, call: Taking, stream: BodyStream, receive: Receive) -> str:
+        """Send `call` ahead of its body, then the body as it comes (`stream`); the
+        request fails with the caller's problem if the body does not come whole."""
+        with answered_as(STORE):
+            request_id = await self.requests.submit_ahead(
+                call.remote,
+                call.method,
+                call.target,
+                call.crossing,
+                stream,
+                call.ttl,
+                call.asker,
+            )
+        body = Body()
+        try:
+            body = await self._body(receive, stream)
+            with answered_as(STORE):
+                self.sending.finish(stream, body)
+        except HTTPProblem as problem:
+            await self._drop(body, stream)
+            with contextlib.suppress(*LOWER_ERRORS):  # else the deadline ends it
+                self.requests.fail(request_id, problem.status, problem.title)
+            raise
+        return request_id
+
+    async def _body(self, receive: Receive, stream: BodyStream | None) -> Body:
+        """The request body, spooled to a file when big (sent as `stream` as it arrives,
+        if any); 413 past the body limit."""
+        try:
+            with answered_as(STORE):
+                return await receive_body(
+                    self.bodies, self.sending, body_chunks(receive), self.limit, stream
+                )
+        except BodyTooLarge:
+            raise too_large(self.limit) from None
+
+    async def _drop(self, body: Body, stream: BodyStream | None) -> None:
+        """Let go of the body of a request that could not be stored, or did not come."""
+        if stream is not None and (stream.opened or stream.ahead):  # let the far side know
+            with contextlib.suppress(*LOWER_ERRORS):  # else start-up does
+                self.sending.abandon(stream)
+        elif body.file is not None:
+            await trio.to_thread.run_sync(self.bodies.remove, [body.file])
