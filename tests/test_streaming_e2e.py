@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from mesh.http.asgi import body_chunks, lifespan
@@ -159,3 +160,43 @@ async def test_an_upload_reaches_the_upstream_while_it_still_comes(tmp_path: Pat
                 )
         assert reply.status_code == 200 and reply.text == hashlib.sha256(data).hexdigest()
         await settled(port, tmp_path / "state")
+
+
+async def lying(stream: trio.SocketStream) -> None:
+    """``GET /lie/{declared}/{size}``: a head saying both ``Content-Length: declared``
+    and ``Transfer-Encoding: chunked``, then `size` bytes in chunks (HTTP frames it by
+    the chunks)."""
+    async with stream:
+        head = await read_head(stream)
+        assert head is not None
+        _, declared, size = head.split(b" ")[1].decode().strip("/").split("/")
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+        await stream.send_all(answer % declared.encode())
+        for at in range(0, int(size), 64 * 1024):
+            await stream.send_all(chunk(b"x" * min(64 * 1024, int(size) - at)))
+        await stream.send_all(b"0\r\n\r\n")
+
+
+async def test_a_length_beside_chunked_framing_is_never_trusted(tmp_path: Path) -> None:
+    """An upstream that declares a length but frames its body by chunks, longer, shorter
+    or far longer than it said: the caller gets the body as the chunks framed it, whole,
+    and the far peer stays up (it crashed on a body not of its declared length); an
+    answer over the caller's body limit is cut there, and leaves nothing behind."""
+    async with serve_raw(lying) as url:
+        path, port = two_peers(tmp_path, url, "4MiB")
+        async with running(path) as mesh:
+            alpha = f"http://127.0.0.1:{port}"
+            with trio.fail_after(60):
+                async with httpx.AsyncClient(base_url=alpha, trust_env=False, timeout=30) as client:
+                    for declared, size in (
+                        (2 * MiB, 3 * MiB),
+                        (2 * MiB, MiB + MiB // 2),
+                        (100, 3 * MiB),
+                    ):
+                        reply = await client.get(f"/bravo/lie/{declared}/{size}")
+                        assert reply.status_code == 200 and reply.content == b"x" * size
+                    with pytest.raises(httpx.RemoteProtocolError):  # over alpha's 4 MiB
+                        await client.get(f"/bravo/lie/100/{10 * MiB}")
+            await settled(port, tmp_path / "state")
+            assert await mesh.stop() == 130
+        assert "Traceback" not in mesh.text

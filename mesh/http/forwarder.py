@@ -22,7 +22,7 @@ import trio
 
 from ..config.access import serves
 from ..errors import Complaints
-from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge, incoming_name
+from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
 from ..pipe.flowing import BodyBrokeOff, follow
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending
@@ -285,10 +285,8 @@ class Forwarder:
                 raise BodyTooLarge(self.max_body)  # not a byte of it read or kept
             response = Response(request.id, reply.status, kept, b"")
             if _bodiless(request, reply):
-                body = b"".join([chunk async for chunk in reply.chunks()])
-                return Outcome(dataclasses.replace(response, body=body))
-            declared = declared_length(reply.header(b"content-length"))
-            relayed = await self.relay.answer(asker, response, reply.chunks(), declared)
+                return Outcome(response)
+            relayed = await self.relay.answer(asker, response, reply.chunks(), _declared(reply))
         return Outcome(relayed.response, relayed.body, relayed.stream)
 
     def _declared_too_big(self, request: Request, reply: Reply) -> bool:
@@ -338,12 +336,16 @@ def _crossing(request: Request, reply: Reply, base: str, view: View | None) -> H
 
 
 def _bodiless(request: Request, reply: Reply) -> bool:
-    """Whether `reply` has no body worth streaming: to a HEAD, of a status that has none,
-    or of a size declared small enough to go inside its response."""
-    if request.method == "HEAD" or reply.status in (204, 304) or reply.status < 200:
-        return True
-    length = declared_length(reply.header(b"content-length"))
-    return length is not None and length <= INLINE
+    """Whether `reply` has no body (h11 reads none): to a HEAD, of a status without."""
+    return request.method == "HEAD" or reply.status in (204, 304) or reply.status < 200
+
+
+def _declared(reply: Reply) -> int | None:
+    """The length of `reply`'s body, when its `Content-Length` says it and h11 frames it
+    by that (not when a `Transfer-Encoding` frames it instead)."""
+    if reply.header(b"transfer-encoding") is not None:
+        return None
+    return declared_length(reply.header(b"content-length"))
 
 
 def _path(request: Request) -> str:

@@ -294,7 +294,9 @@ class Ingress:
     async def _accepted(self, send: Send, request_id: str, remote: str, base: str = "") -> None:
         """`accepted`, once what the 202 promises (the request is stored) is on disk."""
         await self.services.durable.synced()
-        await accepted(send, request_id, self.services.requests.retry_after(remote), base)
+        await accepted(
+            send, request_id, self.services.requests.round_trips.retry_after(remote), base
+        )
 
     async def _post(self, remote: str, receive: Receive, send: Send) -> None:
         """``POST /mesh/messages/{peer}``: the body to `peer` as an opaque message."""

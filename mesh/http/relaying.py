@@ -82,8 +82,12 @@ class Relay:
             if broke:  # what came before the break has gone on: now the break
                 await self._give_up(stream, body)
                 raise broke[0]
+            if not stream.opened:  # nothing came after the head: it ends empty
+                assert body.file is not None
+                await trio.to_thread.run_sync(self.bodies.remove, [body.file])
+                return Relayed(response)
             return Relayed(response, body, stream)
-        except (UpstreamError, BodyTooLarge) as exc:
+        except (UpstreamError, BodyTooLarge, ValueError) as exc:  # ValueError: not as declared
             if stream is None:
                 raise
             came = stream.queued

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ..pipe.bodies import Body
+from ..pipe.bodies import Body, incoming_name
 from ..pipe.events import EventHub, LinkEvents, Progress
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending
@@ -185,9 +185,6 @@ class Requests:
         added = self.tables.fail(answer, time.time())
         self.database.after_commit(partial(self._changed, request_id, added, status))
 
-    def retry_after(self, remote: str) -> int:
-        return self.round_trips.retry_after(remote)
-
     def get(self, request_id: str) -> RequestRecord | None:
         return self.tables.get(request_id)
 
@@ -307,6 +304,10 @@ class Requests:
         if (message.body_length or 0) > self.max_body:
             limit = over_limit("this peer's", self.max_body)
             title = f"the response is {limit}"
+            if message.body_id:  # what came of it (while it streamed) is not kept
+                self.receiving.forget_body(item.remote, message.body_id)
+                dropped = [incoming_name(item.remote, message.body_id)]
+                self.database.after_commit(lambda: self.sending.remove_once_synced(dropped))
             end, message = FAILED, problem_response(message.id, self.name, 502, title)
         if message.body_length and message.body_id:
             body_file = await self.receiving.body_arrived(

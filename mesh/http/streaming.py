@@ -65,7 +65,8 @@ class Streamer:
         try:
             await self._body(send, head, prefix, source)
         except Cut as cut:
-            self.log.warning("%s: the answer to %s cut short: %s", remote, head.id, cut)
+            me = self.requests.name
+            self.log.warning("%s: the answer to %s from %s cut short: %s", me, head.id, remote, cut)
             return False
         finally:
             source.close()

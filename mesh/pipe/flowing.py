@@ -40,6 +40,7 @@ async def flow(
     going to; the file goes once nothing needs it."""
     name, fd = bodies.create()
     size = unsynced = 0
+    stream.flowing = True
     try:
         pending = first
         while True:
@@ -49,7 +50,7 @@ async def flow(
                 if size > limit:
                     raise BodyTooLarge(limit)
                 unsynced += await trio.to_thread.run_sync(append, fd, pending)
-            if unsynced and _sync_now(stream, unsynced, rest):
+            if unsynced and _sync_now(unsynced, rest):
                 await _synced(bodies, sending, stream, fd, name, size)
                 unsynced = 0
             try:
@@ -69,12 +70,10 @@ async def flow(
         os.close(fd)
 
 
-def _sync_now(stream: BodyStream, unsynced: int, rest: trio.MemoryReceiveChannel[bytes]) -> bool:
-    """Whether to make what was written durable (and send it) now: a block of it, or,
-    for a body of unknown size, whatever came once nothing more is waiting (a body of a
-    known size goes a block at a time: `Sending.grew`)."""
-    idle = rest.statistics().current_buffer_used == 0
-    return unsynced >= BLOCK or (stream.total is None and idle)
+def _sync_now(unsynced: int, rest: trio.MemoryReceiveChannel[bytes]) -> bool:
+    """Whether to make what was written durable (and send it) now: a block of it, or
+    whatever came once nothing more is waiting."""
+    return unsynced >= BLOCK or rest.statistics().current_buffer_used == 0
 
 
 async def _synced(

@@ -166,12 +166,13 @@ class Sending:
     def grew(self, stream: BodyStream, spool: str, durable: int) -> None:
         """The first `durable` bytes of `stream`'s body file `spool` are durable: store and
         queue its whole blocks among them (and its last one, once all is here); for a
-        body that streams (its total not known), all of them. ValueError past the
-        stream's declared total."""
+        body that flows (`BodyStream.flowing`) or whose total is not known, all of them.
+        ValueError past the stream's declared total."""
         total = stream.total
         if total is not None and durable > total:
             raise ValueError(f"the body is longer than the {total} bytes declared")
-        upto = durable if durable == total or total is None else durable - durable % self.block
+        whole = durable == total or total is None or stream.flowing
+        upto = durable if whole else durable - durable % self.block
         if upto <= stream.queued:
             return
         with self.database.transaction():

@@ -26,6 +26,7 @@ class BodyStream:
     queued: int = 0  # bytes of it stored as fragments so far
     opened: bool = False  # recorded as open: fragments stored, its message not yet
     ahead: bool = False  # its message went before it (the far side waits for the body)
+    flowing: bool = False  # each piece goes once durable (`pipe.flowing`), not by blocks
 
     def progress(self, waiting: int) -> Progress:
         """How far it has got, with `waiting` bytes of its fragments not acknowledged."""
