@@ -161,7 +161,7 @@ async def transfer(
         declared = {**wait, "content-length": str(size)}  # as `curl -T file` would say
         reply = await client.post(f"{base}/sink", content=pattern(size), headers=declared)
         up = time.perf_counter() - began
-        assert reply.status_code == 200, reply.text[:300]
+        assert reply.status_code == 200, (reply.status_code, reply.headers, reply.text[:300])
         assert reply.text == pattern_digest(size), "the upload arrived changed"
         began = time.perf_counter()
         digest, got, first = hashlib.sha256(), 0, 0.0
