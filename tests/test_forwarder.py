@@ -18,6 +18,7 @@ from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import Body
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
+from mesh.wire.messages import Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
 
@@ -142,3 +143,35 @@ async def test_an_upstream_silent_past_its_timeout_is_asked_once(tmp_path: Path)
     assert record is not None and state is FAILED and record.status == 502
     assert "no data from the upstream" in json.loads(record.body)["title"]
     assert len(upstream.received) == 1
+
+
+async def test_an_answer_from_another_peer_than_the_request_went_to_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """carol, a peer alpha also talks to, answers (and sends a streamed head for) the
+    request alpha sent bravo: neither is taken, and bravo's answer is the one kept."""
+    alpha_port, bravo_port, carol_port, upstream_port = free_ports(4)
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(alpha_port, ["bravo", "carol"]),
+            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
+            "carol": peer(carol_port, ["alpha"]),
+        },
+        defaults={"heartbeat": "100ms", "linger": "0s"},
+    )
+    keys.keygen(tmp_path / "keys", ["alpha", "bravo", "carol"])
+    upstream = Upstream(200, b"from bravo", delay=1.0)
+    with trio.fail_after(30):
+        async with served(upstream, upstream_port), trio.open_nursery() as nursery:
+            peers = {p.name: p for p in open_peers(load_roster(path), [])}
+            for running in peers.values():
+                await nursery.start(running.run)
+            alpha, carol = peers["alpha"], peers["carol"].requests.sending
+            request_id = await alpha.requests.submit("bravo", "GET", "/x", (), Body.of(b""), 60)
+            head = Response(request_id, 200, (), b"", body_id="c" * 32)
+            await carol.send("alpha", head)
+            await carol.send("alpha", Response(request_id, 200, (), b"forged by carol"))
+            record = await alpha.requests.wait(request_id, 20)
+            assert record is not None and (record.state, record.body) == (COMPLETED, b"from bravo")
+            nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 import uuid
@@ -37,7 +38,7 @@ from ..state.database import Database
 from ..state.durable import Durability
 from ..state.links import Delivery
 from ..state.requests import NOBODY, Answer, Asker, Event, RequestRecord, RequestTables
-from ..wire.messages import Control, Headers, Kind, Request, Response, unpack_envelope
+from ..wire.messages import Control, Headers, Kind, Message, Request, Response, unpack_envelope
 from .headers import declared_length
 from .problems import is_problem, over_limit, problem_response
 
@@ -98,6 +99,7 @@ class Requests:
         self.link_events, self.progress = link_events, progress
         self.posted, self.max_body = posted, max_body
         self.events: EventHub[RequestEvent] = EventHub()
+        self.log = logging.getLogger(f"mesh.{name}")
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
         self._heads: dict[str, Response | None] = {}  # wanted by a waiter (None until come)
         self._started: dict[str, tuple[str, float]] = {}  # in flight: to whom, since when
@@ -122,38 +124,9 @@ class Requests:
         nothing is half accepted)."""
         request_id = stream.message_id if stream is not None else new_id()
         request = Request(request_id, method, target, headers, body.data, time.time() + ttl)
-        return await self._submit(remote, request, asker, body, stream)
+        return await self.submit_request(remote, request, asker, body, stream)
 
-    async def submit_ahead(
-        self,
-        remote: str,
-        method: str,
-        target: str,
-        headers: Headers,
-        stream: BodyStream,
-        ttl: float,
-        asker: Asker = NOBODY,
-    ) -> str:
-        """As `submit`, for a request whose body is still to come, as `stream` (of a
-        declared size): the request goes now, ahead of its body, and the far side
-        streams the body to its upstream as it comes. `Sending.finish` the stream once
-        the body is whole, or `abandon` it and `fail` the request."""
-        deadline = time.time() + ttl
-        request = Request(
-            stream.message_id,
-            method,
-            target,
-            headers,
-            b"",
-            deadline,
-            stream.total,
-            stream.transfer,
-        )
-        request_id = await self._submit(remote, request, asker)
-        stream.ahead = True
-        return request_id
-
-    async def _submit(
+    async def submit_request(
         self,
         remote: str,
         request: Request,
@@ -161,6 +134,8 @@ class Requests:
         body: Body | None = None,
         stream: BodyStream | None = None,
     ) -> str:
+        """As `submit`, of `request` as made (with `body` when it is in a file, sent as
+        `stream` when it leaves as it arrives)."""
         now = time.time()
         with self.database.transaction():  # one commit for both
             sent = await self.sending.send(remote, request, body, stream)
@@ -258,6 +233,8 @@ class Requests:
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
+                        if not self._from_its_peer(item, message):
+                            continue
                         if isinstance(message, Control):  # it came, but could not be read
                             self._unreadable(item, message)
                             continue
@@ -269,6 +246,18 @@ class Requests:
                         else:
                             await self._answered(item, message)
 
+    def _from_its_peer(self, item: Delivery, message: Message) -> bool:
+        """Whether `message` answers a request of ours that went to the peer it came from
+        (or one unknown here); else it is dropped, and said so."""
+        request_id = message.args.get("id") if isinstance(message, Control) else message.id
+        remote = self.tables.remote_of(str(request_id))
+        if remote in (None, item.remote):
+            return True
+        me, sender = self.name, item.remote
+        self.log.warning("%s: %s answered a request sent to %s: dropped", me, sender, remote)
+        self.receiving.consume([item.id])
+        return False
+
     def _head(self, item: Delivery, head: Response) -> None:
         """The head of an answer whose body streams: the request is ``responded``, and a
         caller waiting for it may start on it now (the answer itself comes once the
@@ -276,9 +265,6 @@ class Requests:
         body over this peer's limit (the request will fail) only moves the request on;
         one from another peer than the request went to is dropped."""
         self.receiving.consume([item.id])
-        record = self.tables.get(head.id)
-        if record is None or record.remote != item.remote:  # not a request of ours to it
-            return
         self._advance(head.id, RESPONDED, time.time())
         length = declared_length(dict(head.headers).get(b"content-length"))
         if head.id in self._heads and (length or 0) <= self.max_body:

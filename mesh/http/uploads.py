@@ -1,8 +1,8 @@
 """A caller's request taken in: stored and sent, with its body.
 
 A body of a declared size over `INLINE` bytes (what ``curl -T`` and most clients send)
-does not wait to be whole: the request goes at once, ahead of its body
-(`Requests.submit_ahead`), the body follows as fragments as it arrives, and the far side
+does not wait to be whole: the request goes at once, ahead of its body (with its
+length and transfer), the body follows as fragments as it arrives, and the far side
 streams it to its upstream as they come. Any other body is taken whole first (in memory,
 or spooled when big), then the request goes with it.
 
@@ -15,6 +15,7 @@ ahead ends ``failed`` with the problem the caller gets. Nothing else is kept of 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from ..pipe.bodies import Bodies, Body, BodyTooLarge
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.requests import Asker
-from ..wire.messages import Headers
+from ..wire.messages import Headers, Request
 from .asgi import Receive, body_chunks, too_large, too_large_unread
 from .headers import declared_length
 from .problems import LOWER_ERRORS, HTTPProblem, answered_as
@@ -86,16 +87,12 @@ class Uploads:
     async def _ahead(self, call: Taking, stream: BodyStream, receive: Receive) -> str:
         """Send `call` ahead of its body, then the body as it comes (`stream`); the
         request fails with the caller's problem if the body does not come whole."""
-        with answered_as(STORE):
-            request_id = await self.requests.submit_ahead(
-                call.remote,
-                call.method,
-                call.target,
-                call.crossing,
-                stream,
-                call.ttl,
-                call.asker,
-            )
+        deadline = time.time() + call.ttl
+        head = (call.method, call.target, call.crossing, b"", deadline)
+        request = Request(stream.message_id, *head, stream.total, stream.transfer)
+        with answered_as(STORE):  # the request, its body to come
+            request_id = await self.requests.submit_request(call.remote, request, call.asker)
+        stream.ahead = True  # given up from now on, the far side is told
         body = Body()
         try:
             body = await self._body(receive, stream)

@@ -142,6 +142,13 @@ class RequestTables(Tables):
             news = _News(request_id, asker.events_url, deadline, asker.signing_key)
             self._post_events(news, [(INITIAL, now)], now)
 
+    def remote_of(self, request_id: str) -> str | None:
+        """The peer request `request_id` went to (None: no such request here)."""
+        row = self._sql.execute(
+            "SELECT remote FROM requests WHERE id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._sql.execute(
             "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
