@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from mesh.config import keys
 from mesh.config.roster import load_roster
 from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
+from mesh.http.relaying import Relay
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import Body
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
@@ -175,3 +177,27 @@ async def test_an_answer_from_another_peer_than_the_request_went_to_is_dropped(
             record = await alpha.requests.wait(request_id, 20)
             assert record is not None and (record.state, record.body) == (COMPLETED, b"from bravo")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_failure_nothing_foresaw_fails_its_request_not_the_peer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bringing an answer back raises what no error map knows: that request ends with
+    bravo's 502 (its outcome unknown, for a POST), and the next one is served."""
+    relay_answer = Relay.answer
+
+    async def failing(self: Relay, asker: str, response: Response, *rest: Any) -> Any:
+        if response.status == 201:
+            raise RuntimeError("a bug")
+        return await relay_answer(self, asker, response, *rest)
+
+    monkeypatch.setattr(Relay, "answer", failing)
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(201, b"made")) as peers:
+            request_id, state = await call(peers["alpha"], "POST", "/x", b"")
+            record = peers["alpha"].requests.get(request_id)
+            assert record is not None and (state, record.status) == (FAILED, 502)
+            assert (b"mesh-outcome", b"unknown") in record.headers
+            monkeypatch.setattr(Relay, "answer", relay_answer)
+            _, state = await call(peers["alpha"], "POST", "/x", b"")
+            assert state is COMPLETED

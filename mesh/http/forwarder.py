@@ -164,8 +164,17 @@ class Forwarder:
     async def _execute(
         self, origin: Origin | None, asker: str, request: Request, interrupted: bool
     ) -> None:
-        outcome = await self._outcome(origin, asker, request, interrupted)
-        await self._until_stored(partial(self._answer, asker, request, outcome))
+        try:
+            outcome = await self._outcome(origin, asker, request, interrupted)
+        except Exception as exc:  # what nothing foresaw: this request fails, not the peer
+            outcome = self._broken(request, exc)
+        try:
+            await self._until_stored(partial(self._answer, asker, request, outcome))
+        except Exception as exc:  # its answer cannot go as it is (not the store's doing)
+            if outcome.stream is not None:
+                self.sending.abandon(outcome.stream)
+            broken = self._broken(request, exc)
+            await self._until_stored(partial(self._answer, asker, request, broken))
         if request.body_id:  # the request's body file has served its purpose
             self.receiving.forget_body(asker, request.body_id)
             self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
@@ -197,6 +206,15 @@ class Forwarder:
             if time.time() > request.deadline:
                 return self._problem(request, 504, "request expired waiting for the upstream")
             return await self._forward(origin, asker, request)
+
+    def _broken(self, request: Request, exc: Exception) -> Outcome:
+        """The answer to `request` when handling it failed in a way nothing foresaw
+        (`exc`, logged with its traceback): a 502, its outcome unknown unless the
+        method is idempotent. A peer that stopped on it would meet it again at restart."""
+        self.log.error("%s: request %s failed: %r", self.name, request.id, exc, exc_info=exc)
+        unknown = {} if request.method in IDEMPOTENT else {"outcome": "unknown"}
+        title = f"{self.name} could not handle the request"
+        return self._problem(request, 502, title, **unknown)
 
     def _problem(self, request: Request, status: int, title: str, **extra: str) -> Outcome:
         return Outcome(problem_response(request.id, self.name, status, title, **extra))
