@@ -14,6 +14,7 @@ import watchfiles
 
 from mesh.config import keys
 from mesh.config.roster import load_roster
+from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import incoming_name
 from mesh.pipe.events import LinkEvent
@@ -23,7 +24,7 @@ from mesh.state.database import Database
 from mesh.state.links import LinkTables
 from mesh.wire.messages import Datagram, Fragment, Kind, Request, unpack_envelope
 from tests.helpers.ports import free_ports
-from tests.helpers.processes import peer, write_roster
+from tests.helpers.processes import peer, served, write_roster
 
 
 def roster_in(tmp_path: Path) -> Path:
@@ -102,12 +103,13 @@ async def test_sending_to_a_peer_not_talked_to_is_refused(tmp_path: Path) -> Non
 MiB = 1 << 20
 
 
-def streaming_roster(tmp_path: Path) -> Path:
-    """Fragments of 1 MiB, so a few MiB make a stream."""
+def streaming_roster(tmp_path: Path, upstream: str | None = None) -> Path:
+    """Fragments of 1 MiB, so a few MiB make a stream (bravo forwarding to `upstream`)."""
     alpha_port, bravo_port = free_ports(2)
+    bravo = peer(bravo_port, ["alpha"], **({"upstream": upstream} if upstream else {}))
     path = write_roster(
         tmp_path,
-        {"alpha": peer(alpha_port, ["bravo"]), "bravo": peer(bravo_port, ["alpha"])},
+        {"alpha": peer(alpha_port, ["bravo"]), "bravo": bravo},
         defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
     )
     keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
@@ -133,10 +135,13 @@ async def gone(path: Path) -> None:
 async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The first MiBs of a body cross before the rest has come; the request that names
+    it reaches bravo's upstream with the whole body."""
     monkeypatch.setattr("mesh.pipe.folder.SYNC_EVERY", MiB)  # durable (and reported) each MiB
-    path = streaming_roster(tmp_path)
+    (upstream_port,) = free_ports(1)
+    path = streaming_roster(tmp_path, f"http://127.0.0.1:{upstream_port}")
     data = os.urandom(5 * MiB + 7)
-    half = trio.Event()
+    half, came, got = trio.Event(), trio.Event(), []
 
     async def arriving() -> AsyncIterator[bytes]:
         for start in range(0, len(data), 64 << 10):
@@ -144,8 +149,17 @@ async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
                 await half.wait()  # the rest comes only once bravo has the first part
             yield data[start : start + (64 << 10)]
 
+    async def upstream(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        got.append(await read_body(receive, 64 * MiB))
+        came.set()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
+        async with served(upstream, upstream_port), trio.open_nursery() as nursery:
             peers = await start(path, nursery)
             alpha, bravo = peers["alpha"], peers["bravo"]
             stream = alpha.links.sending.stream("bravo", uuid.uuid4().hex, len(data))
@@ -161,13 +175,8 @@ async def test_a_body_leaves_while_it_arrives_and_its_message_names_it(
             )
             request = Request(stream.message_id, "PUT", "/", (), b"", 1e10)
             await alpha.links.sending.send("bravo", request, body, stream)
-            async for (item,) in bravo.links.receiving.deliveries(Kind.REQUEST):
-                message = unpack_envelope(item.payload, len(item.payload)).message
-                break
-            assert isinstance(message, Request) and message.id == stream.message_id
-            assert (message.body_length, message.body_id) == (len(data), stream.transfer)
-            name = await bravo.links.receiving.body_arrived("alpha", stream.transfer, len(data))
-            assert bravo.bodies.path(name).read_bytes() == data
+            await came.wait()
+            assert got == [data]
             assert alpha.store.links.streams() == []  # ended with its message
             nursery.cancel_scope.cancel()
 

@@ -176,8 +176,23 @@ class Forwarder:
             broken = self._broken(request, exc)
             await self._until_stored(partial(self._answer, asker, request, broken))
         if request.body_id:  # the request's body file has served its purpose
+            await self._body_ended(asker, request)
             self.receiving.forget_body(asker, request.body_id)
             self.sending.remove_once_synced([incoming_name(asker, request.body_id)])
+
+    async def _body_ended(self, asker: str, request: Request) -> None:
+        """Return once no more of `request`'s body will come (so none lands after it is
+        forgotten): it is whole here, its sender gave it up, it is over this peer's limit
+        (its fragments are refused), or the request's deadline passed. An answer given
+        before the body was whole (a refusal) does not wait for it."""
+        length, transfer = request.body_length or 0, request.body_id or ""
+        if length > self.max_body:
+            return
+        with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
+            while not self.receiving.body_here(asker, transfer, length):
+                if self.receiving.given_up(asker, transfer):
+                    return
+                await self.receiving.delivered()
 
     async def _answer(self, asker: str, request: Request, outcome: Outcome) -> None:
         with self.database.transaction():  # answered and marked so, or neither
@@ -278,13 +293,22 @@ class Forwarder:
         return self._problem(request, 502, f"upstream failed: {exc}")
 
     async def _mark_forwarding(self, asker: str, request: Request, first: bool) -> None:
-        """Mark the execution `forwarding` (and, the first time, tell the caller's peer),
-        and wait until that is on disk: then the upstream may act."""
+        """Mark the execution `forwarding` (`streaming`, for a body that goes on to the
+        upstream as it comes, until its last byte: `_mark_whole`) and, the first time,
+        tell the caller's peer; and wait until that is on disk: then the upstream may
+        act."""
+        state = Execution.STREAMING if request.body_id else Execution.FORWARDING
         with self.database.transaction():  # one commit: marked, and the caller told
-            self.executions.mark(request.id, Execution.FORWARDING, time.time())
+            self.executions.mark(request.id, state, time.time())
             if first:
                 note = Control("forwarded", {"id": request.id, "at": time.time()})
                 self.sending.note(asker, note)  # rides with the response, most likely
+        await self.durable.synced()
+
+    async def _mark_whole(self, request: Request) -> None:
+        """Mark the execution `forwarding`, its body's last byte about to go to the
+        upstream (which may then act), once that is on disk."""
+        self.executions.mark(request.id, Execution.FORWARDING, time.time())
         await self.durable.synced()
 
     async def _exchange(self, origin: Origin, asker: str, request: Request) -> Outcome:
@@ -324,6 +348,7 @@ class Forwarder:
             request.body_id,
             request.body_length,
             request.deadline,
+            partial(self._mark_whole, request),
         )
 
 

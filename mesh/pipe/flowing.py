@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
@@ -108,10 +108,13 @@ async def follow(
     transfer: str,
     length: int,
     deadline: float,
+    before_last: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """The `length` bytes of body `transfer` from `remote`, in order, as their fragments
-    come (`CHUNK` at a time at most), from the file they land in. BodyBrokeOff when its
-    sender gave it up, or it is not whole by `deadline` (wall-clock seconds)."""
+    come (`CHUNK` at a time at most), from the file they land in; `before_last` is
+    awaited before the piece that ends it is given (whoever takes it may then act on the
+    whole). BodyBrokeOff when its sender gave it up, or it is not whole by `deadline`
+    (wall-clock seconds)."""
     prefix = receiving.streamed(remote, transfer)
     path, offset = bodies.path(incoming_name(remote, transfer)), 0
     while offset < length:
@@ -120,6 +123,8 @@ async def follow(
         if here > offset:
             data = await trio.to_thread.run_sync(_read_at, path, offset, min(CHUNK, here - offset))
             offset += len(data)
+            if offset == length:
+                await before_last()
             yield data
             continue
         if prefix.abandoned or receiving.given_up(remote, transfer):

@@ -3,7 +3,10 @@ from the moment it is taken until it is answered. An execution moves ``received`
 ``forwarding`` (durably, before the upstream is called) → ``responded``, or back to
 ``received`` when no connection to the upstream could be made (it never got the request,
 so it may be sent again); one found in ``forwarding`` after a restart has an unknown
-outcome."""
+outcome. A request whose body goes to the upstream as it arrives is ``streaming`` while
+the upstream has only part of it, and ``forwarding`` (durably) before its last byte
+goes: one found ``streaming`` after a restart never reached the upstream whole, so it
+may be sent again."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from .database import Tables
 
 class Execution(StrEnum):
     RECEIVED = "received"  # taken, not sent to the upstream (or known never to have arrived)
+    STREAMING = "streaming"  # with the upstream, its body not whole there: not acted on
     FORWARDING = "forwarding"  # with the upstream: the outcome is unknown until it answers
     RESPONDED = "responded"  # its answer is stored for the caller's peer
 
@@ -69,8 +73,9 @@ class ExecutionTables(Tables):
     def unfinished(self) -> list[Unfinished]:
         """The executions not answered yet, oldest first."""
         rows = self._sql.execute(
-            "SELECT origin, request, state FROM executions WHERE state IN (?, ?) ORDER BY updated",
-            (Execution.RECEIVED, Execution.FORWARDING),
+            "SELECT origin, request, state FROM executions WHERE state IN (?, ?, ?)"
+            " ORDER BY updated",
+            (Execution.RECEIVED, Execution.STREAMING, Execution.FORWARDING),
         )
         return [Unfinished(str(o), bytes(r), Execution(s)) for o, r, s in rows]
 
