@@ -254,15 +254,17 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(
     tmp_path: Path, ports: Ports
 ) -> None:
     """bravo is killed -9 with part of a 48 MiB body here: restarted, it still has those
-    fragments (it goes on from there, not from zero), and the request runs once, whole."""
+    fragments (it goes on from there, not from zero), and the request runs once, whole
+    (the upstream may have had the start of its body before the kill, never its end)."""
     path = roster(tmp_path, ports)
     sent = os.urandom(48 * MiB)
     runs: list[str] = []
 
     async def counting(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            runs.append(scope["path"])
-        await upstream(scope, receive, send)
+        with contextlib.suppress(HTTPProblem):  # a body cut by the kill: never whole
+            await upstream(scope, receive, send)
+            if scope["type"] == "http":
+                runs.append(scope["path"])
 
     slow = ["--delay", "300ms..600ms"]
     with trio.fail_after(120):

@@ -139,7 +139,7 @@ async def test_an_upload_reaches_the_upstream_while_it_still_comes(tmp_path: Pat
     the rest of it only once the upstream has had the first of it (it would wait for
     good if the mesh waited for the whole body), and the upstream gets it whole."""
     (upstream_port,) = free_ports(1)
-    sink, size, first = Sink(), 48 * MiB, 40 * MiB
+    sink, size, first = Sink(), 8 * MiB, 3 * MiB  # each piece goes once durable
     data = random.Random(5).randbytes(size)
 
     async def paced() -> AsyncIterator[bytes]:

@@ -23,7 +23,7 @@ import trio
 
 from ..errors import unwrapped
 from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge
-from ..pipe.flowing import flow
+from ..pipe.flowing import PIECES_AHEAD, flow
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
 from ..state.database import Database
@@ -32,7 +32,6 @@ from .origin import UpstreamError
 from .problems import problem_response
 
 STREAM_AFTER = 0.25  # seconds a body of unknown size may take to end before its head goes
-PIECES_AHEAD = 64  # pieces (up to 64 KiB each) read from the upstream while one is written
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
 import trio
 
 from ..pipe.bodies import Bodies, Body, BodyTooLarge
+from ..pipe.flowing import flow_from
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.requests import Asker
@@ -68,7 +69,7 @@ class Uploads:
         stream = stream_for(self.sending, call.remote, new_id(), length, self.limit)
         if stream is not None:
             return await self._ahead(call, stream, receive)
-        body = await self._body(receive, None)
+        body = await self._body(receive)
         try:
             with answered_as(STORE):
                 return await self.requests.submit(
@@ -90,12 +91,16 @@ class Uploads:
         deadline = time.time() + call.ttl
         head = (call.method, call.target, call.crossing, b"", deadline)
         request = Request(stream.message_id, *head, stream.total, stream.transfer)
-        with answered_as(STORE):  # the request, its body to come
+        with answered_as(STORE), self.requests.database.transaction():  # its body to come
+            self.sending.go_ahead(stream)  # given up from now on, the far side is told
             request_id = await self.requests.submit_request(call.remote, request, call.asker)
-        stream.ahead = True  # given up from now on, the far side is told
         body = Body()
         try:
-            body = await self._body(receive, stream)
+            with answered_as(STORE):  # each piece goes on once durable
+                flowing = flow_from(
+                    self.bodies, self.sending, stream, body_chunks(receive), self.limit
+                )
+                body = await _unless_too_large(flowing, self.limit)
             with answered_as(STORE):
                 self.sending.finish(stream, body)
         except HTTPProblem as problem:
@@ -105,16 +110,12 @@ class Uploads:
             raise
         return request_id
 
-    async def _body(self, receive: Receive, stream: BodyStream | None) -> Body:
-        """The request body, spooled to a file when big (sent as `stream` as it arrives,
-        if any); 413 past the body limit."""
-        try:
-            with answered_as(STORE):
-                return await receive_body(
-                    self.bodies, self.sending, body_chunks(receive), self.limit, stream
-                )
-        except BodyTooLarge:
-            raise too_large(self.limit) from None
+    async def _body(self, receive: Receive) -> Body:
+        """The request body, whole: spooled to a file when big; 413 past the body limit."""
+        with answered_as(STORE):
+            chunks = body_chunks(receive)
+            receiving = receive_body(self.bodies, self.sending, chunks, self.limit, None)
+            return await _unless_too_large(receiving, self.limit)
 
     async def _drop(self, body: Body, stream: BodyStream | None) -> None:
         """Let go of the body of a request that could not be stored, or did not come."""
@@ -123,3 +124,11 @@ class Uploads:
                 self.sending.abandon(stream)
         elif body.file is not None:
             await trio.to_thread.run_sync(self.bodies.remove, [body.file])
+
+
+async def _unless_too_large(body: Awaitable[Body], limit: int) -> Body:
+    """`body`, or HTTPProblem 413 if it is over `limit` bytes."""
+    try:
+        return await body
+    except BodyTooLarge:
+        raise too_large(limit) from None

@@ -18,11 +18,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
+from ..errors import unwrapped
 from .bodies import BLOCK, CHUNK, Bodies, Body, BodyTooLarge, append, incoming_name
 from .folder import fsync_folder
 from .receiving import Receiving
 from .sending import Sending
 from .streams import BodyStream
+
+PIECES_AHEAD = 64  # pieces read (up to 64 KiB each from h11) while one is written
 
 
 async def flow(
@@ -95,6 +98,30 @@ def _ready(channel: trio.MemoryReceiveChannel[bytes], room: int) -> list[bytes]:
             pieces.append(piece)
             room -= len(piece)
     return pieces
+
+
+async def flow_from(
+    bodies: Bodies,
+    sending: Sending,
+    stream: BodyStream,
+    chunks: AsyncIterator[bytes],
+    limit: int,
+) -> Body:
+    """`flow` of the body `chunks` bring, read while the last piece is written. What
+    reading them raises is raised (`stream` given up)."""
+    send, receive = trio.open_memory_channel[bytes](PIECES_AHEAD)
+
+    async def pump() -> None:
+        async with send:
+            async for chunk in chunks:
+                if chunk:
+                    await send.send(chunk)
+
+    with unwrapped():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            return await flow(bodies, sending, stream, [], receive, limit)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class BodyBrokeOff(Exception):

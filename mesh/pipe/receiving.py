@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .bodies import incoming_name
 from .events import EventHub, LinkEvents, Progress
 from .inbox import open_regular
 from .opening import Opened, Reader
+
+DONE_KEPT = 4096  # bodies done with, per remote, whose late fragments are dropped
 
 
 class Receiving:
@@ -44,6 +47,7 @@ class Receiving:
         self.log = logging.getLogger(f"mesh.{protocol.me}")
         self._delivered = trio.Event()
         self._streaming: dict[tuple[str, str], Prefix] = {}  # arriving: what is here from 0
+        self._done: dict[str, OrderedDict[str, None]] = {}  # per remote, bodies done with
 
     async def store(
         self, arrival: Arrival, path: Path, scanned: ScannedFile, content: bytes | None
@@ -54,7 +58,9 @@ class Receiving:
         if not arrival.deliver and arrival.verdict is not Verdict.NEW_EPOCH:
             return
         remote = arrival.remote
-        given_up = self.tables.abandoned(remote) if arrival.deliver else set()
+        given_up = set()
+        if arrival.deliver:  # fragments of these are dropped: given up, or done with
+            given_up = self.tables.abandoned(remote) | self._done.get(remote, {}).keys()
         if content is not None:
             opened = self.reader.open(
                 remote, arrival.deliver, io.BytesIO(content), scanned, given_up
@@ -161,7 +167,13 @@ class Receiving:
         self.tables.consume(ids)
 
     def forget_body(self, remote: str, transfer: str) -> None:
-        """Body `transfer` from `remote` has served its purpose: stop counting it."""
+        """Body `transfer` from `remote` has served its purpose: stop counting it, and
+        drop any fragment of it that comes late (a resend, a reordered file), for the
+        last `DONE_KEPT` bodies (in memory: not across a restart)."""
+        done = self._done.setdefault(remote, OrderedDict())
+        done[transfer] = None
+        while len(done) > DONE_KEPT:
+            done.popitem(last=False)
         self._streaming.pop((remote, transfer), None)
         self.tables.forget_transfer(remote, transfer)
 

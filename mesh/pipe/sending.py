@@ -196,6 +196,16 @@ class Sending:
             rows.append(OutboundRow(seq, pack(Envelope(seq, fragment)), stream.spool, length))
         return rows
 
+    def go_ahead(self, stream: BodyStream) -> None:
+        """`stream`'s message goes before its body (the far side then waits for the
+        body): recorded with the message (inside the caller's transaction), so that a
+        stop before the body's end gives it up at start-up. KeyError for a remote this
+        peer does not talk to."""
+        self._check(stream.remote)
+        ahead = _ahead_name(stream.transfer)
+        self.tables.open_stream(ahead, stream.remote, stream.transfer, stream.message_id)
+        self.database.after_commit(lambda: setattr(stream, "ahead", True))
+
     def abandon(self, stream: BodyStream) -> None:
         """Give `stream` up: if any of it was queued, or its message went ahead of it,
         tell the far side to drop what it has of it (its fragments still go; the file
@@ -210,6 +220,7 @@ class Sending:
 
     def _close(self, stream: BodyStream) -> None:
         """`stream` is ended (inside the caller's transaction)."""
+        self.tables.close_stream(_ahead_name(stream.transfer))  # if its message went ahead
         spool = stream.spool
         if spool is None or not stream.opened:
             return
@@ -278,6 +289,12 @@ class Sending:
             stream = self._sending.get(spool, BodyStream(remote, "", 0))
             found.append(stream.progress(waiting))
         return found
+
+
+def _ahead_name(transfer: str) -> str:
+    """The name under which a body whose message went ahead of it is recorded as open
+    until its first piece is (no body file has it)."""
+    return f"ahead-{transfer}"
 
 
 async def receive_body(
