@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import trio
 
 from ..errors import unwrapped
+from . import folder
 from .bodies import BLOCK, CHUNK, Bodies, Body, BodyTooLarge, append, incoming_name
 from .folder import fsync_folder
 from .receiving import Receiving
@@ -53,7 +54,7 @@ async def flow(
                 if size > limit:
                     raise BodyTooLarge(limit)
                 unsynced += await trio.to_thread.run_sync(append, fd, pending)
-            if unsynced and _sync_now(unsynced, rest):
+            if unsynced and _sync_now(stream, unsynced, rest):
                 await _synced(bodies, sending, stream, fd, name, size)
                 unsynced = 0
             try:
@@ -73,10 +74,13 @@ async def flow(
         os.close(fd)
 
 
-def _sync_now(unsynced: int, rest: trio.MemoryReceiveChannel[bytes]) -> bool:
-    """Whether to make what was written durable (and send it) now: a block of it, or
-    whatever came once nothing more is waiting."""
-    return unsynced >= BLOCK or rest.statistics().current_buffer_used == 0
+def _sync_now(stream: BodyStream, unsynced: int, rest: trio.MemoryReceiveChannel[bytes]) -> bool:
+    """Whether to make what was written durable (and send it) now: whatever came once
+    nothing more is waiting; while more keeps coming, its first block (so its first
+    bytes leave at once), then each `folder.SYNC_EVERY` (a fast body is synced as a
+    file written whole would be)."""
+    enough = folder.SYNC_EVERY if stream.opened else BLOCK
+    return unsynced >= enough or rest.statistics().current_buffer_used == 0
 
 
 async def _synced(
