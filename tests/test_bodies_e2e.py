@@ -83,7 +83,9 @@ def peak_rss(process: MeshProcess) -> int:
     raise AssertionError("no VmHWM")
 
 
-def roster(tmp_path: Path, ports: Ports) -> Path:
+def roster(tmp_path: Path, ports: Ports, **defaults: str) -> Path:
+    """alpha and bravo with their own outboxes and inboxes (for mirrors between them),
+    bravo before the upstream; `defaults` over these tests' own."""
     callbacks = [f"http://127.0.0.1:{ports.receiver}/*"]
     path = write_roster(
         tmp_path,
@@ -105,6 +107,7 @@ def roster(tmp_path: Path, ports: Ports) -> Path:
             "settle": "300ms",
             "fragment_size": "8MiB",
             "body_limit": "256MiB",
+            **defaults,
         },
     )
     keygen(path)

@@ -17,7 +17,8 @@ from mesh.cli.status import collect
 from mesh.config.roster import load_roster
 from mesh.http.asgi import body_chunks, lifespan
 from tests.helpers.ports import Ports
-from tests.helpers.processes import keygen, mesh_up, mirror, peer, served, write_roster
+from tests.helpers.processes import mesh_up, mirror, served
+from tests.test_bodies_e2e import roster as bodies_roster
 
 MiB = 1 << 20
 BODY = 1 << 30
@@ -44,29 +45,10 @@ async def chunks(body: bytes) -> AsyncIterator[bytes]:
 
 
 def roster(tmp_path: Path, ports: Ports) -> Path:
-    path = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(ports.alpha, ["bravo"], outbox="a-out", inbox="a-in"),
-            "bravo": peer(
-                ports.bravo,
-                ["alpha"],
-                outbox="b-out",
-                inbox="b-in",
-                upstream=f"http://127.0.0.1:{ports.upstream}",
-            ),
-        },
-        defaults={
-            "heartbeat": "500ms",
-            "resend_after": "4s",
-            "settle": "300ms",
-            "body_limit": "2GiB",
-        },
+    """The body tests' roster, with files as big as a link allows to begin with."""
+    return bodies_roster(
+        tmp_path, ports, heartbeat="500ms", fragment_size="256MiB", body_limit="2GiB"
     )
-    keygen(path)
-    for folder in ("a-out", "b-out", "a-in", "b-in"):
-        (tmp_path / folder).mkdir()
-    return path
 
 
 async def test_a_gib_crosses_a_pipe_that_cuts_files_of_64_mib_and_the_size_is_learned(

@@ -23,7 +23,7 @@ import trio
 
 from ..errors import unwrapped
 from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge
-from ..pipe.flowing import PIECES_AHEAD, flow
+from ..pipe.flowing import PIECES_AHEAD, flow, pump
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
 from ..state.database import Database
@@ -118,15 +118,12 @@ class Relay:
 async def _pump(
     chunks: AsyncIterator[bytes], into: trio.MemorySendChannel[bytes], broke: list[UpstreamError]
 ) -> None:
-    """Move `chunks` into the channel, and close it at their end, or when they break
-    (then what broke them is added to `broke`: what came before still goes on)."""
-    async with into:
-        try:
-            async for chunk in chunks:
-                if chunk:
-                    await into.send(chunk)
-        except UpstreamError as exc:
-            broke.append(exc)
+    """`pump`, and when `chunks` break, what broke them is added to `broke` (what came
+    before still goes on)."""
+    try:
+        await pump(chunks, into)
+    except UpstreamError as exc:
+        broke.append(exc)
 
 
 async def _gathered(

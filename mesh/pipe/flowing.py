@@ -114,18 +114,20 @@ async def flow_from(
     """`flow` of the body `chunks` bring, read while the last piece is written. What
     reading them raises is raised (`stream` given up)."""
     send, receive = trio.open_memory_channel[bytes](PIECES_AHEAD)
-
-    async def pump() -> None:
-        async with send:
-            async for chunk in chunks:
-                if chunk:
-                    await send.send(chunk)
-
     with unwrapped():
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump)
+            nursery.start_soon(pump, chunks, send)
             return await flow(bodies, sending, stream, [], receive, limit)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def pump(chunks: AsyncIterator[bytes], into: trio.MemorySendChannel[bytes]) -> None:
+    """Move `chunks` (the empty ones dropped) into the channel, and close it at their
+    end, or when reading them raises (raised on)."""
+    async with into:
+        async for chunk in chunks:
+            if chunk:
+                await into.send(chunk)
 
 
 class BodyBrokeOff(Exception):
