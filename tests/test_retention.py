@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import trio
@@ -106,6 +107,46 @@ def test_only_the_mailboxs_unconsumed_messages_expire(tmp_path: Path) -> None:
     store.links.deliver("alpha", EPOCH, messages, ReceivedState(2), [], 10.0)
     assert store.retention.unconsumed(Kind.DATAGRAM, 20.0, 100, 1 << 30) == 1
     assert [d.kind for d in store.links.delivered(0)] == [Kind.REQUEST]
+
+
+def _give_up(store: Store, transfer: str, at: float, seq: int) -> None:
+    """Body `transfer` from alpha, given up by its sender at `at` (its `seq`-th message)."""
+    received = ReceivedState(seq)
+    store.links.deliver("alpha", EPOCH, [], received, [], at, abandoned=[transfer])
+
+
+def test_marks_of_bodies_given_up_go_once_retention_passed(tmp_path: Path) -> None:
+    """They only drop late fragments of a body given up: kept for the retention, then
+    swept (a peer running for months would load ever more of them per file)."""
+    store = Store(tmp_path)
+    old, recent = "1" * 32, "2" * 32
+    _give_up(store, old, 10.0, 1)
+    _give_up(store, recent, 30.0, 2)
+    _give_up(store, old, 40.0, 3)  # told again: it still ages from the first time
+    store.links.deliver("alpha", EPOCH, [], ReceivedState(4), [], 40.0, [("3" * 32, "m", 9, 4)])
+    assert store.retention.abandoned_transfers(20.0, 100) == 1
+    assert store.links.abandoned("alpha") == {recent}
+    assert store.links.transfer_received("alpha", "3" * 32) == 4  # one still coming: kept
+    assert store.retention.abandoned_transfers(1e9, 100) == 1
+    assert store.links.abandoned("alpha") == set()
+    assert store.links.transfer_received("alpha", "3" * 32) == 4
+
+
+def test_marks_of_bodies_given_up_before_they_were_dated_age_from_the_start(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path)
+    _give_up(store, "1" * 32, 10.0, 1)
+    store.close()
+    sql = sqlite3.connect(tmp_path / "state.sqlite")
+    sql.execute("ALTER TABLE transfers DROP COLUMN abandoned_at")
+    sql.commit()
+    sql.close()
+    before = time.time()
+    reopened = Store(tmp_path)
+    assert reopened.retention.abandoned_transfers(before - 1, 100) == 0
+    assert reopened.links.abandoned("alpha") == {"1" * 32}
+    assert reopened.retention.abandoned_transfers(time.time() + 1, 100) == 1
 
 
 def test_a_state_from_before_retention_counts_ended_requests_from_their_deadline(

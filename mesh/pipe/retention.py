@@ -47,6 +47,7 @@ class Swept:
     requests: int = 0
     executions: int = 0
     messages: int = 0
+    transfers: int = 0  # marks of bodies given up
     body_files: int = 0
     free_pages: int = 0  # handed back to the filesystem
 
@@ -64,7 +65,9 @@ class Retention:
     ) -> None:
         self.tables, self.remove, self.retention = tables, remove, retention
         self.complaints = complaints
-        self.rows = dict.fromkeys(("requests", "executions", "messages", "pages"), FIRST_BATCH)
+        self.rows = dict.fromkeys(
+            ("requests", "executions", "messages", "transfers", "pages"), FIRST_BATCH
+        )
         self.swept = Swept()
         self.batch_timed: Callable[[float], None] = lambda seconds: None  # told each batch's
 
@@ -90,6 +93,7 @@ class Retention:
         executions = self.tables.answered_executions
         swept.executions += await self._batches("executions", executions, cutoff)
         swept.messages += await self._batches("messages", self._messages, cutoff)
+        swept.transfers += await self._batches("transfers", self._transfers, cutoff)
         swept.free_pages += await self._give_back()
 
     def _requests(self, cutoff: float, rows: int, size: int) -> int:
@@ -100,6 +104,9 @@ class Retention:
 
     def _messages(self, cutoff: float, rows: int, size: int) -> int:
         return self.tables.unconsumed(Kind.DATAGRAM, cutoff, rows, size)
+
+    def _transfers(self, cutoff: float, rows: int, size: int) -> int:
+        return self.tables.abandoned_transfers(cutoff, rows)  # rows of a few bytes each
 
     async def _give_back(self) -> int:
         """Hand back free pages beyond what a steady load reuses, once more than twice

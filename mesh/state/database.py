@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS transfers (  -- bodies arriving in fragments
     have INTEGER NOT NULL,
     message TEXT NOT NULL DEFAULT '',  -- the request or response it is the body of
     abandoned INTEGER NOT NULL DEFAULT 0,  -- the sender gave it up: take no more of it
+    abandoned_at REAL,  -- when it was given up (retention counts from it)
     PRIMARY KEY (remote, id)
 );
 CREATE TABLE IF NOT EXISTS streams (  -- bodies sent in fragments while still arriving
@@ -173,6 +174,7 @@ class Database:
             "transfers": (
                 "message TEXT NOT NULL DEFAULT ''",
                 "abandoned INTEGER NOT NULL DEFAULT 0",
+                "abandoned_at REAL",
             ),
         }
         for table, columns in added.items():
@@ -185,6 +187,11 @@ class Database:
         self.connection.execute(
             "UPDATE requests SET ended = deadline"
             " WHERE ended IS NULL AND state IN ('completed', 'failed')"
+        )
+        # Transfers given up before that was dated: retention counts from this start.
+        self.connection.execute(
+            "UPDATE transfers SET abandoned_at = ? WHERE abandoned AND abandoned_at IS NULL",
+            (time.time(),),
         )
 
     def _epoch(self) -> str:

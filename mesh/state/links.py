@@ -202,9 +202,10 @@ class LinkTables(Tables):
                 ((remote, t, m, total, length) for t, m, total, length in fragments),
             )
             self._sql.executemany(
-                "INSERT INTO transfers (remote, id, total, have, abandoned) VALUES (?, ?, 0, 0, 1)"
-                " ON CONFLICT (remote, id) DO UPDATE SET abandoned = 1",
-                ((remote, transfer) for transfer in abandoned),
+                "INSERT INTO transfers (remote, id, total, have, abandoned, abandoned_at)"
+                " VALUES (?, ?, 0, 0, 1, ?) ON CONFLICT (remote, id) DO UPDATE"
+                " SET abandoned = 1, abandoned_at = coalesce(abandoned_at, excluded.abandoned_at)",
+                ((remote, transfer, now) for transfer in abandoned),
             )
             for seq, kind, payload in messages:
                 cursor = self._sql.execute(

@@ -12,6 +12,8 @@ removed:
   to remove once the deletion is on disk;
 - the far side's executions answered before the cutoff;
 - delivered messages of one kind (the mailbox's) not consumed by the cutoff;
+- the marks of bodies their senders gave up before the cutoff (their files went when
+  they were given up; a mark only drops fragments of them still on the way);
 - free pages, handed back to the filesystem (the database file shrinks at the next
   checkpoint), when the database was made able to (`auto_vacuum`, as every new one is).
 
@@ -82,6 +84,16 @@ class RetentionTables(Tables):
             cursor = self._sql.execute(
                 f"DELETE FROM inbound WHERE id IN ({_UNCONSUMED})",
                 {"kind": kind, "cutoff": cutoff, "rows": rows, "bytes": size},
+            )
+        return cursor.rowcount
+
+    def abandoned_transfers(self, cutoff: float, rows: int) -> int:
+        """Remove the marks of the oldest bodies given up before `cutoff`; how many."""
+        with self._database.transaction():
+            cursor = self._sql.execute(
+                "DELETE FROM transfers WHERE rowid IN (SELECT rowid FROM transfers"
+                " WHERE abandoned AND abandoned_at < ? ORDER BY abandoned_at LIMIT ?)",
+                (cutoff, rows),
             )
         return cursor.rowcount
 
