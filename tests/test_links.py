@@ -244,3 +244,33 @@ async def test_a_body_cut_off_by_a_stop_is_abandoned_at_start(
             )
             assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
             nursery.cancel_scope.cancel()
+
+
+async def test_fragments_over_the_far_limit_are_refused_with_one_line_a_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body over bravo's limit is refused fragment by fragment (acknowledged, never
+    kept): logged once for the file that brought them, not once each."""
+    path = streaming_roster(tmp_path)
+    text = path.read_text().replace("bravo:\n", "bravo:\n    body_limit: 1MiB\n", 1)
+    path.write_text(text)
+    transfer, message_id = uuid.uuid4().hex, uuid.uuid4().hex
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            assert bravo.settings.body_limit == MiB
+            with alpha.store.database.transaction():  # queued together: one file
+                for n in range(5):
+                    piece = Fragment(message_id, transfer, n, n * 1024, 8 * MiB, b"x" * 1024)
+                    await alpha.links.sending.send("bravo", piece)
+                marker = await alpha.links.sending.send("bravo", Datagram(uuid.uuid4().hex, b""))
+            await until(
+                bravo.links.receiving,
+                lambda: bravo.links.protocol.status("alpha").received_upto >= marker.seq,
+            )
+            nursery.cancel_scope.cancel()
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert "over the body limit" in refused[0] and "(and 4 more in " in refused[0]
+    assert not bravo.bodies.path(incoming_name("alpha", transfer)).exists()

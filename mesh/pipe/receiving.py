@@ -69,11 +69,19 @@ class Receiving:
             opened = await trio.to_thread.run_sync(
                 self._open_file, remote, arrival.deliver, path, scanned, given_up
             )
-        for seq, problem in opened.refused:
+        if opened.refused:
             # Authentic but malformed: never delivered, but acknowledged so the sender
-            # stops resending what can never be taken.
+            # stops resending what can never be taken. One line a file (the fragments of
+            # a body over the limit are refused by the hundred).
+            seq, problem = opened.refused[0]
+            more = len(opened.refused) - 1
             self.log.error(
-                "%s: message %d from %s refused: %s", self.protocol.me, seq, remote, problem
+                "%s: message %d from %s refused: %s%s",
+                self.protocol.me,
+                seq,
+                remote,
+                problem,
+                f" (and {more} more in {path.name})" if more else "",
             )
         taken = [seq for seq in arrival.deliver if seq not in opened.unread]
         receipt = self.protocol.receipt(remote, taken)
