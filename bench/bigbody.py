@@ -33,12 +33,13 @@ from typing import Any
 import httpx
 import trio
 import yaml
-from throughput import started  # bench/ is on the path when run as a script
+from ports import free_ports  # bench/ is on the path when run as a script
+from throughput import started
 
 from mesh.config.units import format_size, parse_size
 from mesh.http.asgi import body_chunks, lifespan
 
-UPSTREAM, ALPHA, BRAVO = 18395, 18396, 18397
+UPSTREAM, ALPHA, BRAVO = free_ports(3)
 # 16 MiB of seeded random bytes, repeated: incompressible (zstd's window is smaller).
 BLOCK = random.Random(0).randbytes(16 << 20)
 CHUNK = 1 << 20

@@ -27,7 +27,6 @@ import itertools
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,8 +40,9 @@ from typing import Any
 import httpx
 import trio
 import yaml
+from ports import free_ports  # bench/ is on the path when run as a script
 from prometheus_client.parser import text_string_to_metric_families
-from throughput import started  # bench/ is on the path when run as a script
+from throughput import started
 
 from mesh.config.units import parse_duration
 
@@ -96,15 +96,6 @@ class Sample:
     @property
     def rate(self) -> float:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` TCP ports free on loopback now (each bound to port 0, then let go)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def roster(folder: Path, ports: dict[str, int], upstream: int, retention: str) -> Path:

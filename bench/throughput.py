@@ -36,11 +36,12 @@ from typing import Any
 import httpx
 import trio
 import yaml
-from wrk import Measured, ensure_wrk, wrk  # bench/ is on the path when run as a script
+from ports import free_ports  # bench/ is on the path when run as a script
+from wrk import Measured, ensure_wrk, wrk
 
 from mesh.http.asgi import lifespan, read_body
 
-UPSTREAM, ALPHA = 18390, 18391
+UPSTREAM, ALPHA, BRAVO = free_ports(3)
 
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -66,7 +67,7 @@ def roster(folder: Path, linger: str, token: str | None = None) -> Path:
         "defaults": {"heartbeat": "2s", "linger": linger},
         "peers": {
             "alpha": peer(ALPHA, "bravo", **callers(token)),
-            "bravo": peer(ALPHA + 1, "alpha", upstream=f"http://127.0.0.1:{UPSTREAM}"),
+            "bravo": peer(BRAVO, "alpha", upstream=f"http://127.0.0.1:{UPSTREAM}"),
         },
     }
     path = folder / "roster.yaml"
@@ -197,7 +198,7 @@ async def through_mesh(
         for name in ("alpha", "bravo")
     ]
     try:
-        await started(f"http://127.0.0.1:{ALPHA + 1}/mesh/status")
+        await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
         await started(f"http://127.0.0.1:{ALPHA}/mesh/status", token=token)
         if any(process.returncode is not None for process in peers):
             raise SystemExit("a peer exited at start: is another one using its port?")
@@ -206,7 +207,7 @@ async def through_mesh(
             async def files() -> list[int]:
                 """Files each peer wrote to the other so far."""
                 written = []
-                for port, other in ((ALPHA, "bravo"), (ALPHA + 1, "alpha")):
+                for port, other in ((ALPHA, "bravo"), (BRAVO, "alpha")):
                     status = (await client.get(f"http://127.0.0.1:{port}/mesh/status")).json()
                     written.append(status["links"][other]["files"])
                 return written
