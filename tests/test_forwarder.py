@@ -5,6 +5,7 @@ upstream HTTP server on loopback (no subprocesses). A request is submitted at al
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,11 +17,13 @@ import trio
 from mesh.config import keys
 from mesh.config.roster import load_roster
 from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
+from mesh.http.forwarder import Forwarder
 from mesh.http.relaying import Relay
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import Body
+from mesh.pipe.streams import ABANDON
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
-from mesh.wire.messages import Response
+from mesh.wire.messages import Control, Request, Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
 
@@ -201,3 +204,47 @@ async def test_a_failure_nothing_foresaw_fails_its_request_not_the_peer(
             monkeypatch.setattr(Relay, "answer", relay_answer)
             _, state = await call(peers["alpha"], "POST", "/x", b"")
             assert state is COMPLETED
+
+
+class Counting(Upstream):
+    """An upstream that counts the requests that reach it at all (body read or not)."""
+
+    def __init__(self) -> None:
+        super().__init__(200, b"")
+        self.started = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.started += 1
+        await super().__call__(scope, receive, send)
+
+
+async def test_a_request_whose_body_was_given_up_before_it_was_taken_never_reaches_the_upstream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that went ahead of its body, and the word that the body was given up
+    (its caller left), both here before bravo takes the request: bravo answers it
+    without opening a connection to the upstream for a body that will never come."""
+    upstream = Counting()
+    transfer = "a" * 32
+    answers: list[Response] = []
+    answer = Forwarder._answer
+
+    async def noted(self: Forwarder, asker: str, request: Request, outcome: Any) -> None:
+        answers.append(outcome.response)
+        await answer(self, asker, request, outcome)
+
+    monkeypatch.setattr(Forwarder, "_answer", noted)
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream) as peers:
+            alpha = peers["alpha"]
+            request = Request("b" * 32, "POST", "/x", (), b"", time.time() + 60, 8 * MiB, transfer)
+            with alpha.store.database.transaction():  # one file, in this order
+                await alpha.links.sending.send("bravo", request)
+                await alpha.links.sending.send("bravo", Control(ABANDON, {"transfer": transfer}))
+            answered = alpha.links.protocol.status  # bravo's first message: its answer
+            while answered("bravo").received_upto < 1:
+                await alpha.links.receiving.delivered()
+    assert upstream.started == 0
+    [refused] = answers
+    assert refused.status == 400 and "body up" in json.loads(refused.body)["title"]

@@ -220,6 +220,9 @@ class Forwarder:
         async with self.limit:  # the upstream may be busy past the deadline
             if time.time() > request.deadline:
                 return self._problem(request, 504, "request expired waiting for the upstream")
+            if request.body_id and self.receiving.given_up(asker, request.body_id):
+                title = f"{asker} gave the request's body up before it came whole"
+                return self._problem(request, 400, title)  # no upstream connection for it
             return await self._forward(origin, asker, request)
 
     def _broken(self, request: Request, exc: Exception) -> Outcome:
