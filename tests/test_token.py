@@ -120,7 +120,7 @@ def test_the_admin_line_is_a_comment_that_opens_mesh_routes(roster: Path) -> Non
 def test_how_to_call_names_the_listen_address_and_a_peer_talked_to(roster: Path) -> None:
     output = token(roster, name="billing")
     assert "curl -x http://billing:TOKEN@127.0.0.1:8081 http://bravo/path" in output
-    assert "HTTP_PROXY=http://billing:TOKEN@127.0.0.1:8081" in output
+    assert "http_proxy=http://billing:TOKEN@127.0.0.1:8081" in output
     assert "Add callers: under alpha in" in output  # it has none yet
 
 

@@ -33,7 +33,7 @@ from ..config.roster import (
 from ..errors import ConfigError, leaves
 from ..http.asgi import check_tls, serve_at
 from ..http.echo import echo_app
-from ..http.listening import raise_open_file_limit
+from ..http.listening import connection_limit, raise_open_file_limit
 from ..peer import Peer, open_peers, run_peers
 from ..wire.names import PEER_NAME, PEER_NAME_RULE
 from . import logs
@@ -111,7 +111,12 @@ def up(
     if problems:
         _problems(roster, problems)
     files = raise_open_file_limit()
-    logging.getLogger("mesh").info("mesh: up to %d open files; connections wait beyond", files)
+    logging.getLogger("mesh").info(
+        "mesh: %d open files allowed: up to %d connections at once, more wait in the"
+        " kernel's queue",
+        files,
+        connection_limit(),
+    )
     echo_at = _echo_address(echo)
     try:
         code = _up(loaded, list(peers), echo_at)
@@ -282,7 +287,8 @@ def _how_to_call(name: str, settings: PeerSettings) -> str:
     lines = [
         f"{name} calls through {settings.name} with the token in place of TOKEN, e.g.:",
         f"  curl -x {proxy}{extra} http://{far}/path",
-        f"  HTTP_PROXY={proxy} (or the header Proxy-Authorization: Bearer TOKEN)",
+        f"  http_proxy={proxy} (lowercase: curl reads no other; or the header"
+        " Proxy-Authorization: Bearer TOKEN)",
         f"  with admin: true, also curl -H 'Authorization: Bearer TOKEN' "
         f"{scheme}://{host}:{address.port}/mesh/status",
     ]
