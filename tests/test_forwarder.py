@@ -248,3 +248,20 @@ async def test_a_request_whose_body_was_given_up_before_it_was_taken_never_reach
     assert upstream.started == 0
     [refused] = answers
     assert refused.status == 400 and "body up" in json.loads(refused.body)["title"]
+
+
+async def test_forwarded_keeps_the_far_peers_time_when_it_comes_with_the_answer(
+    tmp_path: Path,
+) -> None:
+    """bravo's note that it forwarded the request waits for its next file, which is the
+    answer's (its heartbeat is far off): the note is read first, so ``forwarded``
+    carries bravo's time, the upstream's 0.3 s before ``responded``."""
+    with trio.fail_after(30):
+        async with mesh(
+            tmp_path, Upstream(200, b"ok", delay=0.3), bravo={"heartbeat": "10s"}
+        ) as peers:
+            request_id, state = await call(peers["alpha"], "POST", "/x", b"")
+            record = peers["alpha"].requests.get(request_id)
+    assert record is not None and state is COMPLETED
+    at = dict(record.events)
+    assert at["responded"] - at["forwarded"] >= 0.25, record.events

@@ -55,11 +55,11 @@ class Mailbox:
         for one; a cursor of another `epoch` reads from the start."""
         if epoch is not None and epoch != self.epoch:
             after = 0  # a cursor into a state that is gone
-        items = self.tables.delivered(after, limit, Kind.DATAGRAM)
+        items = self.tables.delivered(after, limit, (Kind.DATAGRAM,))
         with trio.move_on_after(wait):
             while not items:
                 await self.receiving.delivered()
-                items = self.tables.delivered(after, limit, Kind.DATAGRAM)
+                items = self.tables.delivered(after, limit, (Kind.DATAGRAM,))
         if items:  # handed out only once on disk: a power cut must not deliver them again
             await self.durable.synced()
         return {"epoch": self.epoch, "messages": [_as_json(item) for item in items]}

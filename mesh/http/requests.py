@@ -226,13 +226,17 @@ class Requests:
         """Take responses as they are delivered, and follow what happens to requests."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_link_events)
-            nursery.start_soon(self._follow_notes)
             nursery.start_soon(self._follow_transfers)
             nursery.start_soon(self._expire)
-            async for batch in self.receiving.deliveries(Kind.RESPONSE):
+            # Notes and answers in the order they came: a note that came with its answer
+            # (in one file) is read first, and its time kept
+            async for batch in self.receiving.deliveries(Kind.RESPONSE, Kind.CONTROL):
                 with self.database.transaction():  # one commit for all those here
                     for item in batch:
                         message = unpack_envelope(item.payload, len(item.payload)).message
+                        if item.kind == Kind.CONTROL:
+                            self._noted(item, message)
+                            continue
                         if not self._from_its_peer(item, message):
                             continue
                         if isinstance(message, Control):  # it came, but could not be read
@@ -324,17 +328,13 @@ class Requests:
                 self.database.after_commit(partial(self._changed, request_id, added, 504))
             await trio.sleep(EXPIRY_CHECK)
 
-    async def _follow_notes(self) -> None:
-        """The far side's notes on our requests (``forwarded``), as they are delivered."""
-        async for batch in self.receiving.deliveries(Kind.CONTROL):
-            with self.database.transaction():
-                for item in batch:
-                    message = unpack_envelope(item.payload, len(item.payload)).message
-                    assert isinstance(message, Control)
-                    request_id, at = message.args.get("id"), message.args.get("at")
-                    if message.op == "forwarded" and isinstance(request_id, str):
-                        self._advance(request_id, FORWARDED, float(at or time.time()))
-                self.receiving.consume([item.id for item in batch])
+    def _noted(self, item: Delivery, note: Message) -> None:
+        """The far side's note on a request of ours (``forwarded``, with its time)."""
+        assert isinstance(note, Control)
+        request_id, at = note.args.get("id"), note.args.get("at")
+        if note.op == "forwarded" and isinstance(request_id, str):
+            self._advance(request_id, FORWARDED, float(at or time.time()))
+        self.receiving.consume([item.id])
 
     async def _follow_transfers(self) -> None:
         """Progress of our requests' bodies going out and their responses' coming in, as

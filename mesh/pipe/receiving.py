@@ -3,7 +3,7 @@ received-state that acknowledges them (fragments into their body files), and onl
 may they be acknowledged; the layer above reads them from the store until it consumes
 them, so a message is offered again after a restart until then.
 
-API for the layer above: `receiving.deliveries(kind)` yields delivered messages in
+API for the layer above: `receiving.deliveries(*kinds)` yields delivered messages in
 batches (to take in one transaction); `body_arrived` waits for a body sent in fragments.
 """
 
@@ -128,13 +128,13 @@ class Receiving:
             self._delivered.set()
             self._delivered = trio.Event()
 
-    async def deliveries(self, kind: Kind | None = None) -> AsyncIterator[list[Delivery]]:
-        """Delivered messages (of `kind`) as they come, oldest first, in batches of those
-        already here (to take in one transaction), from the store: a message is yielded
-        again after a restart until it is consumed."""
+    async def deliveries(self, *kinds: Kind) -> AsyncIterator[list[Delivery]]:
+        """Delivered messages (of `kinds`, or of any kind) as they come, oldest first, in
+        batches of those already here (to take in one transaction), from the store: a
+        message is yielded again after a restart until it is consumed."""
         after = 0
         while True:
-            batch = self.tables.delivered(after, kind=kind)
+            batch = self.tables.delivered(after, kinds=kinds)
             if batch:
                 after = batch[-1].id
                 yield batch

@@ -10,7 +10,7 @@ the caller's (wall clock, for records only).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,13 +232,16 @@ class LinkTables(Tables):
             )
         return ids
 
-    def delivered(self, after: int, limit: int = 256, kind: int | None = None) -> list[Delivery]:
-        """Delivered messages not yet consumed, with ids above `after`, oldest first."""
+    def delivered(
+        self, after: int, limit: int = 256, kinds: Collection[int] = ()
+    ) -> list[Delivery]:
+        """Delivered messages not yet consumed (of `kinds`, or of any kind), with ids above
+        `after`, oldest first."""
         query = "SELECT id, remote, seq, kind, payload, received FROM inbound WHERE id > ?"
         args: list[Any] = [after]
-        if kind is not None:
-            query += " AND +kind = ?"  # along the ids, not the index by kind and age
-            args.append(kind)
+        if kinds:  # along the ids, not the index by kind and age
+            query += f" AND +kind IN ({', '.join('?' * len(kinds))})"
+            args.extend(kinds)
         rows = self._sql.execute(query + " ORDER BY id LIMIT ?", (*args, limit))
         return [
             Delivery(int(i), r, int(s), int(k), bytes(p), float(t)) for i, r, s, k, p, t in rows
