@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import watchfiles
 
 from mesh.config import keys
 from mesh.config.roster import load_roster
@@ -20,10 +21,10 @@ from mesh.http.asgi import Receive, Scope, Send, lifespan, read_body
 from mesh.http.forwarder import Forwarder
 from mesh.http.relaying import Relay
 from mesh.peer import Peer, open_peers
-from mesh.pipe.bodies import Body
+from mesh.pipe.bodies import Body, incoming_name
 from mesh.pipe.streams import ABANDON
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
-from mesh.wire.messages import Control, Request, Response
+from mesh.wire.messages import Control, Fragment, Request, Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
 
@@ -265,3 +266,30 @@ async def test_forwarded_keeps_the_far_peers_time_when_it_comes_with_the_answer(
     assert record is not None and state is COMPLETED
     at = dict(record.events)
     assert at["responded"] - at["forwarded"] >= 0.25, record.events
+
+
+async def test_an_answer_whose_body_never_ends_is_dropped_when_its_request_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bravo's answer names a body of 8 MiB, of which one piece ever comes (its sender
+    stopped for good: wiped, say): once the request expires, alpha lets the body go
+    (its file and its transfer), instead of waiting for the rest for ever."""
+    monkeypatch.setattr("mesh.http.requests.ANSWER_GRACE", 0.0)
+    transfer = "c" * 32
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(200, b"late", delay=60)) as peers:
+            alpha, bravo = peers["alpha"], peers["bravo"].links.sending
+            request_id = await alpha.requests.submit("bravo", "GET", "/x", (), Body.of(b""), 1)
+            answer = Response(request_id, 200, (), b"", 8 * MiB, transfer)
+            piece = Fragment(request_id, transfer, 0, 0, 8 * MiB, b"x" * 1024)
+            await bravo.send("alpha", piece)
+            await bravo.send("alpha", answer)
+            body = alpha.bodies.path(incoming_name("bravo", transfer))
+            while not body.exists():
+                await alpha.links.receiving.delivered()
+            record = await alpha.requests.wait(request_id, 20)
+            assert record is not None and (record.state, record.status) == (FAILED, 504)
+            async for _ in watchfiles.awatch(body.parent, yield_on_timeout=True, rust_timeout=100):
+                if not body.exists():  # removed once the request is seen ended
+                    break
+            assert alpha.store.links.receiving() == [] and alpha.store.links.delivered(0) == []

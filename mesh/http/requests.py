@@ -250,6 +250,18 @@ class Requests:
                         else:
                             await self._answered(item, message)
 
+    def _open(self, request_id: str) -> bool:
+        """Whether `request_id` is a request of ours that has not ended."""
+        record = self.get(request_id)
+        return record is not None and not record.done
+
+    def _drop_body(self, item: Delivery, transfer: str) -> None:
+        """Let go of the body (`transfer`) of answer `item`, which nobody will read: its
+        late fragments are dropped, its file removed, the answer consumed."""
+        self.receiving.forget_body(item.remote, transfer)
+        self.receiving.consume([item.id])
+        self.sending.remove_once_synced([incoming_name(item.remote, transfer)])
+
     def _from_its_peer(self, item: Delivery, message: Message) -> bool:
         """Whether `message` answers a request of ours that went to the peer it came from
         (or one unknown here); else it is dropped, and said so."""
@@ -301,8 +313,11 @@ class Requests:
             end, message = FAILED, problem_response(message.id, self.name, 502, title)
         if message.body_length and message.body_id:
             body_file = await self.receiving.body_arrived(
-                item.remote, message.body_id, message.body_length
+                item.remote, message.body_id, message.body_length, partial(self._open, message.id)
             )
+            if body_file is None:  # its request ended first (expired): nobody reads it
+                self._drop_body(item, message.body_id)
+                return
         answer = _answer(message, body_file)
         added = self.tables.answer(item.id, answer, time.time(), end)
         if body_file is not None and message.body_id:

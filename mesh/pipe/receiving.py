@@ -13,7 +13,7 @@ import io
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
 import trio
@@ -28,6 +28,7 @@ from .events import EventHub, LinkEvents, Progress
 from .inbox import open_regular
 from .opening import Opened, Reader
 
+RECHECK = 1.0  # seconds between two looks at whether a body awaited is still wanted
 DONE_KEPT = 4096  # bodies done with, per remote, whose late fragments are dropped
 
 
@@ -149,10 +150,17 @@ class Receiving:
         """Whether all `length` bytes of body `transfer` from `remote` are here (durably)."""
         return self.tables.transfer_received(remote, transfer) >= length
 
-    async def body_arrived(self, remote: str, transfer: str, length: int) -> str:
-        """The file of body `transfer` from `remote`, once `body_here`."""
+    async def body_arrived(
+        self, remote: str, transfer: str, length: int, wanted: Callable[[], bool]
+    ) -> str | None:
+        """The file of body `transfer` from `remote`, once `body_here`; None once it is no
+        longer `wanted` (asked at each delivery, and each `RECHECK` seconds: a sender that
+        stopped for good never finishes it)."""
         while not self.body_here(remote, transfer, length):
-            await self._delivered.wait()
+            if not wanted():
+                return None
+            with trio.move_on_after(RECHECK):
+                await self._delivered.wait()
         return incoming_name(remote, transfer)
 
     def streamed(self, remote: str, transfer: str) -> Prefix:
