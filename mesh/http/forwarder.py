@@ -188,11 +188,9 @@ class Forwarder:
         length, transfer = request.body_length or 0, request.body_id or ""
         if length > self.max_body:
             return
+        given_up = partial(self.receiving.given_up, asker, transfer)
         with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
-            while not self.receiving.body_here(asker, transfer, length):
-                if self.receiving.given_up(asker, transfer):
-                    return
-                await self.receiving.delivered()
+            await self.receiving.body_arrived(asker, transfer, length, lambda: not given_up())
 
     async def _answer(self, asker: str, request: Request, outcome: Outcome) -> None:
         with self.database.transaction():  # answered and marked so, or neither
