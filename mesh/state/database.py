@@ -284,8 +284,7 @@ class Database:
             self._checkpointer = sqlite3.connect(
                 self.folder / "state.sqlite", isolation_level=None, check_same_thread=False
             )
-        _, logged, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(logged), int(copied)
+        return _checkpoint(self._checkpointer)
 
     def finish_checkpoint(self) -> tuple[int, int] | None:
         """The rest of a `checkpoint`: the frames committed while it ran, copied from the
@@ -296,14 +295,19 @@ class Database:
         nothing, inside a transaction. Blocking: for a few frames only."""
         if self._depth or self.connection.in_transaction:
             return None
-        _, logged, copied = self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return int(logged), int(copied)
+        return _checkpoint(self.connection)
 
     def close(self) -> None:
         self.sync_log()
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.connection.close()
+
+
+def _checkpoint(connection: sqlite3.Connection) -> tuple[int, int]:
+    """A passive checkpoint on `connection`: (pages in the log, pages copied)."""
+    _, logged, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(logged), int(copied)
 
 
 def _ignore(seconds: float) -> None:
