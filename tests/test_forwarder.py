@@ -293,3 +293,43 @@ async def test_an_answer_whose_body_never_ends_is_dropped_when_its_request_expir
                 if not body.exists():  # removed once the request is seen ended
                     break
             assert alpha.store.links.receiving() == [] and alpha.store.links.delivered(0) == []
+
+
+async def test_a_note_with_no_time_or_from_another_peer_changes_nothing_it_should_not(
+    tmp_path: Path,
+) -> None:
+    """bravo's notes whose time is no time (a string, a list, NaN) are taken with alpha's
+    time, and the peer goes on (one stopped it, at every start); a note from carol on
+    the request alpha sent bravo is dropped."""
+    alpha_port, bravo_port, carol_port, upstream_port = free_ports(4)
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(alpha_port, ["bravo", "carol"]),
+            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
+            "carol": peer(carol_port, ["alpha"]),
+        },
+        defaults={"heartbeat": "100ms", "linger": "0s"},
+    )
+    keys.keygen(tmp_path / "keys", ["alpha", "bravo", "carol"])
+    with trio.fail_after(30):
+        async with (
+            served(Upstream(200, b"ok", delay=1.0), upstream_port),
+            trio.open_nursery() as nursery,
+        ):
+            peers = {p.name: p for p in open_peers(load_roster(path), [])}
+            for running in peers.values():
+                await nursery.start(running.run)
+            alpha = peers["alpha"]
+            request_id = await alpha.requests.submit("bravo", "GET", "/x", (), Body.of(b""), 60)
+            forged = Control("forwarded", {"id": request_id, "at": 1.0})
+            await peers["carol"].requests.sending.send("alpha", forged)
+            for at in ("soon", [1, 2], float("nan"), True):
+                note = Control("forwarded", {"id": request_id, "at": at})
+                await peers["bravo"].requests.sending.send("alpha", note)
+            record = await alpha.requests.wait(request_id, 20)
+            assert alpha.store.links.delivered(0) == []  # every note consumed
+            nursery.cancel_scope.cancel()
+    assert record is not None and (record.state, record.body) == (COMPLETED, b"ok")
+    at = dict(record.events)
+    assert at["forwarded"] > 1e9  # not carol's 1.0, nor anything that is no time

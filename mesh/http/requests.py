@@ -344,11 +344,15 @@ class Requests:
             await trio.sleep(EXPIRY_CHECK)
 
     def _noted(self, item: Delivery, note: Message) -> None:
-        """The far side's note on a request of ours (``forwarded``, with its time)."""
+        """The far side's note on a request of ours (``forwarded``, with its time; this
+        peer's when it gives none that is a time). A note from another peer than the
+        request went to is dropped."""
         assert isinstance(note, Control)
         request_id, at = note.args.get("id"), note.args.get("at")
+        if not self._from_its_peer(item, note):
+            return
         if note.op == "forwarded" and isinstance(request_id, str):
-            self._advance(request_id, FORWARDED, float(at or time.time()))
+            self._advance(request_id, FORWARDED, _time_or_now(at))
         self.receiving.consume([item.id])
 
     async def _follow_transfers(self) -> None:
@@ -406,3 +410,10 @@ def _ignore(*_: object) -> None:
 def _answer(response: Response, body_file: str | None = None) -> Answer:
     """What is kept of `response` (its body in `body_file` when it came in fragments)."""
     return Answer(response.id, response.status, response.headers, response.body, body_file)
+
+
+def _time_or_now(at: object) -> float:
+    """`at` if it is a time (a finite number of seconds), else now."""
+    if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
+        return float(at)
+    return time.time()
