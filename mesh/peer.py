@@ -31,7 +31,7 @@ from .http.ingress import Ingress, Services
 from .http.mailbox import Mailbox
 from .http.metrics import Metrics, Sources
 from .http.poster import Poster
-from .http.requests import Requests
+from .http.requests import ANSWER_GRACE, Requests
 from .pipe import folder
 from .pipe.bodies import BLOCK, Bodies
 from .pipe.intake import Intake
@@ -253,7 +253,11 @@ class Peer:
         """The parts that keep the peer within bounds: retention, and free space watched."""
         settings = self.settings
         self.retention = Retention(
-            self.store.retention, sending.remove_once_synced, settings.retention, self._complaints
+            self.store.retention,
+            sending.remove_once_synced,
+            settings.retention,
+            self._complaints,
+            idle=settings.request_deadline + ANSWER_GRACE,  # a request under way waits no longer
         )
         places = {"state": self.roster.state_dir(self.name), "outbox": settings.outbox}
         self.space = FreeSpace(places)

@@ -115,38 +115,57 @@ def _give_up(store: Store, transfer: str, at: float, seq: int) -> None:
     store.links.deliver("alpha", EPOCH, [], received, [], at, abandoned=[transfer])
 
 
-def test_marks_of_bodies_given_up_go_once_retention_passed(tmp_path: Path) -> None:
-    """They only drop late fragments of a body given up: kept for the retention, then
-    swept (a peer running for months would load ever more of them per file)."""
+def _piece(store: Store, transfer: str, at: float, seq: int) -> None:
+    """A KiB of body `transfer` (of 8) from alpha, at `at` (its `seq`-th message)."""
+    piece = [(transfer, "m" * 32, 8192, 1024)]
+    store.links.deliver("alpha", EPOCH, [], ReceivedState(seq), [], at, piece)
+
+
+def test_bodies_nothing_came_of_for_long_go_given_up_or_not(tmp_path: Path) -> None:
+    """A mark of a body given up only drops its pieces still on the way; a body never
+    finished (its sender stopped for good, or a late piece of one done with) waits for
+    nothing: both go once nothing came of them since the cutoff, with their files."""
     store = Store(tmp_path)
-    old, recent = "1" * 32, "2" * 32
-    _give_up(store, old, 10.0, 1)
-    _give_up(store, recent, 30.0, 2)
-    _give_up(store, old, 40.0, 3)  # told again: it still ages from the first time
-    store.links.deliver("alpha", EPOCH, [], ReceivedState(4), [], 40.0, [("3" * 32, "m", 9, 4)])
-    assert store.retention.abandoned_transfers(20.0, 100) == 1
-    assert store.links.abandoned("alpha") == {recent}
-    assert store.links.transfer_received("alpha", "3" * 32) == 4  # one still coming: kept
-    assert store.retention.abandoned_transfers(1e9, 100) == 1
+    given_up, unfinished, busy = "1" * 32, "2" * 32, "3" * 32
+    _give_up(store, given_up, 10.0, 1)
+    _piece(store, unfinished, 10.0, 2)
+    _piece(store, busy, 10.0, 3)
+    _piece(store, busy, 30.0, 4)  # more of it came since
+    gone = store.retention.idle_transfers(20.0, 100)
+    assert sorted(gone) == [("alpha", given_up), ("alpha", unfinished)]
     assert store.links.abandoned("alpha") == set()
-    assert store.links.transfer_received("alpha", "3" * 32) == 4
+    assert store.links.transfer_received("alpha", busy) == 2048
+    assert store.retention.idle_transfers(1e9, 100) == [("alpha", busy)]
 
 
-def test_marks_of_bodies_given_up_before_they_were_dated_age_from_the_start(
+async def test_a_sweep_waits_the_longest_a_request_may_wait_for_its_body(
     tmp_path: Path,
 ) -> None:
+    """With a retention shorter than a request may wait (`idle`), a body idle past the
+    retention but not past `idle` stays; its file goes with it."""
+    store = Store(tmp_path)
+    _piece(store, "2" * 32, 10.0, 1)
+    removed: list[str] = []
+    retention = Retention(store.retention, removed.extend, 60.0, COMPLAINTS, idle=3600.0)
+    await retention.sweep(cutoff=100.0)  # 90 s idle: past the retention only
+    assert retention.swept.transfers == 0 and removed == []
+    await retention.sweep(cutoff=3700.0)
+    assert retention.swept.transfers == 1 and removed == ["in-alpha-" + "2" * 32]
+
+
+def test_bodies_arriving_before_they_were_dated_count_from_the_start(tmp_path: Path) -> None:
     store = Store(tmp_path)
     _give_up(store, "1" * 32, 10.0, 1)
     store.close()
     sql = sqlite3.connect(tmp_path / "state.sqlite")
-    sql.execute("ALTER TABLE transfers DROP COLUMN abandoned_at")
+    sql.execute("ALTER TABLE transfers DROP COLUMN updated")
     sql.commit()
     sql.close()
     before = time.time()
     reopened = Store(tmp_path)
-    assert reopened.retention.abandoned_transfers(before - 1, 100) == 0
+    assert reopened.retention.idle_transfers(before - 1, 100) == []
     assert reopened.links.abandoned("alpha") == {"1" * 32}
-    assert reopened.retention.abandoned_transfers(time.time() + 1, 100) == 1
+    assert reopened.retention.idle_transfers(time.time() + 1, 100) == [("alpha", "1" * 32)]
 
 
 def test_a_state_from_before_retention_counts_ended_requests_from_their_deadline(

@@ -28,6 +28,7 @@ import trio.lowlevel
 from ..errors import Complaints
 from ..state.retention import RetentionTables
 from ..wire.messages import Kind
+from .bodies import incoming_name
 
 BUDGET = 0.005  # seconds a batch should take
 FIRST_BATCH = 64  # rows in the first batch; later ones are sized from how long it took
@@ -47,14 +48,16 @@ class Swept:
     requests: int = 0
     executions: int = 0
     messages: int = 0
-    transfers: int = 0  # marks of bodies given up
+    transfers: int = 0  # bodies arriving in fragments, idle (or given up) too long
     body_files: int = 0
     free_pages: int = 0  # handed back to the filesystem
 
 
 class Retention:
     """Sweeps `tables` of what ended `retention` seconds ago; body files go to `remove`
-    (which removes them once the commits that let them go are on disk)."""
+    (which removes them once the commits that let them go are on disk). A body arriving
+    in fragments goes once nothing came of it for `retention`, and at least `idle`
+    seconds (the longest a request still under way may wait for the rest of its body)."""
 
     def __init__(
         self,
@@ -62,9 +65,10 @@ class Retention:
         remove: Callable[[list[str]], None],
         retention: float,
         complaints: Complaints,
+        idle: float = 0.0,
     ) -> None:
         self.tables, self.remove, self.retention = tables, remove, retention
-        self.complaints = complaints
+        self.complaints, self.idle = complaints, idle
         self.rows = dict.fromkeys(
             ("requests", "executions", "messages", "transfers", "pages"), FIRST_BATCH
         )
@@ -93,7 +97,8 @@ class Retention:
         executions = self.tables.answered_executions
         swept.executions += await self._batches("executions", executions, cutoff)
         swept.messages += await self._batches("messages", self._messages, cutoff)
-        swept.transfers += await self._batches("transfers", self._transfers, cutoff)
+        idle_cutoff = cutoff - max(0.0, self.idle - self.retention)
+        swept.transfers += await self._batches("transfers", self._transfers, idle_cutoff)
         swept.free_pages += await self._give_back()
 
     def _requests(self, cutoff: float, rows: int, size: int) -> int:
@@ -106,7 +111,10 @@ class Retention:
         return self.tables.unconsumed(Kind.DATAGRAM, cutoff, rows, size)
 
     def _transfers(self, cutoff: float, rows: int, size: int) -> int:
-        return self.tables.abandoned_transfers(cutoff, rows)  # rows of a few bytes each
+        idle = self.tables.idle_transfers(cutoff, rows)  # rows of a few bytes each
+        files = [incoming_name(remote, transfer) for remote, transfer in idle]
+        self.remove(files)  # those given up are gone already: no harm
+        return len(idle)
 
     async def _give_back(self) -> int:
         """Hand back free pages beyond what a steady load reuses, once more than twice

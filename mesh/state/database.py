@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS transfers (  -- bodies arriving in fragments
     have INTEGER NOT NULL,
     message TEXT NOT NULL DEFAULT '',  -- the request or response it is the body of
     abandoned INTEGER NOT NULL DEFAULT 0,  -- the sender gave it up: take no more of it
-    abandoned_at REAL,  -- when it was given up (retention counts from it)
+    updated REAL,  -- when a piece of it, or the word it was given up, last came
     PRIMARY KEY (remote, id)
 );
 CREATE TABLE IF NOT EXISTS streams (  -- bodies sent in fragments while still arriving
@@ -174,7 +174,7 @@ class Database:
             "transfers": (
                 "message TEXT NOT NULL DEFAULT ''",
                 "abandoned INTEGER NOT NULL DEFAULT 0",
-                "abandoned_at REAL",
+                "updated REAL",
             ),
         }
         for table, columns in added.items():
@@ -188,10 +188,9 @@ class Database:
             "UPDATE requests SET ended = deadline"
             " WHERE ended IS NULL AND state IN ('completed', 'failed')"
         )
-        # Transfers given up before that was dated: retention counts from this start.
+        # Transfers from before that was dated: how long they sat idle counts from now.
         self.connection.execute(
-            "UPDATE transfers SET abandoned_at = ? WHERE abandoned AND abandoned_at IS NULL",
-            (time.time(),),
+            "UPDATE transfers SET updated = ? WHERE updated IS NULL", (time.time(),)
         )
 
     def _epoch(self) -> str:

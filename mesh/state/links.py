@@ -197,14 +197,15 @@ class LinkTables(Tables):
         ids = []
         with self._database.transaction():
             self._sql.executemany(
-                "INSERT INTO transfers (remote, id, message, total, have) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (remote, id) DO UPDATE SET have = have + excluded.have",
-                ((remote, t, m, total, length) for t, m, total, length in fragments),
+                "INSERT INTO transfers (remote, id, message, total, have, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (remote, id)"
+                " DO UPDATE SET have = have + excluded.have, updated = excluded.updated",
+                ((remote, t, m, total, length, now) for t, m, total, length in fragments),
             )
             self._sql.executemany(
-                "INSERT INTO transfers (remote, id, total, have, abandoned, abandoned_at)"
+                "INSERT INTO transfers (remote, id, total, have, abandoned, updated)"
                 " VALUES (?, ?, 0, 0, 1, ?) ON CONFLICT (remote, id) DO UPDATE"
-                " SET abandoned = 1, abandoned_at = coalesce(abandoned_at, excluded.abandoned_at)",
+                " SET abandoned = 1, updated = excluded.updated",
                 ((remote, transfer, now) for transfer in abandoned),
             )
             for seq, kind, payload in messages:

@@ -12,8 +12,10 @@ removed:
   to remove once the deletion is on disk;
 - the far side's executions answered before the cutoff;
 - delivered messages of one kind (the mailbox's) not consumed by the cutoff;
-- the marks of bodies their senders gave up before the cutoff (their files went when
-  they were given up; a mark only drops fragments of them still on the way);
+- bodies arriving in fragments of which nothing came since the cutoff: one never
+  finished (its sender stopped for good, or a late piece came after it was done with)
+  and the marks of those their senders gave up (a mark only drops pieces still on the
+  way); their files are returned, for the caller to remove;
 - free pages, handed back to the filesystem (the database file shrinks at the next
   checkpoint), when the database was made able to (`auto_vacuum`, as every new one is).
 
@@ -87,15 +89,16 @@ class RetentionTables(Tables):
             )
         return cursor.rowcount
 
-    def abandoned_transfers(self, cutoff: float, rows: int) -> int:
-        """Remove the marks of the oldest bodies given up before `cutoff`; how many."""
+    def idle_transfers(self, cutoff: float, rows: int) -> list[tuple[str, str]]:
+        """Remove the oldest bodies arriving in fragments (or given up) of which nothing
+        came since `cutoff`; their (remote, transfer)."""
         with self._database.transaction():
-            cursor = self._sql.execute(
+            found = self._sql.execute(
                 "DELETE FROM transfers WHERE rowid IN (SELECT rowid FROM transfers"
-                " WHERE abandoned AND abandoned_at < ? ORDER BY abandoned_at LIMIT ?)",
+                " WHERE updated < ? ORDER BY updated LIMIT ?) RETURNING remote, id",
                 (cutoff, rows),
-            )
-        return cursor.rowcount
+            ).fetchall()
+        return [(str(remote), str(transfer)) for remote, transfer in found]
 
     def free_pages(self) -> tuple[int, int]:
         """(pages free that could be handed back, pages in the database). None can in
