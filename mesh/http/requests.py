@@ -250,14 +250,8 @@ class Requests:
                         else:
                             await self._answered(item, message)
 
-    def _open(self, request_id: str) -> bool:
-        """Whether `request_id` is a request of ours that has not ended."""
-        record = self.get(request_id)
-        return record is not None and not record.done
-
     def _drop_body(self, item: Delivery, transfer: str) -> None:
-        """Let go of the body (`transfer`) of answer `item`, which nobody will read: its
-        late fragments are dropped, its file removed, the answer consumed."""
+        """Let go of the body (`transfer`) of answer `item`, which nobody will read."""
         self.receiving.forget_body(item.remote, transfer)
         self.receiving.consume([item.id])
         self.sending.remove_once_synced([incoming_name(item.remote, transfer)])
@@ -313,7 +307,10 @@ class Requests:
             end, message = FAILED, problem_response(message.id, self.name, 502, title)
         if message.body_length and message.body_id:
             body_file = await self.receiving.body_arrived(
-                item.remote, message.body_id, message.body_length, partial(self._open, message.id)
+                item.remote,
+                message.body_id,
+                message.body_length,
+                partial(self.tables.is_open, message.id),
             )
             if body_file is None:  # its request ended first (expired): nobody reads it
                 self._drop_body(item, message.body_id)
@@ -344,9 +341,8 @@ class Requests:
             await trio.sleep(EXPIRY_CHECK)
 
     def _noted(self, item: Delivery, note: Message) -> None:
-        """The far side's note on a request of ours (``forwarded``, with its time; this
-        peer's when it gives none that is a time). A note from another peer than the
-        request went to is dropped."""
+        """The far side's note on a request of ours (``forwarded``, with its time, else
+        ours); dropped when from another peer than the request went to."""
         assert isinstance(note, Control)
         request_id, at = note.args.get("id"), note.args.get("at")
         if not self._from_its_peer(item, note):

@@ -149,6 +149,12 @@ class RequestTables(Tables):
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def is_open(self, request_id: str) -> bool:
+        """Whether request `request_id` is here and has not ended."""
+        row = self._sql.execute("SELECT state FROM requests WHERE id = ?", (request_id,))
+        found = row.fetchone()
+        return found is not None and RequestState(found[0]) not in FINAL
+
     def get(self, request_id: str) -> RequestRecord | None:
         row = self._sql.execute(
             "SELECT id, remote, method, target, state, events, deadline, status, headers, body,"
