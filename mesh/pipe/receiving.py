@@ -172,7 +172,7 @@ class Receiving:
 
     def given_up(self, remote: str, transfer: str) -> bool:
         """Whether the sender of body `transfer` gave it up (from the store)."""
-        return transfer in self.tables.abandoned(remote)
+        return self.tables.is_abandoned(remote, transfer)
 
     def forget_stream(self, remote: str, transfer: str) -> None:
         """Nobody follows body `transfer` from `remote` as it streams any more."""

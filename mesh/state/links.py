@@ -155,6 +155,14 @@ class LinkTables(Tables):
         )
         return {str(row[0]) for row in rows}
 
+    def is_abandoned(self, remote: str, transfer: str) -> bool:
+        """Whether the sender of `transfer` (from `remote`) gave it up."""
+        row = self._sql.execute(
+            "SELECT 1 FROM transfers WHERE remote = ? AND id = ? AND abandoned",
+            (remote, transfer),
+        ).fetchone()
+        return row is not None
+
     def open_stream(self, spool: str, remote: str, transfer: str, message_id: str) -> None:
         """Body file `spool` is being sent as `transfer` while it still arrives."""
         with self._database.transaction():
