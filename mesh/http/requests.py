@@ -250,11 +250,12 @@ class Requests:
                         else:
                             await self._answered(item, message)
 
-    def _drop_body(self, item: Delivery, transfer: str) -> None:
-        """Let go of the body (`transfer`) of answer `item`, which nobody will read."""
-        self.receiving.forget_body(item.remote, transfer)
-        self.receiving.consume([item.id])
-        self.sending.remove_once_synced([incoming_name(item.remote, transfer)])
+    def _drop_body(self, remote: str, transfer: str) -> None:
+        """Let go of body `transfer` from `remote`, which nobody will read: late pieces
+        of it are dropped, its file removed once the transaction (if any) commits."""
+        self.receiving.forget_body(remote, transfer)
+        dropped = [incoming_name(remote, transfer)]
+        self.database.after_commit(lambda: self.sending.remove_once_synced(dropped))
 
     def _from_its_peer(self, item: Delivery, message: Message) -> bool:
         """Whether `message` answers a request of ours that went to the peer it came from
@@ -301,9 +302,7 @@ class Requests:
             limit = over_limit("this peer's", self.max_body)
             title = f"the response is {limit}"
             if message.body_id:  # what came of it (while it streamed) is not kept
-                self.receiving.forget_body(item.remote, message.body_id)
-                dropped = [incoming_name(item.remote, message.body_id)]
-                self.database.after_commit(lambda: self.sending.remove_once_synced(dropped))
+                self._drop_body(item.remote, message.body_id)
             end, message = FAILED, problem_response(message.id, self.name, 502, title)
         if message.body_length and message.body_id:
             body_file = await self.receiving.body_arrived(
@@ -313,15 +312,16 @@ class Requests:
                 partial(self.tables.is_open, message.id),
             )
             if body_file is None:  # its request ended first (expired): nobody reads it
-                self._drop_body(item, message.body_id)
+                self._drop_body(item.remote, message.body_id)
+                self.receiving.consume([item.id])
                 return
         answer = _answer(message, body_file)
         added = self.tables.answer(item.id, answer, time.time(), end)
         if body_file is not None and message.body_id:
-            self.receiving.forget_body(item.remote, message.body_id)
-            if not added:  # its request ended (or was swept) before: nobody reads it
-                late = [body_file]
-                self.database.after_commit(lambda: self.sending.remove_once_synced(late))
+            if added:
+                self.receiving.forget_body(item.remote, message.body_id)
+            else:  # its request ended (or was swept) before: nobody reads it
+                self._drop_body(item.remote, message.body_id)
         self.database.after_commit(lambda: self._changed(message.id, added, message.status))
 
     async def _expire(self) -> None:
