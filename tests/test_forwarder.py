@@ -72,9 +72,37 @@ async def mesh(
         },
         defaults={"heartbeat": "100ms", "linger": "0s", "fragment_size": "1MiB"},
     )
-    keys.keygen(tmp_path / "keys", ["alpha", "bravo"])
+    async with started(path, upstream, upstream_port) as peers:
+        yield peers
+
+
+@asynccontextmanager
+async def with_carol(tmp_path: Path, upstream: Upstream) -> AsyncIterator[dict[str, Peer]]:
+    """alpha, bravo (forwarding to `upstream`) and carol, a peer alpha also talks to,
+    running in this trio run."""
+    alpha_port, bravo_port, carol_port, upstream_port = free_ports(4)
+    path = write_roster(
+        tmp_path,
+        {
+            "alpha": peer(alpha_port, ["bravo", "carol"]),
+            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
+            "carol": peer(carol_port, ["alpha"]),
+        },
+        defaults={"heartbeat": "100ms", "linger": "0s"},
+    )
+    async with started(path, upstream, upstream_port) as peers:
+        yield peers
+
+
+@asynccontextmanager
+async def started(
+    path: Path, upstream: Upstream, upstream_port: int
+) -> AsyncIterator[dict[str, Peer]]:
+    """The peers of the roster at `path` (keys made for them), and `upstream`, running."""
+    roster = load_roster(path)
+    keys.keygen(roster.keys, list(roster.peers))
     async with served(upstream, upstream_port), trio.open_nursery() as nursery:
-        peers = {p.name: p for p in open_peers(load_roster(path), [])}
+        peers = {p.name: p for p in open_peers(roster, [])}
         for running in peers.values():
             await nursery.start(running.run)
         yield peers
@@ -156,23 +184,9 @@ async def test_an_answer_from_another_peer_than_the_request_went_to_is_dropped(
 ) -> None:
     """carol, a peer alpha also talks to, answers (and sends a streamed head for) the
     request alpha sent bravo: neither is taken, and bravo's answer is the one kept."""
-    alpha_port, bravo_port, carol_port, upstream_port = free_ports(4)
-    path = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(alpha_port, ["bravo", "carol"]),
-            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
-            "carol": peer(carol_port, ["alpha"]),
-        },
-        defaults={"heartbeat": "100ms", "linger": "0s"},
-    )
-    keys.keygen(tmp_path / "keys", ["alpha", "bravo", "carol"])
     upstream = Upstream(200, b"from bravo", delay=1.0)
     with trio.fail_after(30):
-        async with served(upstream, upstream_port), trio.open_nursery() as nursery:
-            peers = {p.name: p for p in open_peers(load_roster(path), [])}
-            for running in peers.values():
-                await nursery.start(running.run)
+        async with with_carol(tmp_path, upstream) as peers:
             alpha, carol = peers["alpha"], peers["carol"].requests.sending
             request_id = await alpha.requests.submit("bravo", "GET", "/x", (), Body.of(b""), 60)
             head = Response(request_id, 200, (), b"", body_id="c" * 32)
@@ -180,7 +194,6 @@ async def test_an_answer_from_another_peer_than_the_request_went_to_is_dropped(
             await carol.send("alpha", Response(request_id, 200, (), b"forged by carol"))
             record = await alpha.requests.wait(request_id, 20)
             assert record is not None and (record.state, record.body) == (COMPLETED, b"from bravo")
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_failure_nothing_foresaw_fails_its_request_not_the_peer(
@@ -301,25 +314,8 @@ async def test_a_note_with_no_time_or_from_another_peer_changes_nothing_it_shoul
     """bravo's notes whose time is no time (a string, a list, NaN) are taken with alpha's
     time, and the peer goes on (one stopped it, at every start); a note from carol on
     the request alpha sent bravo is dropped."""
-    alpha_port, bravo_port, carol_port, upstream_port = free_ports(4)
-    path = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(alpha_port, ["bravo", "carol"]),
-            "bravo": peer(bravo_port, ["alpha"], upstream=f"http://127.0.0.1:{upstream_port}"),
-            "carol": peer(carol_port, ["alpha"]),
-        },
-        defaults={"heartbeat": "100ms", "linger": "0s"},
-    )
-    keys.keygen(tmp_path / "keys", ["alpha", "bravo", "carol"])
     with trio.fail_after(30):
-        async with (
-            served(Upstream(200, b"ok", delay=1.0), upstream_port),
-            trio.open_nursery() as nursery,
-        ):
-            peers = {p.name: p for p in open_peers(load_roster(path), [])}
-            for running in peers.values():
-                await nursery.start(running.run)
+        async with with_carol(tmp_path, Upstream(200, b"ok", delay=1.0)) as peers:
             alpha = peers["alpha"]
             request_id = await alpha.requests.submit("bravo", "GET", "/x", (), Body.of(b""), 60)
             forged = Control("forwarded", {"id": request_id, "at": 1.0})
@@ -329,7 +325,6 @@ async def test_a_note_with_no_time_or_from_another_peer_changes_nothing_it_shoul
                 await peers["bravo"].requests.sending.send("alpha", note)
             record = await alpha.requests.wait(request_id, 20)
             assert alpha.store.links.delivered(0) == []  # every note consumed
-            nursery.cancel_scope.cancel()
     assert record is not None and (record.state, record.body) == (COMPLETED, b"ok")
     at = dict(record.events)
     assert at["forwarded"] > 1e9  # not carol's 1.0, nor anything that is no time
