@@ -19,6 +19,7 @@ import trio
 
 from mesh.http.asgi import body_chunks, lifespan, read_body
 from mesh.http.problems import HTTPProblem
+from mesh.pipe.pieces import parse
 from tests.helpers.ports import Ports
 from tests.helpers.processes import MeshProcess, keygen, mesh_up, mirror, peer, served, write_roster
 
@@ -177,12 +178,19 @@ async def test_bodies_of_tens_of_mib_cross_whole_through_truncating_mirrors(
     assert "Traceback" not in alpha.text + bravo.text
 
 
+def _body_of(name: str) -> str:
+    """The body a file in a bodies folder holds (all or a piece of)."""
+    piece = parse(name)
+    return name if piece is None else piece[0]
+
+
 async def _until_no_body_files(state: Path, peers: list[str]) -> None:
     """Fragments sent are acknowledged, so alpha's outgoing body files go, and bravo's
-    request bodies go once answered; what is left are the responses alpha keeps."""
+    request bodies go once answered; what is left are the responses alpha keeps (their
+    files, and pieces of them)."""
     while True:
         left = [p.name for name in peers for p in (state / name / "bodies").iterdir()]
-        if all(name.startswith("in-bravo-") for name in left):
+        if all(_body_of(name).startswith("in-bravo-") for name in left):
             return
         await trio.sleep(0.2)
 

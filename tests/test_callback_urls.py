@@ -18,11 +18,12 @@ from mesh.http.callbacks import (
     Signed,
     checked_url,
     signature,
-    signature_of_file,
+    signature_of_body,
     signing_key,
     verify,
 )
 from mesh.http.problems import HTTPProblem
+from mesh.pipe.bodies import Bodies
 
 LOOPBACK = ("http://127.0.0.1:*",)
 HEADER = "Mesh-Callback"
@@ -233,9 +234,11 @@ def test_the_key_and_signature_are_as_documented() -> None:
 
 def test_a_file_body_signs_as_the_same_bytes(tmp_path: Path) -> None:
     body = bytes(range(256)) * 9000  # over one chunk
-    (tmp_path / "body").write_bytes(body)
+    bodies = Bodies(tmp_path)
+    bodies.path("body").write_bytes(body)
     key = signing_key(TOKEN)
-    header = signature_of_file(key, tmp_path / "body", SIGNED)
+    with bodies.ranges("body") as ranges:
+        header = signature_of_body(key, ranges, len(body), SIGNED)
     assert header == signature(key, body, SIGNED)
     assert verify(TOKEN, header, body, SIGNED)
 

@@ -55,6 +55,11 @@ async def running(path: Path) -> AsyncIterator[MeshProcess]:
         yield mesh
 
 
+def kept(bodies: Path) -> list[Path]:
+    """The files of incoming bodies in folder `bodies`: their own, and pieces of them."""
+    return [*bodies.glob("in-*"), *bodies.glob("p-*")]
+
+
 async def settled(alpha_port: int, state: Path) -> None:
     """Wait (bounded) until alpha has no request in flight and no body file of a response
     left (each was streamed whole to the caller that waited for it, then removed)."""
@@ -62,10 +67,10 @@ async def settled(alpha_port: int, state: Path) -> None:
     bodies = state / "alpha" / "bodies"
     async with httpx.AsyncClient(trust_env=False) as client:
         with trio.move_on_after(20):
-            while (await client.get(status)).json()["requests"] or list(bodies.glob("in-*")):  # noqa: ASYNC110 (another process)
+            while (await client.get(status)).json()["requests"] or kept(bodies):  # noqa: ASYNC110 (another process)
                 await trio.sleep(0.05)
             return
-        left = (await client.get(status)).json()["requests"], list(bodies.glob("in-*"))
+        left = (await client.get(status)).json()["requests"], kept(bodies)
         raise AssertionError(f"in flight, body files: {left}")
 
 

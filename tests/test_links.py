@@ -204,7 +204,7 @@ async def test_an_abandoned_body_is_dropped_by_the_far_side_even_if_late(
                 bravo.links.receiving,
                 lambda: stream.transfer in bravo.store.links.abandoned("alpha"),
             )
-            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
+            assert not bravo.bodies.has(incoming_name("alpha", stream.transfer))
             assert bravo.store.links.receiving() == []
             # A fragment of it that comes late (a resend) is taken but not kept.
             late = Fragment(stream.message_id, stream.transfer, 0, 0, 8 * MiB, b"x" * 10)
@@ -214,7 +214,7 @@ async def test_an_abandoned_body_is_dropped_by_the_far_side_even_if_late(
                 bravo.links.receiving,
                 lambda: bravo.links.protocol.status("alpha").received_upto >= marker.seq,
             )
-            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
+            assert not bravo.bodies.has(incoming_name("alpha", stream.transfer))
             # Once its fragments are acknowledged (and that is on disk), alpha's file goes.
             await gone(alpha.bodies.path(stream.spool))
             nursery.cancel_scope.cancel()
@@ -242,7 +242,7 @@ async def test_a_body_cut_off_by_a_stop_is_abandoned_at_start(
                 bravo.links.receiving,
                 lambda: stream.transfer in bravo.store.links.abandoned("alpha"),
             )
-            assert not bravo.bodies.path(incoming_name("alpha", stream.transfer)).exists()
+            assert not bravo.bodies.has(incoming_name("alpha", stream.transfer))
             nursery.cancel_scope.cancel()
 
 
@@ -273,4 +273,4 @@ async def test_fragments_over_the_far_limit_are_refused_with_one_line_a_file(
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 1, refused
     assert "over the body limit" in refused[0] and "(and 4 more in " in refused[0]
-    assert not bravo.bodies.path(incoming_name("alpha", transfer)).exists()
+    assert not bravo.bodies.has(incoming_name("alpha", transfer))

@@ -96,7 +96,7 @@ async def respond_with(
         raise HTTPProblem(410, "response given", "it went to the caller that waited for it")
     if record.body_file is not None:
         try:
-            size = (await trio.Path(bodies.path(record.body_file)).stat()).st_size
+            size = await trio.to_thread.run_sync(bodies.size, record.body_file)
         except FileNotFoundError:
             raise HTTPProblem(410, "response gone", "its body file is not kept") from None
     framed = record.status in NO_BODY or record.method == "HEAD" or record.status < 200

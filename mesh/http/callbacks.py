@@ -23,11 +23,11 @@ import hmac
 import ipaddress
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
 from ..config.access import CallbackPattern
+from ..pipe.pieces import BodyRanges
 from .problems import HTTPProblem
 
 SIGNATURE_HEADER = b"mesh-signature"
@@ -204,13 +204,12 @@ def signature(key: bytes, body: bytes, signed: Signed) -> str:
     return f"t={signed.at},v1={mac}"
 
 
-def signature_of_file(key: bytes, path: Path, signed: Signed) -> str:
-    """`signature` of the body in file `path`, read in chunks (blocking: run it off the
-    event loop); `OSError` if the file cannot be read."""
+def signature_of_body(key: bytes, body: BodyRanges, size: int, signed: Signed) -> str:
+    """`signature` of the `size` bytes of a body kept on disk, read in chunks (blocking:
+    run it off the event loop); `OSError` if they cannot all be read."""
     mac = hmac.new(key, signed.prefix(), hashlib.sha256)
-    with path.open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            mac.update(chunk)
+    for offset in range(0, size, _CHUNK):
+        mac.update(body.read(offset, min(_CHUNK, size - offset)))
     return f"t={signed.at},v1={mac.hexdigest()}"
 
 

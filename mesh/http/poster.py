@@ -13,7 +13,7 @@ import trio
 from ..pipe.bodies import Bodies
 from ..state.durable import Durability
 from ..state.posts import Post, PostTables
-from .callbacks import SIGNATURE_HEADER, Signed, signature, signature_of_file
+from .callbacks import SIGNATURE_HEADER, Signed, signature, signature_of_body
 from .clients import Clients
 
 RETRY_FIRST, RETRY_MOST = 0.5, 60.0  # seconds before a failed post is tried again
@@ -108,7 +108,7 @@ class Poster:
             headers.append((SIGNATURE_HEADER, signed.encode()))
         if post.body_file is None:
             return await client.post(post.url, headers=headers, content=post.body)
-        size = self.bodies.path(post.body_file).stat().st_size
+        size = await trio.to_thread.run_sync(self.bodies.size, post.body_file)
         headers.append((b"content-length", str(size).encode()))
         return await client.post(
             post.url, headers=headers, content=self.bodies.chunks(post.body_file)
@@ -121,5 +121,9 @@ class Poster:
         signed = Signed(int(self.wall()), post.request_id, status)
         if post.body_file is None:
             return signature(post.signing_key, post.body, signed)
-        path = self.bodies.path(post.body_file)
-        return await trio.to_thread.run_sync(signature_of_file, post.signing_key, path, signed)
+        ranges = self.bodies.ranges(post.body_file)
+        size = await trio.to_thread.run_sync(self.bodies.size, post.body_file)
+        with ranges:
+            return await trio.to_thread.run_sync(
+                signature_of_body, post.signing_key, ranges, size, signed
+            )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -111,7 +110,7 @@ async def _whole_size(record: RequestRecord, head: Response, source: _Source) ->
     body in `source`'s file, or none at all); else None."""
     if record.status == head.status and record.body_file == source.name:
         try:
-            return (await trio.Path(source.path).stat()).st_size
+            return await trio.to_thread.run_sync(source.bodies.size, source.name)
         except OSError as exc:
             raise Cut(f"its file cannot be read: {exc.strerror}") from None
     same = record.status == head.status and tuple(record.headers) == tuple(head.headers)
@@ -121,29 +120,23 @@ async def _whole_size(record: RequestRecord, head: Response, source: _Source) ->
 
 
 class _Source:
-    """The body file of an answer that streams, read on from where it was left (opened
-    once the first of it is here)."""
+    """The body of an answer that streams, read on from where it was left."""
 
     def __init__(self, bodies: Bodies, name: str) -> None:
-        self.name, self.path = name, bodies.path(name)
+        self.bodies, self.name = bodies, name
         self.offset = 0
-        self._fd: int | None = None
+        self._ranges = bodies.ranges(name)
 
     async def read(self, end: int) -> bytes:
-        """Up to `CHUNK` bytes on from `offset`, short of `end`; Cut if the file is
-        gone or shorter."""
+        """Up to `CHUNK` bytes on from `offset`, short of `end`; Cut if the body does
+        not hold them (its file gone or shorter)."""
+        size = min(CHUNK, end - self.offset)
         try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
-            size = min(CHUNK, end - self.offset)
-            data = await trio.to_thread.run_sync(os.pread, self._fd, size, self.offset)
+            data = await trio.to_thread.run_sync(self._ranges.read, self.offset, size)
         except OSError as exc:
-            raise Cut(f"its file cannot be read: {exc.strerror}") from None
-        if not data:
-            raise Cut("its file is shorter than what came")
+            raise Cut(f"its file cannot be read: {exc.strerror or exc}") from None
         self.offset += len(data)
         return data
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+        self._ranges.close()

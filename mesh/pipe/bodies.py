@@ -10,7 +10,9 @@ Files live in the peer's ``bodies`` folder under names mesh makes (never from a 
 name or header of a remote): ``out-<uuid>`` for ours to send (written as it comes from a
 socket, and reported durable as it grows, so its fragments can leave before its end has
 come) and ``in-<peer>-<transfer>`` for those that arrive (the peer a roster name, the
-transfer 32 hex digits, both checked before use).
+transfer 32 hex digits, both checked before use). Of an incoming body, the big fragments
+that crossed raw stay in the pipe files they came in, linked into the folder (`pieces`):
+such a body is read through `ranges`, `chunks` and `size`, never its file alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..errors import unwrapped
 from ..wire.messages import is_id
 from ..wire.names import PEER_NAME
 from .folder import SyncEvery, fsync_folder
+from .pieces import BodyRanges, Pieces
 
 INLINE = 1 << 20  # bytes: a body up to this size travels inside its message
 BLOCK = 4 << 20  # bytes of body per fragment (at most the roster's fragment_size)
@@ -76,6 +79,7 @@ class Bodies:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.folder = folder
+        self.pieces = Pieces(folder)
 
     def path(self, name: str) -> Path:
         return self.folder / name
@@ -154,10 +158,35 @@ class Bodies:
         return name, os.open(self.path(name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     async def chunks(self, name: str) -> AsyncIterator[bytes]:
-        """The bytes of body file `name`, `CHUNK` at a time."""
-        async with await trio.open_file(self.path(name), "rb") as source:
-            while chunk := await source.read(CHUNK):
+        """The bytes of body `name` (its `size` when it starts), `CHUNK` at a time;
+        OSError if they are not all there."""
+        with self.ranges(name) as ranges:
+            size, offset = await trio.to_thread.run_sync(self.size, name), 0
+            while offset < size:
+                chunk = await trio.to_thread.run_sync(
+                    ranges.read, offset, min(CHUNK, size - offset)
+                )
+                offset += len(chunk)
                 yield chunk
+
+    def ranges(self, name: str) -> BodyRanges:
+        """A reader of ranges of body `name`, from its pieces and its file."""
+        return BodyRanges(self.pieces, name)
+
+    def size(self, name: str) -> int:
+        """How big body `name` is: its file, or as far as its last piece when that goes
+        further; FileNotFoundError when it has neither. Blocking."""
+        end = self.pieces.end(name)
+        try:
+            return max(os.stat(self.path(name)).st_size, end)
+        except FileNotFoundError:
+            if end:
+                return end
+            raise
+
+    def has(self, name: str) -> bool:
+        """Whether anything of body `name` is kept: its file or a piece."""
+        return self.path(name).exists() or bool(self.pieces.of(name))
 
     def writer(self) -> BodyWriter:
         return BodyWriter(self.folder)
@@ -166,10 +195,11 @@ class Bodies:
         return BodyReader(self.folder)
 
     def remove(self, names: Iterable[str]) -> None:
-        """Remove body files (those already gone are fine). Blocking."""
+        """Remove bodies, their files and pieces (those already gone are fine). Blocking."""
         for name in names:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path(name))
+            self.pieces.remove(name)
 
     def sweep(self, keep: set[str]) -> int:
         """At start-up, remove our outgoing bodies nothing refers to any more (`keep`

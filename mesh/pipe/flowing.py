@@ -22,6 +22,7 @@ from ..errors import unwrapped
 from . import folder
 from .bodies import BLOCK, CHUNK, Bodies, Body, BodyTooLarge, append, incoming_name
 from .folder import fsync_folder
+from .pieces import BodyRanges
 from .receiving import Receiving
 from .sending import Sending
 from .streams import BodyStream
@@ -149,36 +150,32 @@ async def follow(
     whole). BodyBrokeOff when its sender gave it up, or it is not whole by `deadline`
     (wall-clock seconds)."""
     prefix = receiving.streamed(remote, transfer)
-    path, offset = bodies.path(incoming_name(remote, transfer)), 0
-    while offset < length:
-        whole = receiving.body_here(remote, transfer, length)  # after a restart, too
-        here = length if whole else min(prefix.length, length)
-        if here > offset:
-            data = await trio.to_thread.run_sync(_read_at, path, offset, min(CHUNK, here - offset))
-            offset += len(data)
-            if offset == length:
-                await before_last()
-            yield data
-            continue
-        if prefix.abandoned or receiving.given_up(remote, transfer):
-            raise BodyBrokeOff(f"its sender gave it up after {offset} bytes")
-        with trio.move_on_after(max(deadline - time.time(), 0.0)) as waited:
-            await receiving.delivered()
-        if waited.cancelled_caught:
-            raise BodyBrokeOff(f"{offset} of its {length} bytes came by the deadline")
+    offset = 0
+    with bodies.ranges(incoming_name(remote, transfer)) as ranges:
+        while offset < length:
+            whole = receiving.body_here(remote, transfer, length)  # after a restart, too
+            here = length if whole else min(prefix.length, length)
+            if here > offset:
+                data = await trio.to_thread.run_sync(
+                    _read_at, ranges, offset, min(CHUNK, here - offset)
+                )
+                offset += len(data)
+                if offset == length:
+                    await before_last()
+                yield data
+                continue
+            if prefix.abandoned or receiving.given_up(remote, transfer):
+                raise BodyBrokeOff(f"its sender gave it up after {offset} bytes")
+            with trio.move_on_after(max(deadline - time.time(), 0.0)) as waited:
+                await receiving.delivered()
+            if waited.cancelled_caught:
+                raise BodyBrokeOff(f"{offset} of its {length} bytes came by the deadline")
 
 
-def _read_at(path: os.PathLike[str], offset: int, size: int) -> bytes:
-    """`size` bytes of the file at `path` from `offset`; BodyBrokeOff if it is gone or
-    shorter (given up meanwhile). Blocking."""
+def _read_at(ranges: BodyRanges, offset: int, size: int) -> bytes:
+    """`size` bytes of the body from `offset`; BodyBrokeOff if it does not hold them
+    (given up meanwhile). Blocking."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return ranges.read(offset, size)
     except OSError as exc:
-        raise BodyBrokeOff(f"its file cannot be read: {exc.strerror}") from None
-    try:
-        data = os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
-    if len(data) < size:
-        raise BodyBrokeOff("its file is shorter than what came")
-    return data
+        raise BodyBrokeOff(f"its file cannot be read: {exc.strerror or exc}") from None

@@ -1,16 +1,20 @@
 """Opening the frames a file delivers: each read, checked and decoded; fragments written
-straight to their body files, messages kept for the store. Blocking (a small file's
-content is opened on the event loop, a big file from a worker thread)."""
+straight to their body files (or, big ones stored raw, left in the file, linked as pieces
+of their bodies: `pieces`), messages kept for the store. Blocking (a small file's content
+is opened on the event loop, a big file from a worker thread)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import FormatError, MessageError
 from ..wire.crypto import Keyring
-from ..wire.fileformat import Limits, ReadBuffer, ScannedFile, read_frame
+from ..wire.fileformat import Codec, Limits, ReadBuffer, ScannedFile, read_frame
 from ..wire.messages import (
     Control,
     Envelope,
@@ -24,6 +28,8 @@ from ..wire.messages import (
     unreadable,
 )
 from .bodies import Bodies, BodyWriter, incoming_name
+from .folder import fsync_folder
+from .pieces import LINK_FROM, Pieces
 from .streams import ABANDON
 
 
@@ -62,51 +68,65 @@ class Reader:
         source: BinaryIO,
         scanned: ScannedFile,
         given_up: set[str],
+        path: Path | None = None,
     ) -> Opened:
         """Read the frames `deliver` names from `source` (a file from `remote`, as
-        `scanned`); fragments go straight to their body files (durable on return), unless
-        their transfer was given up (`given_up`, or an ``abandon`` among these frames,
-        whose body file is removed here)."""
+        `scanned`; the file at `path` in the inbox, when it is one, whose big raw
+        fragments may then be linked as pieces: it is moved out of the inbox first);
+        fragments go to their body files (durable on return), unless their transfer was
+        given up (`given_up`, or an ``abandon`` among these frames, whose body file is
+        removed here)."""
         index_of: dict[int, int] = {}
         for index, info in enumerate(scanned.header.frames):
             if scanned.intact[index]:
                 index_of.setdefault(info.seq, index)
         opened = Opened()
         buffer = ReadBuffer()  # each frame is done with before the next is read
-        with self.bodies.writer() as bodies:
-            for seq in deliver:
-                try:
-                    data = read_frame(
-                        source, scanned.parsed, index_of[seq], self.keyring, self.limits, buffer
-                    )
-                except FormatError:  # changed since it was scanned: wait for a resend
-                    opened.unread.add(seq)
-                    continue
-                try:
-                    message, fragment_data = self.message(seq, data)
-                except MessageError as exc:
-                    opened.refused.append((seq, str(exc)))
-                    _stand_in(seq, data, str(exc), opened)
-                    continue
-                self._take(remote, seq, data, message, fragment_data, bodies, opened, given_up)
+        linker = _Linker(self.bodies.pieces, scanned)
+        if path is not None:
+            linker.adopt(path, source.fileno(), [index_of[seq] for seq in deliver])
+        try:
+            with self.bodies.writer() as bodies:
+                for seq in deliver:
+                    index = index_of[seq]
+                    try:
+                        data = read_frame(
+                            source, scanned.parsed, index, self.keyring, self.limits, buffer
+                        )
+                    except FormatError:  # changed since it was scanned: wait for a resend
+                        opened.unread.add(seq)
+                        continue
+                    try:
+                        message, fragment_data = self.message(seq, data)
+                    except MessageError as exc:
+                        opened.refused.append((seq, str(exc)))
+                        _stand_in(seq, data, str(exc), opened)
+                        continue
+                    taken = _Taken(remote, seq, index, data, fragment_data)
+                    self._take(taken, message, bodies, linker, opened, given_up)
+        except BaseException:
+            linker.give_back()
+            raise
+        linker.settle()
         return opened
 
     def _take(
         self,
-        remote: str,
-        seq: int,
-        data: bytes | memoryview,
+        taken: _Taken,
         message: Message,
-        fragment_data: bytes | memoryview,
         bodies: BodyWriter,
+        linker: _Linker,
         opened: Opened,
         given_up: set[str],
     ) -> None:
-        """Add one opened frame to `opened` (a fragment written to its body file)."""
+        """Add one opened frame to `opened` (a fragment linked as a piece of its body, or
+        written to its body file)."""
+        remote, fragment_data = taken.remote, taken.fragment_data
         if isinstance(message, Fragment):
             if message.transfer not in given_up:
                 name = incoming_name(remote, message.transfer)
-                bodies.write(name, message.offset, fragment_data)
+                if not linker.link(taken, name, message.offset):
+                    bodies.write(name, message.offset, fragment_data)
                 length = len(fragment_data)
                 total = message.total or 0  # a body that streams: known at its end
                 opened.fragments.append((message.transfer, message.id, total, length))
@@ -118,7 +138,7 @@ class Reader:
             # Gone before it is marked abandoned: never a partial file left over
             self.bodies.remove([incoming_name(remote, transfer)])
         else:
-            opened.messages.append((seq, int(kind_of(message)), bytes(data)))
+            opened.messages.append((taken.seq, int(kind_of(message)), bytes(taken.data)))
 
     def message(self, seq: int, data: bytes | memoryview) -> tuple[Message, bytes | memoryview]:
         """The message in frame `data` and, for a fragment, its data (a view of `data`).
@@ -140,6 +160,71 @@ class Reader:
         ):
             raise MessageError("abandon names no transfer")
         return message, fragment_data
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A frame read and checked: from `remote`, numbered `seq`, the `index`-th of its
+    file, its envelope `data` and, for a fragment, the fragment's data."""
+
+    remote: str
+    seq: int
+    index: int
+    data: bytes | memoryview
+    fragment_data: bytes | memoryview
+
+
+class _Linker:
+    """Links the big raw fragments of one file as pieces of their bodies (`pieces`), once
+    the file is adopted (`adopt`); then makes the links durable (`settle`)."""
+
+    def __init__(self, pieces: Pieces, scanned: ScannedFile) -> None:
+        self.pieces, self.scanned = pieces, scanned
+        self._fd: int | None = None  # the file's, once adopted
+        self._adopted: Path | None = None
+        self._inbox_path = Path()
+        self._linked = False
+
+    def adopt(self, path: Path, fd: int, indexes: Sequence[int]) -> None:
+        """Before any frame is read: move the file (`path`, open as `fd`) out of the inbox
+        when frames `indexes` hold one worth linking and it may be linked. Blocking."""
+        if any(map(self._raw_and_big, indexes)) and self.pieces.linkable(fd):
+            self._adopted, self._inbox_path = self.pieces.adopt(path, fd), path
+            self._fd = fd if self._adopted is not None else None
+
+    def _raw_and_big(self, index: int) -> bool:
+        info, header = self.scanned.header.frames[index], self.scanned.header
+        return info.codec == Codec.RAW and not header.encrypted and info.length >= LINK_FROM
+
+    def link(self, taken: _Taken, body: str, offset: int) -> bool:
+        """Whether fragment `taken` (bytes `offset`.. of `body`) is now a piece of it."""
+        data, fragment = taken.data, taken.fragment_data
+        # a view of the frame's end (its data last, as the frame lies in the file)
+        in_place = isinstance(fragment, memoryview) and len(fragment) >= LINK_FROM
+        if self._fd is None or not (in_place and self._raw_and_big(taken.index)):
+            return False
+        position = self.scanned.parsed.spans[taken.index][0] + len(data) - len(fragment)
+        linked = self.pieces.link(self._fd, body, offset, len(fragment), position)
+        self._linked = self._linked or linked
+        return linked
+
+    def give_back(self) -> None:
+        """Opening the file failed: put the adopted file back in the inbox (unless another
+        took its name meanwhile), to be read again. Blocking."""
+        if self._adopted is not None:
+            with contextlib.suppress(OSError):
+                os.link(self._adopted, self._inbox_path)
+            os.unlink(self._adopted)
+            self._adopted = None
+
+    def settle(self) -> None:
+        """Make what was linked durable (the file's bytes, which a mirror may not have
+        synced, then the names), and let the adopted file's own name go. Blocking."""
+        if self._linked and self._fd is not None:
+            os.fsync(self._fd)
+            fsync_folder(self.pieces.folder)
+        if self._adopted is not None:
+            os.unlink(self._adopted)
 
 
 def _stand_in(seq: int, data: bytes | memoryview, problem: str, opened: Opened) -> None:

@@ -110,7 +110,7 @@ class Receiving:
         given_up: set[str],
     ) -> Opened:
         with open_regular(path) as source:  # swapped for a FIFO or link since: refused
-            return self.reader.open(remote, deliver, source, scanned, given_up)
+            return self.reader.open(remote, deliver, source, scanned, given_up, path)
 
     def _told(self, remote: str, opened: Opened) -> None:
         """Report the progress of bodies arriving in fragments, and wake those waiting
