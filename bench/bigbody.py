@@ -9,9 +9,11 @@ folder; with it, each has its own outbox and inbox, and two `mesh mirror --trunc
 copy between them. Prints MB/s of `cp` of a file of that size on the same disk, of the
 same client straight to the same upstream (the harness's own ceiling), of the upload and
 of the download through the mesh (each checked by digest), each peer's peak resident
-memory, and how fast alpha alone takes a body and makes it durable (the sender's stage,
-a bound on the rest). The upload declares its length, as `curl -T` does, so it leaves
-while it arrives.
+memory, how many bytes each peer wrote to disk per byte of body (the sender writes each
+once in its spool and once in a pipe file; the receiver links raw fragments where they
+arrived, so writes none), and how fast alpha alone takes a body and makes it durable (the
+sender's stage, a bound on the rest). The upload declares its length, as `curl -T` does,
+so it leaves while it arrives.
 """
 
 from __future__ import annotations
@@ -131,6 +133,14 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def written(pid: int) -> int:
+    """Bytes process `pid` has had written to storage so far (its `write_bytes`)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
 def copy_rates(folder: Path, size: int, runs: int = 3) -> list[float]:
     """MB/s of `cp` of a `size`-byte file to another on the same disk (both fsync'd),
     `runs` times, sorted (it varies a lot from run to run on a VM's disk)."""
@@ -237,7 +247,9 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             if any(process.returncode is not None for process in processes):
                 raise SystemExit("a process exited at start: is another one using its port?")
             direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
+            before = {name: written(p.pid) for name, p in peers.items()}
             up, down, first = await transfer(size)
+            wrote = {name: written(p.pid) - before[name] for name, p in peers.items()}
             rss = {name: peak_rss(p.pid) for name, p in peers.items()}
             taken = await stored(size)
         finally:
@@ -256,6 +268,9 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
     print(f"alpha stores it (202) {taken:8.0f} MB/s  ({taken / cp:.0%} of cp: the sender's bound)")
     for name, peak in rss.items():
         print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")
+    for name, count in wrote.items():
+        each = count / (2 * size)
+        print(f"{name} wrote to disk  {each:8.2f} bytes per body byte (up and down)")
 
 
 if __name__ == "__main__":
