@@ -141,7 +141,10 @@ async def test_a_thousand_messages_each_way_through_faulty_mirrors(tmp_path: Pat
     }
     accepted: dict[str, dict[bytes, str]] = {"alpha": {}, "bravo": {}}
     at_alpha, at_bravo = Collector(alpha_port), Collector(bravo_port)
-    with trio.fail_after(240):
+    # Bounded loosely: a resend waits twice the measured round trip (times a backoff up
+    # to 8), and the slow-writing mirrors, taking files one at a time with pauses, make
+    # that round trip seconds long on a busy machine (37 to 170 s seen on the same code).
+    with trio.fail_after(420):
         async with (
             mesh_up(roster, "alpha") as alpha,
             mesh_up(roster, "bravo") as bravo,
