@@ -14,13 +14,19 @@ import trio
 
 from mesh.peer import Peer
 from mesh.pipe.bodies import Bodies, incoming_name
-from mesh.pipe.pieces import LINK_FROM, Pieces, parse, piece_name
+from mesh.pipe.pieces import LINK_FROM, Piece, Pieces, parse
 from mesh.pipe.sending import receive_body
-from mesh.wire.messages import Request
+from mesh.wire.layout import new_digest
+from mesh.wire.messages import Datagram, Fragment, Request
 from tests.test_links import start, streaming_roster, until
 
 MiB = 1 << 20
 BODY = incoming_name("alpha", "a" * 32)
+
+
+def piece(data: bytes, offset: int = 0) -> Piece:
+    """`data` as bytes `offset`.. of a body, the whole frame at 16 in its `carrier`."""
+    return Piece(offset, len(data), 16, len(data), new_digest(data).digest())
 
 
 def carrier(folder: Path, data: bytes, mode: int = 0o600) -> int:
@@ -37,8 +43,8 @@ def test_a_body_reads_from_its_pieces_and_its_file_and_never_through_a_hole(
     bodies = Bodies(tmp_path / "bodies")
     data = os.urandom(3 * LINK_FROM)
     first, third = carrier(tmp_path, data[:LINK_FROM]), carrier(tmp_path, data[2 * LINK_FROM :])
-    assert bodies.pieces.link(first, BODY, 0, LINK_FROM, 16)
-    assert bodies.pieces.link(third, BODY, 2 * LINK_FROM, LINK_FROM, 16)
+    assert bodies.pieces.link(first, BODY, piece(data[:LINK_FROM]))
+    assert bodies.pieces.link(third, BODY, piece(data[2 * LINK_FROM :], 2 * LINK_FROM))
     assert bodies.size(BODY) == 3 * LINK_FROM and bodies.has(BODY)
     with bodies.ranges(BODY) as ranges, pytest.raises(OSError):
         ranges.read(LINK_FROM - 10, 20)  # the middle is not here
@@ -58,16 +64,20 @@ def test_a_body_reads_from_its_pieces_and_its_file_and_never_through_a_hole(
 
 def test_a_body_removed_while_it_is_read_is_never_read_as_zeros(tmp_path: Path) -> None:
     """The body file, held open by its reader, has a hole where a piece was: once the
-    body is removed (its sender gave it up, say), nothing more is read of it."""
+    body is removed (its sender gave it up, say), what came copied is still read (as it
+    was before it was removed), a piece never seen is an error, never zeros."""
     bodies = Bodies(tmp_path / "bodies")
     data = os.urandom(2 * LINK_FROM)
     with bodies.writer() as writer:  # the second half came copied
         writer.write(BODY, LINK_FROM, data[LINK_FROM:])
     with bodies.ranges(BODY) as ranges:
         assert ranges.read(LINK_FROM, 10) == data[LINK_FROM : LINK_FROM + 10]  # file open
-        assert bodies.pieces.link(carrier(tmp_path, data[:LINK_FROM]), BODY, 0, LINK_FROM, 16)
+        assert bodies.pieces.link(
+            carrier(tmp_path, data[:LINK_FROM]), BODY, piece(data[:LINK_FROM])
+        )
         bodies.remove([BODY])
-        with pytest.raises(OSError, match="removed"):
+        assert ranges.read(LINK_FROM + 10, 10) == data[LINK_FROM + 10 : LINK_FROM + 20]
+        with pytest.raises(OSError, match="hole"):
             ranges.read(0, 10)
 
 
@@ -78,11 +88,11 @@ def test_the_very_file_checked_is_linked_whatever_its_name_is_now(tmp_path: Path
     fd = os.open(checked, os.O_RDONLY)
     os.rename(checked, tmp_path / "moved")  # another moves it, and puts its own there
     checked.write_bytes(b"h" * 16 + b"SWAPPED" * LINK_FROM)
-    assert bodies.pieces.link(fd, BODY, 0, 7 * LINK_FROM, 16)
+    assert bodies.pieces.link(fd, BODY, piece(b"checked" * LINK_FROM))
     assert bodies.ranges(BODY).read(0, 7) == b"checked"
     gone = os.open(checked, os.O_RDONLY)
     os.replace(tmp_path / "moved", checked)  # the one checked has no name left: copied
-    assert not bodies.pieces.link(gone, BODY, 7 * LINK_FROM, 7, 16)
+    assert not bodies.pieces.link(gone, BODY, piece(b"SWAPPED" * LINK_FROM, 7 * LINK_FROM))
     assert [piece.offset for piece in bodies.pieces.of(BODY)] == [0]
 
 
@@ -95,7 +105,7 @@ def test_a_file_adopted_is_out_of_reach_of_a_mirror_rewriting_its_name(tmp_path:
     assert adopted is not None and adopted.parent == bodies.folder and not inbox.exists()
     with inbox.open("wb") as rewritten:  # as an SFTP put of that name would: a new file
         rewritten.write(b"h" * 16 + b"FORGED!" * LINK_FROM)
-    assert bodies.pieces.link(fd, BODY, 0, 7 * LINK_FROM, 16)
+    assert bodies.pieces.link(fd, BODY, piece(b"checked" * LINK_FROM))
     assert bodies.ranges(BODY).read(0, 7) == b"checked"
     # A name that stands for another file than the one open is not adopted (and that
     # other file, out of the inbox now, is dropped)
@@ -128,12 +138,18 @@ def test_only_a_file_nobody_else_may_change_is_linked(tmp_path: Path) -> None:
 
 
 def test_only_names_mesh_makes_are_pieces() -> None:
-    name = piece_name(BODY, 1 << 33, 4 * MiB, 4096)
-    found = parse(name)
-    assert found is not None and found[0] == BODY
-    assert (found[1].offset, found[1].length, found[1].position) == (1 << 33, 4 * MiB, 4096)
-    for other in ("in-alpha-" + "a" * 32, "p-1-2-3-out-x", "p-1-2-in-alpha", "p-x-2-3-" + BODY):
-        assert parse(other) is None
+    made = Piece(1 << 33, 4 * MiB, 4096, 4 * MiB + 90, b"\x07" * 32).named(BODY)
+    assert parse(made.name) == (BODY, made)
+    digest = "07" * 32
+    for other in (
+        "in-alpha-" + "a" * 32,
+        f"p-1-2-3-4-{digest}-out-x",
+        f"p-1-2-3-{digest}-{BODY}",
+        f"p-x-2-3-4-{digest}-{BODY}",
+        f"p-1-2-3-4-{digest[:-2]}-{BODY}",
+        f"p-01-2-3-4-{digest}-{BODY}",  # not as mesh writes it
+    ):
+        assert parse(other) is None, other
 
 
 async def _cross(tmp_path: Path, data: bytes, **bravo_settings: str) -> tuple[Peer, str]:
@@ -191,5 +207,75 @@ async def test_a_body_that_compresses_is_copied(tmp_path: Path) -> None:
     data = b"mesh " * (MiB // 2)
     with trio.fail_after(30):
         bravo, name = await _cross(tmp_path, data)
+    assert bravo.bodies.pieces.of(name) == []
+    assert bravo.bodies.path(name).read_bytes() == data
+
+
+def test_a_piece_changed_after_it_came_is_an_error_never_data(tmp_path: Path) -> None:
+    """Whoever had the file open for writing before it was checked could change it
+    later: each read checks the piece's frame against its signed digest again."""
+    bodies = Bodies(tmp_path / "bodies")
+    data = os.urandom(LINK_FROM)
+    fd = carrier(tmp_path, data)
+    writer = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)  # held from before
+    assert bodies.pieces.link(fd, BODY, piece(data))
+    assert bodies.ranges(BODY).read(0, LINK_FROM) == data
+    os.pwrite(writer, b"E" * 1000, 16 + LINK_FROM - 1000)
+    with bodies.ranges(BODY) as ranges, pytest.raises(OSError, match="changed"):
+        ranges.read(0, 10)  # before the change, too: the frame is checked whole
+    os.pwrite(writer, data[-1000:], 16 + LINK_FROM - 1000)  # as it was: readable again
+    assert bodies.ranges(BODY).read(LINK_FROM - 10, 10) == data[-10:]
+    os.ftruncate(writer, 16 + LINK_FROM - 1)
+    with bodies.ranges(BODY) as ranges, pytest.raises(OSError):
+        ranges.read(0, 10)
+
+
+async def test_a_file_mostly_of_other_messages_is_copied_not_kept_whole(
+    tmp_path: Path,
+) -> None:
+    """A piece keeps its whole pipe file on disk: a file whose linked fragments would be
+    a small share of it is copied, so a small body kept long holds no big file."""
+    path = streaming_roster(tmp_path)
+    text = path.read_text().replace("fragment_size: 1MiB", "fragment_size: 8MiB")
+    path.write_text(text)
+    transfer, data = uuid.uuid4().hex, os.urandom(LINK_FROM)
+    name = incoming_name("alpha", transfer)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            peers = await start(path, nursery)
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            with alpha.store.database.transaction():  # queued together: one file
+                fragment = Fragment(uuid.uuid4().hex, transfer, 0, 0, 8 * MiB, data)
+                await alpha.links.sending.send("bravo", fragment)
+                for _ in range(4):
+                    other = Datagram(uuid.uuid4().hex, os.urandom(LINK_FROM))
+                    await alpha.links.sending.send("bravo", other)
+            await until(
+                bravo.links.receiving,
+                lambda: bravo.links.receiving.body_here("alpha", transfer, LINK_FROM),
+            )
+            nursery.cancel_scope.cancel()
+    assert bravo.bodies.pieces.of(name) == []
+    assert bravo.bodies.path(name).read_bytes() == data
+
+
+async def test_a_file_with_a_name_elsewhere_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard link made before the file was moved out of the inbox would let whoever made
+    it reach the file later: such a file is copied, not linked."""
+    adopt = Pieces.adopt
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def linked_meanwhile(self: Pieces, path: Path, fd: int) -> Path | None:
+        os.link(path, elsewhere / uuid.uuid4().hex)
+        return adopt(self, path, fd)
+
+    monkeypatch.setattr(Pieces, "adopt", linked_meanwhile)
+    data = os.urandom(3 * MiB)
+    with trio.fail_after(30):
+        bravo, name = await _cross(tmp_path, data)
+    assert list(elsewhere.iterdir()), "no file was adopted"
     assert bravo.bodies.pieces.of(name) == []
     assert bravo.bodies.path(name).read_bytes() == data

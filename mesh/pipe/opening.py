@@ -19,6 +19,7 @@ from ..wire.messages import (
     Control,
     Envelope,
     Fragment,
+    Kind,
     Message,
     is_id,
     kind_of,
@@ -29,7 +30,7 @@ from ..wire.messages import (
 )
 from .bodies import Bodies, BodyWriter, incoming_name
 from .folder import fsync_folder
-from .pieces import LINK_FROM, Pieces
+from .pieces import LINK_FROM, Piece, Pieces
 from .streams import ABANDON
 
 
@@ -162,6 +163,10 @@ class Reader:
         return message, fragment_data
 
 
+LINKED_SHARE = 0.75  # of a file's bytes its linked fragments make, at least
+FRAGMENT_START = bytes([0x98, Kind.FRAGMENT])  # how a fragment's envelope begins
+
+
 @dataclass(frozen=True)
 class _Taken:
     """A frame read and checked: from `remote`, numbered `seq`, the `index`-th of its
@@ -187,10 +192,21 @@ class _Linker:
 
     def adopt(self, path: Path, fd: int, indexes: Sequence[int]) -> None:
         """Before any frame is read: move the file (`path`, open as `fd`) out of the inbox
-        when frames `indexes` hold one worth linking and it may be linked. Blocking."""
-        if any(map(self._raw_and_big, indexes)) and self.pieces.linkable(fd):
-            self._adopted, self._inbox_path = self.pieces.adopt(path, fd), path
-            self._fd = fd if self._adopted is not None else None
+        when frames `indexes` worth linking make nearly all of it (`LINKED_SHARE`: a piece
+        keeps its whole file) and it may be linked. Blocking."""
+        frames = self.scanned.header.frames
+        worth = sum(frames[i].length for i in indexes if self._fragment_at(fd, i))
+        if worth < LINKED_SHARE * self.scanned.parsed.size or not self.pieces.linkable(fd):
+            return
+        self._adopted, self._inbox_path = self.pieces.adopt(path, fd), path
+        if self._adopted is not None and os.fstat(fd).st_nlink == 1:  # no name elsewhere
+            self._fd = fd
+
+    def _fragment_at(self, fd: int, index: int) -> bool:
+        """Whether frame `index` looks like a fragment worth linking (by its first bytes,
+        read unchecked: this only decides whether to try)."""
+        start = self.scanned.parsed.spans[index][0]
+        return self._raw_and_big(index) and os.pread(fd, 2, start) == FRAGMENT_START
 
     def _raw_and_big(self, index: int) -> bool:
         info, header = self.scanned.header.frames[index], self.scanned.header
@@ -204,7 +220,9 @@ class _Linker:
         if self._fd is None or not (in_place and self._raw_and_big(taken.index)):
             return False
         position = self.scanned.parsed.spans[taken.index][0] + len(data) - len(fragment)
-        linked = self.pieces.link(self._fd, body, offset, len(fragment), position)
+        info = self.scanned.header.frames[taken.index]
+        piece = Piece(offset, len(fragment), position, info.length, info.digest)
+        linked = self.pieces.link(self._fd, body, piece)
         self._linked = self._linked or linked
         return linked
 

@@ -1,23 +1,25 @@
 """Fragments read where they arrived. A big fragment that crossed raw (neither compressed
 nor sealed) lies in its pipe file byte for byte, so the receiver links that file into the
 bodies folder instead of copying the fragment into its body file: each byte is written
-once on this side. The link's name says where the fragment lies::
+once on this side. The link's name says where the fragment lies and how to check it::
 
-    p-<offset>-<length>-<position>-<body>          (the numbers in hex)
+    p-<offset>-<length>-<position>-<frame length>-<digest>-<body>    (numbers in hex)
 
 `body` is the body file's name (``in-<peer>-<transfer>``): bytes `offset` to
-`offset + length` of that body are the linked file's bytes from `position`. The folder is
-the map (as durable as the folder's fsync, and read again at start). A pipe file that
-brought several fragments has a name for each; its space is freed with its last name, so
-a body's pieces go with the body (`Pieces.remove`).
+`offset + length` of that body are the linked file's bytes from `position`, the end of a
+frame of `frame length` bytes whose signed BLAKE3 digest is `digest`. The folder is the
+map (as durable as the folder's fsync, and read again at start). A pipe file that brought
+several fragments has a name for each; its space is freed with its last name, so a body's
+pieces go with the body (`Pieces.remove`).
 
-Only a file nobody else may change is linked: a regular file owned by this user, writable
-by nobody else, on the bodies folder's filesystem. It is first moved out of the inbox
-(`adopt`), before its frames are read and checked again, so a mirror that rewrites a
-file of that name in place (as some do) makes another file; its pieces are linked through
-the descriptor it was read from, never by a name another could swap. What was checked is
-then what is read later. Any other file is copied, as is a small fragment (a name per
-fragment would cost more than its copy).
+**A piece is checked again each time it is read** (`BodyRanges`): its whole frame is read
+into memory and its digest compared before any of it is handed out, so bytes changed
+since they arrived (by a writer that had the file open, say) are an error, never data.
+Only a file nobody else may change is linked, too: a regular file owned by this user,
+writable by nobody else, on the bodies folder's filesystem, with no other name once it is
+moved out of the inbox (`adopt`, before its frames are read), so a mirror rewriting a file
+of that name in place makes another file. Any other file is copied, as is a small
+fragment (a name per fragment would cost more than its copy).
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import os
 import stat
 import threading
 import uuid
-from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+from ..wire.layout import new_digest
 
 LINK_FROM = 256 << 10  # bytes: a smaller fragment is copied into its body file
 _PREFIX = "p-"
-REMOVED_KEPT = 4096  # bodies removed lately, whose readers are told so
 _AT_FDCWD, _AT_EMPTY_PATH = -100, 0x1000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -55,34 +57,45 @@ def link_descriptor(fd: int, name: Path) -> None:
 
 @dataclass(frozen=True, order=True)
 class Piece:
-    """Bytes `offset` to `end` of a body, in linked file `name` from `position`."""
+    """Bytes `offset` to `end` of a body, in linked file `name` from `position`: the end
+    of a frame of `frame_length` bytes whose digest is `digest`."""
 
     offset: int
     length: int
     position: int
-    name: str
+    frame_length: int
+    digest: bytes
+    name: str = ""
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
+    @property
+    def frame_start(self) -> int:
+        return self.position + self.length - self.frame_length
 
-def piece_name(body: str, offset: int, length: int, position: int) -> str:
-    return f"{_PREFIX}{offset:x}-{length:x}-{position:x}-{body}"
+    def named(self, body: str) -> Piece:
+        """This piece with the name it has as a piece of `body`."""
+        numbers = (self.offset, self.length, self.position, self.frame_length)
+        hexes = "-".join(f"{number:x}" for number in numbers)
+        return replace(self, name=f"{_PREFIX}{hexes}-{self.digest.hex()}-{body}")
 
 
 def parse(name: str) -> tuple[str, Piece] | None:
     """The body and piece a name in the bodies folder stands for; None for another name."""
     if not name.startswith(_PREFIX):
         return None
-    fields = name[len(_PREFIX) :].split("-", 3)
-    if len(fields) != 4 or not fields[3].startswith("in-"):
+    fields = name[len(_PREFIX) :].split("-", 5)
+    if len(fields) != 6 or not fields[5].startswith("in-") or len(fields[4]) != 64:
         return None
     try:
-        offset, length, position = (int(field, 16) for field in fields[:3])
+        offset, length, position, frame_length = (int(field, 16) for field in fields[:4])
+        digest = bytes.fromhex(fields[4])
     except ValueError:
         return None
-    return fields[3], Piece(offset, length, position, name)
+    piece = Piece(offset, length, position, frame_length, digest, name)
+    return (fields[5], piece) if piece.named(fields[5]).name == name else None
 
 
 class Pieces:
@@ -94,7 +107,6 @@ class Pieces:
         self._device = os.stat(folder).st_dev
         self._lock = threading.Lock()
         self._of: dict[str, list[Piece]] = {}
-        self._removed: OrderedDict[str, None] = OrderedDict()
         for entry in os.scandir(folder):
             found = parse(entry.name)
             if found is not None:
@@ -127,18 +139,20 @@ class Pieces:
             return None
         return adopted
 
-    def link(self, fd: int, body: str, offset: int, length: int, position: int) -> bool:
-        """Link the file open as `fd` (`linkable`) as bytes `offset`.. of `body`, which lie
-        at `position` in it; False when the system would not (then copy them). Not yet
-        durable: fsync the file and the folder. The same piece again replaces the old."""
-        name = piece_name(body, offset, length, position)
+    def link(self, fd: int, body: str, piece: Piece) -> bool:
+        """Link the file open as `fd` (`linkable`) as `piece` of `body`; False when the
+        system would not (then copy it). Not yet durable: fsync the file and the folder.
+        The same piece again replaces the old. Blocking."""
+        named = piece.named(body)
         temporary = self.folder / f"tmp-{uuid.uuid4().hex}"
         try:  # through the descriptor: the very file checked, whatever its name is now
             link_descriptor(fd, temporary)
+            os.replace(temporary, self.folder / named.name)
         except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
             return False
-        os.replace(temporary, self.folder / name)
-        self._add(body, Piece(offset, length, position, name))
+        self._add(body, named)
         return True
 
     def _add(self, body: str, piece: Piece) -> None:
@@ -156,18 +170,10 @@ class Pieces:
         """Where the last piece of `body` ends (0 when it has none)."""
         return max((piece.end for piece in self.of(body)), default=0)
 
-    def removed(self, body: str) -> bool:
-        """Whether `body` was removed lately (`REMOVED_KEPT`): a reader holding some of
-        its files open must not read on, where its pieces are no longer known."""
-        return body in self._removed
-
     def remove(self, body: str) -> None:
         """Remove the pieces of `body` (those already gone are fine). Blocking."""
         with self._lock:
             pieces = self._of.pop(body, [])
-            self._removed[body] = None
-            while len(self._removed) > REMOVED_KEPT:
-                self._removed.popitem(last=False)
         for piece in pieces:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.folder / piece.name)
@@ -181,10 +187,11 @@ class BodyRanges:
         self.pieces, self.body = pieces, body
         self._opened: dict[str, int] = {}
         self._known: set[Piece] = set()
+        self._frame: tuple[Piece, bytes] | None = None  # the last piece checked, its frame
 
     def read(self, offset: int, size: int) -> bytes:
         """`size` bytes of the body from `offset`; OSError if it does not hold them all
-        (removed meanwhile, its file shorter, a hole no piece fills)."""
+        (its file shorter, a hole no piece fills: removed meanwhile) or a piece changed."""
         self._known.update(self.pieces.of(self.body))  # again each time: more come
         pieces = sorted(self._known)
         starts = [piece.offset for piece in pieces]
@@ -194,16 +201,35 @@ class BodyRanges:
             covering = next((p for p in reversed(pieces[: at + 1]) if p.end > offset), None)
             if covering is not None:
                 want = min(end, covering.end) - offset
-                data = self._read(covering.name, want, covering.position + offset - covering.offset)
+                data = self._from_piece(covering, offset, want)
             else:
                 following = pieces[at + 1].offset if at + 1 < len(pieces) else end
                 want = min(end, following) - offset
                 data = self._read(self.body, want, offset)
+                self._no_hole(offset, want)
             parts.append(data)
             offset += want
-        if self.pieces.removed(self.body):  # meanwhile: read from where a piece no longer is
-            raise OSError(f"body {self.body} was removed")
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _no_hole(self, offset: int, size: int) -> None:
+        """OSError unless the body file holds data all along `offset`..`offset + size`:
+        a hole is where a piece was (removed with its body meanwhile, unseen here), not
+        zeros that came."""
+        if os.lseek(self._opened[self.body], offset, os.SEEK_HOLE) < offset + size:
+            raise OSError(f"body {self.body} has a hole where a piece was: removed meanwhile")
+
+    def _from_piece(self, piece: Piece, offset: int, size: int) -> bytes:
+        """`size` bytes of the body from `offset`, out of `piece`'s frame, read whole and
+        checked against its digest (once for the reads that follow in it); OSError when
+        it no longer matches."""
+        if self._frame is None or self._frame[0] != piece:
+            frame = self._read(piece.name, piece.frame_length, piece.frame_start)
+            if new_digest(frame).digest() != piece.digest:
+                raise OSError(f"a piece of body {self.body} changed since it came")
+            self._frame = piece, frame
+        frame = self._frame[1]  # the fragment's data is its end
+        start = len(frame) - piece.length + offset - piece.offset
+        return frame[start : start + size]
 
     def _read(self, name: str, size: int, position: int) -> bytes:
         fd = self._opened.get(name)
@@ -223,6 +249,7 @@ class BodyRanges:
         for fd in self._opened.values():
             os.close(fd)
         self._opened.clear()
+        self._frame = None
 
     def __enter__(self) -> BodyRanges:
         return self
