@@ -154,7 +154,8 @@ def test_only_names_mesh_makes_are_pieces() -> None:
 
 async def _cross(tmp_path: Path, data: bytes, **bravo_settings: str) -> tuple[Peer, str]:
     """Send `data` as a body from alpha to bravo (fragments of 1 MiB); bravo, and the
-    body's name there, once all of it is there."""
+    body's name there, once all of it is there (`resent` holds how many of alpha's
+    messages were sent again)."""
     path = streaming_roster(tmp_path)
     for key, value in bravo_settings.items():
         text = path.read_text()
@@ -175,8 +176,12 @@ async def _cross(tmp_path: Path, data: bytes, **bravo_settings: str) -> tuple[Pe
             bravo.links.receiving,
             lambda: bravo.links.receiving.body_here("alpha", stream.transfer, len(data)),
         )
+        resent.append(alpha.links.protocol.status("bravo").resends)
         nursery.cancel_scope.cancel()
     return bravo, incoming_name("alpha", stream.transfer)
+
+
+resent: list[int] = []
 
 
 async def test_a_raw_body_is_read_where_it_arrived_not_copied(tmp_path: Path) -> None:
@@ -279,3 +284,25 @@ async def test_a_file_with_a_name_elsewhere_is_copied(
     assert list(elsewhere.iterdir()), "no file was adopted"
     assert bravo.bodies.pieces.of(name) == []
     assert bravo.bodies.path(name).read_bytes() == data
+
+
+async def test_a_file_that_fails_midway_goes_back_to_the_inbox_and_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moved out of the inbox before it is read, a file whose opening fails (the disk,
+    say) is put back, read again later, and its body comes whole."""
+    link, failed = Pieces.link, []
+
+    def failing_once(self: Pieces, fd: int, body: str, found: Piece) -> bool:
+        if not failed:
+            failed.append(body)
+            raise OSError(28, "No space left on device")
+        return link(self, fd, body, found)
+
+    monkeypatch.setattr(Pieces, "link", failing_once)
+    data = os.urandom(3 * MiB)
+    with trio.fail_after(30):
+        bravo, name = await _cross(tmp_path, data)
+    assert failed and bravo.bodies.pieces.of(name)
+    assert resent[-1] == 0, "not put back: it came again only when alpha sent it again"
+    assert b"".join([chunk async for chunk in bravo.bodies.chunks(name)]) == data

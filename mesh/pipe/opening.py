@@ -228,10 +228,13 @@ class _Linker:
 
     def give_back(self) -> None:
         """Opening the file failed: put the adopted file back in the inbox (unless another
-        took its name meanwhile), to be read again. Blocking."""
+        took its name meanwhile, or pieces of it were linked: a file with other names is
+        never read from an inbox), to be read again; else its sender sends it again.
+        Blocking."""
         if self._adopted is not None:
             with contextlib.suppress(OSError):
-                os.link(self._adopted, self._inbox_path)
+                if not self._linked:
+                    os.link(self._adopted, self._inbox_path)
             os.unlink(self._adopted)
             self._adopted = None
 
