@@ -25,6 +25,7 @@ from ..state.requests import RequestRecord
 from ..wire.messages import Response
 from .answering import cancel_when_set
 from .asgi import Send
+from .headers import declared_length
 from .requests import Requests
 
 
@@ -43,24 +44,29 @@ class Streamer:
 
     async def answer(self, send: Send, remote: str, head: Response, gone: trio.Event) -> None:
         """Answer with `head` (from `remote`) and its body as it comes (`respond`), until
-        the caller is `gone`; a body that came whole to it is let go."""
+        the caller is `gone`; a body that came whole to it is let go: it ended whole, or
+        the caller left once it had every byte of the length the head declared."""
+        assert head.body_id is not None
         whole = False  # if the caller goes first
+        source = _Source(self.bodies, incoming_name(remote, head.body_id))
         async with trio.open_nursery() as streaming:
             streaming.start_soon(cancel_when_set, gone, streaming.cancel_scope)
-            whole = await self.respond(send, remote, head)
+            whole = await self.respond(send, remote, head, source)
             streaming.cancel_scope.cancel()
         record = self.requests.get(head.id)
-        if whole and record is not None and record.body_file:
+        if record is None or not record.body_file:
+            return
+        if whole or await _all_it_declared(record, head, source):
             self.requests.given(record)
 
-    async def respond(self, send: Send, remote: str, head: Response) -> bool:
-        """Answer with `head` (from `remote`) and its body as it comes; whether it ended
-        whole (then the caller has it all). Cut short when it will not end whole."""
+    async def respond(self, send: Send, remote: str, head: Response, source: _Source) -> bool:
+        """Answer with `head` (from `remote`) and its body as it comes, from `source`;
+        whether it ended whole (then the caller has it all). Cut short when it will not
+        end whole."""
         assert head.body_id is not None
         prefix = self.receiving.streamed(remote, head.body_id)
         headers = [*head.headers, (b"mesh-request-id", head.id.encode())]
         await send({"type": "http.response.start", "status": head.status, "headers": headers})
-        source = _Source(self.bodies, incoming_name(remote, head.body_id))
         try:
             await self._body(send, head, prefix, source)
         except Cut as cut:
@@ -84,6 +90,7 @@ class Streamer:
             while source.offset < end:
                 data = await source.read(end)
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                source.sent += len(data)
             # what came before is sent: then the end, or the cut
             if record is not None and ended and whole is None:
                 raise Cut(f"the request ended {record.state}, answered {record.status}")
@@ -105,6 +112,19 @@ class Streamer:
             nursery.start_soon(then_stop, partial(self.requests.wait, request_id, math.inf))
 
 
+async def _all_it_declared(record: RequestRecord, head: Response, source: _Source) -> bool:
+    """Whether the caller, gone, had all of the answer `record` ended with: the one `head`
+    began, its length declared, every byte of it sent from `source`."""
+    if record.body_file != source.name or not record.done:
+        return False
+    declared = declared_length(dict(head.headers).get(b"content-length"))
+    try:
+        size = await trio.to_thread.run_sync(source.bodies.size, source.name)
+    except OSError:
+        return False
+    return declared == size == source.sent
+
+
 async def _whole_size(record: RequestRecord, head: Response, source: _Source) -> int | None:
     """The size of the body of `record`, ended, when it is the answer `head` began (its
     body in `source`'s file, or none at all); else None."""
@@ -124,7 +144,8 @@ class _Source:
 
     def __init__(self, bodies: Bodies, name: str) -> None:
         self.bodies, self.name = bodies, name
-        self.offset = 0
+        self.offset = 0  # read so far
+        self.sent = 0  # of it, handed to the caller's connection
         self._ranges = bodies.ranges(name)
 
     async def read(self, end: int) -> bytes:
