@@ -121,9 +121,8 @@ class Poster:
         signed = Signed(int(self.wall()), post.request_id, status)
         if post.body_file is None:
             return signature(post.signing_key, post.body, signed)
-        ranges = self.bodies.ranges(post.body_file)
         size = await trio.to_thread.run_sync(self.bodies.size, post.body_file)
-        with ranges:
+        with self.bodies.ranges(post.body_file) as ranges:
             return await trio.to_thread.run_sync(
                 signature_of_body, post.signing_key, ranges, size, signed
             )

@@ -194,9 +194,11 @@ class _Linker:
         """Before any frame is read: move the file (`path`, open as `fd`) out of the inbox
         when frames `indexes` worth linking make nearly all of it (`LINKED_SHARE`: a piece
         keeps its whole file) and it may be linked. Blocking."""
+        if not self.pieces.linkable(fd):  # one fstat, before a read per frame
+            return
         frames = self.scanned.header.frames
         worth = sum(frames[i].length for i in indexes if self._fragment_at(fd, i))
-        if worth < LINKED_SHARE * self.scanned.parsed.size or not self.pieces.linkable(fd):
+        if worth < LINKED_SHARE * self.scanned.parsed.size:
             return
         self._adopted, self._inbox_path = self.pieces.adopt(path, fd), path
         if self._adopted is not None and os.fstat(fd).st_nlink == 1:  # no name elsewhere
