@@ -1,6 +1,7 @@
 """A big body up and a big body down through the mesh, beside `cp` of the same bytes.
 
     python bench/bigbody.py [--size 1GiB] [--fragment-size 256MiB] [--truncate 0.2]
+                            [--logs DIR]
 
 Starts an upstream (hypercorn, its own process) that reads a request body and answers its
 SHA-256, or answers N bytes of a fixed pattern; and two peers, each its own `mesh up`
@@ -13,12 +14,15 @@ memory, how many bytes each peer wrote to disk per byte of body (the sender writ
 once in its spool and once in a pipe file; the receiver links raw fragments where they
 arrived, so writes none), and how fast alpha alone takes a body and makes it durable (the
 sender's stage, a bound on the rest). The upload declares its length, as `curl -T` does,
-so it leaves while it arrives.
+so it leaves while it arrives. With `--truncate`, it also prints the most bytes each
+outbox held at once (what the mirror had yet to take). `--logs DIR` keeps each process's
+log there (`alpha.log`, `bravo.log`, `upstream.log`, `mirror-alpha-out.log`, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
@@ -141,6 +145,19 @@ def written(pid: int) -> int:
     return 0
 
 
+async def sample_backlog(folders: list[Path], peaks: dict[str, int]) -> None:
+    """Record in `peaks` the most bytes each of `folders` held at once, every 0.2 s."""
+    while True:
+        for folder in folders:
+            held = 0
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        held += entry.stat(follow_symlinks=False).st_size
+            peaks[folder.name] = max(peaks.get(folder.name, 0), held)
+        await trio.sleep(0.2)
+
+
 def copy_rates(folder: Path, size: int, runs: int = 3) -> list[float]:
     """MB/s of `cp` of a `size`-byte file to another on the same disk (both fsync'd),
     `runs` times, sorted (it varies a lot from run to run on a VM's disk)."""
@@ -201,57 +218,79 @@ async def stored(size: int) -> float:
     return size / seconds / 1e6
 
 
-async def main(size: int, fragment_size: str, truncate: float | None) -> None:
+def log_file(logs: Path | None, name: str) -> int:
+    """A descriptor of `logs`/`name`.log to write, or DEVNULL without `logs`."""
+    if logs is None:
+        return subprocess.DEVNULL
+    return os.open(logs / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+
+async def launch(
+    folder: Path, roster_path: Path, truncate: float | None, logs: Path | None
+) -> tuple[list[trio.Process], dict[str, trio.Process]]:
+    """The upstream, both peers and (with `truncate`) the two mirrors; their stderr to
+    `logs`/<name>.log, or dropped."""
     bin_dir = Path(sys.executable).parent
+    processes: list[trio.Process] = []
+
+    async def launch_one(name: str, command: list[str], **options: Any) -> trio.Process:
+        log = log_file(logs, name)
+        process = await trio.lowlevel.open_process(
+            command, stderr=log, stdout=log, start_new_session=True, **options
+        )
+        if log != subprocess.DEVNULL:
+            os.close(log)  # the child has its own
+        processes.append(process)
+        return process
+
+    upstream = [str(bin_dir / "hypercorn"), "-k", "trio", "--bind", f"127.0.0.1:{UPSTREAM}"]
+    await launch_one("upstream", [*upstream, "bigbody:upstream"], cwd=Path(__file__).parent)
+    peers = {}
+    for name in ("alpha", "bravo"):
+        command = [str(bin_dir / "mesh"), "up", str(roster_path), "--peer", name]
+        peers[name] = await launch_one(name, command)
+    if truncate is not None:
+        for src, dst, seed in (("alpha-out", "bravo-in", 1), ("bravo-out", "alpha-in", 2)):
+            fault = ["--truncate", str(truncate), "--seed", str(seed)]
+            command = [str(bin_dir / "mesh"), "mirror", str(folder / src), str(folder / dst)]
+            await launch_one(f"mirror-{src}", [*command, *fault])
+    return processes, peers
+
+
+async def measure(
+    size: int, folder: Path, processes: list[trio.Process], peers: dict[str, trio.Process]
+) -> dict[str, Any]:
+    """Direct and mesh transfers, each peer's writes and peak memory, alpha's own stage and
+    (with split folders) each outbox's peak backlog."""
+    await started(f"http://127.0.0.1:{UPSTREAM}/bytes/0")
+    await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
+    await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
+    if any(process.returncode is not None for process in processes):
+        raise SystemExit("a process exited at start: is another one using its port?")
+    found: dict[str, Any] = {"direct": await transfer(size, f"http://127.0.0.1:{UPSTREAM}")}
+    before = {name: written(p.pid) for name, p in peers.items()}
+    backlog: dict[str, int] = {}
+    outboxes = [folder / "alpha-out", folder / "bravo-out"]
+    async with trio.open_nursery() as nursery:
+        if len(processes) > 3:  # mirrors: each peer has its own outbox
+            nursery.start_soon(sample_backlog, outboxes, backlog)
+        found["mesh"] = await transfer(size)
+        nursery.cancel_scope.cancel()
+    found["backlog"] = backlog
+    found["wrote"] = {name: written(p.pid) - before[name] for name, p in peers.items()}
+    found["rss"] = {name: peak_rss(p.pid) for name, p in peers.items()}
+    found["taken"] = await stored(size)
+    return found
+
+
+async def main(size: int, fragment_size: str, truncate: float | None, logs: Path | None) -> None:
     with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
         folder = Path(tmp)
         rates = copy_rates(folder, size)
-        cp = rates[len(rates) // 2]
         path = roster(folder, fragment_size, truncate is not None, size)
-        processes = [
-            await trio.lowlevel.open_process(
-                [
-                    str(bin_dir / "hypercorn"),
-                    "-k",
-                    "trio",
-                    "--bind",
-                    f"127.0.0.1:{UPSTREAM}",
-                    "bigbody:upstream",
-                ],
-                cwd=Path(__file__).parent,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        ]
-        peers = {}
-        for name in ("alpha", "bravo"):
-            peers[name] = await trio.lowlevel.open_process(
-                [str(bin_dir / "mesh"), "up", str(path), "--peer", name],
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            processes.append(peers[name])
-        if truncate is not None:
-            for src, dst, seed in (("alpha-out", "bravo-in", 1), ("bravo-out", "alpha-in", 2)):
-                fault = ["--truncate", str(truncate), "--seed", str(seed)]
-                command = [str(bin_dir / "mesh"), "mirror", str(folder / src), str(folder / dst)]
-                processes.append(
-                    await trio.lowlevel.open_process(
-                        [*command, *fault], stdout=subprocess.DEVNULL, start_new_session=True
-                    )
-                )
+        processes, peers = await launch(folder, path, truncate, logs)
         try:
-            await started(f"http://127.0.0.1:{UPSTREAM}/bytes/0")
-            await started(f"http://127.0.0.1:{ALPHA}/mesh/status")
-            await started(f"http://127.0.0.1:{BRAVO}/mesh/status")
-            if any(process.returncode is not None for process in processes):
-                raise SystemExit("a process exited at start: is another one using its port?")
-            direct = await transfer(size, f"http://127.0.0.1:{UPSTREAM}")
-            before = {name: written(p.pid) for name, p in peers.items()}
-            up, down, first = await transfer(size)
-            wrote = {name: written(p.pid) - before[name] for name, p in peers.items()}
-            rss = {name: peak_rss(p.pid) for name, p in peers.items()}
-            taken = await stored(size)
+            found = await measure(size, folder, processes, peers)
         finally:
             for process in processes:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -259,18 +298,26 @@ async def main(size: int, fragment_size: str, truncate: float | None) -> None:
             shutil.rmtree(folder / "state", ignore_errors=True)
     faults = f", mirrors truncating {truncate:.0%} of files" if truncate is not None else ""
     print(f"{format_size(size)} body, fragment_size {fragment_size}{faults}")
+    report(size, rates, found)
+
+
+def report(size: int, rates: list[float], found: dict[str, Any]) -> None:
+    cp, direct, (up, down, first) = rates[len(rates) // 2], found["direct"], found["mesh"]
     spread = f"(median of {rates[0]:.0f} to {rates[-1]:.0f})"
     print(f"cp on the same disk   {cp:8.0f} MB/s  {spread}")
     print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
     print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / direct[0]:.2f} of direct)")
     print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / direct[1]:.2f} of direct)")
     print(f"download's first byte {first:8.3f} s     (direct: {direct[2]:.3f} s)")
+    taken = found["taken"]
     print(f"alpha stores it (202) {taken:8.0f} MB/s  ({taken / cp:.0%} of cp: the sender's bound)")
-    for name, peak in rss.items():
+    for name, peak in found["rss"].items():
         print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")
-    for name, count in wrote.items():
+    for name, count in found["wrote"].items():
         each = count / (2 * size)
         print(f"{name} wrote to disk  {each:8.2f} bytes per body byte (up and down)")
+    for name, held in found["backlog"].items():
+        print(f"{name} held at most {held / (1 << 20):8.0f} MiB not yet taken by its mirror")
 
 
 if __name__ == "__main__":
@@ -278,5 +325,8 @@ if __name__ == "__main__":
     parser.add_argument("--size", default="1GiB")
     parser.add_argument("--fragment-size", default="256MiB")
     parser.add_argument("--truncate", type=float, default=None)
+    parser.add_argument("--logs", type=Path, default=None)
     args = parser.parse_args()
-    trio.run(main, parse_size(args.size), args.fragment_size, args.truncate)
+    if args.logs:
+        args.logs.mkdir(parents=True, exist_ok=True)
+    trio.run(main, parse_size(args.size), args.fragment_size, args.truncate, args.logs)
