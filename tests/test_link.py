@@ -162,15 +162,31 @@ def test_proven_missing_messages_are_resent_at_once_even_when_backlogged() -> No
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
     hint = LinkFields(missing=(2,), ack_epoch=A_EPOCH)
     assert alpha.arrived(header("bravo", B_EPOCH, "alpha", hint), [], [], 1.0).resend == (2,)
-    assert [f.seqs for f in alpha.outgoing(1.0, backlogged=["bravo"])] == [(2,)]
+    assert [f.seqs for f in alpha.outgoing(1.0, waiting={"bravo": {1, 2, 3}})] == [(2,)]
 
 
-def test_a_backlogged_pipe_holds_plain_resends() -> None:
+def test_a_resend_waits_while_its_file_waits_in_the_outbox() -> None:
     alpha, _ = pair()
     send(alpha, 2)
     alpha.written(alpha.outgoing(0.0)[0], 0.0)
-    assert [f.seqs for f in alpha.outgoing(10.0, backlogged=["bravo"]) if f.seqs] == []
+    assert [f.seqs for f in alpha.outgoing(10.0, waiting={"bravo": {1, 2}}) if f.seqs] == []
     assert [f.seqs for f in alpha.outgoing(20.0) if f.seqs] == [(1, 2)]
+
+
+def test_a_resend_goes_once_its_file_was_taken_however_many_files_wait_after_it() -> None:
+    """A long stream keeps files of ours in the outbox: a message whose own file the pipe
+    took (and whose ask for a resend was lost) must not wait for the stream to end."""
+    alpha, _ = pair()
+    send(alpha, 1)
+    alpha.written(alpha.outgoing(0.0)[0], 0.0)
+    now = 0.0
+    for _ in range(5):  # one more file every second, each waiting in the outbox
+        now += 1.0
+        [seq] = send(alpha, 1, now)
+        [file] = alpha.outgoing(now, waiting={"bravo": {seq - 1}})
+        alpha.written(file, now)
+    resent = alpha.outgoing(10.0, waiting={"bravo": {6}})
+    assert [f.seqs for f in resent if f.seqs] == [(1,)]
 
 
 def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:
@@ -181,7 +197,7 @@ def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:
     timeout = alpha.outbound("bravo").timeout()
     assert alpha.resending(timeout - 0.1) == []
     assert alpha.resending(timeout) == ["bravo"]
-    alpha.outgoing(timeout, backlogged=["bravo"])  # held for another timeout
+    alpha.outgoing(timeout, waiting={"bravo": {1, 2}})  # held for another timeout
     assert alpha.resending(timeout + 0.1) == []
     alpha.outbound("bravo").resend_now([1], timeout + 0.2)  # proven missing: never held
     assert alpha.resending(timeout + 0.2) == []

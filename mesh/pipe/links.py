@@ -39,7 +39,7 @@ from .opening import Reader
 from .receiving import Receiving
 from .sending import Sending
 
-UNREAD_KEPT = 64  # our newest files per remote checked for still waiting in the outbox
+UNREAD_KEPT = 256  # our newest files per remote checked for still waiting in the outbox
 SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written on the loop
 
 
@@ -100,7 +100,10 @@ class Links:
         reader = Reader(keyring, limits, bodies, max_body)
         self.receiving = Receiving(self.protocol, tables, reader, self.events, self.progress)
         self._last_heartbeat: dict[str, Path] = {}
-        self._unread: dict[str, list[tuple[Path, float]]] = {r: [] for r in settings}
+        # Per remote, our files with messages, oldest first: path, when written, its seqs
+        self._unread: dict[str, list[tuple[Path, float, tuple[int, ...]]]] = {
+            r: [] for r in settings
+        }
         self.pipe_error: str | None = None  # why the last write to the outbox failed
         self.traffic = Traffic()
         # Small writes, listings and removals in the outbox: on the loop while quick
@@ -117,29 +120,28 @@ class Links:
         while True:
             await self.sending.remove_finished()
             now = trio.current_time()
-            backlogged = []
+            waiting: dict[str, set[int]] = {}
             resending = self.protocol.resending(now)
             if resending:  # only then does it matter: not a thread round trip per file
-                backlogged = await self.disk.run(partial(self._backlogged, now, resending))
-            for file in self.protocol.outgoing(now, backlogged):
+                waiting = await self.disk.run(partial(self._waiting, now, resending))
+            for file in self.protocol.outgoing(now, waiting):
                 await self._write(file)
             wake = self.protocol.next_wakeup()
             self._kick = trio.Event()
             with trio.move_on_at(wake if wake is not None else math.inf):
                 await self._kick.wait()
 
-    def _backlogged(self, now: float, remotes: Iterable[str]) -> list[str]:
-        """Of `remotes`, those for which a file we wrote still waits in the outbox: the
-        pipe has not taken it yet, so resending its messages would only add to the queue.
-        Files older than eight timeouts no longer count (a mirror that copies without
-        deleting must not stop resends for good). Blocking."""
-        found = []
+    def _waiting(self, now: float, remotes: Iterable[str]) -> dict[str, set[int]]:
+        """Per remote of `remotes`, our messages that a file of ours still carries in the
+        outbox: the pipe has not taken it yet, so resending them would only add to the
+        queue. Files older than eight timeouts no longer count (a mirror that copies
+        without deleting must not stop resends for good). Blocking."""
+        found = {}
         for remote in remotes:
             files = self._unread[remote]
             limit = 8 * self.protocol.ack_timeout(remote)
-            files[:] = [(p, at) for p, at in files if now - at < limit and os.path.exists(p)]
-            if files:
-                found.append(remote)
+            files[:] = [f for f in files if now - f[1] < limit and os.path.exists(f[0])]
+            found[remote] = {seq for _, _, seqs in files for seq in seqs}
         return found
 
     async def _write(self, file: OutgoingFile) -> None:
@@ -187,9 +189,10 @@ class Links:
         at = time.time()
         self.events.tell("sent", file.remote, written.sent, at)
         self.events.tell("resent", file.remote, written.resent, at)
-        unread = self._unread[file.remote]
-        unread.append((path, trio.current_time()))
-        del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
+        if seqs:
+            unread = self._unread[file.remote]
+            unread.append((path, trio.current_time(), tuple(seqs)))
+            del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
         await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:

@@ -38,7 +38,7 @@ first time) or `failed`; keep what `arrived` says must be kept (acks, numbering)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol as Interface
 
@@ -251,22 +251,25 @@ class Protocol:
 
     def resending(self, now: float) -> list[str]:
         """The remotes with a resend due by `now`: only for them does `outgoing` need to
-        know whether they are backlogged."""
+        know which of our messages still wait in the outbox."""
         return [remote for remote, link in self._links.items() if link.outbound.resend_due(now)]
 
-    def outgoing(self, now: float, backlogged: Iterable[str] = ()) -> list[OutgoingFile]:
+    def outgoing(
+        self, now: float, waiting: Mapping[str, Collection[int]] | None = None
+    ) -> list[OutgoingFile]:
         """The files to write now: due messages in batches, else a heartbeat when one is
         owed (interval passed, missing messages to ask for, or acks to tell).
 
-        For `backlogged` remotes (our earlier files to them still wait in the outbox),
-        resends are put off: only messages never written go out.
+        `waiting` names, per remote, our messages that a file of ours still carries in the
+        outbox (the pipe has not taken it yet): their resends are put off, as a copy would
+        only queue behind the one still there. Any other message due goes, however many of
+        our files wait: a message whose file the pipe took, and no ack came for, is resent.
         """
         files = []
-        held = set(backlogged)
         for remote, link in self._links.items():
             due = link.outbound.due(now)
-            if remote in held:
-                due = link.outbound.hold_resends(due, now)
+            if waiting and waiting.get(remote):
+                due = link.outbound.hold_resends(due, now, waiting[remote])
             batches = self._batches(link, due)
             if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
                 batches = self._batches(link, link.outbound.unwritten()) or [()]

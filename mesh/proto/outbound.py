@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from .received import ReceivedState
@@ -189,13 +189,13 @@ class Outbound:
         """The current wait before a first resend."""
         return self.round_trip.timeout(self.resend_after)
 
-    def hold_resends(self, seqs: Iterable[int], now: float) -> list[int]:
-        """Of `seqs`, those already written once, put off for another timeout: the pipe
-        has not even taken our earlier files yet. The rest (never written, or proven
-        missing by the reader) are returned."""
+    def hold_resends(self, seqs: Iterable[int], now: float, waiting: Collection[int]) -> list[int]:
+        """Of `seqs`, those already written once and still `waiting` in the outbox (the
+        pipe has not taken their file yet), put off for another timeout. The rest (never
+        written, proven missing by the reader, or whose file the pipe took) are returned."""
         fresh = []
         for seq in seqs:
-            if self.attempts(seq) and seq not in self._proven:
+            if self.attempts(seq) and seq not in self._proven and seq in waiting:
                 self._schedule(seq, now + self.timeout())
             else:
                 fresh.append(seq)
