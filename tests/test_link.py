@@ -189,6 +189,62 @@ def test_a_resend_goes_once_its_file_was_taken_however_many_files_wait_after_it(
     assert [f.seqs for f in resent if f.seqs] == [(1,)]
 
 
+def alpha_met_bravo() -> Protocol:
+    """Alpha, having heard bravo (so acks from bravo are of its current epoch)."""
+    alpha, _ = pair()
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)
+    return alpha
+
+
+def one_per_file(alpha: Protocol, n: int, now: float = 0.0) -> list[int]:
+    """`n` messages to bravo, each written in a file of its own at `now`."""
+    seqs = []
+    for _ in range(n):
+        seqs += send(alpha, 1, now)
+        [file] = [f for f in alpha.outgoing(now) if f.seqs]
+        alpha.written(file, now)
+    return seqs
+
+
+def acks(alpha: Protocol, state: ReceivedState, now: float) -> tuple[int, ...]:
+    """What alpha resends at once on a file from bravo acknowledging `state`."""
+    fields = LinkFields(ack=state, ack_epoch=A_EPOCH)
+    return alpha.arrived(header("bravo", B_EPOCH, "alpha", fields), [], [], now).resend
+
+
+def test_a_message_overtaken_by_three_files_is_resent_at_once() -> None:
+    """Its file came through cut and the reader's ask was lost: the acks of later files
+    tell, long before its timer would."""
+    alpha = alpha_met_bravo()
+    one_per_file(alpha, 5)
+    assert acks(alpha, ReceivedState(1, ((3, 4),)), 1.0) == ()  # 2 is 2 files behind 4
+    assert acks(alpha, ReceivedState(1, ((3, 5),)), 1.5) == (2,)
+    assert [f.seqs for f in alpha.outgoing(1.5) if f.seqs] == [(2,)]
+    assert acks(alpha, ReceivedState(1, ((3, 5),)), 2.0) == ()  # once per copy
+
+
+def test_an_ack_of_a_resent_message_says_nothing_of_the_files_before_it() -> None:
+    """Which copy it answers is unknown (Karn's rule): the first may have come late."""
+    alpha = alpha_met_bravo()
+    [first] = one_per_file(alpha, 1)
+    one_per_file(alpha, 3, 1.0)
+    alpha.outbound("bravo").resend_now([first], 2.0)
+    alpha.written(alpha.outgoing(2.0)[0], 2.0)  # its copy is the newest file, 3 after 2
+    assert acks(alpha, ReceivedState(0, ((1, 1),)), 3.0) == ()
+    assert acks(alpha, ReceivedState(0, ((1, 1), (4, 4))), 3.0) == ()
+
+
+def test_heartbeats_do_not_count_as_files_overtaking() -> None:
+    alpha = alpha_met_bravo()
+    one_per_file(alpha, 1)
+    for now in (5.0, 10.0, 15.0):
+        [beat] = alpha.outgoing(now, waiting={"bravo": {1}})
+        assert beat.seqs == ()
+        alpha.written(beat, now)
+    one_per_file(alpha, 2, 16.0)
+    assert acks(alpha, ReceivedState(0, ((3, 3),)), 17.0) == ()
+
+
 def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:
     alpha, _ = pair()
     send(alpha, 2)

@@ -5,7 +5,8 @@ state, not messages: every file carries what its writer has received from the re
 (`ReceivedState`, a grow-only set), so a lost or stale ack never matters and the newest
 supersedes all older. Messages not acknowledged are resent after `resend_after` with
 capped exponential backoff, or at once when the reader proves it is missing them (frames
-cut from a file); see `outbound`. Each sequence number is delivered upward once.
+cut from a file) or acknowledges messages of later files (its ask was lost); see
+`outbound`. Each sequence number is delivered upward once.
 
 Epochs: a peer's state store gets a random epoch when created. A reader keeps what it
 received per sender epoch; when a sender's epoch changes (its state was wiped), the reader
@@ -131,7 +132,7 @@ class Arrival:
     verdict: Verdict
     deliver: tuple[int, ...]  # new messages to store, then report with `stored`
     acked: tuple[int, ...]  # our messages this file acknowledged
-    resend: tuple[int, ...]  # our messages it proved missing, resent at once
+    resend: tuple[int, ...]  # ours it proved missing or overtook, resent at once
     next_seq: int  # our next number for `remote` after this file
     renumbered: bool = False  # the file moved `next_seq` forward
     old_epoch: str | None = None  # set with Verdict.NEW_EPOCH when the remote had another
@@ -381,6 +382,7 @@ class Protocol:
             # unacknowledged: a file replayed into the pipe names long-acknowledged ones
             link.sizes.lost(tuple(s for s in head.link.missing if link.outbound.holds(s)))
         resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
+        resend += link.outbound.overtaken(now)
         restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
             # it took nothing we wrote before we knew its epoch (or this start of it)

@@ -3,7 +3,11 @@
 A message is pending from the moment it is durable (`queue`) until an ack state holds it
 (`acked`). Each write schedules its resend after the timeout (`resend_after`, or twice
 the smoothed round trip when longer) times a capped exponential backoff; a message the
-reader proves missing is due again at once. Time is passed in.
+reader proves missing is due again at once. So is one overtaken: acknowledgements came
+for messages first written `OVERTAKEN_BY` or more files after its own copy's file (a
+pipe keeps the order of files, so that file came through, cut, and the reader's ask for
+it was lost: TCP's fast retransmit). A pipe that reorders files more than that costs a
+needless copy, dropped by the reader as a duplicate. Time is passed in.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from .received import ReceivedState
 
 BACKOFF_LIMIT = 8  # resend delays: 1, 2, 4, 8, 8, 8... times resend_after
+OVERTAKEN_BY = 3  # files of ours acknowledged after a message's file: it was lost
 
 
 @dataclass
@@ -33,6 +38,7 @@ class _Pending:
     attempts: int = 0
     due: float = 0.0
     sent_at: float = 0.0
+    file: int = 0  # the number of our file that carried it last (0: none yet)
 
 
 class RoundTrip:
@@ -74,6 +80,9 @@ class Outbound:
         self._unwritten: set[int] = set()  # pending, never written yet
         self._proven: set[int] = set()  # the reader proved them missing: resend regardless
         self._heap: list[tuple[float, int]] = []
+        self._files = 0  # our files with messages written so far, numbered from 1
+        self._acked_file = 0  # the newest file one of whose first copies was acknowledged
+        self._carried: list[tuple[int, int]] = []  # heap of (file, seq) for each write
         for seq, size in sorted(unacked):
             self.queue(seq, size, now)
 
@@ -170,12 +179,15 @@ class Outbound:
 
     def sent(self, seqs: Iterable[int], now: float) -> None:
         """These were written into a file at `now`: resend after the backoff unless acked."""
-        for seq in seqs:
-            pending = self._pending.get(seq)
-            if pending is None:
-                continue
+        carried = [seq for seq in seqs if seq in self._pending]
+        if carried:
+            self._files += 1
+        for seq in carried:
+            pending = self._pending[seq]
             pending.attempts += 1
             pending.sent_at = now
+            pending.file = self._files
+            heapq.heappush(self._carried, (self._files, seq))
             self._unwritten.discard(seq)
             self._proven.discard(seq)
             if pending.attempts == 1:
@@ -214,6 +226,18 @@ class Outbound:
             self._schedule(seq, now)
         return hit
 
+    def overtaken(self, now: float) -> list[int]:
+        """Messages whose last copy's file came `OVERTAKEN_BY` or more files before the
+        newest file acknowledged (by a message written once): due again at once, as if
+        proven missing. Each copy is found once; call after `acked`."""
+        found = []
+        while self._carried and self._carried[0][0] <= self._acked_file - OVERTAKEN_BY:
+            file, seq = heapq.heappop(self._carried)
+            pending = self._pending.get(seq)
+            if pending is not None and pending.file == file:
+                found.append(seq)
+        return self.resend_now(found, now)
+
     def _cut(self, lo: int, hi: int) -> list[int]:
         """Take the pending numbers in lo..hi out of the sorted order."""
         start, end = bisect.bisect_left(self._order, lo), bisect.bisect_right(self._order, hi)
@@ -230,8 +254,9 @@ class Outbound:
             self._unwritten.discard(seq)
             self._proven.discard(seq)
             pending = self._pending.pop(seq)
-            if pending.attempts == 1:
+            if pending.attempts == 1:  # which copy an ack answers is known only for one
                 self.round_trip.sample(now - pending.sent_at)
+                self._acked_file = max(self._acked_file, pending.file)
         if done:
             self.stats.acked += len(done)
             self.stats.last_ack = now
