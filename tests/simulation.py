@@ -192,6 +192,11 @@ class Simulation:
             assert self.step(), "the simulation stalled"
             assert self.now <= limit, f"not settled after {limit}s of simulated time"
 
+    def run_until(self, at: float) -> None:
+        """Advance until simulated time reaches `at` (or nothing can happen any more)."""
+        while self.now < at and self.step():
+            pass
+
     def resends(self) -> dict[str, int]:
         return {
             f"{n}>{r}": node.protocol.outbound(r).stats.resends

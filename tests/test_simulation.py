@@ -72,3 +72,20 @@ def test_truncated_files_are_resent_at_once_not_after_the_timer() -> None:
     sim.schedule("alpha", "bravo", 2000, over=5.0, batch=100)
     sim.run_until_settled(limit=200.0)
     assert sim.resends()["alpha>bravo"] > 0
+
+
+def test_files_lost_whole_and_lost_asks_are_resent_once_later_files_are_acknowledged() -> None:
+    """Files dropped whole (the reader never learns of them) and asks dropped on the way
+    back, with a resend timer far beyond the time limit: the acks of later files alone
+    must get the lost messages across while the stream goes on (all but its tail, which
+    no later file follows)."""
+    faults = Faults(drop=0.2, duplicate=0, truncate=0.2, corrupt=0, max_delay=0.001)
+    sim = Simulation(["alpha", "bravo"], seed=5, faults=faults)
+    for node in sim.nodes.values():
+        for remote in node.protocol.remotes:
+            node.protocol.outbound(remote).resend_after = 1000.0
+    sim.schedule("alpha", "bravo", 2000, over=20.0, batch=20, start=1.0)
+    sim.run_until(25.0)
+    got = {n for _, n in sim.nodes["bravo"].delivered}
+    assert set(range(1600)) <= got  # the stream ended at 21 s: its last files wait
+    assert sim.network.injected["drop"] > 20 and sim.network.injected["truncate"] > 20
