@@ -92,15 +92,16 @@ class Node:
 class Network:
     """Files in flight, each with a fate decided by a seeded random generator."""
 
-    def __init__(self, seed: int, faults: Faults) -> None:
+    def __init__(self, seed: int, faults: Faults, faults_to: dict[str, Faults]) -> None:
         self.rng = random.Random(seed)
         self.faults = faults
+        self.faults_to = faults_to  # per recipient, instead of `faults`
         self.queue: list[tuple[float, int, str, bytes]] = []
         self.counter = itertools.count()
         self.injected: Counter[str] = Counter()
 
     def send(self, recipient: str, data: bytes, now: float) -> None:
-        rng, f = self.rng, self.faults
+        rng, f = self.rng, self.faults_to.get(recipient, self.faults)
         if rng.random() < f.drop:
             self.injected["drop"] += 1
             return
@@ -122,7 +123,13 @@ class Network:
 
 
 class Simulation:
-    def __init__(self, names: list[str], seed: int, faults: Faults = Faults()) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        seed: int,
+        faults: Faults = Faults(),
+        faults_to: dict[str, Faults] | None = None,
+    ) -> None:
         identities = {n: Identity.generate(n) for n in names}
         self.nodes: dict[str, Node] = {}
         for n in names:
@@ -131,7 +138,7 @@ class Simulation:
             protocol = Protocol(n, epoch, {o: SETTINGS for o in others})
             keyring = Keyring(identities[n], {o: identities[o].public for o in others})
             self.nodes[n] = Node(n, protocol, identities[n], keyring)
-        self.network = Network(seed, faults)
+        self.network = Network(seed, faults, faults_to or {})
         self.now = 0.0
         self.idle_steps = 0
         self.submissions: list[tuple[float, int, str, str, int]] = []

@@ -142,17 +142,48 @@ def test_acks_forget_messages_and_only_for_our_epoch() -> None:
     assert alpha.outbound("bravo").floor == 3
 
 
-def test_each_number_is_delivered_once_and_missing_frames_are_asked_for_once() -> None:
+def test_each_number_is_delivered_once_and_missing_frames_are_asked_for_until_they_come() -> None:
+    """Asked for at once, then again each `resend_after` (no round trip measured yet):
+    an ask may be lost on the way too."""
     _, bravo = pair()
     h = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
     first = bravo.arrived(h, [1, 2, 2], [3], 0.0)
     assert first.deliver == (1, 2) and first.verdict is Verdict.NEW_EPOCH
     bravo.stored("alpha", first.deliver)
     assert bravo.arrived(h, [1, 2], [], 0.1).deliver == ()
+    assert bravo.next_wakeup() == float("-inf")
     [ask] = bravo.outgoing(0.1)
     assert ask.link.missing == (3,) and ask.link.ack == ReceivedState(2)
     bravo.written(ask, 0.1)
-    assert all(f.link.missing == () for f in bravo.outgoing(20.0))
+    assert all(f.link.missing == () for f in bravo.outgoing(10.0))  # a heartbeat
+    [again] = bravo.outgoing(10.1)
+    assert again.link.missing == (3,)
+    bravo.written(again, 10.1)
+    bravo.stored("alpha", bravo.arrived(h, [3], [], 11.0).deliver)
+    assert all(f.link.missing == () for f in bravo.outgoing(40.0))
+
+
+def test_a_missing_message_is_asked_for_again_after_twice_the_round_trip() -> None:
+    _, bravo = pair()
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", LinkFields()), [], [], 0.0)  # met
+    bravo.outbound("alpha").round_trip.sample(1.5)
+    cut = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
+    bravo.arrived(cut, [], [7], 1.0)
+    [ask] = bravo.outgoing(1.0)
+    assert ask.link.missing == (7,)
+    bravo.written(ask, 1.0)
+    assert [f.link.missing for f in bravo.outgoing(3.9)] == []
+    assert [f.link.missing for f in bravo.outgoing(4.0)] == [(7,)]
+
+
+def test_a_message_below_the_writers_floor_is_no_longer_asked_for() -> None:
+    _, bravo = pair()
+    fields = LinkFields(ack_epoch=B_EPOCH)
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [], [1], 0.0)
+    moved = LinkFields(ack_epoch=B_EPOCH, floor=2)
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", moved), [], [], 0.5)
+    assert all(f.link.missing == () for f in bravo.outgoing(0.5))
+    assert all(f.link.missing == () for f in bravo.outgoing(30.0))
 
 
 def test_proven_missing_messages_are_resent_at_once_even_when_backlogged() -> None:

@@ -89,3 +89,17 @@ def test_files_lost_whole_and_lost_asks_are_resent_once_later_files_are_acknowle
     got = {n for _, n in sim.nodes["bravo"].delivered}
     assert set(range(1600)) <= got  # the stream ended at 21 s: its last files wait
     assert sim.network.injected["drop"] > 20 and sim.network.injected["truncate"] > 20
+
+
+def test_asks_lost_on_the_way_back_are_made_again_until_the_stream_is_whole() -> None:
+    """Files to bravo cut among their frames, half of bravo's files (its asks) lost, and
+    alpha's resend timer beyond the run: bravo asking again gets everything across, the
+    stream's last files too."""
+    cut = Faults(drop=0, duplicate=0, truncate=0.3, corrupt=0, max_delay=0.01, spare_headers=True)
+    lossy = Faults(drop=0.5, duplicate=0, truncate=0, corrupt=0, max_delay=0.01)
+    sim = Simulation(["alpha", "bravo"], seed=6, faults=cut, faults_to={"alpha": lossy})
+    sim.nodes["alpha"].protocol.outbound("bravo").resend_after = 1000.0
+    sim.schedule("alpha", "bravo", 2000, over=10.0, batch=50, start=1.0)
+    sim.run_until_settled(limit=100.0)
+    assert sorted(n for _, n in sim.nodes["bravo"].delivered) == list(range(2000))
+    assert sim.network.injected["drop"] > 10 and sim.network.injected["truncate"] > 10

@@ -1,5 +1,10 @@
 """What we received from one remote, pure: per its epoch, and what we know we miss.
 
+A message seen cut from a file is asked for at once, and again each time `again_after`
+passes without it (an ask travels in a file, which the pipe may lose too; the writer's
+timer, backing off, would be much slower). It is no longer asked for once stored, or
+once the writer's floor passes it.
+
 A remote's epoch changes when its state is created anew: we then start afresh from its
 `floor`, and files from a retired epoch deliver nothing. A number is acknowledged only
 once the driver reports it durable (`stored`).
@@ -7,6 +12,7 @@ once the driver reports it durable (`stored`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from enum import Enum
 
@@ -35,7 +41,7 @@ class Inbound:
         self.since = since  # `created` of the file that began `epoch` (the writer's clock)
         self.received = received
         self.retired = set(retired)
-        self._missing: set[int] = set()
+        self._missing: dict[int, float] = {}  # seq: when last asked (-inf: not yet)
         self.news = False  # received something not yet told in a file
 
     def observe(self, epoch: str, floor: int, created: float = 0.0) -> Verdict:
@@ -43,6 +49,8 @@ class Inbound:
         written at `created` (by the writer's clock)."""
         if epoch == self.epoch:
             self.received = self.received.merge(ReceivedState(floor - 1))
+            if self._missing:  # the writer no longer holds those below its floor
+                self._missing = {s: at for s, at in self._missing.items() if self.fresh(s)}
             return Verdict.CURRENT
         if epoch in self.retired:
             return Verdict.STALE
@@ -60,19 +68,26 @@ class Inbound:
         """These are durable now: they may be acknowledged."""
         for seq in seqs:
             self.received = self.received.add(seq)
-            self._missing.discard(seq)
+            self._missing.pop(seq, None)
         self.news = True
 
     def note_missing(self, seqs: Iterable[int]) -> None:
-        self._missing.update(seq for seq in seqs if self.fresh(seq))
+        """These were cut from a file: ask for them at once (again, if asked before)."""
+        self._missing.update((seq, -math.inf) for seq in seqs if self.fresh(seq))
 
-    @property
-    def has_missing(self) -> bool:
-        return bool(self._missing)
+    def next_ask(self, again_after: float) -> float | None:
+        """When a missing message is next to be asked for (-inf: one never asked yet);
+        None if none is missing."""
+        if not self._missing:
+            return None
+        return min(self._missing.values()) + again_after
 
-    def take_missing(self, limit: int = 4096) -> tuple[int, ...]:
-        """The missing numbers to ask for, once: a lost request is covered by resend timers."""
-        taken = tuple(sorted(seq for seq in self._missing if self.fresh(seq))[:limit])
-        self._missing.difference_update(taken)
-        self._missing = {seq for seq in self._missing if self.fresh(seq)}
+    def take_missing(
+        self, now: float, again_after: float, limit: int = 4096
+    ) -> tuple[int, ...]:
+        """The missing numbers to ask for now (never asked, or last asked `again_after`
+        ago or more), lowest first, taken as asked at `now`."""
+        due = sorted(seq for seq, at in self._missing.items() if at + again_after <= now)
+        taken = tuple(due[:limit])
+        self._missing.update((seq, now) for seq in taken)
         return taken

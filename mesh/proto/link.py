@@ -275,7 +275,8 @@ class Protocol:
             if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
                 batches = self._batches(link, link.outbound.unwritten()) or [()]
             for i, seqs in enumerate(batches):
-                missing = link.inbound.take_missing() if i == 0 else ()
+                again = self._ask_again_after(link)
+                missing = link.inbound.take_missing(now, again) if i == 0 else ()
                 files.append(OutgoingFile(remote, seqs, self._fields(remote, link, missing)))
         return files
 
@@ -300,9 +301,21 @@ class Protocol:
     def _owes_heartbeat(link: _Link, now: float) -> bool:
         """Written as `now >= last + interval`, exactly as `next_wakeup` computes the time,
         so a wake-up at that time always finds the heartbeat owed (no float drift)."""
-        if now >= link.last_file + link.settings.heartbeat or link.inbound.has_missing:
+        if now >= link.last_file + link.settings.heartbeat:
+            return True
+        ask = link.inbound.next_ask(Protocol._ask_again_after(link))
+        if ask is not None and ask <= now:
             return True
         return link.inbound.news and now >= link.last_file + link.settings.ack_delay
+
+    @staticmethod
+    def _ask_again_after(link: _Link) -> float:
+        """How long a missing message goes unasked for again: twice the link's round trip
+        (the ask and its answer both travel), or `resend_after` until one is measured;
+        never under `ack_delay`."""
+        smoothed = link.outbound.round_trip.smoothed
+        again = link.settings.resend_after if smoothed is None else 2 * smoothed
+        return max(again, link.settings.ack_delay)
 
     def _fields(self, remote: str, link: _Link, missing: tuple[int, ...]) -> LinkFields:
         inbound = link.inbound
@@ -355,8 +368,9 @@ class Protocol:
             times.append(link.last_file + link.settings.heartbeat)
             if link.inbound.news:
                 times.append(link.last_file + link.settings.ack_delay)
-            if link.inbound.has_missing:
-                times.append(float("-inf"))
+            ask = link.inbound.next_ask(self._ask_again_after(link))
+            if ask is not None:
+                times.append(ask)
         return min(times, default=None)
 
     # -- receiving -----------------------------------------------------------------------
