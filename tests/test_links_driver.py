@@ -120,3 +120,27 @@ async def test_nothing_is_resent_while_the_pipe_has_not_taken_the_first_copy(
             # written at the first check after the pipe took it.
             assert await writes_of(links, sent.seq, 2) == [("sent", 0.0), ("resent", 40.0)]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_message_whose_file_was_taken_is_resent_while_later_files_wait(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    """A long stream keeps newer files of ours in the outbox: they must not hold back the
+    resend of a message whose own file the pipe took and lost."""
+    pipe = tmp_path / "pipe"
+    with trio.fail_after(600):
+        async with running(tmp_path, identities) as links, trio.open_nursery() as nursery:
+            await trio.sleep(0.1)
+            lose(pipe)  # the first heartbeat
+            sent = await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"taken"))
+            await trio.sleep(0.5)
+            lose(pipe)  # taken by the pipe, and lost on the way
+
+            async def stream() -> None:
+                while True:  # a file every second, which the pipe never takes
+                    await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"later"))
+                    await trio.sleep(1.0)
+
+            nursery.start_soon(stream)
+            assert await writes_of(links, sent.seq, 1) == [("resent", 10.1)]  # its timeout
+            nursery.cancel_scope.cancel()
