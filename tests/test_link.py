@@ -176,6 +176,35 @@ def test_a_missing_message_is_asked_for_again_after_twice_the_round_trip() -> No
     assert [f.link.missing for f in bravo.outgoing(4.0)] == [(7,)]
 
 
+def test_the_time_an_ask_takes_to_be_answered_paces_the_asks_again() -> None:
+    """Bravo sends nothing of its own (an upload): no round trip of its messages to go
+    by. An ask answered 2 s after it went, then another cut frame, asked again at 4 s."""
+    _, bravo = pair()
+    fields = LinkFields(ack_epoch=B_EPOCH)
+    bravo.stored(
+        "alpha", bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [1], [2], 0.0).deliver
+    )
+    bravo.written(bravo.outgoing(0.0)[0], 0.0)  # asks for 2
+    bravo.stored(
+        "alpha", bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [2], [3], 2.0).deliver
+    )
+    [ask] = bravo.outgoing(2.0)
+    assert ask.link.missing == (3,)
+    bravo.written(ask, 2.0)
+    assert [f.link.missing for f in bravo.outgoing(5.9)] == []
+    assert [f.link.missing for f in bravo.outgoing(6.0)] == [(3,)]
+
+
+def test_an_answer_to_a_message_asked_for_twice_is_not_timed() -> None:
+    _, bravo = pair()
+    fields = LinkFields(ack_epoch=B_EPOCH)
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [1], [2], 0.0)
+    bravo.written(bravo.outgoing(0.0)[0], 0.0)
+    bravo.written(bravo.outgoing(10.0)[0], 10.0)  # asked again: the first ask was lost
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [2], [], 10.5)
+    assert bravo.inbound("alpha").ask_round_trip.smoothed is None
+
+
 def test_a_message_below_the_writers_floor_is_no_longer_asked_for() -> None:
     _, bravo = pair()
     fields = LinkFields(ack_epoch=B_EPOCH)

@@ -3,7 +3,8 @@
 A message seen cut from a file is asked for at once, and again each time `again_after`
 passes without it (an ask travels in a file, which the pipe may lose too; the writer's
 timer, backing off, would be much slower). It is no longer asked for once stored, or
-once the writer's floor passes it.
+once the writer's floor passes it. How long an ask takes to be answered is measured
+(`ask_round_trip`) from messages asked for once only, as the writer's round trip is.
 
 A remote's epoch changes when its state is created anew: we then start afresh from its
 `floor`, and files from a retired epoch deliver nothing. A number is acknowledged only
@@ -16,6 +17,7 @@ import math
 from collections.abc import Iterable
 from enum import Enum
 
+from .outbound import RoundTrip
 from .received import ReceivedState
 
 NOTHING = ReceivedState()
@@ -42,6 +44,8 @@ class Inbound:
         self.received = received
         self.retired = set(retired)
         self._missing: dict[int, float] = {}  # seq: when last asked (-inf: not yet)
+        self._asked_once: dict[int, float] = {}  # seq: when, if asked once since cut
+        self.ask_round_trip = RoundTrip()
         self.news = False  # received something not yet told in a file
 
     def observe(self, epoch: str, floor: int, created: float = 0.0) -> Verdict:
@@ -58,6 +62,7 @@ class Inbound:
             self.retired.add(self.epoch)
         self.epoch, self.received, self.since = epoch, ReceivedState(floor - 1), created
         self._missing.clear()
+        self._asked_once.clear()
         self.news = True
         return Verdict.NEW_EPOCH
 
@@ -70,6 +75,14 @@ class Inbound:
             self.received = self.received.add(seq)
             self._missing.pop(seq, None)
         self.news = True
+
+    def came(self, seqs: Iterable[int], now: float) -> None:
+        """Frames of these came at `now`, whole or cut: an ask made once is answered."""
+        if self._asked_once:
+            for seq in seqs:
+                asked = self._asked_once.pop(seq, None)
+                if asked is not None:
+                    self.ask_round_trip.sample(now - asked)
 
     def note_missing(self, seqs: Iterable[int]) -> None:
         """These were cut from a file: ask for them at once (again, if asked before)."""
@@ -89,5 +102,10 @@ class Inbound:
         ago or more), lowest first, taken as asked at `now`."""
         due = sorted(seq for seq, at in self._missing.items() if at + again_after <= now)
         taken = tuple(due[:limit])
-        self._missing.update((seq, now) for seq in taken)
+        for seq in taken:
+            if self._missing[seq] == -math.inf:
+                self._asked_once[seq] = now
+            else:  # asked before: which ask an answer answers is unknown
+                self._asked_once.pop(seq, None)
+            self._missing[seq] = now
         return taken

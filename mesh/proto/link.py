@@ -310,10 +310,10 @@ class Protocol:
 
     @staticmethod
     def _ask_again_after(link: _Link) -> float:
-        """How long a missing message goes unasked for again: twice the link's round trip
-        (the ask and its answer both travel), or `resend_after` until one is measured;
-        never under `ack_delay`."""
-        smoothed = link.outbound.round_trip.smoothed
+        """How long a missing message goes unasked for again: twice the time an ask takes
+        to be answered, else twice our messages' round trip on the link, else
+        `resend_after` until either is measured; never under `ack_delay`."""
+        smoothed = link.inbound.ask_round_trip.smoothed or link.outbound.round_trip.smoothed
         again = link.settings.resend_after if smoothed is None else 2 * smoothed
         return max(again, link.settings.ack_delay)
 
@@ -403,11 +403,13 @@ class Protocol:
             resend += link.outbound.resend_now(link.outbound.pending(), now)
         deliver: list[int] = []
         if verdict is not Verdict.STALE and acquainted:
+            whole, cut = tuple(whole), tuple(cut)
             seen: set[int] = set()
             for seq in whole:
                 if seq >= 1 and link.inbound.fresh(seq) and seq not in seen:
                     seen.add(seq)
                     deliver.append(seq)
+            link.inbound.came(whole + cut, now)
             link.inbound.note_missing(seq for seq in cut if seq not in seen)
         return Arrival(
             remote,
