@@ -13,6 +13,7 @@ from mesh.proto.settle import Settling
 from mesh.wire.fileformat import Header, LinkFields
 
 SETTINGS = LinkSettings(heartbeat=5.0, resend_after=10.0, linger=0.0)
+MiB = 1 << 20
 A_EPOCH, B_EPOCH, B_NEW = "a" * 16, "b" * 16, "c" * 16
 
 
@@ -303,6 +304,84 @@ def test_heartbeats_do_not_count_as_files_overtaking() -> None:
         alpha.written(beat, now)
     one_per_file(alpha, 2, 16.0)
     assert acks(alpha, ReceivedState(0, ((3, 3),)), 17.0) == ()
+
+
+def ask(alpha: Protocol, seqs: tuple[int, ...], now: float) -> tuple[int, ...]:
+    """What alpha resends at once on a file from bravo asking for `seqs`."""
+    fields = LinkFields(ack_epoch=A_EPOCH, missing=seqs)
+    return alpha.arrived(header("bravo", B_EPOCH, "alpha", fields), [], [], now).resend
+
+
+def test_an_ask_again_while_the_copy_it_made_waits_in_the_outbox_makes_no_copy() -> None:
+    """The reader asks again (its ask may have been lost) while alpha's answer to the
+    first ask still waits behind a backlog: no second copy behind it. Once that copy is
+    taken, an ask again is answered."""
+    alpha = alpha_met_bravo()
+    one_per_file(alpha, 1)
+    assert ask(alpha, (1,), 0.2) == (1,)
+    [copy] = [f for f in alpha.outgoing(0.2, waiting={"bravo": {1}}) if f.seqs]
+    alpha.written(copy, 0.2)
+    ask(alpha, (1,), 5.2)
+    assert [f.seqs for f in alpha.outgoing(5.2, waiting={"bravo": {1}}) if f.seqs] == []
+    ask(alpha, (1,), 7.0)
+    assert [f.seqs for f in alpha.outgoing(7.0) if f.seqs] == [(1,)]
+
+
+def test_an_ask_again_does_not_count_the_copy_on_its_way_as_cut() -> None:
+    """File sizes are learned from the files cut: the copy an ask made, asked for again,
+    may be on its way still."""
+    settings = dataclasses.replace(SETTINGS, max_bytes=64 * MiB)
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings})
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)
+    for _ in range(16):
+        alpha.queued("bravo", alpha.assign("bravo"), 4 * MiB - 1000, 0.0)
+    [big] = alpha.outgoing(0.0)
+    alpha.written(big, 0.0)
+    ask(alpha, (5,), 1.0)
+    [copy] = [f for f in alpha.outgoing(1.0) if f.seqs]
+    alpha.written(copy, 1.0)
+    ask(alpha, (5,), 3.6)
+    sizes = alpha._links["bravo"].sizes
+    assert sizes._classes[(4 * MiB - 1000).bit_length()].cut == 0
+    assert sizes._classes[(16 * (4 * MiB - 1000)).bit_length()].cut == 1
+
+
+def test_a_copy_made_for_a_message_overtaken_that_was_not_needed_deepens_the_reorder() -> None:
+    """A pipe that reorders files deeper than three: the first copy of 2 comes after
+    all, acknowledged sooner after the new copy than half a round trip could be."""
+    alpha = alpha_met_bravo()
+    one_per_file(alpha, 1)
+    alpha.outbound("bravo").round_trip.sample(2.0)
+    one_per_file(alpha, 4)
+    assert acks(alpha, ReceivedState(1, ((3, 5),)), 2.0) == (2,)
+    [copy] = [f for f in alpha.outgoing(2.0) if f.seqs]
+    alpha.written(copy, 2.0)
+    assert alpha.outbound("bravo").overtaking.depth == 3
+    acks(alpha, ReceivedState(5), 2.5)
+    assert alpha.outbound("bravo").overtaking.depth == 6
+
+
+def test_what_is_noted_of_files_for_overtaking_stays_bounded_while_nothing_is_acked() -> None:
+    """A reader away for a day, 500 messages resent on their timers."""
+    alpha = alpha_met_bravo()
+    send(alpha, 500)
+    now = 0.0
+    while now < 86400:
+        for f in alpha.outgoing(now):
+            alpha.written(f, now)
+        now = alpha.next_wakeup() or now
+    assert len(alpha.outbound("bravo").overtaking._carried) <= 2 * 500 + 64
+
+
+def test_a_resend_waits_on_the_round_trip_as_measured_when_it_comes_due() -> None:
+    """A pipe backing up: the round trip grew to 8 s after message 1 went, when the
+    timeout was 10 s. It is resent twice the round trip after its write, not at 10 s."""
+    alpha = alpha_met_bravo()
+    one_per_file(alpha, 1)
+    alpha.outbound("bravo").round_trip.sample(8.0)
+    assert [f.seqs for f in alpha.outgoing(10.0) if f.seqs] == []
+    assert [f.seqs for f in alpha.outgoing(15.9) if f.seqs] == []
+    assert [f.seqs for f in alpha.outgoing(16.0) if f.seqs] == [(1,)]
 
 
 def test_only_a_due_resend_asks_whether_the_pipe_is_backlogged() -> None:

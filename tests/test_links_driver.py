@@ -17,7 +17,7 @@ from mesh.pipe.links import Links
 from mesh.proto.link import LinkSettings
 from mesh.state.store import Store
 from mesh.wire.crypto import Identity, Keyring
-from mesh.wire.fileformat import Limits
+from mesh.wire.fileformat import Limits, decode_file
 from mesh.wire.messages import Datagram
 from tests.helpers.virtual import durability, on_the_loop
 
@@ -116,9 +116,9 @@ async def test_nothing_is_resent_while_the_pipe_has_not_taken_the_first_copy(
                 await take_everything(tmp_path / "pipe")
 
             nursery.start_soon(pipe_wakes_up)
-            # Due at 10, put off a timeout at a time while the first copy waits, then
-            # written at the first check after the pipe took it.
-            assert await writes_of(links, sent.seq, 2) == [("sent", 0.0), ("resent", 40.0)]
+            # Due at 10, put off a timeout at a time while the first copy waits; found
+            # taken at 40 (the pipe took it at 35), given a timeout from then for its ack.
+            assert await writes_of(links, sent.seq, 2) == [("sent", 0.0), ("resent", 50.0)]
             nursery.cancel_scope.cancel()
 
 
@@ -144,3 +144,43 @@ async def test_a_message_whose_file_was_taken_is_resent_while_later_files_wait(
             nursery.start_soon(stream)
             assert await writes_of(links, sent.seq, 1) == [("resent", 10.1)]  # its timeout
             nursery.cancel_scope.cancel()
+
+
+async def test_a_message_is_not_resent_while_its_file_waits_behind_hundreds_of_newer(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    """The pipe takes nothing: message 1 and 300 more each in a file of their own, all
+    waiting. Noting only the newest files would forget message 1's and resend it."""
+    with trio.fail_after(600):
+        async with running(tmp_path, identities) as links:
+            first = await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"first"))
+            for _ in range(300):
+                await trio.sleep(0.01)
+                await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"later"))
+            with trio.move_on_after(30):
+                writes = await writes_of(links, first.seq, 1)
+                raise AssertionError(f"resent while its file still waits: {writes}")
+
+
+async def test_a_heartbeat_asking_for_messages_is_not_superseded_by_the_next_file(
+    tmp_path: Path, identities: dict[str, Identity], autojump_clock: trio.testing.MockClock
+) -> None:
+    """Asks are told once per `again_after`: the file after the heartbeat that carried
+    them does not repeat them, so removing that heartbeat would lose them."""
+    pipe = tmp_path / "pipe"
+    bravo = Keyring(identities["bravo"], {"alpha": identities["alpha"].public})
+
+    def asks() -> list[int]:
+        files = [decode_file((pipe / name).read_bytes(), bravo) for name in names_in(pipe)]
+        return [seq for file in files for seq in file.header.link.missing]
+
+    with trio.fail_after(60):
+        async with running(tmp_path, identities) as links:
+            await trio.sleep(1.0)
+            links.protocol.inbound("bravo").note_missing([5])
+            links.kick()
+            await trio.sleep(0.001)
+            assert asks() == [5]
+            await links.sending.send("bravo", Datagram(uuid.uuid4().hex, b"of ours"))
+            await trio.sleep(0.001)
+            assert asks() == [5]

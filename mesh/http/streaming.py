@@ -6,7 +6,9 @@ far as it is here from its start (`pipe.Receiving.streamed`), and from the answe
 record once the request ends. A body that does not end whole (its sender gave it up,
 the request ended with another answer, such as the far side's ``502`` saying it broke
 off) is cut: the connection closes without the body's end, so no client takes it for
-whole. The request's record says what happened (`/mesh/requests/{id}`).
+whole. The request's record says what happened (`/mesh/requests/{id}`): a body its sender
+gave up is cut once the answer saying why (which follows the giving up, maybe in a later
+file) ended the request, or after `ENDING_GRACE` seconds without it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from .answering import cancel_when_set
 from .asgi import Send
 from .headers import declared_length
 from .requests import Requests
+
+ENDING_GRACE = 5.0  # seconds a body given up waits for its request's end before its cut
 
 
 class Cut(Exception):
@@ -96,7 +100,8 @@ class Streamer:
                 raise Cut(f"the request ended {record.state}, answered {record.status}")
             if ended:
                 return
-            if prefix.abandoned:
+            if prefix.abandoned:  # the answer saying why comes right after: the caller is
+                await self.requests.wait(head.id, ENDING_GRACE)  # cut once the state says so
                 raise Cut("its sender gave it up")
             await self._news(head.id)
 

@@ -39,7 +39,7 @@ from .opening import Reader
 from .receiving import Receiving
 from .sending import Sending
 
-UNREAD_KEPT = 256  # our newest files per remote checked for still waiting in the outbox
+UNREAD_KEPT = 256  # our files per remote noted as waiting before the acknowledged go
 SMALL_WRITE = 256 << 10  # bytes of messages: a file this small may be written on the loop
 
 
@@ -104,6 +104,7 @@ class Links:
         self._unread: dict[str, list[tuple[Path, float, tuple[int, ...]]]] = {
             r: [] for r in settings
         }
+        self._unread_limit: dict[str, int] = {}  # notes per remote before the next sweep
         self.pipe_error: str | None = None  # why the last write to the outbox failed
         self.traffic = Traffic()
         # Small writes, listings and removals in the outbox: on the loop while quick
@@ -190,10 +191,25 @@ class Links:
         self.events.tell("sent", file.remote, written.sent, at)
         self.events.tell("resent", file.remote, written.resent, at)
         if seqs:
-            unread = self._unread[file.remote]
-            unread.append((path, trio.current_time(), tuple(seqs)))
-            del unread[:-UNREAD_KEPT]  # checked only when resends are due: keep it bounded
-        await self._supersede(file.remote, path if kind is FileKind.HEARTBEAT else None)
+            self._unread_now(file.remote, path, tuple(seqs))
+        asks = bool(file.link.missing)  # asks are told once: a file after it may not say them
+        superseded = kind is FileKind.HEARTBEAT and not asks
+        await self._supersede(file.remote, path if superseded else None)
+
+    def _unread_now(self, remote: str, path: Path, seqs: tuple[int, ...]) -> None:
+        """Note our file `path`, carrying `seqs`, as waiting in the outbox. Whenever the
+        notes double, those of files whose messages were all acknowledged, or older than
+        eight timeouts, are forgotten (the rest are looked for on the disk only when
+        resends are due): they stay within twice the files of unacknowledged messages."""
+        unread = self._unread[remote]
+        now = trio.current_time()
+        unread.append((path, now, seqs))
+        if len(unread) > self._unread_limit.get(remote, UNREAD_KEPT):
+            limit = 8 * self.protocol.ack_timeout(remote)
+            unread[:] = [
+                f for f in unread if now - f[1] < limit and self.protocol.any_unacked(remote, f[2])
+            ]
+            self._unread_limit[remote] = max(UNREAD_KEPT, 2 * len(unread))
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:
         """Any file we write carries the newest link state, so our previous heartbeat for

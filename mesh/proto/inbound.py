@@ -55,6 +55,8 @@ class Inbound:
             self.received = self.received.merge(ReceivedState(floor - 1))
             if self._missing:  # the writer no longer holds those below its floor
                 self._missing = {s: at for s, at in self._missing.items() if self.fresh(s)}
+                asked = self._asked_once.items()
+                self._asked_once = {s: at for s, at in asked if s in self._missing}
             return Verdict.CURRENT
         if epoch in self.retired:
             return Verdict.STALE
@@ -95,9 +97,7 @@ class Inbound:
             return None
         return min(self._missing.values()) + again_after
 
-    def take_missing(
-        self, now: float, again_after: float, limit: int = 4096
-    ) -> tuple[int, ...]:
+    def take_missing(self, now: float, again_after: float, limit: int = 4096) -> tuple[int, ...]:
         """The missing numbers to ask for now (never asked, or last asked `again_after`
         ago or more), lowest first, taken as asked at `now`."""
         due = sorted(seq for seq, at in self._missing.items() if at + again_after <= now)

@@ -269,7 +269,7 @@ class Protocol:
         files = []
         for remote, link in self._links.items():
             due = link.outbound.due(now)
-            if waiting and waiting.get(remote):
+            if waiting is not None and remote in waiting:  # looked for: held, or since taken
                 due = link.outbound.hold_resends(due, now, waiting[remote])
             batches = self._batches(link, due)
             if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
@@ -394,8 +394,8 @@ class Protocol:
             acked = link.outbound.acked(head.link.ack, now)
         if acquainted:  # frames cut from our files: maybe too big. Only those still
             # unacknowledged: a file replayed into the pipe names long-acknowledged ones
-            link.sizes.lost(tuple(s for s in head.link.missing if link.outbound.holds(s)))
-        resend = link.outbound.resend_now(head.link.missing if acquainted else (), now)
+            link.sizes.lost(link.outbound.first_asks(head.link.missing))
+        resend = link.outbound.asked(head.link.missing if acquainted else (), now)
         resend += link.outbound.overtaken(now)
         restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
@@ -464,6 +464,10 @@ class Protocol:
     def ack_timeout(self, remote: str) -> float:
         """How long a message to `remote` waits for its ack before it is resent."""
         return self._links[remote].outbound.timeout()
+
+    def any_unacked(self, remote: str, seqs: Iterable[int]) -> bool:
+        """Whether any of `seqs` to `remote` still waits for its ack."""
+        return any(map(self._links[remote].outbound.holds, seqs))
 
     def status(self, remote: str) -> LinkStatus:
         link = self._links[remote]

@@ -1,13 +1,14 @@
 """Our messages to one remote, pure: numbering, what is unacknowledged, when to resend.
 
 A message is pending from the moment it is durable (`queue`) until an ack state holds it
-(`acked`). Each write schedules its resend after the timeout (`resend_after`, or twice
-the smoothed round trip when longer) times a capped exponential backoff; a message the
-reader proves missing is due again at once. So is one overtaken: acknowledgements came
-for messages first written `OVERTAKEN_BY` or more files after its own copy's file (a
-pipe keeps the order of files, so that file came through, cut, and the reader's ask for
-it was lost: TCP's fast retransmit). A pipe that reorders files more than that costs a
-needless copy, dropped by the reader as a duplicate. Time is passed in.
+(`acked`). A message written is due again after the timeout (`resend_after`, or twice
+the smoothed round trip when longer, as measured when it comes due: a pipe backing up
+makes it longer) times a capped exponential backoff. A message the reader asks for (it
+saw it cut) is due again at once, and so is one overtaken by the acknowledgements of
+later files (`overtaking`). A reader asks again for what it still misses; an ask for a
+message whose last copy was itself sent for an ask may come while that copy is on its
+way, so it waits, as a plain resend does, while that copy is still in the outbox. Time
+is passed in.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import heapq
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from .overtaking import Overtaking
 from .received import ReceivedState
 
 BACKOFF_LIMIT = 8  # resend delays: 1, 2, 4, 8, 8, 8... times resend_after
-OVERTAKEN_BY = 3  # files of ours acknowledged after a message's file: it was lost
 
 
 @dataclass
@@ -39,6 +40,9 @@ class _Pending:
     due: float = 0.0
     sent_at: float = 0.0
     file: int = 0  # the number of our file that carried it last (0: none yet)
+    answers: bool = False  # its last copy was sent for an ask, or as found overtaken
+    overtook: bool = False  # its last copy was sent as found overtaken
+    held: bool = False  # put off when last due, its copy waiting in the outbox
 
 
 class RoundTrip:
@@ -80,9 +84,9 @@ class Outbound:
         self._unwritten: set[int] = set()  # pending, never written yet
         self._proven: set[int] = set()  # the reader proved them missing: resend regardless
         self._heap: list[tuple[float, int]] = []
-        self._files = 0  # our files with messages written so far, numbered from 1
-        self._acked_file = 0  # the newest file one of whose first copies was acknowledged
-        self._carried: list[tuple[int, int]] = []  # heap of (file, seq) for each write
+        self._overtaken: set[int] = set()  # found overtaken, not written since
+        self._asked_again: set[int] = set()  # asked for again since their last copy
+        self.overtaking = Overtaking()
         for seq, size in sorted(unacked):
             self.queue(seq, size, now)
 
@@ -140,11 +144,26 @@ class Outbound:
         while self._heap and self._heap[0][0] <= now:
             due, seq = heapq.heappop(self._heap)
             pending = self._pending.get(seq)
-            if pending is not None and pending.due == due:
-                found.add(seq)
+            if pending is None or pending.due != due:
+                continue
+            if self._on_its_timer(seq, pending) and self._resend_at(pending) > now:
+                self._schedule(seq, self._resend_at(pending))  # the round trip grew since
+                continue
+            found.add(seq)
         if found:
             found |= self._unwritten
         return sorted(found)
+
+    def _on_its_timer(self, seq: int, pending: _Pending) -> bool:
+        """Whether `seq` is due again only by its timer (written, nobody asked for it)."""
+        asked = seq in self._proven or seq in self._asked_again
+        return pending.attempts > 0 and not asked
+
+    def _resend_at(self, pending: _Pending) -> float:
+        """When a message written is due again by its timer: the timeout as measured now
+        (twice the round trip, which grows as the pipe backs up), times its backoff."""
+        backoff: int = min(2 ** (pending.attempts - 1), BACKOFF_LIMIT)
+        return pending.sent_at + self.timeout() * backoff
 
     def resend_due(self, now: float) -> bool:
         """Whether a message already written (and not proven missing) is due by `now`:
@@ -180,34 +199,46 @@ class Outbound:
     def sent(self, seqs: Iterable[int], now: float) -> None:
         """These were written into a file at `now`: resend after the backoff unless acked."""
         carried = [seq for seq in seqs if seq in self._pending]
-        if carried:
-            self._files += 1
+        file = self.overtaking.wrote(carried) if carried else 0
         for seq in carried:
             pending = self._pending[seq]
             pending.attempts += 1
             pending.sent_at = now
-            pending.file = self._files
-            heapq.heappush(self._carried, (self._files, seq))
+            pending.file = file
+            pending.answers, pending.overtook = seq in self._proven, seq in self._overtaken
+            pending.held = False
             self._unwritten.discard(seq)
             self._proven.discard(seq)
+            self._asked_again.discard(seq)
+            self._overtaken.discard(seq)
             if pending.attempts == 1:
                 self.stats.sent += 1
             else:
                 self.stats.resends += 1
-            backoff = min(2 ** (pending.attempts - 1), BACKOFF_LIMIT)
-            self._schedule(seq, now + self.timeout() * backoff)
+            self._schedule(seq, self._resend_at(pending))
+        self.overtaking.compact(self._last_file, len(self._pending))
+
+    def _last_file(self, seq: int) -> int | None:
+        pending = self._pending.get(seq)
+        return pending.file if pending is not None else None
 
     def timeout(self) -> float:
         """The current wait before a first resend."""
         return self.round_trip.timeout(self.resend_after)
 
     def hold_resends(self, seqs: Iterable[int], now: float, waiting: Collection[int]) -> list[int]:
-        """Of `seqs`, those already written once and still `waiting` in the outbox (the
-        pipe has not taken their file yet), put off for another timeout. The rest (never
-        written, proven missing by the reader, or whose file the pipe took) are returned."""
+        """Of `seqs`, those already written once (and not proven missing) whose copy is
+        still `waiting` in the outbox (the pipe has not taken its file yet) are put off
+        for another timeout; so are those due by their timer that were put off before and
+        since taken (the pipe took them some time since: their acks may be on the way).
+        The rest are returned."""
         fresh = []
         for seq in seqs:
-            if self.attempts(seq) and seq not in self._proven and seq in waiting:
+            pending = self._pending.get(seq)
+            if pending is None or not pending.attempts or seq in self._proven:
+                fresh.append(seq)
+            elif seq in waiting or (pending.held and self._on_its_timer(seq, pending)):
+                pending.held = seq in waiting
                 self._schedule(seq, now + self.timeout())
             else:
                 fresh.append(seq)
@@ -219,24 +250,44 @@ class Outbound:
             self._schedule(seq, at)
 
     def resend_now(self, seqs: Iterable[int], now: float) -> list[int]:
-        """The reader proved these missing: send them again at once (if still unacked)."""
+        """These are missing for sure (the reader's state was made anew, or restarted):
+        send them again at once (if still unacked)."""
         hit = [seq for seq in seqs if seq in self._pending]
         for seq in hit:
             self._proven.add(seq)
             self._schedule(seq, now)
         return hit
 
+    def asked(self, seqs: Iterable[int], now: float) -> list[int]:
+        """The reader asks for these (if still unacked): due again at once. One whose last
+        copy was itself sent for an ask may be asked for again while that copy is on its
+        way: it is held as a plain resend is, while that copy waits in the outbox, so a
+        reader asking again gets no copy per ask."""
+        hit = [seq for seq in seqs if seq in self._pending]
+        for seq in hit:
+            if self._pending[seq].answers:
+                self._asked_again.add(seq)
+            else:
+                self._proven.add(seq)
+            self._schedule(seq, now)
+        return hit
+
+    def first_asks(self, seqs: Iterable[int]) -> tuple[int, ...]:
+        """Of `seqs` the reader asks for, those whose last copy was not sent for an ask:
+        that copy surely came cut (an ask again may be for a copy still on its way)."""
+        return tuple(s for s in seqs if s in self._pending and not self._pending[s].answers)
+
     def overtaken(self, now: float) -> list[int]:
-        """Messages whose last copy's file came `OVERTAKEN_BY` or more files before the
-        newest file acknowledged (by a message written once): due again at once, as if
-        proven missing. Each copy is found once; call after `acked`."""
-        found = []
-        while self._carried and self._carried[0][0] <= self._acked_file - OVERTAKEN_BY:
-            file, seq = heapq.heappop(self._carried)
-            pending = self._pending.get(seq)
-            if pending is not None and pending.file == file:
-                found.append(seq)
+        """Messages overtaken by the acknowledgements of later files (`overtaking`): due
+        again at once, as if the reader asked for them. Call after `acked`."""
+        found = self.overtaking.overtaken(self._last_file)
+        self._overtaken.update(found)
         return self.resend_now(found, now)
+
+    def _too_soon(self, seconds: float) -> bool:
+        """Whether an ack `seconds` after a copy was written cannot be for that copy."""
+        smoothed = self.round_trip.smoothed
+        return smoothed is not None and seconds < smoothed / 2
 
     def _cut(self, lo: int, hi: int) -> list[int]:
         """Take the pending numbers in lo..hi out of the sorted order."""
@@ -251,12 +302,14 @@ class Outbound:
         for lo, hi in state.ranges:
             done += self._cut(lo, hi)
         for seq in done:
-            self._unwritten.discard(seq)
-            self._proven.discard(seq)
+            for flagged in (self._unwritten, self._proven, self._asked_again, self._overtaken):
+                flagged.discard(seq)
             pending = self._pending.pop(seq)
             if pending.attempts == 1:  # which copy an ack answers is known only for one
                 self.round_trip.sample(now - pending.sent_at)
-                self._acked_file = max(self._acked_file, pending.file)
+                self.overtaking.acked_first_copy(pending.file)
+            elif pending.overtook and self._too_soon(now - pending.sent_at):
+                self.overtaking.needless_copy()  # its earlier copy came, late
         if done:
             self.stats.acked += len(done)
             self.stats.last_ack = now
