@@ -7,6 +7,7 @@ import itertools
 
 import pytest
 
+from mesh.proto.inbound import MISSING_KEPT
 from mesh.proto.link import LinkSettings, Protocol, Verdict
 from mesh.proto.received import ReceivedState
 from mesh.proto.settle import Settling
@@ -204,6 +205,17 @@ def test_an_answer_to_a_message_asked_for_twice_is_not_timed() -> None:
     bravo.written(bravo.outgoing(10.0)[0], 10.0)  # asked again: the first ask was lost
     bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [2], [], 10.5)
     assert bravo.inbound("alpha").ask_round_trip.smoothed is None
+
+
+def test_a_writer_naming_ever_more_cut_frames_cannot_grow_what_is_asked_for() -> None:
+    _, bravo = pair()
+    fields = LinkFields(ack_epoch=B_EPOCH)
+    for start in range(1, 3 * MISSING_KEPT, 4096):
+        cut = list(range(start, start + 4096))
+        bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [], cut, 0.0)
+    [ask] = bravo.outgoing(0.0)
+    assert ask.link.missing[0] == 1 and len(ask.link.missing) == 4096
+    assert len(bravo.inbound("alpha")._missing) == MISSING_KEPT
 
 
 def test_a_message_below_the_writers_floor_is_no_longer_asked_for() -> None:

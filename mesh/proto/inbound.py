@@ -21,6 +21,7 @@ from .outbound import RoundTrip
 from .received import ReceivedState
 
 NOTHING = ReceivedState()
+MISSING_KEPT = 1 << 16  # numbers seen cut and asked for, at most
 
 
 class Verdict(Enum):
@@ -87,8 +88,14 @@ class Inbound:
                     self.ask_round_trip.sample(now - asked)
 
     def note_missing(self, seqs: Iterable[int]) -> None:
-        """These were cut from a file: ask for them at once (again, if asked before)."""
+        """These were cut from a file: ask for them at once (again, if asked before). At
+        most `MISSING_KEPT` are kept, the lowest (a writer naming ever more numbers in
+        its files' frames cannot grow this without bound)."""
         self._missing.update((seq, -math.inf) for seq in seqs if self.fresh(seq))
+        if len(self._missing) > MISSING_KEPT:
+            for seq in sorted(self._missing)[MISSING_KEPT:]:
+                del self._missing[seq]
+                self._asked_once.pop(seq, None)
 
     def next_ask(self, again_after: float) -> float | None:
         """When a missing message is next to be asked for (-inf: one never asked yet);
