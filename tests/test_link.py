@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from mesh.proto.inbound import MISSING_KEPT
-from mesh.proto.link import LinkSettings, Protocol, Verdict
+from mesh.proto.link import LinkSettings, LinkState, Protocol, Verdict
 from mesh.proto.received import ReceivedState
 from mesh.proto.settle import Settling
 from mesh.wire.fileformat import Header, LinkFields
@@ -371,6 +371,19 @@ def test_a_copy_made_for_a_message_overtaken_that_was_not_needed_deepens_the_reo
     assert alpha.outbound("bravo").overtaking.depth == 3
     acks(alpha, ReceivedState(5), 2.5)
     assert alpha.outbound("bravo").overtaking.depth == 6
+
+
+def test_an_ack_of_a_message_restored_at_start_times_nothing_and_overtakes_nothing() -> None:
+    """Messages pending at start may have been written before it too: an ack of 4 and 5
+    may answer those copies, not the ones written after the start."""
+    settings = dataclasses.replace(SETTINGS, max_frames=1)
+    state = LinkState(next_seq=6, unacked=tuple((s, 10) for s in range(1, 6)))
+    alpha = Protocol("alpha", A_EPOCH, {"bravo": settings}, {"bravo": state})
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)
+    for file in alpha.outgoing(0.0):
+        alpha.written(file, 0.0)
+    assert acks(alpha, ReceivedState(0, ((4, 5),)), 0.1) == ()
+    assert alpha.outbound("bravo").round_trip.smoothed is None
 
 
 def test_what_is_noted_of_files_for_overtaking_stays_bounded_while_nothing_is_acked() -> None:

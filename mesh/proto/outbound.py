@@ -43,6 +43,7 @@ class _Pending:
     answers: bool = False  # its last copy was sent for an ask, or as found overtaken
     overtook: bool = False  # its last copy was sent as found overtaken
     held: bool = False  # put off when last due, its copy waiting in the outbox
+    restored: bool = False  # pending at start: maybe written before it, too
 
 
 class RoundTrip:
@@ -89,6 +90,7 @@ class Outbound:
         self.overtaking = Overtaking()
         for seq, size in sorted(unacked):
             self.queue(seq, size, now)
+            self._pending[seq].restored = True
 
     def assign(self) -> int:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -305,8 +307,8 @@ class Outbound:
             for flagged in (self._unwritten, self._proven, self._asked_again, self._overtaken):
                 flagged.discard(seq)
             pending = self._pending.pop(seq)
-            if pending.attempts == 1:  # which copy an ack answers is known only for one
-                self.round_trip.sample(now - pending.sent_at)
+            if pending.attempts == 1 and not pending.restored:  # which copy an ack answers
+                self.round_trip.sample(now - pending.sent_at)  # is known only for one
                 self.overtaking.acked_first_copy(pending.file)
             elif pending.overtook and self._too_soon(now - pending.sent_at):
                 self.overtaking.needless_copy()  # its earlier copy came, late
