@@ -218,6 +218,44 @@ def test_a_writer_naming_ever_more_cut_frames_cannot_grow_what_is_asked_for() ->
     assert len(bravo.inbound("alpha")._missing) == MISSING_KEPT
 
 
+def test_a_file_lost_whole_at_the_end_is_asked_for_once_a_heartbeat_tells_it_was_written() -> None:
+    """No later message shows the gap: the writer's heartbeat says what it wrote, and the
+    reader asks for what it has not seen, `again_after` later (a file may be on its way)."""
+    alpha, bravo = pair()
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", LinkFields()), [], [], 0.0)  # met
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", LinkFields()), [], [], 0.0)
+    [seq] = send(alpha, 1)
+    [lost] = [f for f in alpha.outgoing(0.0) if f.seqs]
+    alpha.written(lost, 0.0)
+    [beat] = alpha.outgoing(5.0)
+    assert beat.link.written == seq
+    alpha.written(beat, 5.0)
+    bravo.arrived(header("alpha", A_EPOCH, "bravo", beat.link), [], [], 5.1)
+    assert all(f.link.unseen == () for f in bravo.outgoing(5.1))
+    again = 5.1 + SETTINGS.resend_after  # no round trip measured yet
+    assert [f.link.unseen for f in bravo.outgoing(again)] == [(seq,)]
+    ask = LinkFields(ack_epoch=A_EPOCH, unseen=(seq,))
+    assert alpha.arrived(header("bravo", B_EPOCH, "alpha", ask), [], [], 15.2).resend == (seq,)
+    assert [f.seqs for f in alpha.outgoing(15.2, waiting={"bravo": set()}) if f.seqs] == [(seq,)]
+
+
+def test_an_unseen_message_whose_copy_waits_in_the_outbox_is_not_copied_again() -> None:
+    alpha = alpha_met_bravo()
+    [seq] = one_per_file(alpha, 1)
+    ask = LinkFields(ack_epoch=A_EPOCH, unseen=(seq,))
+    alpha.arrived(header("bravo", B_EPOCH, "alpha", ask), [], [], 3.0)
+    assert [f.seqs for f in alpha.outgoing(3.0, waiting={"bravo": {seq}}) if f.seqs] == []
+
+
+def test_what_a_file_carries_is_not_unseen() -> None:
+    _, bravo = pair()
+    told = LinkFields(ack_epoch=B_EPOCH, written=3)
+    bravo.stored(
+        "alpha", bravo.arrived(header("alpha", A_EPOCH, "bravo", told), [1, 2, 3], [], 0.0).deliver
+    )
+    assert all(f.link.unseen == () for f in bravo.outgoing(100.0))
+
+
 def test_a_message_below_the_writers_floor_is_no_longer_asked_for() -> None:
     _, bravo = pair()
     fields = LinkFields(ack_epoch=B_EPOCH)

@@ -103,3 +103,14 @@ def test_asks_lost_on_the_way_back_are_made_again_until_the_stream_is_whole() ->
     sim.run_until_settled(limit=100.0)
     assert sorted(n for _, n in sim.nodes["bravo"].delivered) == list(range(2000))
     assert sim.network.injected["drop"] > 10 and sim.network.injected["truncate"] > 10
+
+
+def test_files_lost_whole_at_the_end_of_a_stream_cross_without_the_writers_timer() -> None:
+    """A third of the files lost whole both ways, alpha's resend timer beyond the run: no
+    later file shows the last gaps, the heartbeats saying what alpha wrote do."""
+    lossy = Faults(drop=0.3, duplicate=0, truncate=0, corrupt=0, max_delay=0.01)
+    sim = Simulation(["alpha", "bravo"], seed=7, faults=lossy)
+    sim.nodes["alpha"].protocol.outbound("bravo").resend_after = 1000.0
+    sim.schedule("alpha", "bravo", 500, over=5.0, batch=50, start=1.0)
+    sim.run_until_settled(limit=120.0)
+    assert sorted(n for _, n in sim.nodes["bravo"].delivered) == list(range(500))

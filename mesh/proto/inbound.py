@@ -6,6 +6,11 @@ timer, backing off, would be much slower). It is no longer asked for once stored
 once the writer's floor passes it. How long an ask takes to be answered is measured
 (`ask_round_trip`) from messages asked for once only, as the writer's round trip is.
 
+Each file also says the highest number its writer wrote before it (`told_written`): a
+number up to it not seen `again_after` later is asked for as unseen (a file lost whole,
+with no later file to show the gap: the writer's timer, backing off, would take minutes),
+and again each `again_after` until it comes.
+
 A remote's epoch changes when its state is created anew: we then start afresh from its
 `floor`, and files from a retired epoch deliver nothing. A number is acknowledged only
 once the driver reports it durable (`stored`).
@@ -14,7 +19,7 @@ once the driver reports it durable (`stored`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from enum import Enum
 
 from .outbound import RoundTrip
@@ -46,6 +51,8 @@ class Inbound:
         self.retired = set(retired)
         self._missing: dict[int, float] = {}  # seq: when last asked (-inf: not yet)
         self._asked_once: dict[int, float] = {}  # seq: when, if asked once since cut
+        self._unseen: dict[int, float] = {}  # seq: when last asked, or known written
+        self._told_written = 0  # the highest number written the writer told, this epoch
         self.ask_round_trip = RoundTrip()
         self.news = False  # received something not yet told in a file
 
@@ -58,6 +65,8 @@ class Inbound:
                 self._missing = {s: at for s, at in self._missing.items() if self.fresh(s)}
                 asked = self._asked_once.items()
                 self._asked_once = {s: at for s, at in asked if s in self._missing}
+            if self._unseen:
+                self._unseen = {s: at for s, at in self._unseen.items() if self.fresh(s)}
             return Verdict.CURRENT
         if epoch in self.retired:
             return Verdict.STALE
@@ -66,6 +75,8 @@ class Inbound:
         self.epoch, self.received, self.since = epoch, ReceivedState(floor - 1), created
         self._missing.clear()
         self._asked_once.clear()
+        self._unseen.clear()
+        self._told_written = 0
         self.news = True
         return Verdict.NEW_EPOCH
 
@@ -77,6 +88,7 @@ class Inbound:
         for seq in seqs:
             self.received = self.received.add(seq)
             self._missing.pop(seq, None)
+            self._unseen.pop(seq, None)
         self.news = True
 
     def came(self, seqs: Iterable[int], now: float) -> None:
@@ -92,17 +104,38 @@ class Inbound:
         most `MISSING_KEPT` are kept, the lowest (a writer naming ever more numbers in
         its files' frames cannot grow this without bound)."""
         self._missing.update((seq, -math.inf) for seq in seqs if self.fresh(seq))
+        for seq in self._missing:
+            self._unseen.pop(seq, None)
         if len(self._missing) > MISSING_KEPT:
             for seq in sorted(self._missing)[MISSING_KEPT:]:
                 del self._missing[seq]
                 self._asked_once.pop(seq, None)
 
+    def told_written(self, written: int, seen: Collection[int], now: float) -> None:
+        """A file (carrying `seen`) says its writer wrote up to `written` before it: the
+        numbers up to it not seen yet are asked for if still not seen `again_after` from
+        `now` (a file may still be on its way). At most `MISSING_KEPT` are kept."""
+        start = max(self._told_written, self.received.upto) + 1
+        end = min(written, start + MISSING_KEPT - len(self._unseen) - 1)
+        for seq in range(start, end + 1):
+            if self.fresh(seq) and seq not in seen and seq not in self._missing:
+                self._unseen.setdefault(seq, now)
+        self._told_written = max(self._told_written, end)
+
     def next_ask(self, again_after: float) -> float | None:
-        """When a missing message is next to be asked for (-inf: one never asked yet);
-        None if none is missing."""
-        if not self._missing:
+        """When a missing or unseen message is next to be asked for (-inf: one never asked
+        yet); None if none is."""
+        if not (self._missing or self._unseen):
             return None
-        return min(self._missing.values()) + again_after
+        return min(*self._missing.values(), *self._unseen.values(), math.inf) + again_after
+
+    def take_unseen(self, now: float, again_after: float, limit: int = 4096) -> tuple[int, ...]:
+        """The unseen numbers to ask for now (not seen `again_after` after the writer said
+        it wrote them, or last asked that long ago), lowest first, taken as asked at `now`."""
+        due = sorted(seq for seq, at in self._unseen.items() if at + again_after <= now)
+        taken = tuple(due[:limit])
+        self._unseen.update((seq, now) for seq in taken)
+        return taken
 
     def take_missing(self, now: float, again_after: float, limit: int = 4096) -> tuple[int, ...]:
         """The missing numbers to ask for now (never asked, or last asked `again_after`

@@ -75,7 +75,10 @@ class LinkFields:
     `ack` is what the writer has durably received from the recipient while the recipient
     had epoch `ack_epoch`; `floor` is the writer's lowest unacknowledged sequence number
     (everything below it was acknowledged, or never existed); `missing` names messages
-    the writer saw cut from a file and wants again; `clock` is the writer's `upto` per peer.
+    the writer saw cut from a file and wants again; `written` is the highest number the
+    writer has written in a file to the recipient before this one, and `unseen` names
+    messages the writer has not seen though the recipient said it wrote them (a file
+    lost whole, or still on its way); `clock` is the writer's `upto` per peer.
     """
 
     ack: ReceivedState | None = None
@@ -84,6 +87,8 @@ class LinkFields:
     ack_session: str | None = None  # the recipient's, as the writer last heard it
     floor: int = 1
     missing: tuple[int, ...] = ()
+    written: int = 0
+    unseen: tuple[int, ...] = ()
     clock: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -275,9 +280,8 @@ class Protocol:
             if not batches and self._owes_heartbeat(link, now):  # it takes what waits along
                 batches = self._batches(link, link.outbound.unwritten()) or [()]
             for i, seqs in enumerate(batches):
-                again = self._ask_again_after(link)
-                missing = link.inbound.take_missing(now, again) if i == 0 else ()
-                files.append(OutgoingFile(remote, seqs, self._fields(remote, link, missing)))
+                asks = _asks(link, now) if i == 0 else ((), ())
+                files.append(OutgoingFile(remote, seqs, self._fields(remote, link, *asks)))
         return files
 
     @staticmethod
@@ -303,21 +307,14 @@ class Protocol:
         so a wake-up at that time always finds the heartbeat owed (no float drift)."""
         if now >= link.last_file + link.settings.heartbeat:
             return True
-        ask = link.inbound.next_ask(Protocol._ask_again_after(link))
+        ask = link.inbound.next_ask(_ask_again_after(link))
         if ask is not None and ask <= now:
             return True
         return link.inbound.news and now >= link.last_file + link.settings.ack_delay
 
-    @staticmethod
-    def _ask_again_after(link: _Link) -> float:
-        """How long a missing message goes unasked for again: twice the time an ask takes
-        to be answered, else twice our messages' round trip on the link, else
-        `resend_after` until either is measured; never under `ack_delay`."""
-        smoothed = link.inbound.ask_round_trip.smoothed or link.outbound.round_trip.smoothed
-        again = link.settings.resend_after if smoothed is None else 2 * smoothed
-        return max(again, link.settings.ack_delay)
-
-    def _fields(self, remote: str, link: _Link, missing: tuple[int, ...]) -> LinkFields:
+    def _fields(
+        self, remote: str, link: _Link, missing: tuple[int, ...], unseen: tuple[int, ...]
+    ) -> LinkFields:
         inbound = link.inbound
         return LinkFields(
             ack=inbound.received if inbound.epoch is not None else None,
@@ -326,6 +323,8 @@ class Protocol:
             ack_session=link.remote_session,
             floor=link.outbound.floor,
             missing=missing,
+            written=link.outbound.written_upto,
+            unseen=unseen,
             clock=self.clock(),
         )
 
@@ -368,7 +367,7 @@ class Protocol:
             times.append(link.last_file + link.settings.heartbeat)
             if link.inbound.news:
                 times.append(link.last_file + link.settings.ack_delay)
-            ask = link.inbound.next_ask(self._ask_again_after(link))
+            ask = link.inbound.next_ask(_ask_again_after(link))
             if ask is not None:
                 times.append(ask)
         return min(times, default=None)
@@ -396,6 +395,7 @@ class Protocol:
             # unacknowledged: a file replayed into the pipe names long-acknowledged ones
             link.sizes.lost(link.outbound.first_asks(head.link.missing))
         resend = link.outbound.asked(head.link.missing if acquainted else (), now)
+        resend += link.outbound.asked_again(head.link.unseen if acquainted else (), now)
         resend += link.outbound.overtaken(now)
         restarted = self._new_session(link, head, acquainted)
         if verdict is Verdict.NEW_EPOCH or restarted:
@@ -411,6 +411,7 @@ class Protocol:
                     deliver.append(seq)
             link.inbound.came(whole + cut, now)
             link.inbound.note_missing(seq for seq in cut if seq not in seen)
+            link.inbound.told_written(head.link.written, {*whole, *cut}, now)
         return Arrival(
             remote,
             verdict,
@@ -486,3 +487,18 @@ class Protocol:
     def clock(self) -> dict[str, int]:
         """Our `upto` per remote: how far each link has arrived here without a gap."""
         return {remote: link.inbound.received.upto for remote, link in self._links.items()}
+
+
+def _ask_again_after(link: _Link) -> float:
+    """How long a missing message goes unasked for again: twice the time an ask takes to
+    be answered, else twice our messages' round trip on the link, else `resend_after`
+    until either is measured; never under `ack_delay`."""
+    smoothed = link.inbound.ask_round_trip.smoothed or link.outbound.round_trip.smoothed
+    again = link.settings.resend_after if smoothed is None else 2 * smoothed
+    return max(again, link.settings.ack_delay)
+
+
+def _asks(link: _Link, now: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The missing and unseen numbers to ask for in a file written `now`."""
+    again = _ask_again_after(link)
+    return link.inbound.take_missing(now, again), link.inbound.take_unseen(now, again)

@@ -88,6 +88,7 @@ class Outbound:
         self._overtaken: set[int] = set()  # found overtaken, not written since
         self._asked_again: set[int] = set()  # asked for again since their last copy
         self.overtaking = Overtaking()
+        self.written_upto = 0  # the highest number written in a file since start
         for seq, size in sorted(unacked):
             self.queue(seq, size, now)
             self._pending[seq].restored = True
@@ -202,6 +203,7 @@ class Outbound:
         """These were written into a file at `now`: resend after the backoff unless acked."""
         carried = [seq for seq in seqs if seq in self._pending]
         file = self.overtaking.wrote(carried) if carried else 0
+        self.written_upto = max(self.written_upto, *carried, 0)
         for seq in carried:
             pending = self._pending[seq]
             pending.attempts += 1
@@ -271,6 +273,16 @@ class Outbound:
                 self._asked_again.add(seq)
             else:
                 self._proven.add(seq)
+            self._schedule(seq, now)
+        return hit
+
+    def asked_again(self, seqs: Iterable[int], now: float) -> list[int]:
+        """The reader has not seen these (if still unacked), though we told it we wrote
+        them: due again at once, but held while their last copy waits in the outbox (it
+        may be on its way still)."""
+        hit = [seq for seq in seqs if seq in self._pending]
+        for seq in hit:
+            self._asked_again.add(seq)
             self._schedule(seq, now)
         return hit
 

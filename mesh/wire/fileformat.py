@@ -9,7 +9,8 @@ Layout::
     frames     stored frames back to back, as the header's frame table lists them
 
 The header carries sender, recipient, epoch, creation time, a per-file nonce, whether
-frames are sealed, the link fields (ack state, floor, missing hints, clock vector), and a
+frames are sealed, the link fields (ack state, floor, missing hints, the highest number
+written before, numbers not seen, clock vector), and a
 frame table: per frame its stored length, codec, sequence number and a BLAKE3-256 digest
 (small neighbours share one: `layout.blocks`), so a reader knows which messages a cut
 file lost without opening them, and the signature vouches for every frame's bytes (a

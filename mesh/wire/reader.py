@@ -163,9 +163,13 @@ def _link_fields(raw: dict[str, Any], limits: Limits) -> LinkFields:
             raise FormatError("bad-header", f"header field {key} is not 16 hex digits")
     if type(floor) is not int or floor < 1:
         raise FormatError("bad-header", "header field b (floor) is not a whole number >= 1")
-    ok = isinstance(missing, list) and len(missing) <= limits.max_ranges
-    if not ok or not all(type(seq) is int and seq >= 1 for seq in missing):
-        raise FormatError("bad-header", "header field m (missing) is not a list of numbers")
+    written, unseen = raw.get("w", 0), raw.get("u", [])
+    if type(written) is not int or written < 0:
+        raise FormatError("bad-header", "header field w (written) is not a whole number >= 0")
+    for key, seqs in (("m (missing)", missing), ("u (unseen)", unseen)):
+        ok = isinstance(seqs, list) and len(seqs) <= limits.max_ranges
+        if not ok or not all(type(seq) is int and seq >= 1 for seq in seqs):
+            raise FormatError("bad-header", f"header field {key} is not a list of numbers")
     return LinkFields(
         ack=_ack(raw.get("a"), limits),
         ack_epoch=ack_epoch,
@@ -173,6 +177,8 @@ def _link_fields(raw: dict[str, Any], limits: Limits) -> LinkFields:
         ack_session=ack_session,
         floor=floor,
         missing=tuple(missing),
+        written=written,
+        unseen=tuple(unseen),
         clock=_clock(raw.get("c", {}), limits),
     )
 

@@ -253,6 +253,8 @@ def _head(
         "as": link.ack_session,
         "b": link.floor,
         "m": list(link.missing),
+        "w": link.written,
+        "u": list(link.unseen),
         "c": dict(link.clock),
         "f": table,
     }
