@@ -171,11 +171,16 @@ def test_a_missing_message_is_asked_for_again_after_twice_the_round_trip() -> No
     bravo.outbound("alpha").round_trip.sample(1.5)
     cut = header("alpha", A_EPOCH, "bravo", LinkFields(ack_epoch=B_EPOCH))
     bravo.arrived(cut, [], [7], 1.0)
-    [ask] = bravo.outgoing(1.0)
-    assert ask.link.missing == (7,)
-    bravo.written(ask, 1.0)
-    assert [f.link.missing for f in bravo.outgoing(3.9)] == []
-    assert [f.link.missing for f in bravo.outgoing(4.0)] == [(7,)]
+    asks_then_again(bravo, 7, 1.0, 4.0)
+
+
+def asks_then_again(bravo: Protocol, seq: int, now: float, again: float) -> None:
+    """Bravo asks for `seq` at `now`, then not again until `again`, then again."""
+    [ask] = bravo.outgoing(now)
+    assert ask.link.missing == (seq,)
+    bravo.written(ask, now)
+    assert [f.link.missing for f in bravo.outgoing(again - 0.1)] == []
+    assert [f.link.missing for f in bravo.outgoing(again)] == [(seq,)]
 
 
 def test_the_time_an_ask_takes_to_be_answered_paces_the_asks_again() -> None:
@@ -190,11 +195,7 @@ def test_the_time_an_ask_takes_to_be_answered_paces_the_asks_again() -> None:
     bravo.stored(
         "alpha", bravo.arrived(header("alpha", A_EPOCH, "bravo", fields), [2], [3], 2.0).deliver
     )
-    [ask] = bravo.outgoing(2.0)
-    assert ask.link.missing == (3,)
-    bravo.written(ask, 2.0)
-    assert [f.link.missing for f in bravo.outgoing(5.9)] == []
-    assert [f.link.missing for f in bravo.outgoing(6.0)] == [(3,)]
+    asks_then_again(bravo, 3, 2.0, 6.0)
 
 
 def test_an_answer_to_a_message_asked_for_twice_is_not_timed() -> None:

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -139,11 +139,19 @@ class Links:
         without deleting must not stop resends for good). Blocking."""
         found = {}
         for remote in remotes:
-            files = self._unread[remote]
-            limit = 8 * self.protocol.ack_timeout(remote)
-            files[:] = [f for f in files if now - f[1] < limit and os.path.exists(f[0])]
+            files = self._keep_unread(remote, now, lambda path, _: os.path.exists(path))
             found[remote] = {seq for _, _, seqs in files for seq in seqs}
         return found
+
+    def _keep_unread(
+        self, remote: str, now: float, still: Callable[[Path, tuple[int, ...]], bool]
+    ) -> list[tuple[Path, float, tuple[int, ...]]]:
+        """Keep of our files noted as waiting for `remote` those younger than eight
+        timeouts for which `still(path, seqs)` holds; what is kept."""
+        files = self._unread[remote]
+        limit = 8 * self.protocol.ack_timeout(remote)
+        files[:] = [(p, at, seqs) for p, at, seqs in files if now - at < limit and still(p, seqs)]
+        return files
 
     async def _write(self, file: OutgoingFile) -> None:
         await self.durable.synced()  # what the file carries and acknowledges is on disk
@@ -205,11 +213,9 @@ class Links:
         now = trio.current_time()
         unread.append((path, now, seqs))
         if len(unread) > self._unread_limit.get(remote, UNREAD_KEPT):
-            limit = 8 * self.protocol.ack_timeout(remote)
-            unread[:] = [
-                f for f in unread if now - f[1] < limit and self.protocol.any_unacked(remote, f[2])
-            ]
-            self._unread_limit[remote] = max(UNREAD_KEPT, 2 * len(unread))
+            unacked = partial(self.protocol.any_unacked, remote)
+            kept = self._keep_unread(remote, now, lambda _, seqs: unacked(seqs))
+            self._unread_limit[remote] = max(UNREAD_KEPT, 2 * len(kept))
 
     async def _supersede(self, remote: str, heartbeat: Path | None) -> None:
         """Any file we write carries the newest link state, so our previous heartbeat for

@@ -103,8 +103,9 @@ class Inbound:
         """These were cut from a file: ask for them at once (again, if asked before). At
         most `MISSING_KEPT` are kept, the lowest (a writer naming ever more numbers in
         its files' frames cannot grow this without bound)."""
-        self._missing.update((seq, -math.inf) for seq in seqs if self.fresh(seq))
-        for seq in self._missing:
+        noted = [seq for seq in seqs if self.fresh(seq)]
+        self._missing.update((seq, -math.inf) for seq in noted)
+        for seq in noted:
             self._unseen.pop(seq, None)
         if len(self._missing) > MISSING_KEPT:
             for seq in sorted(self._missing)[MISSING_KEPT:]:
@@ -132,16 +133,14 @@ class Inbound:
     def take_unseen(self, now: float, again_after: float, limit: int = 4096) -> tuple[int, ...]:
         """The unseen numbers to ask for now (not seen `again_after` after the writer said
         it wrote them, or last asked that long ago), lowest first, taken as asked at `now`."""
-        due = sorted(seq for seq, at in self._unseen.items() if at + again_after <= now)
-        taken = tuple(due[:limit])
+        taken = _due(self._unseen, now, again_after, limit)
         self._unseen.update((seq, now) for seq in taken)
         return taken
 
     def take_missing(self, now: float, again_after: float, limit: int = 4096) -> tuple[int, ...]:
         """The missing numbers to ask for now (never asked, or last asked `again_after`
         ago or more), lowest first, taken as asked at `now`."""
-        due = sorted(seq for seq, at in self._missing.items() if at + again_after <= now)
-        taken = tuple(due[:limit])
+        taken = _due(self._missing, now, again_after, limit)
         for seq in taken:
             if self._missing[seq] == -math.inf:
                 self._asked_once[seq] = now
@@ -149,3 +148,9 @@ class Inbound:
                 self._asked_once.pop(seq, None)
             self._missing[seq] = now
         return taken
+
+
+def _due(asks: dict[int, float], now: float, again_after: float, limit: int) -> tuple[int, ...]:
+    """Of `asks` (number: when last asked), those to ask for at `now`, lowest first."""
+    due = sorted(seq for seq, at in asks.items() if at + again_after <= now)
+    return tuple(due[:limit])

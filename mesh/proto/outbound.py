@@ -268,12 +268,8 @@ class Outbound:
         way: it is held as a plain resend is, while that copy waits in the outbox, so a
         reader asking again gets no copy per ask."""
         hit = [seq for seq in seqs if seq in self._pending]
-        for seq in hit:
-            if self._pending[seq].answers:
-                self._asked_again.add(seq)
-            else:
-                self._proven.add(seq)
-            self._schedule(seq, now)
+        self.asked_again([seq for seq in hit if self._pending[seq].answers], now)
+        self.resend_now([seq for seq in hit if not self._pending[seq].answers], now)
         return hit
 
     def asked_again(self, seqs: Iterable[int], now: float) -> list[int]:
