@@ -13,6 +13,7 @@ import trio.testing
 
 from mesh.pipe import bodies as bodies_module
 from mesh.pipe.bodies import CHUNK, INLINE, WRITES_AHEAD, Bodies, Body, BodyTooLarge, incoming_name
+from mesh.pipe.flowing import pump_noting
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -150,3 +151,21 @@ def test_sweep_removes_leftovers_but_keeps_what_is_referred_to(tmp_path: Path) -
         bodies.path(name).write_bytes(b"x")
     assert bodies.sweep({"out-kept"}) == 2
     assert sorted(p.name for p in bodies.folder.iterdir()) == ["in-alpha-" + "a" * 32, "out-kept"]
+
+
+async def test_a_body_that_broke_is_known_broken_by_the_time_its_channel_ends() -> None:
+    """Whoever reads a body pumped from a source that broke, to the channel's end, sees
+    the break noted then: never a cut body taken for whole (the reader ran first at
+    the end about half the time, when the note came after the channel's close)."""
+
+    async def breaking() -> AsyncIterator[bytes]:
+        yield b"first"
+        raise ConnectionError("the caller went away")
+
+    for _ in range(50):  # the order trio runs the two in at the end varies
+        send, receive = trio.open_memory_channel[bytes](4)
+        broke: list[ConnectionError] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump_noting, breaking(), send, ConnectionError, broke)
+            assert [piece async for piece in receive] == [b"first"]
+            assert [str(exc) for exc in broke] == ["the caller went away"]

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -316,8 +317,9 @@ async def test_a_big_transfer_resumes_from_what_arrived_after_kill_9(
 async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline(
     tmp_path: Path, ports: Ports
 ) -> None:
-    """A request body within alpha's body_limit but over bravo's is a 413 from bravo; a
-    response within carol's but over alpha's is a 502 at alpha: both at once."""
+    """A request body within alpha's body_limit but over bravo's is a 413 from bravo (sent
+    chunked too: bravo finds out as it comes); a response within carol's but over
+    alpha's is a 502 at alpha: all at once."""
     up = f"http://127.0.0.1:{ports.upstream}"
     path = write_roster(
         tmp_path,
@@ -340,19 +342,23 @@ async def test_a_body_over_the_far_limit_is_answered_at_once_not_at_the_deadline
             reply = await client.post("/bravo/echo", content=os.urandom(5 * MiB))
             assert reply.status_code == 413, reply.text
             assert "bravo's body_limit" in reply.json()["title"]
+            reply = await client.post("/bravo/echo", content=_pieces(5, MiB))  # chunked
+            assert reply.status_code == 413, reply.text
+            assert "bravo's body_limit" in reply.json()["title"]
             reply = await client.get(f"/carol/big/{8 * MiB}")
             assert reply.status_code == 502, reply.text
             assert "body_limit" in reply.json()["title"]
             assert await mesh.stop() == 130
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["with-length", "chunked"])
 async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(
-    tmp_path: Path, ports: Ports
+    tmp_path: Path, ports: Ports, declared: bool
 ) -> None:
-    """A client declares 96 MiB and goes away after 48: the request went ahead of its
-    body, and bravo was streaming it to the upstream; told to drop it, bravo cuts the
-    upstream's connection (the upstream never gets the whole body), the request fails,
-    and neither side keeps anything."""
+    """A client declares 96 MiB (or sends chunks, its size not said) and goes away after
+    48: the request went ahead of its body, and bravo was streaming it to the upstream;
+    told to drop it, bravo cuts the upstream's connection (the upstream never gets the
+    whole body), the request fails, and neither side keeps anything."""
     path = write_roster(
         tmp_path,
         {
@@ -382,12 +388,14 @@ async def test_an_upload_cut_off_midway_is_dropped_on_both_sides(
             await mesh.wait_for("alpha: HTTP ingress")
             await mesh.wait_for("bravo: HTTP ingress")
             client = await trio.open_tcp_stream("127.0.0.1", ports.alpha)
-            head = f"PUT /bravo/put HTTP/1.1\r\nhost: localhost\r\ncontent-length: {96 * MiB}\r\n"
+            framing = f"content-length: {96 * MiB}" if declared else "transfer-encoding: chunked"
+            head = f"PUT /bravo/put HTTP/1.1\r\nhost: localhost\r\n{framing}\r\n"
             head += "prefer: respond-async\r\n"
             head += "\r\n"
             await client.send_all(head.encode())
             for _ in range(48):
-                await client.send_all(os.urandom(MiB))
+                piece = os.urandom(MiB)
+                await client.send_all(piece if declared else b"%x\r\n%s\r\n" % (MiB, piece))
             # bravo's state is in another process: nothing to wait on but a poll
             while not [t for t in await _transfers(ports.bravo) if t["done"] > 0]:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -457,3 +465,9 @@ async def test_a_response_cut_off_by_the_upstream_is_cut_at_the_caller_and_dropp
             assert await _transfers(ports.alpha) == [] and await _transfers(ports.bravo) == []
             assert await mesh.stop() == 130
     assert "Traceback" not in mesh.text
+
+
+async def _pieces(count: int, size: int) -> AsyncIterator[bytes]:
+    """`count` random pieces of `size` bytes: a body httpx sends chunked."""
+    for _ in range(count):
+        yield os.urandom(size)

@@ -5,7 +5,9 @@ upstream HTTP server on loopback (no subprocesses). A request is submitted at al
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,8 +24,9 @@ from mesh.http.forwarder import Forwarder
 from mesh.http.relaying import Relay
 from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import Body, incoming_name
-from mesh.pipe.streams import ABANDON
+from mesh.pipe.streams import ABANDON, ENDED
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
+from mesh.state.requests import NOBODY
 from mesh.wire.messages import Control, Fragment, Request, Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
@@ -328,3 +331,65 @@ async def test_a_note_with_no_time_or_from_another_peer_changes_nothing_it_shoul
     assert record is not None and (record.state, record.body) == (COMPLETED, b"ok")
     at = dict(record.events)
     assert at["forwarded"] > 1e9  # not carol's 1.0, nor anything that is no time
+
+
+async def test_a_body_whose_length_is_told_at_its_end_goes_to_the_upstream_chunked(
+    tmp_path: Path,
+) -> None:
+    """A request gone ahead of a body whose size its caller did not say: the upstream
+    gets it chunked (no length), whole, once its sender tells its length at the end,
+    whether that comes after the last piece, before it, or with no piece at all."""
+    upstream = Upstream(200, b"ok")
+    pieces = [os.urandom(MiB // 2) for _ in range(3)]
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream) as peers:
+            alpha = peers["alpha"]
+            for parts, told_after in ((pieces, 3), (pieces, 2), ([], 0)):
+                request_id = await _unsized(alpha, parts, told_after)
+                record = await alpha.requests.wait(request_id, 20)
+                assert record is not None and record.state is COMPLETED, record
+                assert record.status == 200
+    whole = b"".join(pieces)
+    assert [each["body"] for each in upstream.received] == [whole, whole, b""]
+    for each in upstream.received:
+        assert each["headers"]["transfer-encoding"] == "chunked"
+        assert "content-length" not in each["headers"]
+
+
+async def test_a_body_of_a_size_not_said_over_the_far_limit_is_a_413_never_whole_upstream(
+    tmp_path: Path,
+) -> None:
+    """bravo streams a body of a size not said to its upstream as it comes; the piece
+    that takes it past bravo's body limit is refused: the upstream's connection is cut
+    (it never gets a whole request) and the answer is bravo's 413, at once. A length
+    told over the limit is refused the same way, before any piece."""
+    upstream = Upstream(200, b"ok")
+    pieces = [os.urandom(MiB // 2) for _ in range(3)]
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream, bravo={"body_limit": "1MiB"}) as peers:
+            alpha = peers["alpha"]
+            for parts, told_after in ((pieces, 3), (pieces, 0)):
+                request_id = await _unsized(alpha, parts, told_after)
+                record = await alpha.requests.wait(request_id, 20)
+                assert record is not None and record.done and record.status == 413, record
+                assert "bravo's body_limit" in json.loads(record.body or b"{}")["title"]
+            assert peers["bravo"].store.links.receiving() == []
+    assert upstream.received == []
+
+
+async def _unsized(alpha: Peer, parts: list[bytes], told_after: int) -> str:
+    """Send a request to bravo ahead of a body of `parts`, its size not said: its
+    length told after `told_after` of them; its id."""
+    transfer, request_id = uuid.uuid4().hex, uuid.uuid4().hex
+    request = Request(request_id, "PUT", "/x", (), b"", time.time() + 60, None, transfer)
+    await alpha.requests.submit_request("bravo", request, NOBODY)
+    sending, offset = alpha.links.sending, 0
+    ended = Control(ENDED, {"transfer": transfer, "length": sum(map(len, parts))})
+    for index, part in enumerate(parts):
+        if index == told_after:
+            await sending.send("bravo", ended)
+        await sending.send("bravo", Fragment(request_id, transfer, index, offset, None, part))
+        offset += len(part)
+    if told_after == len(parts):
+        await sending.send("bravo", ended)
+    return request_id

@@ -44,6 +44,9 @@ class Streaming:
             head = await read_head(stream)
             assert head is not None
             await stream.send_all(HEAD)
+            if head.startswith(b"POST /cut-now"):  # one chunk, then the connection closes
+                await stream.send_all(chunk(b"data: 0\n\n"))
+                return
             count = CHUNKS if head.startswith(b"GET /events") else 2
             for index in range(count):
                 if index:
@@ -117,17 +120,37 @@ async def test_an_answer_that_breaks_off_is_cut_never_ended_whole(tmp_path: Path
             await settled(port, tmp_path / "state")
 
 
+async def test_an_answer_that_breaks_off_at_once_is_never_taken_whole(tmp_path: Path) -> None:
+    """The upstream sends a piece of its answer and closes at once, well within the
+    time and size an answer is gathered whole in: the caller gets the far side's 502,
+    never a 200 with what came as if it were the body (it did, now and then, when the
+    end of what came was seen before the break was)."""
+    async with streaming_upstream() as (url, _):
+        path, port = two_peers(tmp_path, url)
+        async with running(path):
+            alpha = f"http://127.0.0.1:{port}"
+            with trio.fail_after(30):
+                async with httpx.AsyncClient(base_url=alpha, trust_env=False, timeout=20) as client:
+                    for _ in range(5):
+                        reply = await client.post("/bravo/cut-now")
+                        assert reply.status_code == 502, (reply.status_code, reply.content)
+                        assert "outcome unknown" in reply.json()["title"]
+            await settled(port, tmp_path / "state")
+
+
 class Sink:
     """An ASGI upstream that takes a request body as it comes, noting when its first
     bytes came (`started`), and answers its SHA-256."""
 
     def __init__(self) -> None:
         self.started = trio.Event()
+        self.headers: list[tuple[bytes, bytes]] = []  # the last request's
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
+        self.headers = list(scope["headers"])
         digest = hashlib.sha256()
         async for chunk in body_chunks(receive):
             digest.update(chunk)
@@ -137,10 +160,14 @@ class Sink:
         await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
 
 
-async def test_an_upload_reaches_the_upstream_while_it_still_comes(tmp_path: Path) -> None:
-    """A body of a declared size goes on to the upstream as it arrives: the client sends
-    the rest of it only once the upstream has had the first of it (it would wait for
-    good if the mesh waited for the whole body), and the upstream gets it whole."""
+@pytest.mark.parametrize("declared", [True, False], ids=["with-length", "chunked"])
+async def test_an_upload_reaches_the_upstream_while_it_still_comes(
+    tmp_path: Path, declared: bool
+) -> None:
+    """A body goes on to the upstream as it arrives: the client sends the rest of it
+    only once the upstream has had the first of it (it would wait for good if the mesh
+    waited for the whole body), and the upstream gets it whole. Sent chunked (its size
+    not said), it reaches the upstream chunked too."""
     (upstream_port,) = free_ports(1)
     sink, size, first = Sink(), 8 * MiB, 3 * MiB  # each piece goes once durable
     data = random.Random(5).randbytes(size)
@@ -153,15 +180,17 @@ async def test_an_upload_reaches_the_upstream_while_it_still_comes(tmp_path: Pat
             yield data[at : at + MiB]
 
     path, port = two_peers(tmp_path, f"http://127.0.0.1:{upstream_port}", "64MiB")
+    length = {"content-length": str(size)} if declared else {}
     async with served(sink, upstream_port), running(path):
         with trio.fail_after(60):
             async with httpx.AsyncClient(trust_env=False, timeout=50) as client:
                 reply = await client.put(
-                    f"http://127.0.0.1:{port}/bravo/upload",
-                    content=paced(),
-                    headers={"content-length": str(size)},
+                    f"http://127.0.0.1:{port}/bravo/upload", content=paced(), headers=length
                 )
         assert reply.status_code == 200 and reply.text == hashlib.sha256(data).hexdigest()
+        chunked = (b"transfer-encoding", b"chunked")
+        framing = (b"content-length", str(size).encode()) if declared else chunked
+        assert framing in sink.headers, sink.headers
         await settled(port, tmp_path / "state")
 
 

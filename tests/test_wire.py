@@ -425,7 +425,7 @@ def test_bombs_are_refused_within_bounded_memory() -> None:
         [1, 1, ID, "GET", "/", [], b"inline too", 1.0, 10, TRANSFER],  # inline and fragmented
         [1, 1, ID, "GET", "/", [], b"", 1.0, -1, TRANSFER],
         [1, 1, ID, "GET", "/", [], b"", 1.0, 10, None],  # fragmented, but no transfer named
-        [1, 1, ID, "GET", "/", [], b"", 1.0, None, TRANSFER],  # a transfer, but no length
+        [1, 1, ID, "PUT", "/", [], b"inline", 1.0, None, TRANSFER],  # inline, length to come
         [1, 1, ID, "GET", "/", [], b"", 1.0, 10, "not-an-id"],
         [2, 1, ID, 999, [], b"", None, None],
         [2, 1, ID, 200, [], b"", "10", TRANSFER],
@@ -728,6 +728,13 @@ def test_only_a_response_with_a_transfer_and_no_length_is_a_head() -> None:
     assert Response(ID, 200, (), b"", body_id=TRANSFER).head
     assert not Response(ID, 200, (), b"", body_length=0, body_id=TRANSFER).head
     assert not Response(ID, 200, (), b"").head
+
+
+def test_a_request_ahead_of_a_body_of_a_size_not_said_crosses_as_such() -> None:
+    """A transfer and no length: its body's size is told at its end (``ended``)."""
+    request = Request(ID, "PUT", "/x", (), b"", 1.0, None, TRANSFER)
+    assert request.unsized and not Request(ID, "PUT", "/x", (), b"", 1.0, 0, TRANSFER).unsized
+    assert unpack_envelope(pack(Envelope(3, request)), 1 << 20) == Envelope(3, request)
 
 
 def test_a_fragment_of_a_body_that_streams_splits_like_any_other() -> None:

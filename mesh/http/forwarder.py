@@ -185,8 +185,8 @@ class Forwarder:
         forgotten): it is whole here, its sender gave it up, it is over this peer's limit
         (its fragments are refused), or the request's deadline passed. An answer given
         before the body was whole (a refusal) does not wait for it."""
-        length, transfer = request.body_length or 0, request.body_id or ""
-        if length > self.max_body:
+        length, transfer = request.body_length, request.body_id or ""
+        if (length or 0) > self.max_body:
             return
         given_up = partial(self.receiving.given_up, asker, transfer)
         with trio.move_on_after(max(request.deadline - time.time(), 0.0)):
@@ -212,9 +212,8 @@ class Forwarder:
             return dataclasses.replace(self._problem(request, 403, title), refused=True)
         if origin is None:
             return self._problem(request, 502, f"{self.name} has no upstream")
-        if (request.body_length or 0) > self.max_body:
-            limit = over_limit(f"{self.name}'s", self.max_body)
-            return self._problem(request, 413, f"the request body is {limit}")
+        if (request.body_length or 0) > self.max_body or self._over_limit(asker, request):
+            return self._problem(request, 413, self._too_large)
         async with self.limit:  # the upstream may be busy past the deadline
             if time.time() > request.deadline:
                 return self._problem(request, 504, "request expired waiting for the upstream")
@@ -222,6 +221,17 @@ class Forwarder:
                 title = f"{asker} gave the request's body up before it came whole"
                 return self._problem(request, 400, title)  # no upstream connection for it
             return await self._forward(origin, asker, request)
+
+    @property
+    def _too_large(self) -> str:
+        """The title of the 413 for a request body over this peer's limit."""
+        limit = over_limit(f"{self.name}'s", self.max_body)
+        return f"the request body is {limit}"
+
+    def _over_limit(self, asker: str, request: Request) -> bool:
+        """Whether `request`'s body, its length not said, was dropped here as over the
+        body limit (as its fragments came)."""
+        return request.body_id is not None and self.receiving.over_limit(asker, request.body_id)
 
     def _broken(self, request: Request, exc: Exception) -> Outcome:
         """The answer to `request` when handling it failed in a way nothing foresaw
@@ -253,6 +263,8 @@ class Forwarder:
             try:
                 return await self._exchange(origin, asker, request)
             except BodyBrokeOff as exc:  # the upstream had it unfinished, and cut
+                if self._over_limit(asker, request):
+                    return self._problem(request, 413, self._too_large)
                 return self._problem(request, 502, f"the request body broke off: {exc}")
             except (BodyTooLarge, HeadTooLarge, UpstreamError) as exc:
                 reason = str(exc)
@@ -340,7 +352,7 @@ class Forwarder:
     def _request_body(self, asker: str, request: Request) -> bytes | AsyncIterator[bytes]:
         """What is sent: the inline body, or the body that comes in fragments, as they
         come (BodyBrokeOff if it does not come whole by the deadline)."""
-        if not request.body_id or request.body_length is None:
+        if not request.body_id:
             return request.body
         return follow(
             self.receiving,

@@ -3,7 +3,8 @@
 A request or response crosses with its end-to-end headers only: hop-by-hop ones (and
 those `Connection` names), `Host`, `Content-Length` and mesh's own `Mesh-*` stay behind.
 The upstream gets them back plus `Via`, and a `Content-Length` whenever there is a body
-(a body streamed from a file is never sent chunked).
+of a known length; a body whose length the caller did not say either (it sent it
+chunked) goes to the upstream chunked as it comes.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def upstream_headers(request: Request, peer: str) -> list[tuple[bytes, bytes]]:
     """What the upstream receives with `request`, forwarded by `peer` (``Host`` is added
     by `origin.Origin`, as the upstream's own)."""
     headers = [*end_to_end(request.headers), (b"via", f"1.1 mesh-{peer}".encode())]
+    if request.unsized:
+        headers.append((b"transfer-encoding", b"chunked"))
+        return headers
     length = request.body_length or len(request.body)
     if length or request.method in WITH_BODY:
         headers.append((b"content-length", str(length).encode()))

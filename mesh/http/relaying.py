@@ -22,16 +22,14 @@ from dataclasses import dataclass
 import trio
 
 from ..errors import unwrapped
-from ..pipe.bodies import INLINE, Bodies, Body, BodyTooLarge
-from ..pipe.flowing import PIECES_AHEAD, flow, pump
+from ..pipe.bodies import Bodies, Body, BodyTooLarge
+from ..pipe.flowing import PIECES_AHEAD, flow, gathered, pump_noting
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
 from ..state.database import Database
 from ..wire.messages import Response
 from .origin import UpstreamError
 from .problems import problem_response
-
-STREAM_AFTER = 0.25  # seconds a body of unknown size may take to end before its head goes
 
 
 @dataclass(frozen=True)
@@ -61,23 +59,21 @@ class Relay:
         the upstream `declared`, if it did). Errors before the head went are raised
         (UpstreamError, BodyTooLarge) as reading it whole raises them; after, the
         answer is a 502 problem."""
-        gathered: list[bytes] = []
+        first: list[bytes] = []
         broke: list[UpstreamError] = []  # what ended the body, if it broke off
         stream: BodyStream | None = None
         send, receive = trio.open_memory_channel[bytes](PIECES_AHEAD)
         try:
             with unwrapped():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump, chunks, send, broke)
-                    streams = await _gathered(receive, gathered, self.limit)
+                    nursery.start_soon(pump_noting, chunks, send, UpstreamError, broke)
+                    streams = await gathered(receive, first, self.limit)
                     if broke:
                         raise broke[0]
                     if not streams:
-                        return Relayed(dataclasses.replace(response, body=b"".join(gathered)))
+                        return Relayed(dataclasses.replace(response, body=b"".join(first)))
                     stream = await self._head(asker, response, declared)
-                    body = await flow(
-                        self.bodies, self.sending, stream, gathered, receive, self.limit
-                    )
+                    body = await flow(self.bodies, self.sending, stream, first, receive, self.limit)
             if broke:  # what came before the break has gone on: now the break
                 await self._give_up(stream, body)
                 raise broke[0]
@@ -113,33 +109,3 @@ class Relay:
         with self.database.transaction():
             await self.sending.send(asker, head)
         return stream
-
-
-async def _pump(
-    chunks: AsyncIterator[bytes], into: trio.MemorySendChannel[bytes], broke: list[UpstreamError]
-) -> None:
-    """`pump`, and when `chunks` break, what broke them is added to `broke` (what came
-    before still goes on)."""
-    try:
-        await pump(chunks, into)
-    except UpstreamError as exc:
-        broke.append(exc)
-
-
-async def _gathered(
-    pieces: trio.MemoryReceiveChannel[bytes], gathered: list[bytes], limit: int
-) -> bool:
-    """Gather into `gathered` what comes, until the body ends (False: it is whole) or it
-    is over `INLINE` bytes or `STREAM_AFTER` seconds (True: stream it). BodyTooLarge past
-    `limit` bytes."""
-    size = 0
-    with trio.move_on_after(STREAM_AFTER):
-        async for piece in pieces:
-            gathered.append(piece)
-            size += len(piece)
-            if size > limit:
-                raise BodyTooLarge(limit)
-            if size > INLINE:
-                return True
-        return False
-    return True

@@ -3,8 +3,10 @@
 A body of a declared size over `INLINE` bytes (what ``curl -T`` and most clients send)
 does not wait to be whole: the request goes at once, ahead of its body (with its
 length and transfer), the body follows as fragments as it arrives, and the far side
-streams it to its upstream as they come. Any other body is taken whole first (in memory,
-or spooled when big), then the request goes with it.
+streams it to its upstream as they come. A body sent chunked (its size not said) goes
+the same way, its length told at its end (the far side sends it on chunked), unless it
+ends within `INLINE` bytes and `STREAM_AFTER` seconds: then it goes inside its request,
+as does a small body of a declared size.
 
 A body that does not come whole (the client goes away, is too slow, the disk is full)
 is never sent as whole: its transfer is given up (the far side drops what it has, and
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import trio
 
+from ..errors import unwrapped
 from ..pipe.bodies import Bodies, Body, BodyTooLarge
-from ..pipe.flowing import flow_from
+from ..pipe.flowing import PIECES_AHEAD, flow, flow_from, gathered, pump_noting
 from ..pipe.sending import Sending, receive_body, stream_for
 from ..pipe.streams import BodyStream
 from ..state.requests import Asker
@@ -33,6 +38,7 @@ from .problems import LOWER_ERRORS, HTTPProblem, answered_as
 from .requests import Requests, new_id
 
 STORE = "cannot store the request"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,10 +72,16 @@ class Uploads:
             if b"100-continue" in headers.get(b"expect", b"").lower():
                 raise too_large_unread(self.limit)  # before the client sends a byte of it
             raise too_large(self.limit)
+        if length is None and b"transfer-encoding" in headers:  # chunked: its size not said
+            return await self._unsized(call, receive)
         stream = stream_for(self.sending, call.remote, new_id(), length, self.limit)
         if stream is not None:
-            return await self._ahead(call, stream, receive)
-        body = await self._body(receive)
+            flowing = partial(flow_from, self.bodies, self.sending, stream, body_chunks(receive))
+            return await self._ahead(call, stream, flowing)
+        return await self._submit(call, await self._body(receive))
+
+    async def _submit(self, call: Taking, body: Body) -> str:
+        """Store and send `call` with `body`, whole; its id."""
         try:
             with answered_as(STORE):
                 return await self.requests.submit(
@@ -85,9 +97,48 @@ class Uploads:
             await self._drop(body, None)
             raise
 
-    async def _ahead(self, call: Taking, stream: BodyStream, receive: Receive) -> str:
-        """Send `call` ahead of its body, then the body as it comes (`stream`); the
-        request fails with the caller's problem if the body does not come whole."""
+    async def _unsized(self, call: Taking, receive: Receive) -> str:
+        """Take `call` with the body `receive` brings, of a size not said: inline if it
+        ends within `INLINE` bytes and `STREAM_AFTER` seconds, else ahead of it."""
+        send, pieces = trio.open_memory_channel[bytes](PIECES_AHEAD)
+        broke: list[HTTPProblem] = []  # how reading the body failed, if it did
+        first: list[bytes] = []
+        with unwrapped():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump_noting, body_chunks(receive), send, HTTPProblem, broke)
+                streams = await _unless_too_large(gathered(pieces, first, self.limit), self.limit)
+                if broke:
+                    raise broke[0]
+                if not streams:
+                    return await self._submit(call, Body(b"".join(first)))
+                stream = self.sending.stream(call.remote, new_id(), None)
+                flowing = partial(self._flowing, stream, first, pieces, broke)
+                return await self._ahead(call, stream, flowing)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _flowing(
+        self,
+        stream: BodyStream,
+        first: list[bytes],
+        rest: trio.MemoryReceiveChannel[bytes],
+        broke: list[HTTPProblem],
+        limit: int,
+    ) -> Body:
+        """`flow` of a body of a size not said: `first`, then `rest`; what broke it
+        raised once what came before has gone (its file gone if none of it went)."""
+        body = await flow(self.bodies, self.sending, stream, first, rest, limit)
+        if broke:
+            if not stream.opened and body.file is not None:
+                await trio.to_thread.run_sync(self.bodies.remove, [body.file])
+            raise broke[0]
+        return body
+
+    async def _ahead(
+        self, call: Taking, stream: BodyStream, flowing: Callable[[int], Awaitable[Body]]
+    ) -> str:
+        """Send `call` ahead of its body, then the body as `flowing(limit)` sends it on
+        (`stream`); the request fails with the caller's problem if the body does not
+        come whole. A body of a size not said has it told at its end."""
         deadline = time.time() + call.ttl
         head = (call.method, call.target, call.crossing, b"", deadline)
         request = Request(stream.message_id, *head, stream.total, stream.transfer)
@@ -97,18 +148,25 @@ class Uploads:
         body = Body()
         try:
             with answered_as(STORE):  # each piece goes on once durable
-                flowing = flow_from(
-                    self.bodies, self.sending, stream, body_chunks(receive), self.limit
-                )
-                body = await _unless_too_large(flowing, self.limit)
+                body = await _unless_too_large(flowing(self.limit), self.limit)
             with answered_as(STORE):
-                self.sending.finish(stream, body)
+                self._finish(stream, body)
         except HTTPProblem as problem:
             await self._drop(body, stream)
             with contextlib.suppress(*LOWER_ERRORS):  # else the deadline ends it
                 self.requests.fail(request_id, problem.status, problem.title)
             raise
         return request_id
+
+    def _finish(self, stream: BodyStream, body: Body) -> None:
+        """`stream`'s body came whole (`body`): its last fragments go, and its length,
+        if its request went without it. An empty one sent none: its file goes."""
+        if stream.total is not None:
+            self.sending.finish(stream, body)
+            return
+        self.sending.end(stream, body)
+        if body.size == 0 and body.file is not None:
+            self.bodies.remove([body.file])
 
     async def _body(self, receive: Receive) -> Body:
         """The request body, whole: spooled to a file when big; 413 past the body limit."""
@@ -126,8 +184,8 @@ class Uploads:
             await trio.to_thread.run_sync(self.bodies.remove, [body.file])
 
 
-async def _unless_too_large(body: Awaitable[Body], limit: int) -> Body:
-    """`body`, or HTTPProblem 413 if it is over `limit` bytes."""
+async def _unless_too_large(body: Awaitable[T], limit: int) -> T:
+    """What `body` gives, or HTTPProblem 413 if it is over `limit` bytes."""
     try:
         return await body
     except BodyTooLarge:

@@ -12,15 +12,17 @@ goes as the next fragment, so each piece is at most one write (and one file) beh
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
 from ..errors import unwrapped
 from . import folder
-from .bodies import BLOCK, CHUNK, Bodies, Body, BodyTooLarge, append, incoming_name
+from .bodies import BLOCK, CHUNK, INLINE, Bodies, Body, BodyTooLarge, append, incoming_name
 from .folder import fsync_folder
 from .pieces import BodyRanges
 from .receiving import Receiving
@@ -28,6 +30,9 @@ from .sending import Sending
 from .streams import BodyStream
 
 PIECES_AHEAD = 64  # pieces read (up to 64 KiB each from h11) while one is written
+STREAM_AFTER = 0.25  # seconds a body of unknown size may take to end before it streams
+REREAD_AFTER = 1.0  # seconds a body whose file went waits to learn why, at most
+E = TypeVar("E", bound=Exception)
 
 
 async def flow(
@@ -122,6 +127,42 @@ async def flow_from(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def gathered(pieces: trio.MemoryReceiveChannel[bytes], into: list[bytes], limit: int) -> bool:
+    """Gather into `into` what comes, until the body ends (False: it is whole) or it is
+    over `INLINE` bytes or `STREAM_AFTER` seconds (True: stream it). BodyTooLarge past
+    `limit` bytes."""
+    size = 0
+    with trio.move_on_after(STREAM_AFTER):
+        async for piece in pieces:
+            into.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            if size > INLINE:
+                return True
+        return False
+    return True
+
+
+async def pump_noting(
+    chunks: AsyncIterator[bytes],
+    into: trio.MemorySendChannel[bytes],
+    kind: type[E],
+    broke: list[E],
+) -> None:
+    """`pump`, and when reading `chunks` raises `kind`, that is added to `broke` (what
+    came before still goes on), before the channel closes: whoever reads the channel to
+    its end must look at `broke` then, before taking the body as whole."""
+    try:
+        async for chunk in chunks:
+            if chunk:
+                await into.send(chunk)
+    except kind as exc:
+        broke.append(exc)
+    finally:
+        into.close()  # not `aclose`: its checkpoint would let the reader see the end first
+
+
 async def pump(chunks: AsyncIterator[bytes], into: trio.MemorySendChannel[bytes]) -> None:
     """Move `chunks` (the empty ones dropped) into the channel, and close it at their
     end, or when reading them raises (raised on)."""
@@ -140,28 +181,33 @@ async def follow(
     bodies: Bodies,
     remote: str,
     transfer: str,
-    length: int,
+    length: int | None,
     deadline: float,
     before_last: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
-    """The `length` bytes of body `transfer` from `remote`, in order, as their fragments
-    come (`CHUNK` at a time at most), from the file they land in; `before_last` is
-    awaited before the piece that ends it is given (whoever takes it may then act on the
-    whole). BodyBrokeOff when its sender gave it up, or it is not whole by `deadline`
-    (wall-clock seconds)."""
+    """The `length` bytes of body `transfer` from `remote` (None: as many as its sender
+    tells at its end, `Receiving.told_length`), in order, as their fragments come
+    (`CHUNK` at a time at most), from the file they land in; `before_last` is awaited
+    before the piece that ends it is given, or, when its length was told only after its
+    last piece, before the end (whoever takes it may then act on the whole).
+    BodyBrokeOff when its sender gave it up, it was dropped as over the body limit, or
+    it is not whole by `deadline` (wall-clock seconds)."""
     prefix = receiving.streamed(remote, transfer)
-    offset = 0
+    offset, marked = 0, False
     with bodies.ranges(incoming_name(remote, transfer)) as ranges:
-        while offset < length:
-            whole = receiving.body_here(remote, transfer, length)  # after a restart, too
-            here = length if whole else min(prefix.length, length)
+        while True:
+            known = length if length is not None else receiving.told_length(remote, transfer)
+            if known is not None and offset >= known:
+                break
+            end = known if known is not None else math.inf
+            whole = known is not None and receiving.body_here(remote, transfer, known)
+            here = end if whole else min(prefix.length, end)
             if here > offset:
-                data = await trio.to_thread.run_sync(
-                    _read_at, ranges, offset, min(CHUNK, here - offset)
-                )
+                data = await _read_on(receiving, ranges, offset, int(min(CHUNK, here - offset)))
                 offset += len(data)
-                if offset == length:
+                if offset == known:
                     await before_last()
+                    marked = True
                 yield data
                 continue
             if prefix.abandoned or receiving.given_up(remote, transfer):
@@ -169,7 +215,22 @@ async def follow(
             with trio.move_on_after(max(deadline - time.time(), 0.0)) as waited:
                 await receiving.delivered()
             if waited.cancelled_caught:
-                raise BodyBrokeOff(f"{offset} of its {length} bytes came by the deadline")
+                came = f"{offset} of its {known} bytes" if known else f"{offset} bytes of it"
+                raise BodyBrokeOff(f"{came} came by the deadline")
+    if not marked:  # its length was told after its last piece went (or it is empty)
+        await before_last()
+
+
+async def _read_on(receiving: Receiving, ranges: BodyRanges, offset: int, size: int) -> bytes:
+    """`_read_at` in a thread. Its BodyBrokeOff is raised once the delivery under way is
+    stored (or after `REREAD_AFTER` seconds): a body dropped (given up, or over the limit)
+    loses its file just before that is stored, and whoever follows it then learns why."""
+    try:
+        return await trio.to_thread.run_sync(_read_at, ranges, offset, size)
+    except BodyBrokeOff:
+        with trio.move_on_after(REREAD_AFTER):
+            await receiving.delivered()
+        raise
 
 
 def _read_at(ranges: BodyRanges, offset: int, size: int) -> bytes:

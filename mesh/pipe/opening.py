@@ -31,7 +31,7 @@ from ..wire.messages import (
 from .bodies import Bodies, BodyWriter, incoming_name
 from .folder import fsync_folder
 from .pieces import LINK_FROM, Piece, Pieces
-from .streams import ABANDON
+from .streams import ABANDON, ENDED
 
 
 @dataclass
@@ -39,14 +39,17 @@ class Opened:
     """The delivered frames of one file, read: messages to store (seq, kind, envelope),
     fragments already written to their body files ((transfer, message id, total (0 for
     a body that streams), length), and where each lies ((transfer, offset, length)),
-    transfers given up, seqs refused (authentic but malformed: acknowledged, never
-    delivered as they are; a request or response among them whose id can be read is
-    delivered as an ``unreadable`` note of its kind instead, so that it is answered)
-    and seqs that could not be read now (left for a resend)."""
+    transfers given up, the lengths told at their end ((transfer, length): ``ended``),
+    transfers over the body limit here (dropped as given up), seqs refused (authentic
+    but malformed: acknowledged, never delivered as they are; a request or response
+    among them whose id can be read is delivered as an ``unreadable`` note of its kind
+    instead, so that it is answered) and seqs that could not be read now (left for a resend)."""
 
     messages: list[tuple[int, int, bytes]] = field(default_factory=list)  # with stand-ins
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)
     abandoned: list[str] = field(default_factory=list)
+    ended: list[tuple[str, int]] = field(default_factory=list)
+    oversized: list[str] = field(default_factory=list)
     spans: list[tuple[str, int, int]] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     unread: set[int] = field(default_factory=set)
@@ -99,6 +102,10 @@ class Reader:
                         continue
                     try:
                         message, fragment_data = self.message(seq, data)
+                    except OverLimit as exc:  # refused, and the rest of its body with it
+                        opened.refused.append((seq, str(exc)))
+                        self._drop(remote, exc.transfer, given_up, opened.oversized)
+                        continue
                     except MessageError as exc:
                         opened.refused.append((seq, str(exc)))
                         _stand_in(seq, data, str(exc), opened)
@@ -133,17 +140,25 @@ class Reader:
                 opened.fragments.append((message.transfer, message.id, total, length))
                 opened.spans.append((message.transfer, message.offset, length))
         elif isinstance(message, Control) and message.op == ABANDON:
-            transfer = str(message.args["transfer"])
-            given_up.add(transfer)
-            opened.abandoned.append(transfer)
-            # Gone before it is marked abandoned: never a partial file left over
-            self.bodies.remove([incoming_name(remote, transfer)])
+            self._drop(remote, str(message.args["transfer"]), given_up, opened.abandoned)
+        elif isinstance(message, Control) and message.op == ENDED:
+            if message.args["transfer"] not in given_up:
+                opened.ended.append((message.args["transfer"], message.args["length"]))
         else:
             opened.messages.append((taken.seq, int(kind_of(message)), bytes(taken.data)))
 
+    def _drop(self, remote: str, transfer: str, given_up: set[str], into: list[str]) -> None:
+        """Drop body `transfer` (given up, or over the limit), noted in `into`: its file
+        goes before that is stored (never a partial file left over), and its fragments
+        later in this file are dropped."""
+        given_up.add(transfer)
+        into.append(transfer)
+        self.bodies.remove([incoming_name(remote, transfer)])
+
     def message(self, seq: int, data: bytes | memoryview) -> tuple[Message, bytes | memoryview]:
         """The message in frame `data` and, for a fragment, its data (a view of `data`).
-        MessageError for one that is malformed, misnumbered or over the body limit."""
+        MessageError for one that is malformed or misnumbered; OverLimit for a fragment
+        past the body limit, or an ``ended`` telling a length over it."""
         split = unpack_fragment(data, len(data))
         envelope, fragment_data = split if split else (unpack_envelope(data, len(data)), b"")
         if envelope.seq != seq:
@@ -153,14 +168,31 @@ class Reader:
             fragment_data = fragment_data if split else message.data
             end = max(message.total or 0, message.offset + len(fragment_data))
             if end > self.max_body:
-                raise MessageError(f"a body of {end} bytes or more is over the body limit")
-        if (
-            isinstance(message, Control)
-            and message.op == ABANDON
-            and not is_id(message.args.get("transfer"))
-        ):
-            raise MessageError("abandon names no transfer")
+                raise OverLimit(message.transfer, end)
+        if isinstance(message, Control) and message.op in (ABANDON, ENDED):
+            self._check_control(message)
         return message, fragment_data
+
+    def _check_control(self, message: Control) -> None:
+        """MessageError unless `message` (an ``abandon`` or ``ended``) names a transfer,
+        and for ``ended``, a length in bytes; OverLimit for one over the body limit."""
+        transfer = message.args.get("transfer")
+        if not is_id(transfer):
+            raise MessageError(f"{message.op} names no transfer")
+        if message.op == ENDED:
+            length = message.args.get("length")
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+                raise MessageError("ended tells no length")
+            if length > self.max_body:
+                raise OverLimit(str(transfer), length)
+
+
+class OverLimit(MessageError):
+    """A body of `size` bytes or more, as transfer `transfer`: over the body limit."""
+
+    def __init__(self, transfer: str, size: int) -> None:
+        super().__init__(f"a body of {size} bytes or more is over the body limit")
+        self.transfer = transfer
 
 
 LINKED_SHARE = 0.75  # of a file's bytes its linked fragments make, at least

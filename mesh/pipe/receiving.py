@@ -96,6 +96,8 @@ class Receiving:
             opened.fragments,
             opened.abandoned,
             receipt.since,
+            opened.ended,
+            opened.oversized,
         )
         self.protocol.stored(remote, taken)
         self.events.tell("delivered", remote, taken, time.time())
@@ -117,7 +119,7 @@ class Receiving:
         for deliveries."""
         for transfer, offset, length in opened.spans:
             self._streaming.setdefault((remote, transfer), Prefix()).add(offset, length)
-        for transfer in opened.abandoned:
+        for transfer in [*opened.abandoned, *opened.oversized]:
             given_up = self._streaming.pop((remote, transfer), None)
             if given_up is not None:  # whoever holds it hears
                 given_up.abandoned = True
@@ -125,7 +127,13 @@ class Receiving:
             have = self.tables.transfer_received(remote, transfer)
             progress = Progress("receiving", remote, message_id, have, total or None)
             self.progress.publish(progress)
-        if opened.messages or opened.fragments or opened.abandoned:
+        if (
+            opened.messages
+            or opened.fragments
+            or opened.abandoned
+            or opened.ended
+            or opened.oversized
+        ):
             self._delivered.set()
             self._delivered = trio.Event()
 
@@ -146,12 +154,25 @@ class Receiving:
         """Return at the next delivery of anything."""
         await self._delivered.wait()
 
-    def body_here(self, remote: str, transfer: str, length: int) -> bool:
-        """Whether all `length` bytes of body `transfer` from `remote` are here (durably)."""
-        return self.tables.transfer_received(remote, transfer) >= length
+    def body_here(self, remote: str, transfer: str, length: int | None) -> bool:
+        """Whether all `length` bytes of body `transfer` from `remote` are here (durably);
+        with `length` None (its message went without it), once its sender told it
+        (`told_length`) and that many are here."""
+        if length is None:
+            length = self.told_length(remote, transfer)
+        return length is not None and self.tables.transfer_received(remote, transfer) >= length
+
+    def told_length(self, remote: str, transfer: str) -> int | None:
+        """The length of body `transfer` from `remote` its sender told at its end (an
+        ``ended`` note: a body whose message went ahead without it); None until then."""
+        return self.tables.told_length(remote, transfer)
+
+    def over_limit(self, remote: str, transfer: str) -> bool:
+        """Whether body `transfer` from `remote` was dropped as over the body limit."""
+        return self.tables.is_oversized(remote, transfer)
 
     async def body_arrived(
-        self, remote: str, transfer: str, length: int, wanted: Callable[[], bool]
+        self, remote: str, transfer: str, length: int | None, wanted: Callable[[], bool]
     ) -> str | None:
         """The file of body `transfer` from `remote`, once `body_here`; None once it is no
         longer `wanted` (asked at each delivery, and each `RECHECK` seconds: a sender that

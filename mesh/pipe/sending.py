@@ -34,7 +34,7 @@ from ..wire.messages import (
 )
 from .bodies import INLINE, Bodies, Body
 from .events import EventHub, LinkEvents, MessageId, Progress
-from .streams import ABANDON, BodyStream
+from .streams import ABANDON, ENDED, BodyStream
 
 # How a stored message is handed to the protocol: `Protocol.queued` or `Protocol.noted`.
 Queue = Callable[[str, int, int, float], None]
@@ -120,6 +120,16 @@ class Sending:
         with self.database.transaction():
             self.grew(stream, body.file, body.size)
             self._close(stream)
+
+    def end(self, stream: BodyStream, body: Body) -> None:
+        """`finish` a body whose message went ahead of it without its length (a request
+        body of unknown size, `stream.total` None): an ``ended`` note telling the far
+        side its length follows its last fragments, in the same transaction. An empty
+        body has no fragments: only the note."""
+        with self.database.transaction():
+            self.finish(stream, body)
+            args = {"transfer": stream.transfer, "length": body.size}
+            self._store(stream.remote, Control(ENDED, args))
 
     def _check_whole(self, stream: BodyStream, body: Body) -> None:
         """ValueError, `stream` given up, unless `body` is in a file, of the size it

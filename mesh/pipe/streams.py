@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from .events import Progress
 
 ABANDON = "abandon"  # the control op that gives a transfer up (the far side drops it)
+# The control op that tells a body's length at its end, when its message went ahead of it
+# without one (a request body of unknown size): args ``transfer`` and ``length``
+ENDED = "ended"
 
 
 @dataclass

@@ -49,8 +49,9 @@ CREATE TABLE IF NOT EXISTS transfers (  -- bodies arriving in fragments
     total INTEGER NOT NULL,
     have INTEGER NOT NULL,
     message TEXT NOT NULL DEFAULT '',  -- the request or response it is the body of
-    abandoned INTEGER NOT NULL DEFAULT 0,  -- the sender gave it up: take no more of it
+    abandoned INTEGER NOT NULL DEFAULT 0,  -- 1: the sender gave it up, 2: over the limit
     updated REAL,  -- when a piece of it, or the word it was given up, last came
+    told_length INTEGER,  -- its length, told at its end when its message went without it
     PRIMARY KEY (remote, id)
 );
 CREATE TABLE IF NOT EXISTS streams (  -- bodies sent in fragments while still arriving
@@ -175,6 +176,7 @@ class Database:
                 "message TEXT NOT NULL DEFAULT ''",
                 "abandoned INTEGER NOT NULL DEFAULT 0",
                 "updated REAL",
+                "told_length INTEGER",
             ),
         }
         for table, columns in added.items():

@@ -197,25 +197,18 @@ class LinkTables(Tables):
         fragments: Iterable[tuple[str, str, int, int]] = (),
         abandoned: Iterable[str] = (),
         since: float = 0.0,
+        ended: Iterable[tuple[str, int]] = (),
+        oversized: Iterable[str] = (),
     ) -> list[int]:
         """Store delivered messages (seq, kind, payload), the (transfer, message id, total,
         length) of delivered fragments (whose data is already durable in their body
-        files), the transfers their senders gave up, and the received-state that
-        acknowledges them, in one transaction; the inbound ids."""
+        files), the transfers their senders gave up, the (transfer, length) told at the
+        end of those whose length their message did not say, the transfers dropped as
+        over the body limit, and the received-state that acknowledges them, in one
+        transaction; the inbound ids."""
         ids = []
         with self._database.transaction():
-            self._sql.executemany(
-                "INSERT INTO transfers (remote, id, message, total, have, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (remote, id)"
-                " DO UPDATE SET have = have + excluded.have, updated = excluded.updated",
-                ((remote, t, m, total, length, now) for t, m, total, length in fragments),
-            )
-            self._sql.executemany(
-                "INSERT INTO transfers (remote, id, total, have, abandoned, updated)"
-                " VALUES (?, ?, 0, 0, 1, ?) ON CONFLICT (remote, id) DO UPDATE"
-                " SET abandoned = 1, updated = excluded.updated",
-                ((remote, transfer, now) for transfer in abandoned),
-            )
+            self._note_transfers(remote, now, fragments, abandoned, ended, oversized)
             for seq, kind, payload in messages:
                 cursor = self._sql.execute(
                     "INSERT OR IGNORE INTO inbound"
@@ -240,6 +233,36 @@ class LinkTables(Tables):
                 ),
             )
         return ids
+
+    def _note_transfers(
+        self,
+        remote: str,
+        now: float,
+        fragments: Iterable[tuple[str, str, int, int]],
+        abandoned: Iterable[str],
+        ended: Iterable[tuple[str, int]],
+        oversized: Iterable[str],
+    ) -> None:
+        """`deliver`'s part on bodies arriving in fragments (inside its transaction)."""
+        self._sql.executemany(
+            "INSERT INTO transfers (remote, id, message, total, have, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (remote, id)"
+            " DO UPDATE SET have = have + excluded.have, updated = excluded.updated",
+            ((remote, t, m, total, length, now) for t, m, total, length in fragments),
+        )
+        self._sql.executemany(
+            "INSERT INTO transfers (remote, id, total, have, told_length, updated)"
+            " VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (remote, id) DO UPDATE"
+            " SET told_length = excluded.told_length, updated = excluded.updated",
+            ((remote, transfer, length, now) for transfer, length in ended),
+        )
+        dropped = [(t, 1) for t in abandoned] + [(t, 2) for t in oversized]
+        self._sql.executemany(
+            "INSERT INTO transfers (remote, id, total, have, abandoned, updated)"
+            " VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (remote, id) DO UPDATE"
+            " SET abandoned = MAX(abandoned, excluded.abandoned), updated = excluded.updated",
+            ((remote, transfer, why, now) for transfer, why in dropped),
+        )
 
     def delivered(
         self, after: int, limit: int = 256, kinds: Collection[int] = ()
@@ -271,6 +294,21 @@ class LinkTables(Tables):
             "SELECT have FROM transfers WHERE remote = ? AND id = ?", (remote, transfer)
         ).fetchone()
         return int(row[0]) if row else 0
+
+    def told_length(self, remote: str, transfer: str) -> int | None:
+        """The length of body `transfer` from `remote` told at its end, if it was."""
+        row = self._sql.execute(
+            "SELECT told_length FROM transfers WHERE remote = ? AND id = ?", (remote, transfer)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def is_oversized(self, remote: str, transfer: str) -> bool:
+        """Whether body `transfer` from `remote` was dropped as over the body limit."""
+        row = self._sql.execute(
+            "SELECT 1 FROM transfers WHERE remote = ? AND id = ? AND abandoned = 2",
+            (remote, transfer),
+        ).fetchone()
+        return row is not None
 
     def forget_transfer(self, remote: str, transfer: str) -> None:
         with self._database.transaction():

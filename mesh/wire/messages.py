@@ -53,6 +53,12 @@ class Request:
     body_length: int | None = None  # set when the body comes as fragments (`body` empty)
     body_id: str | None = None  # then: the transfer its fragments name
 
+    @property
+    def unsized(self) -> bool:
+        """Whether its body comes as fragments of a length not known when it left (the
+        caller did not say it): its sender tells it at the end, in an ``ended`` note."""
+        return self.body_id is not None and self.body_length is None
+
 
 @dataclass(frozen=True, slots=True)
 class Response:
@@ -298,11 +304,13 @@ def _headers_in(value: Any) -> Headers:
 
 def _fragmented(length: Any, transfer: Any, body: bytes) -> tuple[int | None, str | None]:
     """(None, None) for an inline body, or the length and transfer id of a body that
-    comes as fragments (the length None for a response's head, `Response.head`)."""
+    comes as fragments (the length None while it is not known: a response's head,
+    `Response.head`; a request whose body's size its caller did not say,
+    `Request.unsized`)."""
     if length is None and transfer is None:
         return None, None
     if length is None:
-        _check(not body, "a response's head has no body")
+        _check(not body, "a body of a length not known yet is not inline too")
         return None, _id(transfer)
     _check(type(length) is int and length >= 0, "body length must be a whole number >= 0")
     _check(not body, "a body that comes as fragments is not inline too")
@@ -337,7 +345,6 @@ def _request(f: list[Any]) -> Request:
     _check(type(deadline) is float and math.isfinite(deadline), "bad deadline")
     body = _bytes(body, "body")
     length, transfer = _fragmented(length, transfer, body)
-    _check(transfer is None or length is not None, "a request's body length is known")
     return Request(_id(id_), method, target, _headers_in(headers), body, deadline, length, transfer)
 
 

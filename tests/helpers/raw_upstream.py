@@ -68,6 +68,8 @@ class RawUpstream:
             method, target, _ = lines[0].split(" ", 2)
             headers = [tuple(line.split(":", 1)) for line in lines[1:]]
             length = next((int(v) for n, v in headers if n.lower() == "content-length"), 0)
+            if any(n.lower() == "transfer-encoding" for n, _ in headers):  # chunked
+                body = await _dechunked(stream, body)
             while len(body) < length:
                 body += await stream.receive_some(65536)
             path = target.partition("?")[0]
@@ -99,6 +101,22 @@ class RawUpstream:
             return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
         text = f"{method} {target} {len(body)}".encode()
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
+
+
+async def _dechunked(stream: trio.SocketStream, data: bytes) -> bytes:
+    """The body of chunked framing whose start is `data`, the rest read from `stream`
+    (trailers not expected)."""
+    body = b""
+    while True:
+        while b"\r\n" not in data:
+            data += await stream.receive_some(65536)
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(data) < size + 2:
+            data += await stream.receive_some(65536)
+        body, data = body + data[:size], data[size + 2 :]
+        if size == 0:
+            return body
 
 
 @asynccontextmanager
