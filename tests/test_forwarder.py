@@ -26,7 +26,7 @@ from mesh.peer import Peer, open_peers
 from mesh.pipe.bodies import Body, incoming_name
 from mesh.pipe.streams import ABANDON, ENDED
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
-from mesh.state.requests import NOBODY
+from mesh.state.requests import NOBODY, Asker
 from mesh.wire.messages import Control, Fragment, Request, Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
@@ -393,3 +393,23 @@ async def _unsized(alpha: Peer, parts: list[bytes], told_after: int) -> str:
     if told_after == len(parts):
         await sending.send("bravo", ended)
     return request_id
+
+
+async def test_the_poster_is_woken_only_when_posts_were_queued(tmp_path: Path) -> None:
+    """A request with no callback nor events URL queues no post: the poster is not told
+    to look (it looked for due posts at each of its events); one with an events URL
+    queues one per event, and the poster is told."""
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(200, b"ok")) as peers:
+            alpha = peers["alpha"]
+            told: list[int] = []
+            alpha.requests.posted = lambda: told.append(alpha.store.posts.added)
+            await call(alpha, "POST", "/x", b"")
+            assert told == []
+            events = Asker(events_url="http://127.0.0.1:9/events")  # never answers: no matter
+            request_id = await alpha.requests.submit(
+                "bravo", "POST", "/x", (), Body.of(b""), 60, events
+            )
+            record = await alpha.requests.wait(request_id, 20)
+            assert record is not None and record.done
+            assert told and told == sorted(set(told))  # each time, new posts

@@ -98,6 +98,7 @@ class Requests:
         self.sending, self.receiving = sending, receiving
         self.link_events, self.progress = link_events, progress
         self.posted, self.max_body = posted, max_body
+        self._posts_told = 0  # posts queued when the poster was last told
         self.events: EventHub[RequestEvent] = EventHub()
         self.log = logging.getLogger(f"mesh.{name}")
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
@@ -215,7 +216,14 @@ class Requests:
                 waiting.set()
         for state, at in events:
             self.events.publish(RequestEvent(request_id, state, at))
-        self.posted()
+        self._kick_poster()
+
+    def _kick_poster(self) -> None:
+        """Tell the poster of posts queued since it was last told, if any (most requests
+        have no callback nor events URL: the poster need not look for posts each time)."""
+        if self.tables.posts_added != self._posts_told:
+            self._posts_told = self.tables.posts_added
+            self.posted()
 
     def _advance(self, request_id: str, state: RequestState, at: float) -> None:
         added = self.tables.advance(request_id, state, at, time.time())
@@ -360,7 +368,7 @@ class Requests:
                 event = RequestEvent(progress.message_id, "progress", now, progress)
                 if self.tables.progress(event.request_id, json.dumps(event.as_json()), now):
                     self.events.publish(event)
-                    self.posted()
+                    self._kick_poster()
 
     async def _follow_link_events(self) -> None:
         """Link events of our requests' messages, those that came together in one commit."""

@@ -29,7 +29,10 @@ class Post:
 
 
 class PostTables(Tables):
-    """The post table of one peer's database."""
+    """The post table of one peer's database. `added` counts the posts queued since it
+    was opened (rolled back or not): whoever wakes the poster may skip it when none was."""
+
+    added = 0
 
     def add(
         self,
@@ -44,6 +47,7 @@ class PostTables(Tables):
     ) -> None:
         """Queue a POST of `body` (or of body file `body_file`) to `url`, due at `now`,
         signed with `signing_key` if given (inside the caller's transaction)."""
+        self.added += 1
         flat = json.dumps([[n.decode("latin-1"), v.decode("latin-1")] for n, v in headers])
         self._sql.execute(
             "INSERT INTO posts (request_id, url, headers, body, body_file, signing_key, due,"

@@ -106,6 +106,11 @@ class RequestTables(Tables):
         super().__init__(database)
         self._posts = posts
 
+    @property
+    def posts_added(self) -> int:
+        """How many posts were queued since the tables were opened (`PostTables.added`)."""
+        return self._posts.added
+
     def add(
         self,
         request_id: str,
