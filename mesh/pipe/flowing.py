@@ -152,15 +152,16 @@ async def pump_noting(
 ) -> None:
     """`pump`, and when reading `chunks` raises `kind`, that is added to `broke` (what
     came before still goes on), before the channel closes: whoever reads the channel to
-    its end must look at `broke` then, before taking the body as whole."""
+    its end must look at `broke` then, before taking the body as whole. Any other error
+    leaves the channel open: raised, it cancels the reader with the nursery both run in,
+    which so never sees an end."""
     try:
         async for chunk in chunks:
             if chunk:
                 await into.send(chunk)
     except kind as exc:
         broke.append(exc)
-    finally:
-        into.close()  # not `aclose`: its checkpoint would let the reader see the end first
+    into.close()  # not `aclose`: its checkpoint would let the reader see the end first
 
 
 async def pump(chunks: AsyncIterator[bytes], into: trio.MemorySendChannel[bytes]) -> None:
