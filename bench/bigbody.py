@@ -9,7 +9,8 @@ process, so each one's peak memory can be read. Without `--truncate` the peers s
 folder; with it, each has its own outbox and inbox, and two `mesh mirror --truncate P`
 copy between them. Prints MB/s of `cp` of a file of that size on the same disk, of the
 same client straight to the same upstream (the harness's own ceiling), of the upload and
-of the download through the mesh (each checked by digest), each peer's peak resident
+of the download through the mesh (each checked by digest; the upload again chunked, its
+size not said, as `curl -T -` sends it), each peer's peak resident
 memory, how many bytes each peer wrote to disk per byte of body (the sender writes each
 once in its spool and once in a pipe file; the receiver links raw fragments where they
 arrived, so writes none), and how fast alpha alone takes a body and makes it durable (the
@@ -179,18 +180,15 @@ def copy_rates(folder: Path, size: int, runs: int = 3) -> list[float]:
 
 async def transfer(
     size: int, base: str = f"http://127.0.0.1:{ALPHA}/bravo"
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
     """MB/s of `size` bytes up (POST, checked by the upstream's digest) and down (GET,
-    checked by digest) through alpha (or straight to `base`), and the seconds from the
-    download's request to its first byte."""
+    checked by digest) through alpha (or straight to `base`), the seconds from the
+    download's request to its first byte, and MB/s up again, chunked (no length said)."""
     wait = {"mesh-timeout": "3600"}
     async with httpx.AsyncClient(timeout=3600) as client:
-        began = time.perf_counter()
         declared = {**wait, "content-length": str(size)}  # as `curl -T file` would say
-        reply = await client.post(f"{base}/sink", content=pattern(size), headers=declared)
-        up = time.perf_counter() - began
-        assert reply.status_code == 200, (reply.status_code, reply.headers, reply.text[:300])
-        assert reply.text == pattern_digest(size), "the upload arrived changed"
+        up = await upload(client, f"{base}/sink", size, declared)
+        chunked = await upload(client, f"{base}/sink", size, wait)  # as `curl -T -` would
         began = time.perf_counter()
         digest, got, first = hashlib.sha256(), 0, 0.0
         async with client.stream("GET", f"{base}/bytes/{size}", headers=wait) as down:
@@ -201,7 +199,17 @@ async def transfer(
                 got += len(chunk)
         seconds = time.perf_counter() - began
         assert got == size and digest.hexdigest() == pattern_digest(size), "download changed"
-    return size / up / 1e6, size / seconds / 1e6, first
+    return up, size / seconds / 1e6, first, chunked
+
+
+async def upload(client: httpx.AsyncClient, url: str, size: int, headers: dict[str, str]) -> float:
+    """MB/s of a POST of `size` bytes of the pattern to `url`, checked by its digest."""
+    began = time.perf_counter()
+    reply = await client.post(url, content=pattern(size), headers=headers)
+    seconds = time.perf_counter() - began
+    assert reply.status_code == 200, (reply.status_code, reply.headers, reply.text[:300])
+    assert reply.text == pattern_digest(size), "the upload arrived changed"
+    return size / seconds / 1e6
 
 
 async def stored(size: int) -> float:
@@ -302,11 +310,12 @@ async def main(size: int, fragment_size: str, truncate: float | None, logs: Path
 
 
 def report(size: int, rates: list[float], found: dict[str, Any]) -> None:
-    cp, direct, (up, down, first) = rates[len(rates) // 2], found["direct"], found["mesh"]
+    cp, direct, (up, down, first, chunked) = rates[len(rates) // 2], found["direct"], found["mesh"]
     spread = f"(median of {rates[0]:.0f} to {rates[-1]:.0f})"
     print(f"cp on the same disk   {cp:8.0f} MB/s  {spread}")
     print(f"direct HTTP, no mesh  {direct[0]:8.0f} MB/s up, {direct[1]:.0f} MB/s down")
     print(f"mesh upload (POST)    {up:8.0f} MB/s  ({up / direct[0]:.2f} of direct)")
+    print(f"mesh upload, chunked  {chunked:8.0f} MB/s  ({chunked / direct[3]:.2f} of direct)")
     print(f"mesh download (GET)   {down:8.0f} MB/s  ({down / direct[1]:.2f} of direct)")
     print(f"download's first byte {first:8.3f} s     (direct: {direct[2]:.3f} s)")
     taken = found["taken"]
@@ -314,8 +323,8 @@ def report(size: int, rates: list[float], found: dict[str, Any]) -> None:
     for name, peak in found["rss"].items():
         print(f"peak RSS of {name:<9} {peak / (1 << 20):8.0f} MiB")
     for name, count in found["wrote"].items():
-        each = count / (2 * size)
-        print(f"{name} wrote to disk  {each:8.2f} bytes per body byte (up and down)")
+        each = count / (3 * size)
+        print(f"{name} wrote to disk  {each:8.2f} bytes per body byte (up twice, down once)")
     for name, held in found["backlog"].items():
         print(f"{name} held at most {held / (1 << 20):8.0f} MiB not yet taken by its mirror")
 

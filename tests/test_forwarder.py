@@ -27,7 +27,7 @@ from mesh.pipe.bodies import Body, incoming_name
 from mesh.pipe.streams import ABANDON, ENDED
 from mesh.proto.lifecycle import COMPLETED, FAILED, RequestState
 from mesh.state.requests import NOBODY, Asker
-from mesh.wire.messages import Control, Fragment, Request, Response
+from mesh.wire.messages import Control, Datagram, Fragment, Request, Response
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import peer, served, write_roster
 
@@ -345,7 +345,7 @@ async def test_a_body_whose_length_is_told_at_its_end_goes_to_the_upstream_chunk
         async with mesh(tmp_path, upstream) as peers:
             alpha = peers["alpha"]
             for parts, told_after in ((pieces, 3), (pieces, 2), ([], 0)):
-                request_id = await _unsized(alpha, parts, told_after)
+                request_id, _ = await _unsized(alpha, parts, told_after)
                 record = await alpha.requests.wait(request_id, 20)
                 assert record is not None and record.state is COMPLETED, record
                 assert record.status == 200
@@ -369,7 +369,7 @@ async def test_a_body_of_a_size_not_said_over_the_far_limit_is_a_413_never_whole
         async with mesh(tmp_path, upstream, bravo={"body_limit": "1MiB"}) as peers:
             alpha = peers["alpha"]
             for parts, told_after in ((pieces, 3), (pieces, 0)):
-                request_id = await _unsized(alpha, parts, told_after)
+                request_id, _ = await _unsized(alpha, parts, told_after)
                 record = await alpha.requests.wait(request_id, 20)
                 assert record is not None and record.done and record.status == 413, record
                 assert "bravo's body_limit" in json.loads(record.body or b"{}")["title"]
@@ -377,9 +377,9 @@ async def test_a_body_of_a_size_not_said_over_the_far_limit_is_a_413_never_whole
     assert upstream.received == []
 
 
-async def _unsized(alpha: Peer, parts: list[bytes], told_after: int) -> str:
+async def _unsized(alpha: Peer, parts: list[bytes], told_after: int) -> tuple[str, str]:
     """Send a request to bravo ahead of a body of `parts`, its size not said: its
-    length told after `told_after` of them; its id."""
+    length told after `told_after` of them; its id and its body's transfer."""
     transfer, request_id = uuid.uuid4().hex, uuid.uuid4().hex
     request = Request(request_id, "PUT", "/x", (), b"", time.time() + 60, None, transfer)
     await alpha.requests.submit_request("bravo", request, NOBODY)
@@ -392,7 +392,7 @@ async def _unsized(alpha: Peer, parts: list[bytes], told_after: int) -> str:
         offset += len(part)
     if told_after == len(parts):
         await sending.send("bravo", ended)
-    return request_id
+    return request_id, transfer
 
 
 async def test_the_poster_is_woken_only_when_posts_were_queued(tmp_path: Path) -> None:
@@ -403,7 +403,7 @@ async def test_the_poster_is_woken_only_when_posts_were_queued(tmp_path: Path) -
         async with mesh(tmp_path, Upstream(200, b"ok")) as peers:
             alpha = peers["alpha"]
             told: list[int] = []
-            alpha.requests.posted = lambda: told.append(alpha.store.posts.added)
+            alpha.requests.posted.kick = lambda: told.append(alpha.store.posts.added)
             await call(alpha, "POST", "/x", b"")
             assert told == []
             events = Asker(events_url="http://127.0.0.1:9/events")  # never answers: no matter
@@ -413,3 +413,57 @@ async def test_the_poster_is_woken_only_when_posts_were_queued(tmp_path: Path) -
             record = await alpha.requests.wait(request_id, 20)
             assert record is not None and record.done
             assert told and told == sorted(set(told))  # each time, new posts
+
+
+@pytest.mark.parametrize(
+    "told",
+    [[3 * MiB // 2, 10], [MiB]],
+    ids=["two-lengths", "less-than-came"],
+)
+async def test_a_body_told_two_lengths_or_less_than_came_is_dropped_not_forwarded_short(
+    tmp_path: Path, told: list[int]
+) -> None:
+    """A faulty sender's body of a size not said, told two lengths, or a length short
+    of what came (all in one file): bravo drops it as broken, answers 502, and the
+    upstream never gets a whole request (it did get it cut short, as whole)."""
+    upstream = Upstream(200, b"ok")
+    pieces = [os.urandom(MiB // 2) for _ in range(3)]
+    with trio.fail_after(30):
+        async with mesh(tmp_path, upstream) as peers:
+            alpha = peers["alpha"]
+            transfer, request_id = uuid.uuid4().hex, uuid.uuid4().hex
+            request = Request(request_id, "PUT", "/x", (), b"", time.time() + 60, None, transfer)
+            await alpha.requests.submit_request("bravo", request, NOBODY)
+            sending, offset = alpha.links.sending, 0
+            with alpha.store.database.transaction():  # one file
+                for index, piece in enumerate(pieces):
+                    fragment = Fragment(request_id, transfer, index, offset, None, piece)
+                    await sending.send("bravo", fragment)
+                    offset += len(piece)
+                for length in told:
+                    args = {"transfer": transfer, "length": length}
+                    await sending.send("bravo", Control(ENDED, args))
+            record = await alpha.requests.wait(request_id, 20)
+            assert record is not None and record.done and record.status == 502, record
+    assert upstream.received == []
+
+
+async def test_pieces_of_a_body_dropped_as_over_the_limit_leave_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """Pieces of a body bravo dropped as over its limit that come after it answered 413
+    (and forgot the body) are dropped quietly: no row of it comes back."""
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(200, b"ok"), bravo={"body_limit": "1MiB"}) as peers:
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            pieces = [os.urandom(MiB // 2) for _ in range(3)]
+            request_id, transfer = await _unsized(alpha, pieces, 3)
+            record = await alpha.requests.wait(request_id, 20)
+            assert record is not None and record.status == 413, record
+            late = Fragment(request_id, transfer, 3, 3 * MiB // 2, None, b"x" * 100)
+            await alpha.links.sending.send("bravo", late)
+            marker = await alpha.links.sending.send("bravo", Datagram(uuid.uuid4().hex, b""))
+            while bravo.links.protocol.status("alpha").received_upto < marker.seq:
+                await bravo.links.receiving.delivered()
+            rows = bravo.store.database.connection.execute("SELECT * FROM transfers")
+            assert rows.fetchall() == []

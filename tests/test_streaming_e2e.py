@@ -232,3 +232,49 @@ async def test_a_length_beside_chunked_framing_is_never_trusted(tmp_path: Path) 
             await settled(port, tmp_path / "state")
             assert await mesh.stop() == 130
         assert "Traceback" not in mesh.text
+
+
+async def test_a_small_chunked_body_goes_whole_and_a_length_beside_chunks_is_ignored(
+    tmp_path: Path,
+) -> None:
+    """A chunked body within 1 MiB, however slow, reaches the upstream whole, with its
+    length (an upstream may need one). A request saying both a length and chunked
+    framing is framed by its chunks, as HTTP says: its length is ignored, not a 500."""
+    (upstream_port,) = free_ports(1)
+    sink = Sink()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"abc"
+        await trio.sleep(0.5)  # the client's own pace: past the 0.25 s an answer waits
+        yield b"def"
+
+    path, port = two_peers(tmp_path, f"http://127.0.0.1:{upstream_port}", "64MiB")
+    async with served(sink, upstream_port), running(path):
+        with trio.fail_after(60):
+            async with httpx.AsyncClient(trust_env=False, timeout=50) as client:
+                reply = await client.put(f"http://127.0.0.1:{port}/bravo/slow", content=slow())
+            assert reply.status_code == 200 and reply.text == hashlib.sha256(b"abcdef").hexdigest()
+            assert (b"content-length", b"6") in sink.headers, sink.headers
+            data = random.Random(7).randbytes(3 * MiB)
+            status, body = await _both_framings(port, data, declared=2 * MiB)
+            assert (status, body) == (200, hashlib.sha256(data).hexdigest().encode())
+            assert (b"transfer-encoding", b"chunked") in sink.headers, sink.headers
+        await settled(port, tmp_path / "state")
+
+
+async def _both_framings(port: int, data: bytes, declared: int) -> tuple[int, bytes]:
+    """PUT `data` to bravo through alpha (at `port`) in chunks, its head also declaring
+    a length of `declared`; the answer's status and body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        head = "PUT /bravo/both HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n"
+        head += f"content-length: {declared}\r\ntransfer-encoding: chunked\r\n\r\n"
+        await stream.send_all(head.encode())
+        for at in range(0, len(data), MiB):
+            await stream.send_all(chunk(data[at : at + MiB]))
+        await stream.send_all(b"0\r\n\r\n")
+        answer = b""
+        while piece := await stream.receive_some(65536):
+            answer += piece
+    top, _, body = answer.partition(b"\r\n\r\n")
+    return int(top.split(b" ")[1]), body

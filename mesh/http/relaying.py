@@ -31,6 +31,8 @@ from ..wire.messages import Response
 from .origin import UpstreamError
 from .problems import problem_response
 
+STREAM_AFTER = 0.25  # seconds a body of unknown size may take to end before its head goes
+
 
 @dataclass(frozen=True)
 class Relayed:
@@ -67,7 +69,7 @@ class Relay:
             with unwrapped():
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pump_noting, chunks, send, UpstreamError, broke)
-                    streams = await gathered(receive, first, self.limit)
+                    streams = await gathered(receive, first, self.limit, STREAM_AFTER)
                     if broke:
                         raise broke[0]
                     if not streams:

@@ -97,8 +97,7 @@ class Requests:
         self.name, self.database, self.tables, self.durable = name, database, tables, durable
         self.sending, self.receiving = sending, receiving
         self.link_events, self.progress = link_events, progress
-        self.posted, self.max_body = posted, max_body
-        self._posts_told = 0  # posts queued when the poster was last told
+        self.posted, self.max_body = NewPosts(posted, tables), max_body
         self.events: EventHub[RequestEvent] = EventHub()
         self.log = logging.getLogger(f"mesh.{name}")
         self._finished: dict[str, trio.Event] = {}  # set when the request ends
@@ -216,14 +215,7 @@ class Requests:
                 waiting.set()
         for state, at in events:
             self.events.publish(RequestEvent(request_id, state, at))
-        self._kick_poster()
-
-    def _kick_poster(self) -> None:
-        """Tell the poster of posts queued since it was last told, if any (most requests
-        have no callback nor events URL: the poster need not look for posts each time)."""
-        if self.tables.posts_added != self._posts_told:
-            self._posts_told = self.tables.posts_added
-            self.posted()
+        self.posted()
 
     def _advance(self, request_id: str, state: RequestState, at: float) -> None:
         added = self.tables.advance(request_id, state, at, time.time())
@@ -368,7 +360,7 @@ class Requests:
                 event = RequestEvent(progress.message_id, "progress", now, progress)
                 if self.tables.progress(event.request_id, json.dumps(event.as_json()), now):
                     self.events.publish(event)
-                    self._kick_poster()
+                    self.posted()
 
     async def _follow_link_events(self) -> None:
         """Link events of our requests' messages, those that came together in one commit."""
@@ -384,6 +376,20 @@ class Requests:
                         request_id = state and self.tables.by_seq(each.remote, each.seq)
                         if state and request_id:
                             self._advance(request_id, state, each.at)
+
+
+class NewPosts:
+    """Tells the poster (`kick`) of posts queued since it was last told, if any: most
+    requests have no callback nor events URL, and the poster need not look for posts
+    at each of their events."""
+
+    def __init__(self, kick: Callable[[], None], tables: RequestTables) -> None:
+        self.kick, self.tables, self._told = kick, tables, 0
+
+    def __call__(self) -> None:
+        if self.tables.posts_added != self._told:
+            self._told = self.tables.posts_added
+            self.kick()
 
 
 class RoundTrips:

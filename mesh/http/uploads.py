@@ -3,10 +3,10 @@
 A body of a declared size over `INLINE` bytes (what ``curl -T`` and most clients send)
 does not wait to be whole: the request goes at once, ahead of its body (with its
 length and transfer), the body follows as fragments as it arrives, and the far side
-streams it to its upstream as they come. A body sent chunked (its size not said) goes
-the same way, its length told at its end (the far side sends it on chunked), unless it
-ends within `INLINE` bytes and `STREAM_AFTER` seconds: then it goes inside its request,
-as does a small body of a declared size.
+streams it to its upstream as they come. A body sent chunked (its size not said) over
+`INLINE` bytes goes the same way, its length told at its end (the far side sends it on
+chunked); a smaller one goes inside its request once whole, however long it takes (so
+the upstream gets it with a `Content-Length`), as does a small body of a declared size.
 
 A body that does not come whole (the client goes away, is too slow, the disk is full)
 is never sent as whole: its transfer is given up (the far side drops what it has, and
@@ -17,8 +17,9 @@ ahead ends ``failed`` with the problem the caller gets. Nothing else is kept of 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
@@ -67,13 +68,13 @@ class Uploads:
         say its length); its id. HTTPProblem: 413 past the body limit (at once, without
         reading the body, when its declared length is), 400/408 for a body that did not
         come, 503 when the store cannot take it; nothing is half accepted."""
+        if b"transfer-encoding" in headers:  # chunked, its size not said (any length ignored)
+            return await self._unsized(call, receive)
         length = declared_length(headers.get(b"content-length"))
         if length is not None and length > self.limit:  # refused before a byte is kept
             if b"100-continue" in headers.get(b"expect", b"").lower():
                 raise too_large_unread(self.limit)  # before the client sends a byte of it
             raise too_large(self.limit)
-        if length is None and b"transfer-encoding" in headers:  # chunked: its size not said
-            return await self._unsized(call, receive)
         stream = stream_for(self.sending, call.remote, new_id(), length, self.limit)
         if stream is not None:
             flowing = partial(flow_from, self.bodies, self.sending, stream, body_chunks(receive))
@@ -99,14 +100,15 @@ class Uploads:
 
     async def _unsized(self, call: Taking, receive: Receive) -> str:
         """Take `call` with the body `receive` brings, of a size not said: inline if it
-        ends within `INLINE` bytes and `STREAM_AFTER` seconds, else ahead of it."""
+        ends within `INLINE` bytes, else ahead of it."""
         send, pieces = trio.open_memory_channel[bytes](PIECES_AHEAD)
         broke: list[HTTPProblem] = []  # how reading the body failed, if it did
         first: list[bytes] = []
         with unwrapped():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump_noting, body_chunks(receive), send, HTTPProblem, broke)
-                streams = await _unless_too_large(gathered(pieces, first, self.limit), self.limit)
+                gathering = gathered(pieces, first, self.limit, math.inf)  # however slow
+                streams = await _unless_too_large(gathering, self.limit)
                 if broke:
                     raise broke[0]
                 if not streams:
@@ -147,9 +149,9 @@ class Uploads:
             request_id = await self.requests.submit_request(call.remote, request, call.asker)
         body = Body()
         try:
-            with answered_as(STORE):  # each piece goes on once durable
+            with answered_as(STORE), _as_declared():  # each piece goes on once durable
                 body = await _unless_too_large(flowing(self.limit), self.limit)
-            with answered_as(STORE):
+            with answered_as(STORE), _as_declared():
                 self._finish(stream, body)
         except HTTPProblem as problem:
             await self._drop(body, stream)
@@ -182,6 +184,15 @@ class Uploads:
                 self.sending.abandon(stream)
         elif body.file is not None:
             await trio.to_thread.run_sync(self.bodies.remove, [body.file])
+
+
+@contextlib.contextmanager
+def _as_declared() -> Iterator[None]:
+    """A body not of the length its caller declared (ValueError from `Sending`) is a 400."""
+    try:
+        yield
+    except ValueError as exc:
+        raise HTTPProblem(400, "request body not as declared", str(exc)) from None
 
 
 async def _unless_too_large(body: Awaitable[T], limit: int) -> T:

@@ -30,7 +30,6 @@ from .sending import Sending
 from .streams import BodyStream
 
 PIECES_AHEAD = 64  # pieces read (up to 64 KiB each from h11) while one is written
-STREAM_AFTER = 0.25  # seconds a body of unknown size may take to end before it streams
 REREAD_AFTER = 1.0  # seconds a body whose file went waits to learn why, at most
 E = TypeVar("E", bound=Exception)
 
@@ -70,9 +69,10 @@ async def flow(
                     await _synced(bodies, sending, stream, fd, name, size)
                 return Body(b"", name, size)
     except BaseException:
-        if stream.opened:
+        opened = stream.opened  # before abandoning: that closes it once committed
+        if opened or stream.ahead:  # the far side waits for it: told to drop it
             sending.abandon(stream)
-        else:
+        if not opened:  # no fragment reads the file
             with contextlib.suppress(OSError):
                 os.unlink(bodies.path(name))
         raise
@@ -127,12 +127,13 @@ async def flow_from(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def gathered(pieces: trio.MemoryReceiveChannel[bytes], into: list[bytes], limit: int) -> bool:
+async def gathered(
+    pieces: trio.MemoryReceiveChannel[bytes], into: list[bytes], limit: int, seconds: float
+) -> bool:
     """Gather into `into` what comes, until the body ends (False: it is whole) or it is
-    over `INLINE` bytes or `STREAM_AFTER` seconds (True: stream it). BodyTooLarge past
-    `limit` bytes."""
+    over `INLINE` bytes or `seconds` (True: stream it). BodyTooLarge past `limit` bytes."""
     size = 0
-    with trio.move_on_after(STREAM_AFTER):
+    with trio.move_on_after(seconds):
         async for piece in pieces:
             into.append(piece)
             size += len(piece)
@@ -191,10 +192,16 @@ async def follow(
     (`CHUNK` at a time at most), from the file they land in; `before_last` is awaited
     before the piece that ends it is given, or, when its length was told only after its
     last piece, before the end (whoever takes it may then act on the whole).
-    BodyBrokeOff when its sender gave it up, it was dropped as over the body limit, or
-    it is not whole by `deadline` (wall-clock seconds)."""
+    BodyBrokeOff when its sender gave it up, it was dropped as over the body limit, it
+    is not whole by `deadline` (wall-clock seconds), or more of it came than told."""
     prefix = receiving.streamed(remote, transfer)
     offset, marked = 0, False
+
+    async def ending(at: int) -> None:
+        if length is None and not receiving.as_told(remote, transfer, max(prefix.length, at)):
+            raise BodyBrokeOff(f"its sender told {at} bytes, and it is not that")
+        await before_last()
+
     with bodies.ranges(incoming_name(remote, transfer)) as ranges:
         while True:
             known = length if length is not None else receiving.told_length(remote, transfer)
@@ -207,7 +214,7 @@ async def follow(
                 data = await _read_on(receiving, ranges, offset, int(min(CHUNK, here - offset)))
                 offset += len(data)
                 if offset == known:
-                    await before_last()
+                    await ending(known)
                     marked = True
                 yield data
                 continue
@@ -219,7 +226,7 @@ async def follow(
                 came = f"{offset} of its {known} bytes" if known else f"{offset} bytes of it"
                 raise BodyBrokeOff(f"{came} came by the deadline")
     if not marked:  # its length was told after its last piece went (or it is empty)
-        await before_last()
+        await ending(offset)
 
 
 async def _read_on(receiving: Receiving, ranges: BodyRanges, offset: int, size: int) -> bytes:

@@ -103,8 +103,9 @@ class Reader:
                     try:
                         message, fragment_data = self.message(seq, data)
                     except OverLimit as exc:  # refused, and the rest of its body with it
-                        opened.refused.append((seq, str(exc)))
-                        self._drop(remote, exc.transfer, given_up, opened.oversized)
+                        if exc.transfer not in given_up:  # else dropped already: no news
+                            opened.refused.append((seq, str(exc)))
+                            self._drop(remote, exc.transfer, given_up, opened.oversized)
                         continue
                     except MessageError as exc:
                         opened.refused.append((seq, str(exc)))

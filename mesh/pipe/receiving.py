@@ -167,6 +167,13 @@ class Receiving:
         ``ended`` note: a body whose message went ahead without it); None until then."""
         return self.tables.told_length(remote, transfer)
 
+    def as_told(self, remote: str, transfer: str, seen: int) -> bool:
+        """Whether body `transfer` from `remote`, `seen` bytes of it followed, is as its
+        sender told at its end: that many came, no more, and it was not dropped."""
+        told = self.told_length(remote, transfer)
+        here = self.tables.transfer_received(remote, transfer)
+        return told == seen and here <= told and not self.given_up(remote, transfer)
+
     def over_limit(self, remote: str, transfer: str) -> bool:
         """Whether body `transfer` from `remote` was dropped as over the body limit."""
         return self.tables.is_oversized(remote, transfer)

@@ -243,18 +243,29 @@ class LinkTables(Tables):
         ended: Iterable[tuple[str, int]],
         oversized: Iterable[str],
     ) -> None:
-        """`deliver`'s part on bodies arriving in fragments (inside its transaction)."""
+        """`deliver`'s part on bodies arriving in fragments (inside its transaction). A
+        body told two lengths, or of which more came than told, is dropped as given up
+        (only a faulty sender does that: its body is not what it said)."""
+        fragments, ended = list(fragments), list(ended)
         self._sql.executemany(
             "INSERT INTO transfers (remote, id, message, total, have, updated)"
             " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (remote, id)"
             " DO UPDATE SET have = have + excluded.have, updated = excluded.updated",
             ((remote, t, m, total, length, now) for t, m, total, length in fragments),
         )
-        self._sql.executemany(
+        self._sql.executemany(  # the first length told stands (SET reads the row before)
             "INSERT INTO transfers (remote, id, total, have, told_length, updated)"
             " VALUES (?, ?, 0, 0, ?, ?) ON CONFLICT (remote, id) DO UPDATE"
-            " SET told_length = excluded.told_length, updated = excluded.updated",
+            " SET told_length = COALESCE(told_length, excluded.told_length),"
+            " abandoned = CASE WHEN told_length != excluded.told_length"
+            " THEN MAX(abandoned, 1) ELSE abandoned END, updated = excluded.updated",
             ((remote, transfer, length, now) for transfer, length in ended),
+        )
+        touched = {t for t, _, _, _ in fragments} | {t for t, _ in ended}
+        self._sql.executemany(
+            "UPDATE transfers SET abandoned = MAX(abandoned, 1)"
+            " WHERE remote = ? AND id = ? AND have > told_length",
+            ((remote, transfer) for transfer in touched),
         )
         dropped = [(t, 1) for t in abandoned] + [(t, 2) for t in oversized]
         self._sql.executemany(
