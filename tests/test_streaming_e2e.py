@@ -20,7 +20,7 @@ from mesh.http.asgi import body_chunks, lifespan
 from tests.helpers.ports import free_ports
 from tests.helpers.processes import served
 from tests.helpers.raw_upstream import read_head, serve_raw
-from tests.test_clients_e2e import running, settled, two_peers
+from tests.test_clients_e2e import curl, running, settled, two_peers
 
 CHUNKS = 4
 MiB = 1 << 20
@@ -278,3 +278,23 @@ async def _both_framings(port: int, data: bytes, declared: int) -> tuple[int, by
             answer += piece
     top, _, body = answer.partition(b"\r\n\r\n")
     return int(top.split(b" ")[1]), body
+
+
+async def test_a_chunked_body_over_the_callers_peer_limit_is_refused_and_let_go(
+    tmp_path: Path,
+) -> None:
+    """A chunked body over alpha's own limit, sent fast (curl): the caller gets alpha's
+    413, and alpha's handling of it ends (its access line is written). It hung until
+    the peer stopped: the body read ahead of the store filled hypercorn's queue, behind
+    which hypercorn queues the disconnect that ends an answer."""
+    (upstream_port,) = free_ports(1)
+    path, port = two_peers(tmp_path, f"http://127.0.0.1:{upstream_port}", "4MiB")
+    body = tmp_path / "body.bin"
+    body.write_bytes(random.Random(3).randbytes(10 * MiB))
+    chunked = ("-H", "Transfer-Encoding: chunked", "--data-binary", f"@{body}")
+    async with served(Sink(), upstream_port), running(path) as mesh:
+        with trio.fail_after(60):
+            line, headers, _, _ = await curl(*chunked, f"http://127.0.0.1:{port}/bravo/too-big")
+            assert line.split(" ")[1] == "413" and ("mesh-problem", "alpha") in headers
+            await mesh.wait_for("POST /bravo/too-big 413")
+        await settled(port, tmp_path / "state")

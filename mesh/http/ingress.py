@@ -129,11 +129,16 @@ class Ingress:
             if problem.status == 503:  # the store or the pipe cannot take more: say so
                 self.complaints.say("refused", "refusing requests: %s", problem.detail)
             headers = (*problem.headers, (PROBLEM_BY, self.settings.name.encode()))
-            await respond_json(
-                send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), headers
-            )
-            if problem.status == 413 and not problem.body_read:
-                await linger(receive)
+            # What the caller still sends of its body is dropped while the answer goes:
+            # hypercorn ends the answer by queueing a disconnect for the app, behind the
+            # body it queued, so with its queue full the answer would never end
+            async with trio.open_nursery() as draining:
+                draining.start_soon(linger, receive)
+                await respond_json(
+                    send, problem.status, problem.as_json(), PROBLEM_JSON.decode(), headers
+                )
+                if problem.status != 413 or problem.body_read:  # else dropped a while more
+                    draining.cancel_scope.cancel()
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /mesh/events``: each request event of this peer, as JSON text, live; for
