@@ -298,3 +298,28 @@ async def test_a_chunked_body_over_the_callers_peer_limit_is_refused_and_let_go(
             assert line.split(" ")[1] == "413" and ("mesh-problem", "alpha") in headers
             await mesh.wait_for("POST /bravo/too-big 413")
         await settled(port, tmp_path / "state")
+
+
+async def test_a_chunked_body_the_far_side_refused_is_answered_before_it_ends(
+    tmp_path: Path,
+) -> None:
+    """bravo refuses a chunked body over its limit as its pieces come: the caller gets
+    bravo's 413 while it still sends, and alpha takes no more of it (alpha waited for
+    the body's end, however long: a caller streaming gigabytes sent them all)."""
+    (upstream_port,) = free_ports(1)
+    url = f"http://127.0.0.1:{upstream_port}"
+    path, port = two_peers(tmp_path, url, "64MiB", body_limit="2MiB")
+    async with served(Sink(), upstream_port), running(path):
+        with trio.fail_after(30):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                head = "PUT /bravo/big HTTP/1.1\r\nhost: localhost\r\n"
+                await stream.send_all(f"{head}transfer-encoding: chunked\r\n\r\n".encode())
+                for _ in range(4):  # over bravo's limit, and the body goes on: not ended
+                    await stream.send_all(chunk(random.randbytes(MiB)))
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += await stream.receive_some(65536)
+        assert answer.startswith(b"HTTP/1.1 413"), answer
+        assert b"mesh-problem: bravo" in answer.lower(), answer
+        await settled(port, tmp_path / "state")

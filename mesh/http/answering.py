@@ -17,8 +17,8 @@ from .problems import HTTPProblem
 
 
 async def note_gone(receive: Receive, gone: trio.Event) -> None:
-    """Set `gone` once the caller has gone (its body was read: what comes now is
-    ``http.disconnect``; it comes too once an answer has ended)."""
+    """Set `gone` once the caller has gone (``http.disconnect``, which comes too once an
+    answer has ended). What more comes of a body answered before its end is dropped."""
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()

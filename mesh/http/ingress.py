@@ -250,13 +250,13 @@ class Ingress:
         taking = Taking(remote, method, target, crossing, self.settings.request_deadline, asker)
         request_id = await self.uploads.take(taking, headers, receive)
         base = _own_base(call, scope)
-        if asker.callback or wait == 0:
-            await self._accepted(send, request_id, remote, base)
-            return
         async with trio.open_nursery() as nursery:
-            gone = trio.Event()
+            gone = trio.Event()  # what more of a body answered before its end is dropped
             nursery.start_soon(note_gone, receive, gone)
-            await self._answer(request_id, remote, wait, base, send, gone)
+            if asker.callback or wait == 0:
+                await self._accepted(send, request_id, remote, base)
+            else:
+                await self._answer(request_id, remote, wait, base, send, gone)
             nursery.cancel_scope.cancel()
 
     async def _answer(

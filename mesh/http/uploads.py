@@ -115,8 +115,9 @@ class Uploads:
                     return await self._submit(call, Body(b"".join(first)))
                 stream = self.sending.stream(call.remote, new_id(), None)
                 flowing = partial(self._flowing, stream, first, pieces, broke)
-                return await self._ahead(call, stream, flowing)
-        raise AssertionError("unreachable")  # pragma: no cover
+                request_id = await self._ahead(call, stream, flowing)
+                nursery.cancel_scope.cancel()  # answered before its end: no more is read
+        return request_id
 
     async def _flowing(
         self,
@@ -150,7 +151,10 @@ class Uploads:
         body = Body()
         try:
             with answered_as(STORE), _as_declared():  # each piece goes on once durable
-                body = await _unless_too_large(flowing(self.limit), self.limit)
+                taken = await self._unless_answered(request_id, flowing)
+                if taken is None:  # the far side answered first: the body is given up
+                    return request_id
+                body = taken
             with answered_as(STORE), _as_declared():
                 self._finish(stream, body)
         except HTTPProblem as problem:
@@ -159,6 +163,25 @@ class Uploads:
                 self.requests.fail(request_id, problem.status, problem.title)
             raise
         return request_id
+
+    async def _unless_answered(
+        self, request_id: str, flowing: Callable[[int], Awaitable[Body]]
+    ) -> Body | None:
+        """The body `flowing(limit)` takes (413 past the limit), or None if the request
+        ends first (the far side refused it, or its upstream answered before it read
+        the whole body): the rest is not taken, and the body is given up (`flow`)."""
+        taken: list[Body] = []
+        with unwrapped():
+            async with trio.open_nursery() as nursery:
+
+                async def until_ended() -> None:
+                    await self.requests.wait(request_id, math.inf)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_ended)
+                taken.append(await _unless_too_large(flowing(self.limit), self.limit))
+                nursery.cancel_scope.cancel()
+        return taken[0] if taken else None
 
     def _finish(self, stream: BodyStream, body: Body) -> None:
         """`stream`'s body came whole (`body`): its last fragments go, and its length,
