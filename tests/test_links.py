@@ -250,7 +250,8 @@ async def test_fragments_over_the_far_limit_are_refused_with_one_line_a_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A body over bravo's limit is refused at its first fragment over it (acknowledged,
-    never kept), and the rest of it dropped with it: logged once, not once each."""
+    never kept), and the rest of it dropped with it: logged once, not once each, as a
+    warning."""
     path = streaming_roster(tmp_path)
     text = path.read_text().replace("bravo:\n", "bravo:\n    body_limit: 1MiB\n", 1)
     path.write_text(text)
@@ -270,7 +271,9 @@ async def test_fragments_over_the_far_limit_are_refused_with_one_line_a_file(
                 lambda: bravo.links.protocol.status("alpha").received_upto >= marker.seq,
             )
             nursery.cancel_scope.cancel()
-    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    lines = [r for r in caplog.records if "refused" in r.getMessage()]
+    refused = [r.getMessage() for r in lines]
     assert len(refused) == 1, refused
     assert "over the body limit" in refused[0] and "more in" not in refused[0]
+    assert lines[0].levelname == "WARNING"  # a caller's doing (answered 413), not a fault
     assert not bravo.bodies.has(incoming_name("alpha", transfer))

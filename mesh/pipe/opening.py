@@ -40,7 +40,8 @@ class Opened:
     fragments already written to their body files ((transfer, message id, total (0 for
     a body that streams), length), and where each lies ((transfer, offset, length)),
     transfers given up, the lengths told at their end ((transfer, length): ``ended``),
-    transfers over the body limit here (dropped as given up), seqs refused (authentic
+    transfers over the body limit here (dropped as given up, with the seqs that said
+    so, `too_big`), seqs refused (authentic
     but malformed: acknowledged, never delivered as they are; a request or response
     among them whose id can be read is delivered as an ``unreadable`` note of its kind
     instead, so that it is answered) and seqs that could not be read now (left for a resend)."""
@@ -50,6 +51,7 @@ class Opened:
     abandoned: list[str] = field(default_factory=list)
     ended: list[tuple[str, int]] = field(default_factory=list)
     oversized: list[str] = field(default_factory=list)
+    too_big: list[tuple[int, str]] = field(default_factory=list)  # seqs refused for that
     spans: list[tuple[str, int, int]] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     unread: set[int] = field(default_factory=set)
@@ -104,7 +106,7 @@ class Reader:
                         message, fragment_data = self.message(seq, data)
                     except OverLimit as exc:  # refused, and the rest of its body with it
                         if exc.transfer not in given_up:  # else dropped already: no news
-                            opened.refused.append((seq, str(exc)))
+                            opened.too_big.append((seq, str(exc)))
                             self._drop(remote, exc.transfer, given_up, opened.oversized)
                         continue
                     except MessageError as exc:

@@ -70,20 +70,7 @@ class Receiving:
             opened = await trio.to_thread.run_sync(
                 self._open_file, remote, arrival.deliver, path, scanned, given_up
             )
-        if opened.refused:
-            # Authentic but malformed: never delivered, but acknowledged so the sender
-            # stops resending what can never be taken. One line a file (the fragments of
-            # a body over the limit are refused by the hundred).
-            seq, problem = opened.refused[0]
-            more = len(opened.refused) - 1
-            self.log.error(
-                "%s: message %d from %s refused: %s%s",
-                self.protocol.me,
-                seq,
-                remote,
-                problem,
-                f" (and {more} more in {path.name})" if more else "",
-            )
+        self._complain(remote, path, opened)
         taken = [seq for seq in arrival.deliver if seq not in opened.unread]
         receipt = self.protocol.receipt(remote, taken)
         self.tables.deliver(
@@ -102,6 +89,25 @@ class Receiving:
         self.protocol.stored(remote, taken)
         self.events.tell("delivered", remote, taken, time.time())
         self._told(remote, opened)
+
+    def _complain(self, remote: str, path: Path, opened: Opened) -> None:
+        """One line a file for the messages of `opened` refused: authentic but malformed
+        (never delivered, but acknowledged so the sender stops resending what can never
+        be taken: an error), or a body over the limit (dropped, its request answered
+        413: a caller's doing, a warning)."""
+        for level, refused in ((logging.ERROR, opened.refused), (logging.WARNING, opened.too_big)):
+            if refused:
+                seq, problem = refused[0]
+                more = len(refused) - 1
+                self.log.log(
+                    level,
+                    "%s: message %d from %s refused: %s%s",
+                    self.protocol.me,
+                    seq,
+                    remote,
+                    problem,
+                    f" (and {more} more in {path.name})" if more else "",
+                )
 
     def _open_file(
         self,
