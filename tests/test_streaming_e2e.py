@@ -5,6 +5,7 @@ upload reaches the upstream while it still comes."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections.abc import AsyncIterator
@@ -323,3 +324,46 @@ async def test_a_chunked_body_the_far_side_refused_is_answered_before_it_ends(
         assert answer.startswith(b"HTTP/1.1 413"), answer
         assert b"mesh-problem: bravo" in answer.lower(), answer
         await settled(port, tmp_path / "state")
+
+
+async def answering_early(stream: trio.SocketStream) -> None:
+    """Reads the head of a request and a little of its body, then reads no more and
+    answers 200 with a body that streams for a long while (a chunk a second)."""
+    async with stream:
+        data = await read_head(stream)
+        while data is not None and len(data) < 100_000:
+            data += await stream.receive_some(65536)
+        await stream.send_all(HEAD)
+        for index in range(60):
+            await stream.send_all(chunk(b"data: %d\n\n" % index))
+            await trio.sleep(1.0)  # the upstream's own pace
+
+
+async def test_an_upload_the_upstream_answered_early_gets_the_answers_head_at_once(
+    tmp_path: Path,
+) -> None:
+    """The upstream answers while the caller still sends, and its answer streams: the
+    caller gets its head at once, and alpha takes no more of the body (alpha waited
+    for the answer's end, or took the body up to its own limit and answered its own
+    413, though the upstream had answered 200)."""
+    async with serve_raw(answering_early) as url:
+        path, port = two_peers(tmp_path, url, "64MiB", upstream_timeout="1s")
+        async with running(path):
+            with trio.fail_after(30):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                async with stream, trio.open_nursery() as nursery:
+
+                    async def sending() -> None:  # 10 MB/s: 64 MiB take 6 s
+                        head = "PUT /bravo/early HTTP/1.1\r\nhost: localhost\r\n"
+                        await stream.send_all(f"{head}transfer-encoding: chunked\r\n\r\n".encode())
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            while True:
+                                await stream.send_all(chunk(random.randbytes(MiB)))
+                                await trio.sleep(0.1)  # the caller's own pace
+
+                    nursery.start_soon(sending)
+                    answer = b""
+                    while b"\r\n\r\n" not in answer:
+                        answer += await stream.receive_some(65536)
+                    nursery.cancel_scope.cancel()
+        assert answer.startswith(b"HTTP/1.1 200"), answer

@@ -177,21 +177,21 @@ class Requests:
         self, request_id: str, seconds: float
     ) -> RequestRecord | Response | None:
         """As `wait`, but if the head of the answer comes first (`Response.head`: its
-        body streams after it, see `pipe.Receiving.streamed`), that head."""
+        body streams after it, see `pipe.Receiving.streamed`), that head. The head is
+        kept for whoever asks next until the request ends (`_changed`): the uploads
+        stop taking a body once it comes, and the ingress then answers with it."""
         self._heads.setdefault(request_id, None)  # wanted
-        try:
-            with trio.move_on_after(seconds):
-                while True:
-                    record = self.get(request_id)
-                    if record is None or record.done:
-                        return record
-                    head = self._heads.get(request_id)
-                    if head is not None:
-                        return head
-                    await self._finished.setdefault(request_id, trio.Event()).wait()
-            return self.get(request_id)
-        finally:
-            self._heads.pop(request_id, None)
+        with trio.move_on_after(seconds):
+            while True:
+                record = self.get(request_id)
+                if record is None or record.done:
+                    self._heads.pop(request_id, None)
+                    return record
+                head = self._heads.get(request_id)
+                if head is not None:
+                    return head
+                await self._finished.setdefault(request_id, trio.Event()).wait()
+        return self.get(request_id)
 
     def given(self, record: RequestRecord) -> None:
         """Let go of the spooled response of `record`, which went whole to the caller that
@@ -207,6 +207,7 @@ class Requests:
         of `status`."""
         if any(state in FINAL for state, _ in events):
             self.ended(status)
+            self._heads.pop(request_id, None)
             started = self._started.pop(request_id, None)
             if started is not None and any(state is COMPLETED for state, _ in events):
                 self.round_trips.measure(*started)  # only answers: not failures, nor expiries

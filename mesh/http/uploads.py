@@ -168,14 +168,15 @@ class Uploads:
         self, request_id: str, flowing: Callable[[int], Awaitable[Body]]
     ) -> Body | None:
         """The body `flowing(limit)` takes (413 past the limit), or None if the request
-        ends first (the far side refused it, or its upstream answered before it read
-        the whole body): the rest is not taken, and the body is given up (`flow`)."""
+        ends first, or the head of its answer comes (the far side refused it, or its
+        upstream answered before it read the whole body): the rest is not taken, and
+        the body is given up (`flow`)."""
         taken: list[Body] = []
         with unwrapped():
             async with trio.open_nursery() as nursery:
 
                 async def until_ended() -> None:
-                    await self.requests.wait(request_id, math.inf)
+                    await self.requests.wait_for_head(request_id, math.inf)
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(until_ended)
