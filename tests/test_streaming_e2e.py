@@ -189,6 +189,7 @@ async def test_an_upload_reaches_the_upstream_while_it_still_comes(
                     f"http://127.0.0.1:{port}/bravo/upload", content=paced(), headers=length
                 )
         assert reply.status_code == 200 and reply.text == hashlib.sha256(data).hexdigest()
+        assert reply.headers.get("connection") != "close"  # read to its end: kept
         chunked = (b"transfer-encoding", b"chunked")
         framing = (b"content-length", str(size).encode()) if declared else chunked
         assert framing in sink.headers, sink.headers
@@ -323,6 +324,7 @@ async def test_a_chunked_body_the_far_side_refused_is_answered_before_it_ends(
                     answer += await stream.receive_some(65536)
         assert answer.startswith(b"HTTP/1.1 413"), answer
         assert b"mesh-problem: bravo" in answer.lower(), answer
+        assert b"connection: close" in answer.lower(), answer  # it carries no other request
         await settled(port, tmp_path / "state")
 
 
@@ -367,3 +369,4 @@ async def test_an_upload_the_upstream_answered_early_gets_the_answers_head_at_on
                         answer += await stream.receive_some(65536)
                     nursery.cancel_scope.cancel()
         assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert b"connection: close" in answer.lower(), answer

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 import trio
 
@@ -22,6 +23,34 @@ async def note_gone(receive: Receive, gone: trio.Event) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
     gone.set()
+
+
+class BodyWatch:
+    """A request's ASGI `receive` that notes whether the end of its body was seen (its
+    last piece, or the caller gone): an answer before it ends the connection."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive, self.ended = receive, False
+
+    async def __call__(self) -> MutableMapping[str, Any]:
+        event = await self._receive()
+        if event["type"] == "http.disconnect" or not event.get("more_body", False):
+            self.ended = True
+        return event
+
+
+def closing(send: Send) -> Send:
+    """`send`, the head of the answer saying ``Connection: close``: its request's body
+    was not read to its end, so the connection cannot carry another request (hypercorn
+    closes it after the answer)."""
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return sending
 
 
 async def cancel_when_set(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -39,7 +39,15 @@ from ..state.durable import Durability
 from ..state.requests import Asker
 from ..wire.messages import Response
 from .admission import PATH, Call, head_fits, host_answered, route, single_headers
-from .answering import accepted, cancel_when_set, note_gone, respond_with, wait_for_answer
+from .answering import (
+    BodyWatch,
+    accepted,
+    cancel_when_set,
+    closing,
+    note_gone,
+    respond_with,
+    wait_for_answer,
+)
 from .asgi import (
     Receive,
     Scope,
@@ -248,7 +256,10 @@ class Ingress:
         if pipe_error is not None:
             raise HTTPProblem(503, "pipe not writable", pipe_error)
         taking = Taking(remote, method, target, crossing, self.settings.request_deadline, asker)
-        request_id = await self.uploads.take(taking, headers, receive)
+        body = BodyWatch(receive)
+        request_id = await self.uploads.take(taking, headers, body)
+        if not body.ended:  # answered before its body's end (`Uploads`): the last answer
+            send = closing(send)
         base = _own_base(call, scope)
         async with trio.open_nursery() as nursery:
             gone = trio.Event()  # what more of a body answered before its end is dropped
