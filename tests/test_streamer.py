@@ -6,6 +6,7 @@ by hand on its links (its upstream never answers in time)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ import trio
 from mesh.http.requests import Requests
 from mesh.peer import Peer
 from mesh.pipe.streams import ABANDON
+from mesh.state.requests import RequestRecord
 from mesh.wire.messages import Control, Fragment, Response
 from tests.test_forwarder import Upstream, mesh
 
@@ -58,6 +60,23 @@ async def _streaming_then_given_up(alpha: Peer, bravo: Peer, caller: Caller) -> 
     return transfer
 
 
+async def _given_up_then(
+    tmp_path: Path, meanwhile: Callable[[Peer, Caller], Awaitable[None]]
+) -> tuple[Caller, RequestRecord | None]:
+    """A caller's answer streaming from bravo, its body given up; then `meanwhile` (with
+    bravo), until the caller's connection ends: the caller, and the request's record."""
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(200, b"late", delay=60)) as peers:
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            caller = Caller(alpha)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller.call)
+                await _streaming_then_given_up(alpha, bravo, caller)
+                await meanwhile(bravo, caller)
+                await caller.ended.wait()
+            return caller, alpha.requests.get(caller.request_id)
+
+
 async def test_a_body_given_up_is_cut_once_the_answer_saying_why_came(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -70,20 +89,14 @@ async def test_a_body_given_up_is_cut_once_the_answer_saying_why_came(
         waiting.set()
         return await wait(self, request_id, seconds)
 
+    async def answered(bravo: Peer, caller: Caller) -> None:
+        await waiting.wait()  # given up, and not cut yet: now the answer
+        why = Response(caller.request_id, 502, (), b'{"title": "broke off"}')
+        await bravo.links.sending.send("alpha", why)
+
     monkeypatch.setattr(Requests, "wait", noted)
     monkeypatch.setattr("mesh.http.streaming.ENDING_GRACE", 60.0)  # the end cuts, not this
-    with trio.fail_after(30):
-        async with mesh(tmp_path, Upstream(200, b"late", delay=60)) as peers:
-            alpha, bravo = peers["alpha"], peers["bravo"]
-            caller = Caller(alpha)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller.call)
-                await _streaming_then_given_up(alpha, bravo, caller)
-                await waiting.wait()  # given up, and not cut yet: now the answer
-                why = Response(caller.request_id, 502, (), b'{"title": "broke off"}')
-                await bravo.links.sending.send("alpha", why)
-                await caller.ended.wait()
-            record = alpha.requests.get(caller.request_id)
+    caller, record = await _given_up_then(tmp_path, answered)
     assert caller.got == b"first" and caller.cut_when_done is True
     assert record is not None and record.status == 502
 
@@ -93,13 +106,10 @@ async def test_a_body_given_up_is_cut_after_the_grace_when_no_answer_comes(
 ) -> None:
     """No answer saying why comes: the caller is cut all the same, `ENDING_GRACE`
     seconds on, with what came of the body."""
+
+    async def nothing(bravo: Peer, caller: Caller) -> None:
+        pass
+
     monkeypatch.setattr("mesh.http.streaming.ENDING_GRACE", 0.2)
-    with trio.fail_after(30):
-        async with mesh(tmp_path, Upstream(200, b"late", delay=60)) as peers:
-            alpha, bravo = peers["alpha"], peers["bravo"]
-            caller = Caller(alpha)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(caller.call)
-                await _streaming_then_given_up(alpha, bravo, caller)
-                await caller.ended.wait()
+    caller, _ = await _given_up_then(tmp_path, nothing)
     assert caller.got == b"first" and caller.cut_when_done is False

@@ -41,10 +41,10 @@ class Opened:
     a body that streams), length), and where each lies ((transfer, offset, length)),
     transfers given up, the lengths told at their end ((transfer, length): ``ended``),
     transfers over the body limit here (dropped as given up, with the seqs that said
-    so, `too_big`), seqs refused (authentic
-    but malformed: acknowledged, never delivered as they are; a request or response
-    among them whose id can be read is delivered as an ``unreadable`` note of its kind
-    instead, so that it is answered) and seqs that could not be read now (left for a resend)."""
+    so, `too_big`), seqs refused (authentic but malformed: acknowledged, never
+    delivered as they are; a request or response among them whose id can be read is
+    delivered as an ``unreadable`` note of its kind instead, so that it is answered)
+    and seqs that could not be read now (left for a resend)."""
 
     messages: list[tuple[int, int, bytes]] = field(default_factory=list)  # with stand-ins
     fragments: list[tuple[str, str, int, int]] = field(default_factory=list)

@@ -164,25 +164,26 @@ class Receiving:
         """Whether all `length` bytes of body `transfer` from `remote` are here (durably);
         with `length` None (its message went without it), once its sender told it
         (`told_length`) and that many are here."""
+        state = self.tables.transfer_state(remote, transfer)
         if length is None:
-            length = self.told_length(remote, transfer)
-        return length is not None and self.tables.transfer_received(remote, transfer) >= length
+            length = state.told_length
+        return length is not None and state.have >= length
 
     def told_length(self, remote: str, transfer: str) -> int | None:
         """The length of body `transfer` from `remote` its sender told at its end (an
         ``ended`` note: a body whose message went ahead without it); None until then."""
-        return self.tables.told_length(remote, transfer)
+        return self.tables.transfer_state(remote, transfer).told_length
 
     def as_told(self, remote: str, transfer: str, seen: int) -> bool:
         """Whether body `transfer` from `remote`, `seen` bytes of it followed, is as its
         sender told at its end: that many came, no more, and it was not dropped."""
-        told = self.told_length(remote, transfer)
-        here = self.tables.transfer_received(remote, transfer)
-        return told == seen and here <= told and not self.given_up(remote, transfer)
+        state = self.tables.transfer_state(remote, transfer)
+        told = state.told_length
+        return told == seen and state.have <= told and not state.dropped
 
     def over_limit(self, remote: str, transfer: str) -> bool:
         """Whether body `transfer` from `remote` was dropped as over the body limit."""
-        return self.tables.is_oversized(remote, transfer)
+        return self.tables.transfer_state(remote, transfer).dropped == 2
 
     async def body_arrived(
         self, remote: str, transfer: str, length: int | None, wanted: Callable[[], bool]
@@ -205,8 +206,9 @@ class Receiving:
         return self._streaming.setdefault((remote, transfer), Prefix())
 
     def given_up(self, remote: str, transfer: str) -> bool:
-        """Whether the sender of body `transfer` gave it up (from the store)."""
-        return self.tables.is_abandoned(remote, transfer)
+        """Whether body `transfer` from `remote` was dropped: its sender gave it up, or
+        it is over the body limit here (from the store)."""
+        return self.tables.transfer_state(remote, transfer).dropped > 0
 
     def forget_stream(self, remote: str, transfer: str) -> None:
         """Nobody follows body `transfer` from `remote` as it streams any more."""

@@ -42,6 +42,17 @@ class Delivery:
     received: float
 
 
+@dataclass(frozen=True)
+class TransferState:
+    """What is known here of a body arriving in fragments: bytes of it here, the length
+    its sender told at its end (a body whose message went without it), and whether it
+    was dropped (0: no, 1: its sender gave it up, 2: over the body limit here)."""
+
+    have: int = 0
+    told_length: int | None = None
+    dropped: int = 0
+
+
 class LinkTables(Tables):
     """The link tables of one peer's database."""
 
@@ -154,14 +165,6 @@ class LinkTables(Tables):
             "SELECT id FROM transfers WHERE remote = ? AND abandoned", (remote,)
         )
         return {str(row[0]) for row in rows}
-
-    def is_abandoned(self, remote: str, transfer: str) -> bool:
-        """Whether the sender of `transfer` (from `remote`) gave it up."""
-        row = self._sql.execute(
-            "SELECT 1 FROM transfers WHERE remote = ? AND id = ? AND abandoned",
-            (remote, transfer),
-        ).fetchone()
-        return row is not None
 
     def open_stream(self, spool: str, remote: str, transfer: str, message_id: str) -> None:
         """Body file `spool` is being sent as `transfer` while it still arrives."""
@@ -301,25 +304,18 @@ class LinkTables(Tables):
 
     def transfer_received(self, remote: str, transfer: str) -> int:
         """How many bytes of body `transfer` from `remote` are here."""
-        row = self._sql.execute(
-            "SELECT have FROM transfers WHERE remote = ? AND id = ?", (remote, transfer)
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return self.transfer_state(remote, transfer).have
 
-    def told_length(self, remote: str, transfer: str) -> int | None:
-        """The length of body `transfer` from `remote` told at its end, if it was."""
+    def transfer_state(self, remote: str, transfer: str) -> TransferState:
+        """What is known of body `transfer` from `remote` (nothing yet: the defaults)."""
         row = self._sql.execute(
-            "SELECT told_length FROM transfers WHERE remote = ? AND id = ?", (remote, transfer)
-        ).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
-
-    def is_oversized(self, remote: str, transfer: str) -> bool:
-        """Whether body `transfer` from `remote` was dropped as over the body limit."""
-        row = self._sql.execute(
-            "SELECT 1 FROM transfers WHERE remote = ? AND id = ? AND abandoned = 2",
+            "SELECT have, told_length, abandoned FROM transfers WHERE remote = ? AND id = ?",
             (remote, transfer),
         ).fetchone()
-        return row is not None
+        if row is None:
+            return TransferState()
+        have, told, dropped = row
+        return TransferState(int(have), None if told is None else int(told), int(dropped))
 
     def forget_transfer(self, remote: str, transfer: str) -> None:
         with self._database.transaction():
