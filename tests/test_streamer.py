@@ -113,3 +113,31 @@ async def test_a_body_given_up_is_cut_after_the_grace_when_no_answer_comes(
     monkeypatch.setattr("mesh.http.streaming.ENDING_GRACE", 0.2)
     caller, _ = await _given_up_then(tmp_path, nothing)
     assert caller.got == b"first" and caller.cut_when_done is False
+
+
+async def test_a_body_given_up_before_its_caller_follows_it_is_cut_all_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head, a piece of the body and the giving up come in one file, so the body is
+    given up (and what came of it dropped) before the caller's answer follows it: the
+    caller is cut `ENDING_GRACE` seconds on when no answer saying why comes, as when it
+    followed the body from its start (it waited for the request's deadline, an hour by
+    default, its answer's body never ending)."""
+    monkeypatch.setattr("mesh.http.streaming.ENDING_GRACE", 0.2)
+    with trio.fail_after(30):
+        async with mesh(tmp_path, Upstream(200, b"late", delay=60)) as peers:
+            alpha, bravo = peers["alpha"], peers["bravo"]
+            caller = Caller(alpha)
+            async with trio.open_nursery() as nursery:
+                events = alpha.requests.events.subscribe()
+                nursery.start_soon(caller.call)
+                caller.request_id = (await events.receive()).request_id
+                transfer, sending = uuid.uuid4().hex, bravo.links.sending
+                with sending.database.transaction():  # one commit: one file
+                    head = Response(caller.request_id, 200, (), b"", None, transfer)
+                    await sending.send("alpha", head)
+                    piece = Fragment(caller.request_id, transfer, 0, 0, None, b"first")
+                    await sending.send("alpha", piece)
+                    await sending.send("alpha", Control(ABANDON, {"transfer": transfer}))
+                await caller.ended.wait()
+    assert caller.got == b"" and caller.cut_when_done is False

@@ -91,7 +91,8 @@ async def test_an_event_stream_reaches_the_caller_chunk_by_chunk(tmp_path: Path)
 
 
 async def test_an_answer_that_breaks_off_is_cut_never_ended_whole(tmp_path: Path) -> None:
-    """The upstream closes midway: the caller has the head and what came, then its
+    """The upstream closes midway: the caller has the head and what came (as it came,
+    or, when the body was given up before the caller followed it, none), then its
     connection is cut (the client sees the body incomplete); the request failed, with
     the far side's 502 saying the answer broke off, and nothing is left behind."""
     async with streaming_upstream() as (url, _):
@@ -110,7 +111,9 @@ async def test_an_answer_that_breaks_off_is_cut_never_ended_whole(tmp_path: Path
                         pass
                     else:
                         raise AssertionError(f"a cut body ended as whole: {got!r}")
-                    assert got == b"data: 0\n\ndata: 1\n\n"
+                    # what came, unless the file that gave it up came before the caller
+                    # followed it (then it went with its file): never more
+                    assert b"data: 0\n\ndata: 1\n\n".startswith(got)
                     answer = await client.get(f"/mesh/requests/{request_id}/response")
                     while answer.status_code == 202:  # the far side's 502 may follow the cut
                         await trio.sleep(0.1)
