@@ -52,9 +52,10 @@ def tmpfs(where: Path) -> Iterator[Path]:
 
 
 def fill(folder: Path) -> Path:
-    """A file in `folder` taking every byte left on its filesystem."""
+    """A file in `folder` taking every byte left on its filesystem (grown again to take
+    what was freed since, when called again)."""
     filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         block = 1 << 16
         while block:
@@ -129,7 +130,7 @@ async def exercise(full: Path, ports: Ports, mesh: Any, what: str) -> None:
             nursery.start_soon(call, n)
         await until(lambda: len(upstream.ran) == ACCEPTED_BEFORE)
         filler = fill(full)
-        refused, slipped_in = await _refused_while_full(client)
+        refused, slipped_in = await _refused_while_full(client, full)
         assert refused["title"] in ("disk full", "pipe not writable"), refused
         assert refused["detail"] == f"no space left where the {what} is", refused
         for n in range(3):  # refused as long as it is full, and logged once a minute
@@ -155,12 +156,16 @@ async def exercise(full: Path, ports: Ports, mesh: Any, what: str) -> None:
     assert mesh.matching("Traceback") == []
 
 
-async def _refused_while_full(client: httpx.AsyncClient) -> tuple[dict[str, Any], list[str]]:
-    """The problem a new request gets while the disk is full, and the status URLs of
-    those accepted before one was refused (SQLite may have room it reserved; a full
-    pipe is found when a file cannot be written)."""
+async def _refused_while_full(
+    client: httpx.AsyncClient, full: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """The problem a new request gets while the disk of `full` is full (kept so: what
+    is freed, such as a heartbeat superseded or a file the far side took, is taken
+    again), and the status URLs of those accepted before one was refused (SQLite may
+    have room it reserved; a full pipe is found when a file cannot be written)."""
     accepted = []
     for n in range(200):
+        await trio.to_thread.run_sync(fill, full)
         path, prefer = f"/bravo/full/{n}", {"prefer": "respond-async"}
         reply = await client.post(path, content=b"y" * 100, headers=prefer)
         if reply.status_code == 503:

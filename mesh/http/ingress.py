@@ -36,7 +36,7 @@ from ..errors import Complaints
 from ..pipe.bodies import Bodies
 from ..pipe.sending import Sending
 from ..state.durable import Durability
-from ..state.requests import Asker
+from ..state.requests import Asker, RequestRecord
 from ..wire.messages import Response
 from .admission import PATH, Call, head_fits, host_answered, route, single_headers
 from .answering import (
@@ -230,7 +230,10 @@ class Ingress:
             and (len(parts) > 2 and method == "GET")
         ):
             identity = self.gate.own_route(headers)
-            await self._request_status(identity, parts[2], parts[3:] == ["response"], send)
+            if parts[3:]:
+                await self._response(identity, parts[2], wait_for_answer(headers.items()), send)
+            else:
+                await respond_json(send, 200, self._record(identity, parts[2]).as_json())
         else:
             raise HTTPProblem(404, "not found", f"no route for {method} {route}")
 
@@ -294,15 +297,22 @@ class Ingress:
         if whole and record.body_file is not None:  # the one who waited has it: not kept
             self.services.requests.given(record)
 
-    async def _request_status(
-        self, identity: Identity, request_id: str, response: bool, send: Send
-    ) -> None:
+    def _record(self, identity: Identity, request_id: str) -> RequestRecord:
+        """The record of `request_id`, if `identity` may see it; else a 404."""
         record = self.services.requests.get(request_id)
         if record is None or not identity.owns(record.caller):  # another's: not there
             raise HTTPProblem(404, "unknown request", f"no request {request_id!r} here")
-        if not response:
-            await respond_json(send, 200, record.as_json())
-        elif record.done:
+        return record
+
+    async def _response(self, identity: Identity, request_id: str, wait: float, send: Send) -> None:
+        """The answer to `request_id` once it ended; with ``Prefer: wait=N`` (or
+        `Mesh-Timeout`), once it ends within N seconds; else ``202`` (at once, without:
+        the default of a call, waiting for its deadline, is not that of a status URL)."""
+        record = self._record(identity, request_id)
+        if not record.done and math.isfinite(wait) and wait > 0:
+            await self.services.requests.wait(request_id, wait)
+            record = self._record(identity, request_id)
+        if record.done:
             await respond_with(send, record, self.services.bodies)
         else:
             await self._accepted(send, request_id, record.remote)
