@@ -153,15 +153,24 @@ class Peer:
         return Keyring(identity, publics, encrypted)
 
     def _prepare_folders(self) -> None:
-        mode = folder.folder_mode(self.settings.file_mode)
+        """Create the outbox and inbox where missing (saying so: a mistyped folder would
+        otherwise take files nothing reads); ConfigError naming every problem found."""
+        mode, problems = folder.folder_mode(self.settings.file_mode), []
         for role, path in (("outbox", self.settings.outbox), ("inbox", self.settings.inbox)):
+            if path.is_dir():
+                continue
             try:
                 path.mkdir(parents=True, exist_ok=True, mode=mode)
             except OSError as exc:
-                raise ConfigError(f"{self.name}.{role}: cannot create {path}: {exc}") from None
-        if not os.access(self.settings.outbox, os.W_OK | os.X_OK):
-            raise ConfigError(f"{self.name}.outbox: {self.settings.outbox} is not writable")
-        removed = folder.remove_stale_temporaries(self.settings.outbox, self.name)
+                problems.append(f"{self.name}.{role}: cannot create {path}: {exc}")
+            else:
+                self.log.info("%s: created its %s %s (it did not exist)", self.name, role, path)
+        outbox = self.settings.outbox
+        if outbox.is_dir() and not os.access(outbox, os.W_OK | os.X_OK):
+            problems.append(f"{self.name}.outbox: {outbox} is not writable")
+        if problems:
+            raise ConfigError("\n".join(problems))
+        removed = folder.remove_stale_temporaries(outbox, self.name)
         if removed:
             self.log.info("%s: removed %d half-written files left by a crash", self.name, removed)
 
