@@ -57,6 +57,21 @@ def test_link_state_survives_a_reopen(tmp_path: Path) -> None:
     assert state.retired == ("f" * 16,)
 
 
+def test_a_link_row_made_in_a_transaction_undone_is_made_again(tmp_path: Path) -> None:
+    """A link's row is looked for only until a commit made it: one made in a transaction
+    that failed is made again, so the link's numbering is kept (not lost to an UPDATE of
+    no row)."""
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError), store.database.transaction():
+        store.links.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)
+        raise RuntimeError("the step after failed")
+    store.links.add_outbound("bravo", [OutboundRow(1, b"a")], 0.0)
+    store.links.add_outbound("bravo", [OutboundRow(2, b"b")], 0.0)
+    store.close()
+    state = Store(tmp_path).links.link_state("bravo")
+    assert state.next_seq == 3 and state.unacked == ((1, 1), (2, 1))
+
+
 def test_posts_keep_their_order_per_url_through_retries(tmp_path: Path) -> None:
     store = Store(tmp_path)
     with store.database.transaction():

@@ -364,19 +364,25 @@ class Requests:
                     self.posted()
 
     async def _follow_link_events(self) -> None:
-        """Link events of our requests' messages, those that came together in one commit."""
+        """Link events of our requests' messages, those that came together in one commit
+        (the messages they are of found first, outside it: a read of an id that never
+        changes)."""
         with self.link_events.subscribe() as channel:  # closed when this part stops
             async for event in channel:
                 batch = [event]
                 with contextlib.suppress(trio.WouldBlock):
                     while len(batch) < FOLLOW_BATCH:
                         batch.append(channel.receive_nowait())
-                with self.database.transaction():
-                    for each in batch:
-                        state = LINK_STEPS.get(each.state)
-                        request_id = state and self.tables.by_seq(each.remote, each.seq)
-                        if state and request_id:
-                            self._advance(request_id, state, each.at)
+                steps = [
+                    (request_id, state, each.at)
+                    for each in batch
+                    if (state := LINK_STEPS.get(each.state))
+                    and (request_id := self.tables.by_seq(each.remote, each.seq))
+                ]
+                if steps:  # most events are of other messages: no transaction for them
+                    with self.database.transaction():
+                        for request_id, state, at in steps:
+                            self._advance(request_id, state, at)
 
 
 class NewPosts:

@@ -59,6 +59,7 @@ class LinkTables(Tables):
     def __init__(self, database: Database) -> None:
         super().__init__(database)
         self.repeats = 0  # deliveries refused because the message was already stored
+        self._linked: set[str] = set()  # remotes whose row is committed (never deleted)
 
     def link_state(self, remote: str) -> LinkState:
         """What to restore the link to `remote` from (a fresh link if never seen)."""
@@ -88,8 +89,11 @@ class LinkTables(Tables):
         )
 
     def _ensure_link(self, remote: str) -> None:
-        """The link's row exists (inside the caller's transaction)."""
-        self._sql.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+        """The link's row exists (inside the caller's transaction; looked for only until
+        a commit made it sure)."""
+        if remote not in self._linked:
+            self._sql.execute("INSERT OR IGNORE INTO links (remote) VALUES (?)", (remote,))
+            self._database.after_commit(lambda: self._linked.add(remote))
 
     def add_outbound(self, remote: str, rows: Sequence[OutboundRow], now: float) -> None:
         """Make messages to `remote` durable, all or none, with the link's numbering past
