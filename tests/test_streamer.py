@@ -116,7 +116,7 @@ async def test_a_body_given_up_is_cut_after_the_grace_when_no_answer_comes(
 
 
 async def test_a_body_given_up_before_its_caller_follows_it_is_cut_all_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The head, a piece of the body and the giving up come in one file, so the body is
     given up (and what came of it dropped) before the caller's answer follows it: the
@@ -141,3 +141,5 @@ async def test_a_body_given_up_before_its_caller_follows_it_is_cut_all_the_same(
                     await sending.send("alpha", Control(ABANDON, {"transfer": transfer}))
                 await caller.ended.wait()
     assert caller.got == b"" and caller.cut_when_done is False
+    why = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert len(why) == 1 and why[0].endswith("cut short: its sender gave it up"), why

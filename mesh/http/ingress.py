@@ -231,7 +231,8 @@ class Ingress:
         ):
             identity = self.gate.own_route(headers)
             if parts[3:]:
-                await self._response(identity, parts[2], wait_for_answer(headers.items()), send)
+                wait = wait_for_answer(scope["headers"])  # each Prefer line, as a call's
+                await self._response(identity, parts[2], wait, receive, send)
             else:
                 await respond_json(send, 200, self._record(identity, parts[2]).as_json())
         else:
@@ -304,13 +305,23 @@ class Ingress:
             raise HTTPProblem(404, "unknown request", f"no request {request_id!r} here")
         return record
 
-    async def _response(self, identity: Identity, request_id: str, wait: float, send: Send) -> None:
+    async def _response(
+        self, identity: Identity, request_id: str, wait: float, receive: Receive, send: Send
+    ) -> None:
         """The answer to `request_id` once it ended; with ``Prefer: wait=N`` (or
-        `Mesh-Timeout`), once it ends within N seconds; else ``202`` (at once, without:
-        the default of a call, waiting for its deadline, is not that of a status URL)."""
+        `Mesh-Timeout`), once it ends within N seconds, unless the caller leaves first;
+        else ``202`` (at once, without: the default of a call, waiting for its deadline,
+        is not that of a status URL)."""
         record = self._record(identity, request_id)
         if not record.done and math.isfinite(wait) and wait > 0:
-            await self.services.requests.wait(request_id, wait)
+            async with trio.open_nursery() as waiting:
+                gone = trio.Event()
+                waiting.start_soon(note_gone, receive, gone)
+                waiting.start_soon(cancel_when_set, gone, waiting.cancel_scope)
+                await self.services.requests.wait(request_id, wait)
+                waiting.cancel_scope.cancel()
+            if gone.is_set():
+                return
             record = self._record(identity, request_id)
         if record.done:
             await respond_with(send, record, self.services.bodies)

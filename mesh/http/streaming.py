@@ -72,7 +72,7 @@ class Streamer:
         headers = [*head.headers, (b"mesh-request-id", head.id.encode())]
         await send({"type": "http.response.start", "status": head.status, "headers": headers})
         try:
-            await self._body(send, head, prefix, source)
+            await self._body(send, remote, head, prefix, source)
         except Cut as cut:
             me = self.requests.name
             self.log.warning("%s: the answer to %s from %s cut short: %s", me, head.id, remote, cut)
@@ -84,8 +84,12 @@ class Streamer:
             await send({"type": "http.response.body", "body": b""})
         return True
 
-    async def _body(self, send: Send, head: Response, prefix: Prefix, source: _Source) -> None:
-        """Send the body as it comes, to its end; Cut when it will not end whole."""
+    async def _body(
+        self, send: Send, remote: str, head: Response, prefix: Prefix, source: _Source
+    ) -> None:
+        """Send the body as it comes, to its end; Cut when it will not end whole. Its
+        giving up is heard as it comes (`prefix`), or from the store when it came before
+        this answer followed the body (the file that gave it up may bring its head)."""
         while True:
             record = self.requests.get(head.id)
             ended = record is not None and record.done
@@ -100,7 +104,9 @@ class Streamer:
                 raise Cut(f"the request ended {record.state}, answered {record.status}")
             if ended:
                 return
-            if prefix.abandoned:  # the answer saying why comes right after: the caller is
+            assert head.body_id is not None
+            dropped = prefix.abandoned or self.receiving.given_up(remote, head.body_id)
+            if dropped:  # the answer saying why comes right after: the caller is
                 await self.requests.wait(head.id, ENDING_GRACE)  # cut once the state says so
                 raise Cut("its sender gave it up")
             await self._news(head.id)

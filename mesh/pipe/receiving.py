@@ -30,7 +30,6 @@ from .opening import Opened, Reader
 
 RECHECK = 1.0  # seconds between two looks at whether a body awaited is still wanted
 DONE_KEPT = 4096  # bodies done with, per remote, whose late fragments are dropped
-GIVEN_UP_KEPT = 1024  # bodies given up as they streamed, kept for a follower to come
 
 
 class Receiving:
@@ -49,7 +48,6 @@ class Receiving:
         self.log = logging.getLogger(f"mesh.{protocol.me}")
         self._delivered = trio.Event()
         self._streaming: dict[tuple[str, str], Prefix] = {}  # arriving: what is here from 0
-        self._given_up: OrderedDict[tuple[str, str], Prefix] = OrderedDict()  # and dropped
         self._done: dict[str, OrderedDict[str, None]] = {}  # per remote, bodies done with
 
     async def store(
@@ -128,7 +126,9 @@ class Receiving:
         for transfer, offset, length in opened.spans:
             self._streaming.setdefault((remote, transfer), Prefix()).add(offset, length)
         for transfer in [*opened.abandoned, *opened.oversized]:
-            self._give_up(remote, transfer)
+            given_up = self._streaming.pop((remote, transfer), None)
+            if given_up is not None:  # whoever holds it hears
+                given_up.abandoned = True
         for transfer, message_id, total in {(t, m, n) for t, m, n, _ in opened.fragments}:
             have = self.tables.transfer_received(remote, transfer)
             progress = Progress("receiving", remote, message_id, have, total or None)
@@ -142,18 +142,6 @@ class Receiving:
         ):
             self._delivered.set()
             self._delivered = trio.Event()
-
-    def _give_up(self, remote: str, transfer: str) -> None:
-        """Body `transfer` from `remote` was dropped: whoever follows it hears, and so does
-        whoever comes to follow it later (for the last `GIVEN_UP_KEPT` of them): the head
-        of its message may be taken after the file that gave it up was stored (a fresh
-        record would have it wait for more till its deadline)."""
-        key = (remote, transfer)
-        given_up = self._streaming.pop(key, None) or Prefix()
-        given_up.abandoned = True
-        self._given_up[key] = given_up
-        while len(self._given_up) > GIVEN_UP_KEPT:
-            self._given_up.popitem(last=False)
 
     async def deliveries(self, *kinds: Kind) -> AsyncIterator[list[Delivery]]:
         """Delivered messages (of `kinds`, or of any kind) as they come, oldest first, in
@@ -214,11 +202,7 @@ class Receiving:
         """How much of body `transfer` from `remote`, which streams, is here from its
         start (durably), as it grows (`delivered` wakes on more), and whether its sender
         gave it up; known only for what came since this peer started. Kept until the
-        body is whole (`forget_body`), or `forget_stream`; one given up is kept a while
-        once given up."""
-        given_up = self._given_up.get((remote, transfer))
-        if given_up is not None:
-            return given_up
+        body is whole (`forget_body`), given up, or `forget_stream`."""
         return self._streaming.setdefault((remote, transfer), Prefix())
 
     def given_up(self, remote: str, transfer: str) -> bool:
@@ -229,7 +213,6 @@ class Receiving:
     def forget_stream(self, remote: str, transfer: str) -> None:
         """Nobody follows body `transfer` from `remote` as it streams any more."""
         self._streaming.pop((remote, transfer), None)
-        self._given_up.pop((remote, transfer), None)
 
     def consume(self, ids: Iterable[int]) -> None:
         """The layer above is done with these deliveries: never offer them again."""
@@ -244,7 +227,6 @@ class Receiving:
         while len(done) > DONE_KEPT:
             done.popitem(last=False)
         self._streaming.pop((remote, transfer), None)
-        self._given_up.pop((remote, transfer), None)
         self.tables.forget_transfer(remote, transfer)
 
     def transfers(self) -> list[Progress]:
