@@ -153,24 +153,8 @@ class Peer:
         return Keyring(identity, publics, encrypted)
 
     def _prepare_folders(self) -> None:
-        """Create the outbox and inbox where missing (saying so: a mistyped folder would
-        otherwise take files nothing reads); ConfigError naming every problem found."""
-        mode, problems = folder.folder_mode(self.settings.file_mode), []
-        for role, path in (("outbox", self.settings.outbox), ("inbox", self.settings.inbox)):
-            if path.is_dir():
-                continue
-            try:
-                path.mkdir(parents=True, exist_ok=True, mode=mode)
-            except OSError as exc:
-                problems.append(f"{self.name}.{role}: cannot create {path}: {exc}")
-            else:
-                self.log.info("%s: created its %s %s (it did not exist)", self.name, role, path)
-        outbox = self.settings.outbox
-        if outbox.is_dir() and not os.access(outbox, os.W_OK | os.X_OK):
-            problems.append(f"{self.name}.outbox: {outbox} is not writable")
-        if problems:
-            raise ConfigError("\n".join(problems))
-        removed = folder.remove_stale_temporaries(outbox, self.name)
+        prepare_folders(self.settings, self.log)
+        removed = folder.remove_stale_temporaries(self.settings.outbox, self.name)
         if removed:
             self.log.info("%s: removed %d half-written files left by a crash", self.name, removed)
 
@@ -401,6 +385,25 @@ async def run_peers(peers: list[Peer]) -> None:
 
 async def _run_one(peer: Peer, *, task_status: trio.TaskStatus[None]) -> None:
     await peer.run(task_status=task_status)
+
+
+def prepare_folders(settings: PeerSettings, log: logging.Logger) -> None:
+    """Create a peer's outbox and inbox where missing (saying so: a mistyped folder would
+    otherwise take files nothing reads); ConfigError naming every problem found."""
+    name, mode, problems = settings.name, folder.folder_mode(settings.file_mode), []
+    for role, path in (("outbox", settings.outbox), ("inbox", settings.inbox)):
+        if path.is_dir():
+            continue
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=mode)
+        except OSError as exc:
+            problems.append(f"{name}.{role}: cannot create {path}: {exc}")
+        else:
+            log.info("%s: created its %s %s (it did not exist)", name, role, path)
+    if settings.outbox.is_dir() and not os.access(settings.outbox, os.W_OK | os.X_OK):
+        problems.append(f"{name}.outbox: {settings.outbox} is not writable")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def open_peers(roster: Roster, names: list[str]) -> list[Peer]:

@@ -19,7 +19,7 @@ from typing import Any
 import trio
 
 from ..pipe.bodies import Body, incoming_name
-from ..pipe.events import EventHub, LinkEvents, Progress
+from ..pipe.events import EventHub, LinkEvent, LinkEvents, Progress
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
@@ -365,24 +365,31 @@ class Requests:
 
     async def _follow_link_events(self) -> None:
         """Link events of our requests' messages, those that came together in one commit
-        (the messages they are of found first, outside it: a read of an id that never
-        changes)."""
+        (found first, outside it: most are of other messages, and need none)."""
         with self.link_events.subscribe() as channel:  # closed when this part stops
             async for event in channel:
                 batch = [event]
                 with contextlib.suppress(trio.WouldBlock):
                     while len(batch) < FOLLOW_BATCH:
                         batch.append(channel.receive_nowait())
-                steps = [
-                    (request_id, state, each.at)
-                    for each in batch
-                    if (state := LINK_STEPS.get(each.state))
-                    and (request_id := self.tables.by_seq(each.remote, each.seq))
-                ]
-                if steps:  # most events are of other messages: no transaction for them
+                steps = _request_steps(self.tables, batch)
+                if steps:
                     with self.database.transaction():
                         for request_id, state, at in steps:
                             self._advance(request_id, state, at)
+
+
+def _request_steps(
+    tables: RequestTables, events: list[LinkEvent]
+) -> list[tuple[str, RequestState, float]]:
+    """The steps `events` (of messages on the links) are of our requests: the request,
+    the state it reached, and when."""
+    return [
+        (request_id, state, each.at)
+        for each in events
+        if (state := LINK_STEPS.get(each.state))
+        and (request_id := tables.by_seq(each.remote, each.seq))
+    ]
 
 
 class NewPosts:
