@@ -106,7 +106,7 @@ async def test_watch_wakes_when_a_file_arrives(tmp_path: Path, mode: pipe.WatchM
     send, recv = trio.open_memory_channel[None](1)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, tmp_path, mode, 0.05, send)
+            nursery.start_soon(watch, tmp_path, "bravo", mode, 0.05, send)
             while True:  # in notify mode the watcher may start after our first write
                 pipe.write_atomically(tmp_path, name(), b"x")
                 with trio.move_on_after(1):
@@ -118,7 +118,7 @@ async def test_watch_wakes_when_a_file_arrives(tmp_path: Path, mode: pipe.WatchM
 async def test_cancelling_a_notify_watch_is_prompt(tmp_path: Path) -> None:
     send, _ = trio.open_memory_channel[None](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, tmp_path, "notify", 60.0, send)
+        nursery.start_soon(watch, tmp_path, "bravo", "notify", 60.0, send)
         await trio.testing.wait_all_tasks_blocked()
         started = time.monotonic()
         nursery.cancel_scope.cancel()
@@ -130,7 +130,7 @@ async def test_a_file_copied_in_wakes_once_it_is_closed_not_at_each_write(
 ) -> None:
     send, recv = trio.open_memory_channel[None](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, tmp_path, "notify", 60.0, send)
+        nursery.start_soon(watch, tmp_path, "bravo", "notify", 60.0, send)
         await wait_for_wake(tmp_path, recv)  # watching now
         with trio.fail_after(5):
             while recv.statistics().current_buffer_used:
@@ -144,6 +144,25 @@ async def test_a_file_copied_in_wakes_once_it_is_closed_not_at_each_write(
                     await recv.receive()
                     pytest.fail("woken while the file was still being written")
             await recv.receive()  # closed: looked at again at once
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_shared_folders_files_to_others_wake_nobody(tmp_path: Path) -> None:
+    """In a folder two peers share, bravo's own files (to alpha) do not wake bravo's
+    reader (it listed the folder for nothing at each): only files to bravo do."""
+    send, recv = trio.open_memory_channel[None](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, tmp_path, "bravo", "notify", 60.0, send)
+        await wait_for_wake(tmp_path, recv)  # watching now
+        with trio.fail_after(5):
+            while recv.statistics().current_buffer_used:
+                await recv.receive()
+            pipe.write_atomically(tmp_path, name("bravo", "alpha"), b"x")
+            with trio.move_on_after(0.2):
+                await recv.receive()
+                pytest.fail("woken by a file to another peer")
+            pipe.write_atomically(tmp_path, name("alpha", "bravo"), b"x")
+            await recv.receive()
         nursery.cancel_scope.cancel()
 
 
@@ -183,7 +202,7 @@ async def test_notify_watch_survives_its_folder_vanishing(tmp_path: Path) -> Non
     folder = tmp_path / "inbox"
     send, recv = trio.open_memory_channel[None](1)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, folder, "notify", 2.0, send)
+        nursery.start_soon(watch, folder, "bravo", "notify", 2.0, send)
         await trio.testing.wait_all_tasks_blocked()
         folder.mkdir()
         await wait_for_wake(folder, recv)

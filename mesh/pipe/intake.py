@@ -59,7 +59,12 @@ class Intake:
         settings = self.settings
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
-                watch, settings.inbox, settings.watch, settings.poll_interval, wake_send
+                watch,
+                settings.inbox,
+                self.name,
+                settings.watch,
+                settings.poll_interval,
+                wake_send,
             )
             while True:
                 await self._take_inbox()

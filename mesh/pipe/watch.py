@@ -23,7 +23,7 @@ import trio.lowlevel
 from inotify_simple import INotify
 from inotify_simple import flags as inotify
 
-from ..wire.names import SUFFIX, TEMP_PREFIX
+from ..wire.names import SUFFIX, TEMP_PREFIX, parse_name
 from .folder import WatchMode, resolve_watch_mode
 
 log = logging.getLogger("mesh.pipe")
@@ -34,15 +34,20 @@ SAFETY_TICKS = 10  # poll intervals between two wake-ups when watching with inot
 
 
 async def watch(
-    folder: Path, mode: WatchMode, poll_interval: float, wake: trio.MemorySendChannel[None]
+    folder: Path,
+    me: str,
+    mode: WatchMode,
+    poll_interval: float,
+    wake: trio.MemorySendChannel[None],
 ) -> None:
-    """Send a wake-up on `wake` whenever files may have arrived in `folder`, until
+    """Send a wake-up on `wake` whenever files for `me` may have arrived in `folder` (a
+    shared folder's files to others, our own among them, wake nobody), until
     cancelled (see the module's docstring)."""
     if resolve_watch_mode(mode, folder) == "poll":
         await _tick(wake, poll_interval)
         return
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_notify, folder, wake, poll_interval)
+        nursery.start_soon(_notify, folder, me, wake, poll_interval)
         await _tick(wake, poll_interval * SAFETY_TICKS)
 
 
@@ -57,9 +62,11 @@ async def _tick(wake: trio.MemorySendChannel[None], interval: float) -> None:
         _post(wake)
 
 
-async def _notify(folder: Path, wake: trio.MemorySendChannel[None], poll_interval: float) -> None:
-    """Post a wake-up per batch of inotify events about mesh's files. While the folder
-    cannot be watched, post one every `poll_interval` and try again."""
+async def _notify(
+    folder: Path, me: str, wake: trio.MemorySendChannel[None], poll_interval: float
+) -> None:
+    """Post a wake-up per batch of inotify events about mesh's files for `me`. While the
+    folder cannot be watched, post one every `poll_interval` and try again."""
     trouble: str | None = None
     while True:
         try:
@@ -69,7 +76,7 @@ async def _notify(folder: Path, wake: trio.MemorySendChannel[None], poll_interva
                     log.info("watching %s again", folder)
                     trouble = None
                 _post(wake)  # what came before the watch began
-                await _until_gone(events, wake)
+                await _until_gone(events, me, wake)
         except OSError as exc:
             if trouble is None:
                 log.warning("cannot watch %s (%s); polling it meanwhile", folder, exc)
@@ -78,19 +85,22 @@ async def _notify(folder: Path, wake: trio.MemorySendChannel[None], poll_interva
         await trio.sleep(poll_interval)
 
 
-async def _until_gone(events: INotify, wake: trio.MemorySendChannel[None]) -> None:
-    """Post a wake-up for each batch of `events` naming one of mesh's files (or telling
-    that some were lost: the queue overflowed); return when the folder watched is gone
-    (removed, moved, unmounted)."""
+async def _until_gone(events: INotify, me: str, wake: trio.MemorySendChannel[None]) -> None:
+    """Post a wake-up for each batch of `events` naming one of mesh's files for `me` (or
+    telling that some were lost: the queue overflowed); return when the folder watched
+    is gone (removed, moved, unmounted)."""
     while True:
         await trio.lowlevel.wait_readable(events.fileno())
         batch = events.read(timeout=0)
-        if any(event.mask & inotify.Q_OVERFLOW or _ours(event.name) for event in batch):
+        if any(event.mask & inotify.Q_OVERFLOW or _for(me, event.name) for event in batch):
             _post(wake)
         if any(event.mask & GONE for event in batch):
             return
 
 
-def _ours(name: str) -> bool:
-    """Whether `name` could be a file of mesh's, whole (not one being written)."""
-    return name.endswith(SUFFIX) and not name.startswith(TEMP_PREFIX)
+def _for(me: str, name: str) -> bool:
+    """Whether `name` could be a file of mesh's for `me`, whole (not one being written)."""
+    if not name.endswith(SUFFIX) or name.startswith(TEMP_PREFIX):
+        return False
+    parsed = parse_name(name)
+    return parsed is not None and parsed.recipient == me
