@@ -78,6 +78,7 @@ def test_mismatched_public_key_is_refused(tmp_path: Path) -> None:
         ("peer: alpha\ned25519: !!!\nx25519: AAAA\n", "base64"),
         ("peer: alpha\ned25519: AAAA\nx25519: AAAA\n", "32 bytes"),
         ("garbage without colon\n", "not a mesh key file"),
+        (f"peer: alpha\ned25519: {'/' * 43}=\nx25519: {'A' * 43}=\n", "not a curve point"),
     ],
 )
 def test_malformed_public_keys_say_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:

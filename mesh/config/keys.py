@@ -68,8 +68,15 @@ def _parse(path: Path, name: str) -> tuple[bytes, bytes]:
 
 
 def load_public(keys_dir: Path, name: str) -> PublicIdentity:
-    sign, box = _parse(public_path(keys_dir, name), name)
-    return PublicIdentity(name, sign, box)
+    """The public keys of `name`; `KeyFileError` for a file that does not hold them."""
+    path = public_path(keys_dir, name)
+    sign, box = _parse(path, name)
+    try:
+        return PublicIdentity(name, sign, box)
+    except ValueError:
+        raise KeyFileError(
+            f"{path}: the ed25519 key is not a public key (not a curve point)"
+        ) from None
 
 
 def load_identity(keys_dir: Path, name: str) -> Identity:

@@ -1,6 +1,10 @@
 """Signing (Ed25519), link keys (X25519 + HKDF-SHA256) and frame sealing (AES-256-GCM).
 
 Pure functions over bytes: no files, no clock. Key files live in `mesh.config.keys`.
+The primitives are OpenSSL's, through pyca/cryptography: a verify takes about 0.13 ms, a
+signature 0.03 ms, and AES-GCM seals several GB/s (pycryptodome took 0.46 ms, 0.21 ms and
+0.7 GB/s here, on every file's path). pycryptodome only checks, once per key, that a public
+signing key is a point of the curve (OpenSSL would take any 32 bytes and fail every verify).
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from Crypto.Cipher import AES
-from Crypto.Hash import SHA256
-from Crypto.Protocol import DH
-from Crypto.Protocol.KDF import HKDF
-from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SIGNATURE_SIZE = 64
 KEY_SIZE = 32
@@ -36,16 +41,16 @@ class PublicIdentity:
     def __post_init__(self) -> None:
         if len(self.sign_key) != KEY_SIZE or len(self.box_key) != KEY_SIZE:
             raise ValueError("public keys are 32 bytes each")
-        key = eddsa.import_public_key(self.sign_key)
-        object.__setattr__(self, "_verifier", eddsa.new(key, "rfc8032"))
+        eddsa.import_public_key(self.sign_key)  # ValueError unless a point of the curve
+        object.__setattr__(self, "_verifier", Ed25519PublicKey.from_public_bytes(self.sign_key))
 
     def verify(self, data: bytes, signature: bytes) -> bool:
         """True when `signature` is this peer's Ed25519 signature of `data`."""
         if len(signature) != SIGNATURE_SIZE:
             return False
         try:
-            self._verifier.verify(data, signature)
-        except ValueError:
+            self._verifier.verify(signature, data)
+        except InvalidSignature:
             return False
         return True
 
@@ -64,24 +69,23 @@ class Identity:
     def __post_init__(self) -> None:
         if len(self.sign_seed) != KEY_SIZE or len(self.box_seed) != KEY_SIZE:
             raise ValueError("private keys are 32 bytes each")
-        sign = eddsa.import_private_key(self.sign_seed)
-        box = DH.import_x25519_private_key(self.box_seed)
+        sign = Ed25519PrivateKey.from_private_bytes(self.sign_seed)
+        box = X25519PrivateKey.from_private_bytes(self.box_seed)
         public = PublicIdentity(
-            self.name,
-            sign.public_key().export_key(format="raw"),
-            box.public_key().export_key(format="raw"),
+            self.name, sign.public_key().public_bytes_raw(), box.public_key().public_bytes_raw()
         )
         object.__setattr__(self, "public", public)
-        object.__setattr__(self, "_signer", eddsa.new(sign, "rfc8032"))
+        object.__setattr__(self, "_signer", sign)
         object.__setattr__(self, "_box", box)
 
     @classmethod
     def generate(cls, name: str) -> Identity:
         """Fresh random keys for `name`."""
-        return cls(name, os.urandom(KEY_SIZE), ECC.generate(curve="curve25519").seed)
+        return cls(name, os.urandom(KEY_SIZE), X25519PrivateKey.generate().private_bytes_raw())
 
     def sign(self, data: bytes) -> bytes:
-        return bytes(self._signer.sign(data))
+        signature: bytes = self._signer.sign(data)
+        return signature
 
     def link_key(self, remote: PublicIdentity, sender: str, recipient: str) -> bytes:
         """The AES-256 key of the directed link sender→recipient; both ends derive the same one.
@@ -91,33 +95,26 @@ class Identity:
         had written it.
         """
         info = f"mesh/1 {sender}>{recipient}".encode()
-        remote_key = DH.import_x25519_public_key(remote.box_key)
-        key: bytes = DH.key_agreement(
-            static_priv=self._box,
-            static_pub=remote_key,
-            kdf=lambda secret: HKDF(secret, KEY_SIZE, _LINK_SALT, SHA256, context=info),
-        )
+        secret = self._box.exchange(X25519PublicKey.from_public_bytes(remote.box_key))
+        key: bytes = HKDF(SHA256(), KEY_SIZE, _LINK_SALT, info).derive(secret)
         return key
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes | memoryview, aad: bytes) -> bytes:
     """AES-256-GCM: ciphertext followed by its 16-byte tag."""
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    cipher.update(aad)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return bytes(ciphertext) + bytes(tag)
+    sealed: bytes = AESGCM(key).encrypt(nonce, plaintext, aad)
+    return sealed
 
 
 def unseal(key: bytes, nonce: bytes, sealed: bytes | memoryview, aad: bytes) -> bytes | None:
     """The plaintext of `seal`'s output, or None when it was altered or sealed with another key."""
     if len(sealed) < TAG_SIZE:
         return None
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    cipher.update(aad)
     try:
-        return bytes(cipher.decrypt_and_verify(sealed[:-TAG_SIZE], sealed[-TAG_SIZE:]))
-    except ValueError:
+        plaintext: bytes = AESGCM(key).decrypt(nonce, sealed, aad)
+    except InvalidTag:
         return None
+    return plaintext
 
 
 class Keyring:
