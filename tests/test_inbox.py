@@ -138,3 +138,14 @@ def test_a_listing_of_small_files_only_stops_at_the_first_big_one(
     )
     assert [checked.path for checked in listing.checked] == [small]
     assert [path for _, path in listing.unchecked] == [big, after]  # for a thread
+
+
+def test_a_listing_leaves_out_files_taken_and_not_yet_removed(
+    tmp_path: Path, identities: dict[str, Identity], bravo_keys: Keyring
+) -> None:
+    taken, fresh = (mesh_file(tmp_path, identities, b"m%d" % n, n) for n in (1, 2))
+    listing = inbox.list_and_check(
+        tmp_path, "bravo", {"alpha"}, bravo_keys, LIMITS, {}, taken={taken.name}
+    )
+    assert [checked.path for checked in listing.checked] == [fresh]
+    assert not listing.unchecked and not listing.foreign

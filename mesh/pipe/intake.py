@@ -1,7 +1,13 @@
 """The inbox loop of a peer: woken by the folder watcher (or a timer for files still
 settling), it lists the files addressed to the peer, checks them in batches, hands each
-valid one to the links (`arrived`) and removes it, quarantines those refused, and leaves
-a file that looks cut short until it has settled (a mirror may still be writing it).
+valid one to the links (`arrived`) and has it removed, quarantines those refused, and
+leaves a file that looks cut short until it has settled (a mirror may still be writing it).
+
+Taken files are removed by a task of their own, in a worker thread: an unlink costs a
+few tenths of a millisecond, which would otherwise hold up what the file's messages set
+going (a request to the upstream, an answer to a caller). Until removed, a taken file is
+left out of the listings; one that cannot be removed is read again (its messages dropped
+as repeats).
 """
 
 from __future__ import annotations
@@ -52,12 +58,15 @@ class Intake:
         self._settling = Settling(settings.settle)
         # listing and checking small files: on the loop while that is quick
         self.reads = Offload(allowed=folder.is_local(settings.inbox))
+        self._taken: dict[str, Path] = {}  # taken files not yet removed, by name
+        self._to_remove = trio.Event()  # set when `_taken` has files to remove
 
     async def run(self) -> None:
         """Take files as they come, until cancelled."""
         wake_send, wake_recv = trio.open_memory_channel[None](1)
         settings = self.settings
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._remove_taken)
             nursery.start_soon(
                 watch,
                 settings.inbox,
@@ -84,6 +93,7 @@ class Intake:
             self.limits,
             self._settling.marks(trio.current_time()),
             small_only=self.reads.inline,  # a big file is read and hashed in a thread
+            taken=frozenset(self._taken),
         )
         try:
             listing = await self.reads.run(listed)
@@ -106,18 +116,30 @@ class Intake:
             await self._take_checked(checked)
 
     async def _take_checked(self, checked: list[inbox.Checked]) -> None:
-        """Take checked files in order, then remove those taken in one call; refused
-        files go to quarantine."""
-        taken = []
+        """Take checked files in order, each then to be removed (`_remove_taken`);
+        refused files go to quarantine."""
         for each in checked:
             try:
                 if await self._take(each):
-                    taken.append(each.path)
+                    self._taken[each.path.name] = each.path
+                    self._to_remove.set()
             except (OSError, sqlite3.Error) as exc:  # the file stays; tried again later
                 self._complaints.say("take", "cannot take %s yet: %s", each.path.name, exc)
-        unremoved = await self.reads.run(partial(inbox.remove_all, taken)) if taken else []
-        for path, error in unremoved:  # it stays: read again, its messages dropped as repeats
-            self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
+
+    async def _remove_taken(self) -> None:
+        """Remove taken files, all those taken meanwhile in one thread round trip, until
+        cancelled (those left are read again at the next start, dropped as repeats)."""
+        while True:
+            await self._to_remove.wait()
+            self._to_remove = trio.Event()
+            paths = list(self._taken.values())
+            try:
+                unremoved = await trio.to_thread.run_sync(inbox.remove_all, paths)
+            finally:
+                for path in paths:
+                    del self._taken[path.name]
+            for path, error in unremoved:  # read again: its messages dropped as repeats
+                self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
 
     async def _take(self, checked: inbox.Checked) -> bool:
         """Take one checked file; whether it was taken (and may now be removed)."""
