@@ -7,10 +7,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from Crypto.Signature import eddsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.config import keys
 from mesh.errors import KeyFileError
-from mesh.wire.crypto import Identity
+from mesh.wire.crypto import Identity, is_curve_point
 
 
 def test_keygen_creates_private_0600_and_public_files(tmp_path: Path) -> None:
@@ -79,6 +82,7 @@ def test_mismatched_public_key_is_refused(tmp_path: Path) -> None:
         ("peer: alpha\ned25519: AAAA\nx25519: AAAA\n", "32 bytes"),
         ("garbage without colon\n", "not a mesh key file"),
         (f"peer: alpha\ned25519: {'/' * 43}=\nx25519: {'A' * 43}=\n", "not a curve point"),
+        (f"peer: alpha\ned25519: {'A' * 43}=\nx25519: {'A' * 43}=\n", "small order"),
     ],
 )
 def test_malformed_public_keys_say_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
@@ -109,3 +113,28 @@ def test_signatures_verify_only_for_the_signer() -> None:
     assert not alpha.public.verify(b"datA", signature)
     assert not bravo.public.verify(b"data", signature)
     assert not alpha.public.verify(b"data", signature[:10])
+
+
+@settings(max_examples=2000)
+@given(st.binary(min_size=32, max_size=32))
+def test_a_public_key_is_a_curve_point_as_pycryptodome_decodes_it(key: bytes) -> None:
+    try:
+        eddsa.import_public_key(key)
+    except ValueError:
+        assert not is_curve_point(key)
+    else:
+        assert is_curve_point(key)
+
+
+@pytest.mark.parametrize(
+    "y",
+    [0, 1, 2**255 - 20, 2**255 - 19, 2**255 - 1, 1 | 1 << 255, (2**255 - 20) | 1 << 255],
+)
+def test_curve_points_at_the_edges_agree_with_pycryptodome(y: int) -> None:
+    key = y.to_bytes(32, "little")
+    try:
+        eddsa.import_public_key(key)
+        expected = True
+    except ValueError:
+        expected = False
+    assert is_curve_point(key) is expected

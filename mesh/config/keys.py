@@ -73,10 +73,8 @@ def load_public(keys_dir: Path, name: str) -> PublicIdentity:
     sign, box = _parse(path, name)
     try:
         return PublicIdentity(name, sign, box)
-    except ValueError:
-        raise KeyFileError(
-            f"{path}: the ed25519 key is not a public key (not a curve point)"
-        ) from None
+    except ValueError as exc:  # says which key, never its bytes
+        raise KeyFileError(f"{path}: {exc}") from None
 
 
 def load_identity(keys_dir: Path, name: str) -> Identity:
