@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import trio
 
-from mesh.pipe import inbox
+from mesh.pipe import inbox, intake
+from mesh.proto.inbound import Verdict
+from mesh.proto.link import Arrival
 from mesh.wire import fileformat as wire
 from mesh.wire.crypto import Identity, Keyring
 from mesh.wire.messages import Datagram, Envelope, pack
@@ -149,3 +154,46 @@ def test_a_listing_leaves_out_files_taken_and_not_yet_removed(
     )
     assert [checked.path for checked in listing.checked] == [fresh]
     assert not listing.unchecked and not listing.foreign
+
+
+async def test_a_taken_file_that_cannot_be_removed_is_not_taken_again(
+    tmp_path: Path,
+    identities: dict[str, Identity],
+    bravo_keys: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its removal is tried again later, with one line: before, the file was read and
+    taken again at every listing (every wake), with a line each time."""
+    real, tries, removed = inbox.remove_all, [], trio.Event()
+
+    def denied_twice(paths: list[Path]) -> list[tuple[Path, OSError]]:
+        tries.append(len(paths))
+        if len(tries) <= 2:
+            return [(path, PermissionError(13, "Permission denied")) for path in paths]
+        trio.from_thread.run_sync(removed.set)
+        return real(paths)
+
+    monkeypatch.setattr(inbox, "remove_all", denied_twice)
+    monkeypatch.setattr(intake, "REMOVE_RETRY", 0.2)
+    taken: list[str] = []
+
+    async def arrived(path: Path, scanned: wire.ScannedFile, content: bytes | None) -> Arrival:
+        taken.append(path.name)
+        return Arrival("alpha", Verdict.CURRENT, (), (), (), 1)
+
+    settings: Any = SimpleNamespace(
+        name="bravo", settle=0.2, inbox=tmp_path, watch="poll", poll_interval=0.01
+    )
+    settings.talks_to = ("alpha",)
+    nowhere: Any = None  # nothing is quarantined
+    path = mesh_file(tmp_path, identities, b"once", 1)
+    reader = intake.Intake(settings, bravo_keys, LIMITS, nowhere, arrived, lambda *_: None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await removed.wait()
+            nursery.cancel_scope.cancel()
+    assert taken == [path.name] and not path.exists()
+    assert tries == [1, 1, 1]
+    assert sum("cannot remove" in record.getMessage() for record in caplog.records) == 1

@@ -6,13 +6,15 @@ leaves a file that looks cut short until it has settled (a mirror may still be w
 Taken files are removed by a task of their own, in a worker thread: an unlink costs a
 few tenths of a millisecond, which would otherwise hold up what the file's messages set
 going (a request to the upstream, an answer to a caller). Until removed, a taken file is
-left out of the listings; one that cannot be removed is read again (its messages dropped
-as repeats).
+left out of the listings: one that cannot be removed (an inbox others own) is kept out and
+tried again every `REMOVE_RETRY` seconds, with a line now and then, rather than read again
+at every listing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -31,6 +33,8 @@ from ..wire.fileformat import Limits, ScannedFile
 from . import folder, inbox
 from .quarantine import Quarantine
 from .watch import watch
+
+REMOVE_RETRY = 5.0  # seconds between two tries to remove taken files that could not be
 
 Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[Arrival]]
 Heard = Callable[[str, str], None]  # (peer, its epoch): a valid file came from it
@@ -128,18 +132,33 @@ class Intake:
 
     async def _remove_taken(self) -> None:
         """Remove taken files, all those taken meanwhile in one thread round trip, until
-        cancelled (those left are read again at the next start, dropped as repeats)."""
+        cancelled (those left are read again at the next start, dropped as repeats).
+        Those that cannot be removed stay taken, and are tried again `REMOVE_RETRY`
+        seconds later."""
+        retry = math.inf
         while True:
-            await self._to_remove.wait()
+            with trio.move_on_after(retry):
+                await self._to_remove.wait()
             self._to_remove = trio.Event()
             paths = list(self._taken.values())
+            unremoved: list[tuple[Path, OSError]] = []
             try:
                 unremoved = await trio.to_thread.run_sync(inbox.remove_all, paths)
             finally:
+                kept = {path.name for path, _ in unremoved}
                 for path in paths:
-                    del self._taken[path.name]
-            for path, error in unremoved:  # read again: its messages dropped as repeats
-                self.log.error("%s: cannot remove %s: %s", self.name, path.name, error)
+                    if path.name not in kept:
+                        del self._taken[path.name]
+            retry = REMOVE_RETRY if unremoved else math.inf
+            if unremoved:
+                path, error = unremoved[0]
+                self._complaints.say(
+                    "remove",
+                    "cannot remove %s (%d taken files stay, not read again): %s",
+                    path.name,
+                    len(unremoved),
+                    error,
+                )
 
     async def _take(self, checked: inbox.Checked) -> bool:
         """Take one checked file; whether it was taken (and may now be removed)."""
