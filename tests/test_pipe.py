@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -128,13 +130,8 @@ async def test_cancelling_a_notify_watch_is_prompt(tmp_path: Path) -> None:
 async def test_a_file_copied_in_wakes_once_it_is_closed_not_at_each_write(
     tmp_path: Path,
 ) -> None:
-    send, recv = trio.open_memory_channel[None](1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, tmp_path, "bravo", "notify", 60.0, send)
-        await wait_for_wake(tmp_path, recv)  # watching now
+    async with watching(tmp_path) as recv:
         with trio.fail_after(5):
-            while recv.statistics().current_buffer_used:
-                await recv.receive()
             with (tmp_path / str(name())).open("wb") as copying:  # as a mirror writes one
                 await recv.receive()  # created: looked at (it is cut short for now)
                 for _ in range(50):
@@ -144,26 +141,19 @@ async def test_a_file_copied_in_wakes_once_it_is_closed_not_at_each_write(
                     await recv.receive()
                     pytest.fail("woken while the file was still being written")
             await recv.receive()  # closed: looked at again at once
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_shared_folders_files_to_others_wake_nobody(tmp_path: Path) -> None:
     """In a folder two peers share, bravo's own files (to alpha) do not wake bravo's
     reader (it listed the folder for nothing at each): only files to bravo do."""
-    send, recv = trio.open_memory_channel[None](1)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch, tmp_path, "bravo", "notify", 60.0, send)
-        await wait_for_wake(tmp_path, recv)  # watching now
+    async with watching(tmp_path) as recv:
         with trio.fail_after(5):
-            while recv.statistics().current_buffer_used:
-                await recv.receive()
             pipe.write_atomically(tmp_path, name("bravo", "alpha"), b"x")
             with trio.move_on_after(0.2):
                 await recv.receive()
                 pytest.fail("woken by a file to another peer")
             pipe.write_atomically(tmp_path, name("alpha", "bravo"), b"x")
             await recv.receive()
-        nursery.cancel_scope.cancel()
 
 
 def test_a_second_lock_on_the_same_state_is_refused(tmp_path: Path) -> None:
@@ -184,6 +174,25 @@ def test_store_keeps_its_epoch_across_opens(tmp_path: Path) -> None:
     reopened = Database(tmp_path / "s")
     assert created and not reopened.created and reopened.epoch == epoch
     reopened.close()
+
+
+@contextlib.asynccontextmanager
+async def watching(folder: Path) -> AsyncIterator[trio.MemoryReceiveChannel[None]]:
+    """bravo's inotify watch of `folder` (safety tick a minute away): watching already,
+    no wake-up pending. Its wake-ups come on what it gives."""
+    send, recv = trio.open_memory_channel[None](1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, folder, "bravo", "notify", 60.0, send)
+        await wait_for_wake(folder, recv)
+        drain(recv)
+        yield recv
+        nursery.cancel_scope.cancel()
+
+
+def drain(recv: trio.MemoryReceiveChannel[None]) -> None:
+    """Drop the wake-ups already posted."""
+    while recv.statistics().current_buffer_used:
+        recv.receive_nowait()
 
 
 async def wait_for_wake(folder: Path, recv: trio.MemoryReceiveChannel[None]) -> None:
@@ -208,8 +217,7 @@ async def test_notify_watch_survives_its_folder_vanishing(tmp_path: Path) -> Non
         await wait_for_wake(folder, recv)
         shutil.rmtree(folder)
         folder.mkdir()
-        while recv.statistics().current_buffer_used:  # drain wake-ups of the swap itself
-            recv.receive_nowait()
+        drain(recv)  # wake-ups of the swap itself
         await wait_for_wake(folder, recv)
         nursery.cancel_scope.cancel()
 

@@ -23,7 +23,7 @@ import trio.lowlevel
 from inotify_simple import INotify
 from inotify_simple import flags as inotify
 
-from ..wire.names import SUFFIX, TEMP_PREFIX, parse_name
+from ..wire.names import parse_name
 from .folder import WatchMode, resolve_watch_mode
 
 log = logging.getLogger("mesh.pipe")
@@ -99,8 +99,7 @@ async def _until_gone(events: INotify, me: str, wake: trio.MemorySendChannel[Non
 
 
 def _for(me: str, name: str) -> bool:
-    """Whether `name` could be a file of mesh's for `me`, whole (not one being written)."""
-    if not name.endswith(SUFFIX) or name.startswith(TEMP_PREFIX):
-        return False
+    """Whether `name` could be a file of mesh's for `me`, whole (`parse_name` takes no
+    name still being written)."""
     parsed = parse_name(name)
     return parsed is not None and parsed.recipient == me

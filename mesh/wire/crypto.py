@@ -133,15 +133,11 @@ def is_curve_point(key: bytes) -> bool:
     y, x_sign = encoded & ((1 << 255) - 1), encoded >> 255
     if y >= _P:
         return False
-    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P  # x² = u / v (v is never 0)
     x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
-    if (v * x * x - u) % _P == 0:
-        pass
-    elif (v * x * x + u) % _P == 0:
-        x = x * pow(2, (_P - 1) // 4, _P) % _P
-    else:
+    if v * x * x % _P not in (u, -u % _P):  # neither x nor x·√-1 is a root: no point
         return False
-    return not (x == 0 and x_sign == 1)
+    return not (u == 0 and x_sign == 1)  # x is 0 exactly when u is: no negative 0
 
 
 class Keyring:
