@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from mesh.config import keys
 from mesh.errors import KeyFileError
-from mesh.wire.crypto import Identity, is_curve_point
+from mesh.wire.crypto import Identity, PublicIdentity, is_curve_point, is_small_order
 
 
 def test_keygen_creates_private_0600_and_public_files(tmp_path: Path) -> None:
@@ -74,6 +75,9 @@ def test_mismatched_public_key_is_refused(tmp_path: Path) -> None:
         keys.load_identity(tmp_path, "alpha")
 
 
+_A_POINT = base64.b64encode(Identity.generate("alpha").public.sign_key).decode()
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -82,7 +86,8 @@ def test_mismatched_public_key_is_refused(tmp_path: Path) -> None:
         ("peer: alpha\ned25519: AAAA\nx25519: AAAA\n", "32 bytes"),
         ("garbage without colon\n", "not a mesh key file"),
         (f"peer: alpha\ned25519: {'/' * 43}=\nx25519: {'A' * 43}=\n", "not a curve point"),
-        (f"peer: alpha\ned25519: {'A' * 43}=\nx25519: {'A' * 43}=\n", "small order"),
+        (f"peer: alpha\ned25519: {_A_POINT}\nx25519: {'A' * 43}=\n", "x25519 key is a point"),
+        (f"peer: alpha\ned25519: {'A' * 43}=\nx25519: {_A_POINT}\n", "ed25519 key is a point"),
     ],
 )
 def test_malformed_public_keys_say_what_is_wrong(tmp_path: Path, text: str, match: str) -> None:
@@ -138,3 +143,54 @@ def test_curve_points_at_the_edges_agree_with_pycryptodome(y: int) -> None:
     except ValueError:
         expected = False
     assert is_curve_point(key) is expected
+
+
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+
+
+def _point(key: bytes) -> tuple[int, int]:
+    """The (x, y) that `key` encodes (RFC 8032, 5.1.3; a curve point)."""
+    encoded = int.from_bytes(key, "little")
+    y, sign = encoded & ((1 << 255) - 1), encoded >> 255
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P != u:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    return ((-x) % _P if x % 2 != sign else x), y
+
+
+def _doubled(point: tuple[int, int]) -> tuple[int, int]:
+    (x, y), t = point, _D * point[0] ** 2 * point[1] ** 2 % _P
+    return 2 * x * y * pow(1 + t, -1, _P) % _P, (y * y + x * x) * pow(1 - t, -1, _P) % _P
+
+
+def _order_divides_8(key: bytes) -> bool:
+    point = _point(key)
+    for _ in range(3):
+        point = _doubled(point)
+    return point == (0, 1)
+
+
+_Y8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7
+_SMALL = [
+    (y | sign << 255).to_bytes(32, "little")
+    for y in (0, 1, _P - 1, _Y8, _P - _Y8)
+    for sign in (0, 1)
+]
+
+
+@pytest.mark.parametrize("key", [key for key in _SMALL if is_curve_point(key)])
+def test_an_ed25519_key_of_small_order_is_refused(key: bytes) -> None:
+    assert _order_divides_8(key)  # the list is right
+    assert is_small_order(key)
+    box = Identity.generate("alpha").public.box_key
+    with pytest.raises(ValueError, match="ed25519 key is a point of small order"):
+        PublicIdentity("alpha", key, box)
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=32, max_size=32))
+def test_only_points_of_small_order_are_refused_as_such(key: bytes) -> None:
+    if is_curve_point(key):
+        assert is_small_order(key) is _order_divides_8(key)

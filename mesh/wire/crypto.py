@@ -41,6 +41,8 @@ class PublicIdentity:
             raise ValueError("public keys are 32 bytes each")
         if not is_curve_point(self.sign_key):  # OpenSSL takes any 32 bytes, then fails all
             raise ValueError("the ed25519 key is not a curve point")
+        if is_small_order(self.sign_key):  # a signature by it could be made without a key
+            raise ValueError("the ed25519 key is a point of small order")
         box = X25519PublicKey.from_public_bytes(self.box_key)
         try:  # a point of small order agrees on an all-zero secret with any key: refused
             X25519PrivateKey.generate().exchange(box)
@@ -123,6 +125,10 @@ def unseal(key: bytes, nonce: bytes, sealed: bytes | memoryview, aad: bytes) -> 
 
 _P = 2**255 - 19  # Ed25519's field
 _D = -121665 * pow(121666, -1, _P) % _P
+_Y8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7  # order 8's y
+# The y of Ed25519's 8 points of small order: the identity (1), order 2 (-1), order 4
+# (0), order 8 (±_Y8); each y with either x.
+_SMALL_ORDER_Y = frozenset({1, _P - 1, 0, _Y8, _P - _Y8})
 
 
 def is_curve_point(key: bytes) -> bool:
@@ -138,6 +144,12 @@ def is_curve_point(key: bytes) -> bool:
     if v * x * x % _P not in (u, -u % _P):  # neither x nor x·√-1 is a root: no point
         return False
     return not (u == 0 and x_sign == 1)  # x is 0 exactly when u is: no negative 0
+
+
+def is_small_order(key: bytes) -> bool:
+    """Whether `key`, a curve point (`is_curve_point`), is one of small order (1 to 8),
+    which no key pair makes: a signature that verifies by it can be made without one."""
+    return int.from_bytes(key, "little") & ((1 << 255) - 1) in _SMALL_ORDER_Y
 
 
 class Keyring:
