@@ -1,14 +1,15 @@
 """What a request must be before the ingress looks further: addressed unambiguously, with
 one of each header that decides who calls and from where, a `Host` this peer answers to
-when it has no callers, and a head the far side can take.
+when it is open to all, and a head the far side can take.
 
 Every refusal is an `HTTPProblem` raised before anything is stored or sent:
 - ``400`` for an address that reads two ways (``//bravo/x``, ``/%62ravo/x``, an
   absolute-form target without a host), a repeated ``Host``, ``Origin``, ``Authorization``
   or ``Proxy-Authorization``, a method or target the far side would refuse;
 - ``414`` for a target over the far side's limit, ``431`` for headers over theirs;
-- ``421`` for a `Host` naming something else than this peer on a peer open to all
-  (a web page that rebinds its own name to this address must not reach it).
+- ``421`` for a `Host` naming something else than this peer on a peer open to all (no
+  callers, or ``callers: any``): a web page that rebinds its own name to this address
+  must not reach it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from ..config.access import is_loopback
+from ..config.access import ANY, is_loopback
 from ..config.roster import PeerSettings
 from ..wire.messages import (
     MAX_HEADER_BYTES,
@@ -164,11 +165,11 @@ def single_headers(headers: Iterable[tuple[bytes, bytes]]) -> None:
 
 
 def host_answered(settings: PeerSettings, headers: Mapping[bytes, bytes]) -> None:
-    """HTTPProblem 421 when a peer open to all (no callers) is reached under another
-    name than its own: this machine's loopback addresses, ``localhost`` and names under
-    it, its listen host, or the peer's name. A peer with callers answers any name
-    (tokens decide)."""
-    if settings.callers is not None:
+    """HTTPProblem 421 when a peer open to all (no callers, or ``callers: any``) is
+    reached under another name than its own: this machine's loopback addresses,
+    ``localhost`` and names under it, its listen host, or the peer's name. A peer with
+    callers answers any name (tokens decide)."""
+    if settings.callers is not None and settings.callers != ANY:
         return
     host = _hostname(headers.get(b"host", b"").decode("latin-1"))
     if (
