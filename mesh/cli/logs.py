@@ -22,6 +22,21 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
 IDS = ("request", "remote", "file", "method", "path", "status", "duration", "caller")
 _PEER_PREFIX = re.compile(r"([a-z0-9][a-z0-9-]{0,62}): ")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, with control characters in a message written as ``\\x0a``: a value
+    from outside in it (a name, a header, a path) can neither start a line of its own
+    nor steer a terminal. A traceback keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        escaped = logging.makeLogRecord(record.__dict__)
+        escaped.message = _CONTROL.sub(lambda c: f"\\x{ord(c.group()):02x}", record.message)
+        return super().formatMessage(escaped)
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,7 +82,7 @@ def configure(level: str, log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     for chatty in ("watchfiles", "hypercorn.error", "httpx"):  # httpx: a line per request
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -391,10 +391,12 @@ def _asker(settings: PeerSettings, identity: Identity, headers: Headers) -> Aske
 
 
 def _access(log: logging.Logger, peer: str, scope: Scope, status: int, took: float) -> None:
-    """The access line of a request at `peer`: method, path without query, status (0:
-    none was sent), seconds, and its caller's name when the peer has callers."""
+    """The access line of a request at `peer`: method, target as sent without query
+    (still percent-encoded: a stranger's ``%0a`` cannot start a line of its own; an
+    absolute-form target without its userinfo, which may hold a token), status (0: none
+    was sent), seconds, and its caller's name when the peer has callers."""
     caller = scope.get(CALLER)
-    path = scope["path"].partition("?")[0]
+    path = _logged_target(scope)
     log.info(
         "%s: %s %s %d %.3f s%s",
         peer,
@@ -406,6 +408,17 @@ def _access(log: logging.Logger, peer: str, scope: Scope, status: int, took: flo
         extra={"event": "access", "method": scope["method"], "path": path,
                "status": status, "duration": round(took, 6), "caller": caller},
     )  # fmt: skip
+
+
+def _logged_target(scope: Scope) -> str:
+    """The request target as the access line shows it (see `_access`)."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8", "backslashreplace")
+    target = raw.decode("latin-1").partition("?")[0]
+    scheme, separator, rest = target.partition("://")
+    if not separator or "/" in scheme:
+        return target
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
 
 
 def _own_base(call: Call, scope: Scope) -> str:
