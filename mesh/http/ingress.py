@@ -115,6 +115,8 @@ class Ingress:
             return
         if scope["type"] != "http":
             return
+        if _framed_twice(scope["headers"]):  # RFC 9112, 6.1: its connection must end
+            send = closing(send)
         started, status = trio.current_time(), [0]
 
         async def sending(message: MutableMapping[str, Any]) -> None:
@@ -408,6 +410,14 @@ def _access(log: logging.Logger, peer: str, scope: Scope, status: int, took: flo
         extra={"event": "access", "method": scope["method"], "path": path,
                "status": status, "duration": round(took, 6), "caller": caller},
     )  # fmt: skip
+
+
+def _framed_twice(headers: Collection[tuple[bytes, bytes]]) -> bool:
+    """Whether a request says both a `Content-Length` and a `Transfer-Encoding`: it is
+    framed by the latter, and a proxy before this peer that went by the former would
+    read what follows as another request."""
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def _logged_target(scope: Scope) -> str:
