@@ -478,6 +478,9 @@ async def test_what_an_attacker_tried_is_refused_before_anything_is_stored(
                 b"GET /bravo/orders/1 HTTP/1.1\r\nHost: a\r\n"
                 + auth
                 + f"Authorization: Bearer {token}\r\n".encode(): 400,  # would go upstream
+                b"GET /x HTTP/1.1\r\nHost: zulu.localhost\r\n": 407,  # no names for strangers
+                b"GET /x HTTP/1.1\r\nHost: bravo.localhost\r\n": 407,
+                b"GET /x HTTP/1.1\r\nHost: zulu.localhost\r\n" + auth: 403,  # as /zulu/x
             }
             for head, status in heads.items():
                 assert await raw_status(ports.alpha, head + b"\r\n") == status, head[:60]

@@ -67,7 +67,7 @@ def _scope(target: bytes, host: bytes, method: str = "GET") -> dict[str, object]
         (b"/mesh/status", b"bravo.localhost", Call("bravo", "/mesh/status", HOST)),
         (b"/bravo/x", b"localhost:8081", Call("bravo", "/x")),
         (b"/bravo/x", b"alpha.localhost", Call("bravo", "/x")),  # itself: its own routes
-        (b"/bravo/x", b"carol.localhost", 404),  # not a peer
+        (b"/bravo/x", b"carol.localhost", Call("carol", "/bravo/x", HOST)),  # 404 if let in
         (b"/x", b"bravo.example.org", 421),  # another suffix, on a peer open to all
         (b"http://bravo/x", b"carol.localhost", Call("bravo", "/x", PROXY, "bravo")),
     ],
@@ -76,10 +76,10 @@ def test_the_three_forms(target: bytes, host: bytes, call: Call | int) -> None:
     settings = peer("127.0.0.1:8081")
     if isinstance(call, int):
         with pytest.raises(HTTPProblem) as refused:
-            route(settings, ["alpha", "bravo"], _scope(target, host))
+            route(settings, _scope(target, host))
         assert refused.value.status == call
     else:
-        assert route(settings, ["alpha", "bravo"], _scope(target, host)) == call
+        assert route(settings, _scope(target, host)) == call
 
 
 def test_a_host_suffix_of_the_roster_names_peers() -> None:
@@ -93,7 +93,7 @@ def test_a_host_suffix_of_the_roster_names_peers() -> None:
         }
     )
     scope = _scope(b"/x", b"bravo.mesh.example.org:443")
-    assert route(settings, ["alpha", "bravo"], scope) == Call("bravo", "/x", HOST)
+    assert route(settings, scope) == Call("bravo", "/x", HOST)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +189,7 @@ def test_a_head_the_far_side_would_refuse_is_refused_here(
 )
 def test_a_host_that_is_not_a_name_or_address_is_a_400(target: bytes, host: bytes) -> None:
     with pytest.raises(HTTPProblem) as refused:
-        route(peer("127.0.0.1:8081"), ["alpha", "bravo"], _scope(target, host))
+        route(peer("127.0.0.1:8081"), _scope(target, host))
     assert refused.value.status == 400
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -114,7 +114,7 @@ def _absolute(raw_path: bytes) -> Call:
     return Call(host, slash + path, Form.PROXY, authority, scheme.lower())
 
 
-def route(settings: PeerSettings, peers: Collection[str], scope: Mapping[str, Any]) -> Call | None:
+def route(settings: PeerSettings, scope: Mapping[str, Any]) -> Call | None:
     """The `Call` an ASGI request `scope` makes, in any of the three forms (the proxy
     form, whose target names the peer, before the host form, before the path form);
     None for mesh's own routes. HTTPProblem 400 as `addressed` raises it, 421 as
@@ -127,7 +127,7 @@ def route(settings: PeerSettings, peers: Collection[str], scope: Mapping[str, An
     if host is not None and not _valid_host(host.decode("latin-1")):
         raise HTTPProblem(400, "bad Host", "Host is a name or address, with a port")
     host_answered(settings, {b"host": host} if host is not None else {})
-    return hosted(settings, peers, host, raw) or addressed(raw, method, query)
+    return hosted(settings, host, raw) or addressed(raw, method, query)
 
 
 def _valid_host(value: str) -> bool:
@@ -136,20 +136,16 @@ def _valid_host(value: str) -> bool:
     return found is not None and int(found.group("port") or 0) <= 65535
 
 
-def hosted(
-    settings: PeerSettings, peers: Collection[str], host: bytes | None, raw_path: bytes
-) -> Call | None:
+def hosted(settings: PeerSettings, host: bytes | None, raw_path: bytes) -> Call | None:
     """The `Call` of the host form: ``Host: {peer}.{host_suffix}`` (any port) names
-    `peer`, one of `peers` other than this one, and the whole target goes to its
-    upstream untouched; None for any other `Host` (and this peer's own name).
-    HTTPProblem 404 when the name is not a peer's."""
+    `peer`, another peer than this one, and the whole target goes to its upstream
+    untouched; None for any other `Host` (and this peer's own name). Whether `peer` is
+    in the roster is told only to a caller let in (`Ingress._check_remote`), as in the
+    other forms: a stranger learns no names."""
     name = _hostname((host or b"").decode("latin-1"))
     peer, dot, suffix = name.partition(".")
     if not dot or suffix != settings.host_suffix or peer == settings.name:
         return None
-    if peer not in peers:
-        detail = f"{name} names peer {peer!r}, which is not in the roster"
-        raise HTTPProblem(404, "unknown peer", detail)
     return Call(peer, raw_path.decode("latin-1"), Form.HOST)
 
 

@@ -189,7 +189,7 @@ class Ingress:
         if method == "CONNECT":
             detail = "address the far service as http://PEER/path (its peer may use TLS to it)"
             raise HTTPProblem(405, "no tunnels", detail, headers=(NOT_CONNECT,))
-        call = route(self.settings, self.services.peers, scope)
+        call = route(self.settings, scope)
         if call is not None and not (path == "/metrics" and call.form is PATH):  # not a peer's
             await self._call(call, headers, scope, receive, send)
         elif path.startswith("/mesh/") or path in ("/mesh", "/metrics"):
