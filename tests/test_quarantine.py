@@ -188,6 +188,25 @@ def test_a_file_swapped_for_a_fifo_after_its_check_is_refused(tmp_path: Path) ->
     assert caught.value.reason == "not-a-file"
 
 
+def test_a_file_swapped_for_a_hard_link_after_its_check_is_refused_unread(
+    tmp_path: Path,
+) -> None:
+    """The check saw a file of one name; a link to a secret is renamed over it before it
+    is opened: refused on the open descriptor, never read, and never copied into a
+    quarantine on another filesystem."""
+    secret, path = tmp_path / "alpha.key", tmp_path / name()
+    secret.write_bytes(SECRET)
+    path.write_bytes(b"MESH junk")
+    seen = os.lstat(path)
+    os.link(secret, tmp_path / "swap")
+    os.rename(tmp_path / "swap", path)
+    with pytest.raises(FormatError) as caught:
+        inbox.open_regular(path, seen)
+    assert caught.value.reason == "not-a-file" and "hard link" in caught.value.detail
+    assert not quarantine._copy_small(path, seen, tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+
+
 def test_a_hard_link_to_a_secret_is_refused_and_never_kept(tmp_path: Path) -> None:
     """A hard link is the secret itself under another name: renamed into quarantine it
     would be a copy of the key there. It is refused unread, and only noted."""

@@ -127,9 +127,9 @@ def _check(
 
 
 def open_regular(path: Path, info: os.stat_result | None = None) -> BinaryIO:
-    """`path` open for reading if it is a regular file, as `info` (its lstat, taken now
-    when not given) says and its descriptor confirms; FormatError ``not-a-file``
-    otherwise. Never follows a link and
+    """`path` open for reading if it is a regular file of one name, as `info` (its lstat,
+    taken now when not given) says and its descriptor confirms (it may have been swapped
+    between the two); FormatError ``not-a-file`` otherwise. Never follows a link and
     never blocks (a FIFO is not even opened). OSError as `os.open` raises it."""
     info = os.lstat(path) if info is None else info
     if not stat.S_ISREG(info.st_mode):
@@ -143,10 +143,13 @@ def open_regular(path: Path, info: os.stat_result | None = None) -> BinaryIO:
             raise FormatError("not-a-file", "a symbolic link, not a file: never opened") from None
         raise
     source = os.fdopen(fd, "rb")
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # swapped since: a FIFO opened without blocking
+    held = os.fstat(fd)
+    if not stat.S_ISREG(held.st_mode):  # swapped since: a FIFO opened without blocking
         source.close()
-        raise FormatError("not-a-file", f"{kind_of(mode)}, not a file: never read")
+        raise FormatError("not-a-file", f"{kind_of(held.st_mode)}, not a file: never read")
+    if held.st_nlink > 1:  # swapped since for a link to a secret
+        source.close()
+        raise FormatError("not-a-file", "a file with other names (a hard link): never read")
     return source
 
 

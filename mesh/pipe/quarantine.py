@@ -178,8 +178,8 @@ def kept_why(info: os.stat_result, limit: int) -> str:
 
 
 def _copy_small(path: Path, info: os.stat_result, dest: Path) -> bool:
-    """Copy regular file `path` of at most `COPY_MOST` bytes to `dest`, never following
-    a link; whether it was copied."""
+    """Copy regular file `path` of at most `COPY_MOST` bytes and one name to `dest`,
+    never following a link; whether it was copied."""
     if not stat.S_ISREG(info.st_mode) or info.st_size > COPY_MOST:
         return False
     try:
@@ -187,7 +187,8 @@ def _copy_small(path: Path, info: os.stat_result, dest: Path) -> bool:
     except OSError:
         return False  # gone, or swapped for a link since
     with os.fdopen(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+        held = os.fstat(source.fileno())
+        if not stat.S_ISREG(held.st_mode) or held.st_nlink > 1:  # swapped since
             return False
         data = source.read(COPY_MOST + 1)
     if len(data) > COPY_MOST:
