@@ -3,7 +3,9 @@ output cap that holds even when the frame lies about its size."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,10 +21,31 @@ class DecodeError(ValueError):
 
 @dataclass(frozen=True)
 class MsgpackBounds:
+    """Each bound is per item (``max_array``: the length of one array); `max_arrays`
+    and `max_maps`, when set, bound how many there are in all (nested empty arrays cost
+    a byte each to send and an object each to decode)."""
+
     max_bin: int
     max_str: int = 64 * 1024
     max_array: int = 4096
     max_map: int = 1024
+    max_arrays: int | None = None
+    max_maps: int | None = None
+
+
+def _counted(most: int | None, what: str) -> Callable[[Any], Any] | None:
+    """A hook msgpack calls with each array (or map) decoded, raising DecodeError past
+    `most` of them; None when there is no bound."""
+    if most is None:
+        return None
+    seen = itertools.count(1)
+
+    def hook(item: Any) -> Any:
+        if next(seen) > most:
+            raise DecodeError(f"bad msgpack: over {most} {what}")
+        return item
+
+    return hook
 
 
 def unpack(data: bytes | memoryview, bounds: MsgpackBounds) -> Any:
@@ -54,12 +77,16 @@ def unpack_prefix(data: bytes, bounds: MsgpackBounds) -> tuple[Any, int]:
         max_array_len=bounds.max_array,
         max_map_len=bounds.max_map,
         max_ext_len=0,
+        list_hook=_counted(bounds.max_arrays, "arrays"),
+        object_hook=_counted(bounds.max_maps, "maps"),
     )
     unpacker.feed(data)
     try:
         obj = unpacker.unpack()
     except msgpack.OutOfData:
         raise DecodeError("bad msgpack: incomplete object") from None
+    except DecodeError:
+        raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise DecodeError(f"bad msgpack: {exc}") from None
     return obj, unpacker.tell()

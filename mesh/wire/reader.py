@@ -89,10 +89,11 @@ def read_header(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     raw = _header_map(data[PREFIX_SIZE:head_end], limits)
     sender, recipient = raw.get("s"), raw.get("r")
     if recipient != keys.me:
-        raise FormatError("wrong-recipient", f"addressed to {recipient!r}, not {keys.me!r}")
+        detail = f"addressed to {shown(recipient)}, not {keys.me!r}"
+        raise FormatError("wrong-recipient", detail)
     public = keys.public(sender) if isinstance(sender, str) else None
     if public is None:
-        raise FormatError("unknown-sender", f"sender {sender!r} is not a peer we talk to")
+        raise FormatError("unknown-sender", f"sender {shown(sender)} is not a peer we talk to")
     if not public.verify(data[:head_end], data[head_end:need]):
         raise FormatError("bad-signature", f"signature does not verify as {sender}'s")
     header = _header_fields(raw, limits)
@@ -107,12 +108,27 @@ def read_header(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     return ParsedHeader(header, offset, tuple(spans), grouped, numbers)
 
 
+def shown(value: object, most: int = 64) -> str:
+    """An unchecked `value` as a line may show it: a string, cut to `most` characters;
+    anything else by its type and size (never whole: it may be a megabyte)."""
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        text = repr(value[:most])
+        return text if len(value) <= most else f"{text}... ({len(value)} characters)"
+    if isinstance(value, bytes | list | dict):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
 def _header_map(region: bytes, limits: Limits) -> dict[str, Any]:
     bounds = bounded.MsgpackBounds(
         max_bin=limits.max_frames * FRAME_ENTRY.size,
         max_str=256,
         max_array=limits.max_ranges + 2,
         max_map=limits.max_clock + 16,
+        max_arrays=limits.max_ranges + 8,  # the ack's ranges, the ack, missing, unseen
+        max_maps=4,  # the header, its clock
     )
     try:
         raw, end = bounded.unpack_prefix(region, bounds)
