@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from mesh.pipe import inbox, intake
+from mesh.pipe.quarantine import Quarantine
 from mesh.proto.inbound import Verdict
 from mesh.proto.link import Arrival
 from mesh.wire import fileformat as wire
@@ -150,7 +151,7 @@ def test_a_listing_leaves_out_files_taken_and_not_yet_removed(
 ) -> None:
     taken, fresh = (mesh_file(tmp_path, identities, b"m%d" % n, n) for n in (1, 2))
     listing = inbox.list_and_check(
-        tmp_path, "bravo", {"alpha"}, bravo_keys, LIMITS, {}, taken={taken.name}
+        tmp_path, "bravo", {"alpha"}, bravo_keys, LIMITS, {}, skipped={taken.name}
     )
     assert [checked.path for checked in listing.checked] == [fresh]
     assert not listing.unchecked and not listing.foreign
@@ -186,9 +187,9 @@ async def test_a_taken_file_that_cannot_be_removed_is_not_taken_again(
         name="bravo", settle=0.2, inbox=tmp_path, watch="poll", poll_interval=0.01
     )
     settings.talks_to = ("alpha",)
-    nowhere: Any = None  # nothing is quarantined
     path = mesh_file(tmp_path, identities, b"once", 1)
-    reader = intake.Intake(settings, bravo_keys, LIMITS, nowhere, arrived, lambda *_: None)
+    unused = Quarantine(tmp_path / "q")
+    reader = intake.Intake(settings, bravo_keys, LIMITS, unused, arrived, lambda *_: None)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
@@ -197,3 +198,63 @@ async def test_a_taken_file_that_cannot_be_removed_is_not_taken_again(
     assert taken == [path.name] and not path.exists()
     assert tries == [1, 1, 1]
     assert sum("cannot remove" in record.getMessage() for record in caplog.records) == 1
+
+
+async def test_folders_under_message_names_are_recorded_once_and_then_passed_over(
+    tmp_path: Path,
+    identities: dict[str, Identity],
+    bravo_keys: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each was checked and handed to the quarantine in a thread of its own at every
+    listing (3,000 of them made every request take a second; past the 10,000 then
+    remembered, each was noted again at every listing). Now an empty one is removed, one
+    that holds something is left and no longer listed, and a file beside them is taken."""
+    real_list, listings, listed_enough = inbox.list_and_check, [], trio.Event()
+
+    def counted(*args: Any, **kwargs: Any) -> inbox.Listing:
+        listing = real_list(*args, **kwargs)
+        listings.append(len(listing.checked) + len(listing.unchecked))
+        if len(listings) == 20:  # listed on the loop, or in a thread
+            try:
+                trio.lowlevel.current_task()
+            except RuntimeError:
+                trio.from_thread.run_sync(listed_enough.set)
+            else:
+                listed_enough.set()
+        return listing
+
+    monkeypatch.setattr(inbox, "list_and_check", counted)
+    quarantine, puts = Quarantine(tmp_path / "q"), []
+    real_put = quarantine.put
+    monkeypatch.setattr(
+        quarantine, "put", lambda *args: puts.append(args[0].name) or real_put(*args)
+    )
+    names = [
+        FileName(NAME.stamp + n, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES) for n in range(4)
+    ]
+    for n, name in enumerate(names):
+        (tmp_path / str(name)).mkdir()
+        if n % 2:
+            (tmp_path / str(name) / "inside").write_bytes(b"x")
+    taken: list[str] = []
+
+    async def arrived(path: Path, scanned: wire.ScannedFile, content: bytes | None) -> Arrival:
+        taken.append(path.name)
+        return Arrival("alpha", Verdict.CURRENT, (), (), (), 1)
+
+    settings: Any = SimpleNamespace(
+        name="bravo", settle=0.2, inbox=tmp_path, watch="poll", poll_interval=0.01
+    )
+    settings.talks_to = ("alpha",)
+    path = mesh_file(tmp_path, identities, b"beside them", 9)
+    reader = intake.Intake(settings, bravo_keys, LIMITS, quarantine, arrived, lambda *_: None)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.run)
+            await listed_enough.wait()
+            nursery.cancel_scope.cancel()
+    assert sorted(puts) == sorted(str(name) for name in names) and taken == [path.name]
+    assert [(tmp_path / str(name)).exists() for name in names] == [False, True, False, True]
+    assert max(listings[1:]) == 0  # passed over from the second listing on
+    assert quarantine.count() == 4

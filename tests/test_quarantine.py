@@ -98,22 +98,59 @@ def test_a_folder_under_a_message_name_is_recorded_once(tmp_path: Path) -> None:
     assert q.put(inbox_dir / name(), "not-a-file", "a folder") is not None
     assert q.put(inbox_dir / name(), "not-a-file", "a folder") is None  # not again
     assert (inbox_dir / name() / "inside" / "big").exists()  # left, not moved in
-    assert "a folder is left where it is" in note(tmp_path / "q", name())
+    assert "a folder that holds something is left where it is" in note(tmp_path / "q", name())
+    assert Quarantine(tmp_path / "q").left() == frozenset()  # a new start notes it again
+    assert q.left() == {name()}
 
 
 def test_folders_recorded_are_remembered_within_a_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Someone who makes folder after folder under message names cannot grow the peer's
-    memory: the oldest are forgotten (and would be recorded once more)."""
+    memory, nor its log: past the bound, folders are left unrecorded (they were
+    forgotten oldest first before, and each then noted again at every listing). An empty
+    folder is removed, so it needs no remembering."""
     monkeypatch.setattr(quarantine, "FOLDERS_KEPT", 3)
     q = Quarantine(tmp_path / "q")
-    folders = [tmp_path / "pipe" / f"alpha.bravo.{n:016x}-0000000{n}.msg.mesh" for n in range(5)]
+    folders = [tmp_path / "pipe" / f"alpha.bravo.{n:016x}-0000000{n}.msg.mesh" for n in range(6)]
     for folder in folders:
-        folder.mkdir(parents=True)
-        assert q.put(folder, "not-a-file", "a folder") is not None
-    assert q.put(folders[-1], "not-a-file", "a folder") is None  # remembered
-    assert q.put(folders[0], "not-a-file", "a folder") is not None  # forgotten: again
+        (folder / "inside").mkdir(parents=True)
+    assert [q.put(f, "not-a-file", "a folder") is not None for f in folders[:5]] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert q.put(folders[0], "not-a-file", "a folder") is None  # recorded already
+    assert q.left() == {f.name for f in folders[:3]} and q.count() == 3
+    (folders[5] / "inside").rmdir()
+    monkeypatch.setattr(quarantine, "FOLDERS_KEPT", 4)
+    assert q.put(folders[5], "not-a-file", "a folder") is not None
+    assert not folders[5].exists() and "an empty folder, removed" in note(
+        tmp_path / "q", folders[5].name
+    )
+    assert folders[5].name not in q.left()
+
+
+def test_the_count_held_is_bounded_as_the_bytes_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file and note held costs memory, whatever its size: past `ENTRIES_MOST`, the
+    oldest go, as past the limit in bytes; the count and size kept in memory stay those
+    of what is there."""
+    monkeypatch.setattr(quarantine, "ENTRIES_MOST", 10)
+    inbox_dir = tmp_path / "pipe"
+    inbox_dir.mkdir()
+    q = Quarantine(tmp_path / "q")
+    for n in range(12):
+        junk = inbox_dir / f"alpha.bravo.{n:016x}-00000000.msg.mesh"
+        junk.write_bytes(b"junk")
+        q.put(junk, "bad-magic", "not a mesh file")
+    held = sorted(p.name for p in (tmp_path / "q").iterdir())
+    assert len(held) == 10 and held[0].startswith("alpha.bravo.0000000000000007")
+    assert q.count() == 5 == Quarantine(tmp_path / "q").count()
+    assert q.size() == sum(p.stat().st_size for p in (tmp_path / "q").iterdir())
 
 
 def other_filesystem(tmp_path: Path) -> Path:

@@ -63,17 +63,17 @@ def list_and_check(
     limits: Limits,
     settling: Mapping[str, Hashable],
     small_only: bool = False,
-    taken: Container[str] = (),
+    skipped: Container[str] = (),
 ) -> Listing:
     """The files in `folder` addressed to `me`, the first batch of them checked, in one
     call (`folder.addressed_to`, then `check_files`); with `small_only`, checking stops at
-    the first file over `SMALL_FILE` bytes (to be checked in a thread). Files named in
-    `taken` (taken already, being removed) are left out. OSError when the folder cannot
-    be listed. Blocking."""
+    the first file over `SMALL_FILE` bytes (to be checked in a thread). Names in
+    `skipped` (files taken already, being removed; folders recorded and left where they
+    are) are left out. OSError when the folder cannot be listed. Blocking."""
     foreign: list[tuple[FileName, Path]] = []
     readable: list[tuple[FileName, Path]] = []
     for name, path in pipe.addressed_to(folder, me):
-        if path.name not in taken:
+        if path.name not in skipped:
             (readable if name.sender in talks_to else foreign).append((name, path))
     batch = readable[:BATCH]
     if small_only:

@@ -34,6 +34,7 @@ from . import folder, inbox
 from .quarantine import Quarantine
 from .watch import watch
 
+DETAIL_MOST = 500  # characters of why a file was refused, in its line and note
 REMOVE_RETRY = 5.0  # seconds between two tries to remove taken files that could not be
 
 Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[Arrival]]
@@ -97,7 +98,7 @@ class Intake:
             self.limits,
             self._settling.marks(trio.current_time()),
             small_only=self.reads.inline,  # a big file is read and hashed in a thread
-            taken=frozenset(self._taken),
+            skipped=frozenset(self._taken) | self.quarantine.left(),
         )
         try:
             listing = await self.reads.run(listed)
@@ -218,6 +219,8 @@ class Intake:
 
     async def _quarantine(self, path: Path, reason: str, detail: str) -> None:
         self._settling.forget(path.name)  # judged: no longer waited on
+        if len(detail) > DETAIL_MOST:  # a line, whatever a stranger's file holds
+            detail = f"{detail[:DETAIL_MOST]}..."
         dest = await trio.to_thread.run_sync(self.quarantine.put, path, reason, detail)
         if dest is not None:
             self.log.warning("%s: quarantined %s: %s (%s)", self.name, path.name, reason, detail)

@@ -6,12 +6,14 @@ FIFO or device is never opened). When the inbox is on another filesystem than th
 a regular file of at most `COPY_MOST` bytes is copied through a descriptor opened
 without following links; anything else is only recorded, by name and reason. Either way
 a ``.reason`` note is written beside it and the file leaves the inbox. A folder under a
-message's name is only recorded, once, and left where it is (moved here, what it holds
-would escape the limit).
+message's name is recorded once: removed when empty, else left where it is (moved here,
+what it holds would escape the limit) and no longer listed (`left`; at most
+`FOLDERS_KEPT` of them are recorded, more are left unrecorded).
 
-The folder holds at most `limit` bytes: the oldest files (and notes) go first, and a
-file bigger than the limit is never kept. Its count and size are kept in memory as files
-come and go, from one listing at the first use.
+The folder holds at most `limit` bytes and `ENTRIES_MOST` files and notes: the oldest go
+first, and a file bigger than the limit is never kept. Their count and size are kept in
+memory as files come and go, from one listing at the first use, so a refusal costs the
+same however many are held.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from ..wire.names import SUFFIX
 
 COPY_MOST = 1 << 20  # bytes of a file copied across filesystems; bigger ones are noted only
 NOTE = ".reason"
-FOLDERS_KEPT = 10_000  # folders under message names remembered as recorded
+FOLDERS_KEPT = 100_000  # folders under message names recorded and left in the inbox
+ENTRIES_MOST = 200_000  # files and notes held (a note is about 300 bytes): bounds memory
 _KINDS = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFIFO: "a FIFO",
@@ -51,30 +54,29 @@ class Quarantine:
     def __init__(self, folder: Path, limit: int = 1 << 30) -> None:
         self.folder, self.limit = folder, limit
         self._sizes: OrderedDict[str, int] | None = None  # kept files and notes, oldest first
-        # folders under message names, recorded already (the last FOLDERS_KEPT of them: one
-        # forgotten is recorded again, once more)
-        self._folders: OrderedDict[Path, None] = OrderedDict()
+        self._total = self._notes = 0  # bytes and notes in `_sizes`
+        self._folders: set[str] = set()  # folders recorded and left in the inbox, by name
         self._reasons: Counter[str] = Counter()  # files refused since start, by reason
         self._lock = threading.Lock()  # `put` runs in worker threads, `count` on the loop
 
     def put(self, path: Path, reason: str, detail: str) -> Path | None:
         """Take refused `path` out of the inbox, keeping it here if it may be kept, and
-        its reason; the note's path, or None if `path` was already gone. OSError when the
-        inbox or the quarantine cannot be written (the file then stays where it is)."""
+        its reason; the note's path, or None if `path` was already gone (or is a folder
+        not to be recorded: `_folder`). OSError when the inbox or the quarantine cannot
+        be written (the file then stays where it is)."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             info = os.lstat(path)
         except FileNotFoundError:
             return None
         if stat.S_ISDIR(info.st_mode):
-            if path in self._folders:
+            what = self._folder(path)
+            if what is None:
                 return None
-            self._folders[path] = None
-            while len(self._folders) > FOLDERS_KEPT:
-                self._folders.popitem(last=False)
-        kept = self._take(path, info)
+        else:
+            kept = self._take(path, info)
+            what = "kept beside this note" if kept else f"not kept ({kept_why(info, self.limit)})"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        what = "kept beside this note" if kept else f"not kept ({kept_why(info, self.limit)})"
         note = (
             f"reason: {reason}\ndetail: {detail}\nfrom: {path.parent}\nat: {stamp}\n"
             f"file: {kind_of(info.st_mode)} of {info.st_size} bytes, {what}\n"
@@ -84,10 +86,31 @@ class Quarantine:
             self._reasons[reason] += 1
         return written
 
+    def left(self) -> frozenset[str]:
+        """The names of the folders recorded and left in the inbox: not to be listed."""
+        with self._lock:
+            return frozenset(self._folders)
+
+    def _folder(self, path: Path) -> str | None:
+        """What became of folder `path`, to be recorded: removed if it was empty, else
+        left (and then in `left`); None when it is not to be recorded (it was already,
+        or `FOLDERS_KEPT` are)."""
+        with self._lock:
+            if path.name in self._folders or len(self._folders) >= FOLDERS_KEPT:
+                return None
+        try:
+            os.rmdir(path)  # only an empty folder, never what a link points to
+        except OSError:
+            with self._lock:
+                self._folders.add(path.name)
+            return "not kept (a folder that holds something is left where it is)"
+        return "not kept (an empty folder, removed)"
+
     def count(self) -> int:
         """How many refused files are recorded here (kept or noted)."""
         with self._lock:
-            return sum(1 for name in self._listed() if name.endswith(NOTE))
+            self._listed()
+            return self._notes
 
     def reasons(self) -> dict[str, int]:
         """How many files were refused since start, by reason (``bad-signature``...)."""
@@ -97,13 +120,12 @@ class Quarantine:
     def size(self) -> int:
         """Bytes held here, notes included."""
         with self._lock:
-            return sum(self._listed().values())
+            self._listed()
+            return self._total
 
     def _take(self, path: Path, info: os.stat_result) -> bool:
         """Move `path` here if it may be kept, else remove it from the inbox; whether it
         was kept."""
-        if stat.S_ISDIR(info.st_mode):
-            return False
         dest = self.folder / path.name
         keep = info.st_size <= self.limit and info.st_nlink == 1
         if keep:
@@ -139,14 +161,22 @@ class Quarantine:
     def _record(self, name: str, size: int) -> list[str]:
         """`_added`'s bookkeeping: the names to remove."""
         sizes = self._listed()
-        sizes.pop(name, None)
+        if name in sizes:
+            self._counted(name, sizes.pop(name), -1)
         sizes[name] = size
-        total, dropped = sum(sizes.values()), []
-        while total > self.limit and len(sizes) > 1:
+        self._counted(name, size, 1)
+        dropped = []
+        while (self._total > self.limit or len(sizes) > ENTRIES_MOST) and len(sizes) > 1:
             oldest, freed = sizes.popitem(last=False)
+            self._counted(oldest, freed, -1)
             dropped.append(oldest)
-            total -= freed
         return dropped
+
+    def _counted(self, name: str, size: int, sign: int) -> None:
+        """Count `name`, of `size` bytes, in the totals (`sign` 1) or out of them (-1)."""
+        self._total += sign * size
+        if name.endswith(NOTE):
+            self._notes += sign
 
     def _listed(self) -> OrderedDict[str, int]:
         """The files here by age, listed once (then kept up to date in memory)."""
@@ -160,14 +190,15 @@ class Quarantine:
                             found.append((info.st_mtime_ns, entry.name, info.st_size))
             except FileNotFoundError:
                 pass
-            self._sizes = OrderedDict((name, size) for _, name, size in sorted(found))
+            self._sizes = OrderedDict()
+            for _, name, size in sorted(found):
+                self._sizes[name] = size
+                self._counted(name, size, 1)
         return self._sizes
 
 
 def kept_why(info: os.stat_result, limit: int) -> str:
     """Why a refused file was not kept: only regular files within the limits are."""
-    if stat.S_ISDIR(info.st_mode):
-        return "a folder is left where it is, recorded once"
     if not stat.S_ISREG(info.st_mode):
         return f"{kind_of(info.st_mode)} is never opened or copied"
     if info.st_nlink > 1:
