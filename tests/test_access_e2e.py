@@ -361,6 +361,14 @@ async def test_reading_messages_changes_nothing_and_ack_consumes(
                 assert reply.json()["consumed"] is False
                 bad = await c.post(f"{bravo}/mesh/messages/ack", content=b"{")
                 assert bad.status_code == 400
+                huge = 10**25  # past the store's integers: a 500 with a traceback, before
+                for epoch in (first["epoch"], "another"):
+                    over = {"upto": huge, "epoch": epoch}
+                    reply = await c.post(f"{bravo}/mesh/messages/ack", json=over)
+                    assert reply.status_code == 400, reply.text
+                reply = await c.get(f"{bravo}/mesh/messages", params={"after": huge})
+                assert reply.status_code == 400 and "after" in reply.json()["detail"]
+        assert "Traceback" not in mesh.mesh.text
 
 
 async def _messages(client: httpx.AsyncClient, base: str, count: int) -> dict[str, Any]:

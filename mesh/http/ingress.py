@@ -352,7 +352,7 @@ class Ingress:
             upto, epoch = cursor["upto"], cursor["epoch"]
         except (ValueError, TypeError, KeyError):
             upto = epoch = None
-        if type(upto) is not int or not isinstance(epoch, str):
+        if type(upto) is not int or not _storable(upto) or not isinstance(epoch, str):
             detail = 'send JSON {"upto": N, "epoch": E} as GET /mesh/messages gave them'
             raise HTTPProblem(400, "bad acknowledgement", detail)
         await respond_json(send, 200, await self.services.mailbox.ack(upto, epoch))
@@ -375,8 +375,15 @@ class Ingress:
             raise HTTPProblem(400, "bad query", "after, wait and limit are numbers") from None
         if not math.isfinite(wait):
             raise HTTPProblem(400, "bad query", "wait must be finite")
+        if not _storable(after):
+            raise HTTPProblem(400, "bad query", "after is a message's number, as fetched")
         epoch = query.get("epoch", [None])[0]
         await respond_json(send, 200, await self.services.mailbox.fetch(after, epoch, wait, limit))
+
+
+def _storable(number: int) -> bool:
+    """Whether `number` fits the store's integers (64 bits, signed)."""
+    return -(2**63) <= number < 2**63
 
 
 def _asker(settings: PeerSettings, identity: Identity, headers: Headers) -> Asker:
