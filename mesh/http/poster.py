@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -81,10 +82,11 @@ class Poster:
         for post in posts:
             now = self.wall()
             if now > post.deadline:
-                self.log.warning(
-                    "%s: gave up posting to %s after %d attempts",
+                self.log.warning(  # the URL's path and query may hold a caller's secret
+                    "%s: gave up posting news of request %s to %s after %d attempts",
                     self.name,
-                    post.url,
+                    post.request_id,
+                    _origin(post.url),
                     post.attempts,
                 )
                 self.posts.done(post.id)
@@ -126,3 +128,9 @@ class Poster:
             return await trio.to_thread.run_sync(
                 signature_of_body, post.signing_key, ranges, size, signed
             )
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of a checked URL (it has no user:password@)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
