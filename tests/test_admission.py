@@ -70,9 +70,12 @@ def _scope(target: bytes, host: bytes, method: str = "GET") -> dict[str, object]
         (b"/bravo/x", b"carol.localhost", Call("carol", "/bravo/x", HOST)),  # 404 if let in
         (b"/x", b"bravo.example.org", 421),  # another suffix, on a peer open to all
         (b"http://bravo/x", b"carol.localhost", Call("bravo", "/x", PROXY, "bravo")),
+        (b"bravo/x", b"localhost", 400),  # neither form: it was peer "ravo"
+        (b"xbravo/x", b"bravo.localhost", 400),
+        (b"*", b"localhost", None),  # OPTIONS *: this peer's own
     ],
 )
-def test_the_three_forms(target: bytes, host: bytes, call: Call | int) -> None:
+def test_the_three_forms(target: bytes, host: bytes, call: Call | int | None) -> None:
     settings = peer("127.0.0.1:8081")
     if isinstance(call, int):
         with pytest.raises(HTTPProblem) as refused:

@@ -117,13 +117,17 @@ def _absolute(raw_path: bytes) -> Call:
 def route(settings: PeerSettings, scope: Mapping[str, Any]) -> Call | None:
     """The `Call` an ASGI request `scope` makes, in any of the three forms (the proxy
     form, whose target names the peer, before the host form, before the path form);
-    None for mesh's own routes. HTTPProblem 400 as `addressed` raises it, 421 as
-    `host_answered` does for a form that reads `Host`."""
+    None for mesh's own routes. HTTPProblem 400 as `addressed` raises it, or for a
+    target in neither form (``bravo/x``), 421 as `host_answered` does for a form that
+    reads `Host`."""
     raw = scope.get("raw_path") or scope["path"].encode()
     method, query = scope["method"], scope.get("query_string", b"")
     host = next((v for n, v in scope["headers"] if n.lower() == b"host"), None)
     if raw[:8].lower().startswith((b"http://", b"https://")):
         return addressed(raw, method, query)  # a proxy's Host is the target's
+    if not raw.startswith(b"/") and raw != b"*":  # read as /{raw[1:]} before
+        detail = "a target is /peer/path, or http://peer/path through a proxy"
+        raise HTTPProblem(400, "bad target", detail)
     if host is not None and not _valid_host(host.decode("latin-1")):
         raise HTTPProblem(400, "bad Host", "Host is a name or address, with a port")
     host_answered(settings, {b"host": host} if host is not None else {})
