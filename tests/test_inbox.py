@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from mesh.pipe import inbox, intake
+from mesh.pipe import quarantine as quarantine_module
 from mesh.pipe.quarantine import Quarantine
 from mesh.proto.inbound import Verdict
 from mesh.proto.link import Arrival
@@ -210,12 +211,59 @@ async def test_folders_under_message_names_are_recorded_once_and_then_passed_ove
     listing (3,000 of them made every request take a second; past the 10,000 then
     remembered, each was noted again at every listing). Now an empty one is removed, one
     that holds something is left and no longer listed, and a file beside them is taken."""
-    real_list, listings, listed_enough = inbox.list_and_check, [], trio.Event()
+    names = _folders(tmp_path, 4)
+    path = mesh_file(tmp_path, identities, b"beside them", 9)
+    quarantine = Quarantine(tmp_path / "q")
+    folders, puts, taken = await _listed(tmp_path, bravo_keys, quarantine, monkeypatch)
+    assert sorted(puts) == sorted(names) and taken == [path.name]
+    assert [(tmp_path / name).exists() for name in names] == [False, True, False, True]
+    assert folders[0] == 4 and max(folders[1:]) == 0  # passed over from then on
+    assert quarantine.count() == 4
+
+
+async def test_folders_past_those_recorded_are_passed_over_with_a_line_a_minute(
+    tmp_path: Path,
+    bravo_keys: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past `FOLDERS_KEPT`, a folder is neither remembered nor handed to the quarantine
+    at each listing (a thread round trip each: 3,000 made every request take a second)."""
+    monkeypatch.setattr(quarantine_module, "FOLDERS_KEPT", 2)
+    names = _folders(tmp_path, 8)
+    for empty in names[::2]:
+        (tmp_path / empty).rmdir()
+    names = names[1::2]
+    folders, puts, _ = await _listed(tmp_path, bravo_keys, Quarantine(tmp_path / "q"), monkeypatch)
+    assert puts == names[:2] and set(folders[1:]) == {2}
+    said = [r.getMessage() for r in caplog.records if "unrecorded" in r.getMessage()]
+    assert len(said) == 1 and "2 folders under message names" in said[0]
+
+
+def _folders(inbox_dir: Path, count: int) -> list[str]:
+    """`count` folders under message names in `inbox_dir`, every other one empty."""
+    names = [
+        str(FileName(NAME.stamp + n, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES))
+        for n in range(count)
+    ]
+    for n, name in enumerate(names):
+        (inbox_dir / name).mkdir()
+        if n % 2:
+            (inbox_dir / name / "inside").write_bytes(b"x")
+    return names
+
+
+async def _listed(
+    inbox_dir: Path, keys: Keyring, quarantine: Quarantine, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[int], list[str], list[str]]:
+    """Run bravo's intake on `inbox_dir` for 20 listings: the folders each listed, the
+    names handed to `quarantine`, the files taken."""
+    real_list, folders, listed_enough = inbox.list_and_check, [], trio.Event()
 
     def counted(*args: Any, **kwargs: Any) -> inbox.Listing:
         listing = real_list(*args, **kwargs)
-        listings.append(len(listing.checked) + len(listing.unchecked))
-        if len(listings) == 20:  # listed on the loop, or in a thread
+        folders.append(len(listing.folders))
+        if len(folders) == 20:  # listed on the loop, or in a thread
             try:
                 trio.lowlevel.current_task()
             except RuntimeError:
@@ -225,18 +273,11 @@ async def test_folders_under_message_names_are_recorded_once_and_then_passed_ove
         return listing
 
     monkeypatch.setattr(inbox, "list_and_check", counted)
-    quarantine, puts = Quarantine(tmp_path / "q"), []
+    puts: list[str] = []
     real_put = quarantine.put
     monkeypatch.setattr(
         quarantine, "put", lambda *args: puts.append(args[0].name) or real_put(*args)
     )
-    names = [
-        FileName(NAME.stamp + n, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES) for n in range(4)
-    ]
-    for n, name in enumerate(names):
-        (tmp_path / str(name)).mkdir()
-        if n % 2:
-            (tmp_path / str(name) / "inside").write_bytes(b"x")
     taken: list[str] = []
 
     async def arrived(path: Path, scanned: wire.ScannedFile, content: bytes | None) -> Arrival:
@@ -244,17 +285,13 @@ async def test_folders_under_message_names_are_recorded_once_and_then_passed_ove
         return Arrival("alpha", Verdict.CURRENT, (), (), (), 1)
 
     settings: Any = SimpleNamespace(
-        name="bravo", settle=0.2, inbox=tmp_path, watch="poll", poll_interval=0.01
+        name="bravo", settle=0.2, inbox=inbox_dir, watch="poll", poll_interval=0.01
     )
     settings.talks_to = ("alpha",)
-    path = mesh_file(tmp_path, identities, b"beside them", 9)
-    reader = intake.Intake(settings, bravo_keys, LIMITS, quarantine, arrived, lambda *_: None)
+    reader = intake.Intake(settings, keys, LIMITS, quarantine, arrived, lambda *_: None)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
             await listed_enough.wait()
             nursery.cancel_scope.cancel()
-    assert sorted(puts) == sorted(str(name) for name in names) and taken == [path.name]
-    assert [(tmp_path / str(name)).exists() for name in names] == [False, True, False, True]
-    assert max(listings[1:]) == 0  # passed over from the second listing on
-    assert quarantine.count() == 4
+    return folders, puts, taken

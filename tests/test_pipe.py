@@ -89,9 +89,11 @@ def test_scan_takes_only_finished_files_addressed_to_me(tmp_path: Path) -> None:
     (tmp_path / name().temporary).write_bytes(b"half")
     (tmp_path / "notes.txt").write_text("not mesh's")
     folder = name(stamp=30)
-    (tmp_path / f"{folder}").mkdir()  # listed, so that it is refused (never opened)
+    (tmp_path / f"{folder}").mkdir()  # listed apart, so that it is refused (never opened)
     found = pipe.addressed_to(tmp_path, "bravo")
-    assert [n for n, _ in found] == [mine_early, mine_late, folder]
+    assert [n for n, _ in found] == [mine_early, mine_late]
+    files, folders = pipe.list_addressed(tmp_path, "bravo", skipped={str(mine_late)})
+    assert [n for n, _ in files] == [mine_early] and [n for n, _ in folders] == [folder]
     assert pipe.addressed_to(tmp_path / "gone", "bravo") == []
 
 

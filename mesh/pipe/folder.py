@@ -12,7 +12,7 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal, cast
@@ -149,26 +149,45 @@ def fsync_folder(folder: Path) -> None:
 
 
 def addressed_to(folder: Path, me: str) -> list[tuple[FileName, Path]]:
-    """Finished mesh files in `folder` addressed to `me`, oldest first.
+    """Finished mesh files in `folder` addressed to `me`, oldest first (`list_addressed`'s
+    files)."""
+    return list_addressed(folder, me)[0]
 
-    Files of other peers, files being written, and names mesh did not make are skipped.
-    Links, FIFOs, folders and the like under a message's name are listed too, so that
-    they are refused (`inbox`), never opened.
-    A folder that vanished (an unmounted share) lists as empty.
-    """
-    found = []
+
+def list_addressed(
+    folder: Path, me: str, skipped: Container[str] = ()
+) -> tuple[list[tuple[FileName, Path]], list[tuple[FileName, Path]]]:
+    """What is in `folder` under the names of finished mesh files addressed to `me`:
+    files (links, FIFOs and the like included, so that they are refused, never opened)
+    and folders (told apart without a stat where the filesystem says), oldest first.
+    Names in `skipped` are passed over before any other work, files of other peers,
+    files being written and names mesh did not make are skipped. A folder that vanished
+    (an unmounted share) lists as empty."""
+    files: list[tuple[FileName, Path]] = []
+    folders: list[tuple[FileName, Path]] = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if not entry.name.endswith(SUFFIX) or entry.name.startswith(TEMP_PREFIX):
+                if entry.name in skipped or not entry.name.endswith(SUFFIX):
+                    continue
+                if entry.name.startswith(TEMP_PREFIX):
                     continue
                 name = parse_name(entry.name)
                 if name is not None and name.recipient == me:  # of any kind: see inbox
-                    found.append((name, Path(entry.path)))
+                    found = (name, Path(entry.path))
+                    (folders if _is_folder(entry) else files).append(found)
     except FileNotFoundError:
-        return []
-    found.sort()
-    return found
+        return [], []
+    files.sort()
+    folders.sort()
+    return files, folders
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:  # gone meanwhile: a file, then, that the check finds gone
+        return False
 
 
 def remove_stale_temporaries(folder: Path, me: str) -> int:

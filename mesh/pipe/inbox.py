@@ -47,12 +47,13 @@ class Checked:
 @dataclass(frozen=True)
 class Listing:
     """What `list_and_check` found: files from peers not talked to (`foreign`, to be
-    quarantined unread), the first `BATCH` of the others checked, and the rest of them
-    (`unchecked`, oldest first) for later batches."""
+    quarantined unread), the first `BATCH` of the others checked, the rest of them
+    (`unchecked`, oldest first) for later batches, and folders under message names."""
 
     foreign: list[tuple[FileName, Path]]
     checked: list[Checked]
     unchecked: list[tuple[FileName, Path]]
+    folders: list[tuple[FileName, Path]]  # under message names: refused, never opened
 
 
 def list_and_check(
@@ -66,20 +67,20 @@ def list_and_check(
     skipped: Container[str] = (),
 ) -> Listing:
     """The files in `folder` addressed to `me`, the first batch of them checked, in one
-    call (`folder.addressed_to`, then `check_files`); with `small_only`, checking stops at
+    call (`folder.list_addressed`, then `check_files`); with `small_only`, checking stops at
     the first file over `SMALL_FILE` bytes (to be checked in a thread). Names in
     `skipped` (files taken already, being removed; folders recorded and left where they
     are) are left out. OSError when the folder cannot be listed. Blocking."""
     foreign: list[tuple[FileName, Path]] = []
     readable: list[tuple[FileName, Path]] = []
-    for name, path in pipe.addressed_to(folder, me):
-        if path.name not in skipped:
-            (readable if name.sender in talks_to else foreign).append((name, path))
+    files, folders = pipe.list_addressed(folder, me, skipped)
+    for name, path in files:
+        (readable if name.sender in talks_to else foreign).append((name, path))
     batch = readable[:BATCH]
     if small_only:
         batch = list(itertools.takewhile(lambda file: _size(file[1]) <= SMALL_FILE, batch))
     checked = check_files(batch, keys, limits, settling)
-    return Listing(foreign, checked, readable[len(batch) :])
+    return Listing(foreign, checked, readable[len(batch) :], folders)
 
 
 def _size(path: Path) -> int:

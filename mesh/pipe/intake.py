@@ -30,6 +30,7 @@ from ..proto.settle import Settling
 from ..state.offload import Offload
 from ..wire.crypto import Keyring
 from ..wire.fileformat import Limits, ScannedFile
+from ..wire.names import FileName
 from . import folder, inbox
 from .quarantine import Quarantine
 from .watch import watch
@@ -105,6 +106,7 @@ class Intake:
         except OSError as exc:
             self.log.warning("%s: cannot list inbox %s: %s", self.name, settings.inbox, exc)
             return
+        await self._refuse_folders(listing.folders)
         for name, path in listing.foreign:
             detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
             try:
@@ -119,6 +121,22 @@ class Intake:
                 inbox.check_files, batch, self.keyring, self.limits, settling
             )
             await self._take_checked(checked)
+
+    async def _refuse_folders(self, folders: list[tuple[FileName, Path]]) -> None:
+        """Record each folder under a message's name (once: then it is not listed), or,
+        past what the quarantine records, say once a minute that some are left."""
+        for index, (_, path) in enumerate(folders):
+            if not self.quarantine.records_folders():
+                what = "%d folders under message names left in %s unrecorded (%d are)"
+                left = len(folders) - index
+                self._complaints.say(
+                    "folders", what, left, path.parent, len(self.quarantine.left())
+                )
+                return
+            try:
+                await self._quarantine(path, "not-a-file", "a folder, not a file: never opened")
+            except OSError as exc:
+                self._complaints.say("folder", "cannot record %s: %s", path.name, exc)
 
     async def _take_checked(self, checked: list[inbox.Checked]) -> None:
         """Take checked files in order, each then to be removed (`_remove_taken`);

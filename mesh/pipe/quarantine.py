@@ -86,6 +86,11 @@ class Quarantine:
             self._reasons[reason] += 1
         return written
 
+    def records_folders(self) -> bool:
+        """Whether a folder not yet recorded would be (fewer than `FOLDERS_KEPT` are)."""
+        with self._lock:
+            return len(self._folders) < FOLDERS_KEPT
+
     def left(self) -> frozenset[str]:
         """The names of the folders recorded and left in the inbox: not to be listed."""
         with self._lock:
