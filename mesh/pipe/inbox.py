@@ -120,10 +120,10 @@ def _check(
             scanned = scan_file(source if whole is None else whole, keys, limits)
     except FileNotFoundError:
         return Checked(name, path, None)
-    except FormatError as exc:
-        return Checked(name, path, mark, error=exc)
+    except FormatError as exc:  # kept without its traceback, which holds what was read
+        return Checked(name, path, mark, error=exc.with_traceback(None))
     except OSError as exc:  # unreadable for now (permissions, a share gone away)
-        return Checked(name, path, mark, failure=exc)
+        return Checked(name, path, mark, failure=exc.with_traceback(None))
     return Checked(name, path, mark, scanned=scanned, content=content)
 
 
