@@ -148,3 +148,11 @@ def test_a_header_of_many_nested_arrays_is_refused_unread(
     with pytest.raises(FormatError) as caught:  # decoded, then refused for its signature
         wire.decode_file(_unsigned({"r": "bravo", "s": "alpha", "a": full_ack}), keys)
     assert caught.value.reason == "bad-signature"
+
+
+def test_a_header_nested_too_deep_says_so(identities: dict[str, Identity]) -> None:
+    keys = keyring_for(identities, "bravo", ("alpha",))
+    head = b"\x91" * 600_000 + b"\x90"
+    with pytest.raises(FormatError) as caught:
+        wire.decode_file(PREFIX.pack(MAGIC, VERSION, len(head)) + head + bytes(64), keys)
+    assert caught.value.detail.endswith("bad msgpack: nested too deep")

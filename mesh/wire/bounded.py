@@ -63,7 +63,7 @@ def unpack(data: bytes | memoryview, bounds: MsgpackBounds) -> Any:
         )
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException) as exc:
         # StackError, FormatError and "exceeds max_*_len" are ValueErrors.
-        raise DecodeError(f"bad msgpack: {exc}") from None
+        raise DecodeError(f"bad msgpack: {_why(exc)}") from None
 
 
 def unpack_prefix(data: bytes, bounds: MsgpackBounds) -> tuple[Any, int]:
@@ -88,8 +88,16 @@ def unpack_prefix(data: bytes, bounds: MsgpackBounds) -> tuple[Any, int]:
     except DecodeError:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise DecodeError(f"bad msgpack: {exc}") from None
+        raise DecodeError(f"bad msgpack: {_why(exc)}") from None
     return obj, unpacker.tell()
+
+
+def _why(exc: Exception) -> str:
+    """What msgpack's `exc` says; its name when it says nothing (StackError: nested too
+    deep)."""
+    if isinstance(exc, msgpack.StackError):
+        return "nested too deep"
+    return str(exc) or type(exc).__name__
 
 
 _local = threading.local()
