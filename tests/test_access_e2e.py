@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -305,6 +306,11 @@ async def test_mesh_routes_need_admin_and_requests_their_owner(
                     assert reply.status_code in ((200, 202) if code == 200 else (404,)), caller
             other = await c.get("/mesh/requests/" + "0" * 32, headers=mesh.bearer("reader"))
             assert other.status_code == 404  # unknown and another's look the same
+            assert (await c.get("/mesh/nothing")).status_code == 401  # no routes for strangers
+            await mesh.mesh.wait_for("alpha: GET /mesh/nothing 401")
+        for line in ("GET /mesh/status 403", "POST /mesh/messages/bravo 403"):
+            assert re.search(f"alpha: {line} [0-9.]+ s by billing", mesh.mesh.text), line
+        assert re.search("alpha: GET /mesh/status 200 [0-9.]+ s by ops", mesh.mesh.text)
 
 
 async def test_the_events_websocket_wants_an_admin_and_its_own_origin(

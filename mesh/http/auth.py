@@ -96,12 +96,10 @@ class Gate:
             )
         return identity
 
-    def admin(self, headers: Headers, route: str) -> Identity:
-        """The caller of an admin route; 401 as `own_route`, 403 when not an admin."""
-        identity = self.own_route(headers)
+    def admin(self, identity: Identity, route: str) -> None:
+        """HTTPProblem 403 unless `identity` (`own_route`'s) is an admin's."""
         if not identity.admin:
             raise HTTPProblem(403, "not allowed", f"{route} is for admin callers only")
-        return identity
 
     def _caller_of(self, token: bytes) -> str | None:
         """The caller whose token `token` is, compared with every one in constant time."""

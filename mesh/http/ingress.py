@@ -25,6 +25,7 @@ import logging
 import math
 from collections.abc import Callable, Collection, Mapping, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -165,7 +166,7 @@ class Ingress:
                 raise HTTPProblem(404, "no such WebSocket", detail)
             host_answered(self.settings, headers)
             _same_origin(headers, scope.get("scheme", "ws"))
-            self.gate.admin(headers, "/mesh/events")
+            self.gate.admin(self.gate.own_route(headers), "/mesh/events")
         except HTTPProblem as problem:
             await _refuse_websocket(scope, send, problem)
             return
@@ -206,32 +207,36 @@ class Ingress:
         receive: Receive,
         send: Send,
     ) -> None:
-        """mesh's own routes: for admin callers, but a caller's own requests."""
-        route, admin = "/" + "/".join(parts), self.gate.admin
+        """mesh's own routes: for admin callers, but a caller's own requests; all but
+        the health check for known callers only (401, whatever the route)."""
+        route = "/" + "/".join(parts)
         if parts == ["mesh", "health"] and method == "GET":  # open to all
             health = self.services.health()
             await respond_json(send, 200 if health.ok else 503, health.as_json())
-        elif parts == ["mesh", "status"] and method == "GET":
-            admin(headers, route)
+            return
+        identity = self.gate.own_route(headers)
+        scope[CALLER] = identity.name  # for the access line, a refusal's too
+        admin = partial(self.gate.admin, identity, route)
+        if parts == ["mesh", "status"] and method == "GET":
+            admin()
             await respond_json(send, 200, self.services.status())
         elif parts == ["metrics"] and method == "GET":
-            admin(headers, route)
+            admin()
             await self.services.metrics.respond(send)
         elif parts == ["mesh", "messages"] and method == "GET":
-            admin(headers, route)
+            admin()
             await self._fetch(scope, send)
         elif parts == ["mesh", "messages", "ack"] and method == "POST":
-            admin(headers, route)
+            admin()
             await self._ack(receive, send)
         elif len(parts) == 3 and parts[:2] == ["mesh", "messages"] and method == "POST":
-            admin(headers, route)
+            admin()
             await self._post(parts[2], receive, send)
         elif (
             parts[:2] == ["mesh", "requests"]
             and parts[3:] in ([], ["response"])
             and (len(parts) > 2 and method == "GET")
         ):
-            identity = self.gate.own_route(headers)
             if parts[3:]:
                 wait = wait_for_answer(scope["headers"])  # each Prefer line, as a call's
                 await self._response(identity, parts[2], wait, receive, send)
