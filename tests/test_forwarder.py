@@ -338,7 +338,9 @@ async def test_a_body_whose_length_is_told_at_its_end_goes_to_the_upstream_chunk
 ) -> None:
     """A request gone ahead of a body whose size its caller did not say: the upstream
     gets it chunked (no length), whole, once its sender tells its length at the end,
-    whether that comes after the last piece, before it, or with no piece at all."""
+    whether that comes after the last piece, before it, or with no piece at all. The
+    first goes whole with its length: the upstream has not yet answered in HTTP/1.1, so
+    it is not known to take chunks (RFC 9112, 6.1)."""
     upstream = Upstream(200, b"ok")
     pieces = [os.urandom(MiB // 2) for _ in range(3)]
     with trio.fail_after(30):
@@ -351,7 +353,10 @@ async def test_a_body_whose_length_is_told_at_its_end_goes_to_the_upstream_chunk
                 assert record.status == 200
     whole = b"".join(pieces)
     assert [each["body"] for each in upstream.received] == [whole, whole, b""]
-    for each in upstream.received:
+    first, *then = upstream.received
+    assert first["headers"]["content-length"] == str(len(whole))
+    assert "transfer-encoding" not in first["headers"]
+    for each in then:
         assert each["headers"]["transfer-encoding"] == "chunked"
         assert "content-length" not in each["headers"]
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.server
 import random
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -188,6 +190,8 @@ async def test_an_upload_reaches_the_upstream_while_it_still_comes(
     async with served(sink, upstream_port), running(path):
         with trio.fail_after(60):
             async with httpx.AsyncClient(trust_env=False, timeout=50) as client:
+                # the upstream answers in HTTP/1.1 once: then it may get chunks (RFC 9112)
+                assert (await client.get(f"http://127.0.0.1:{port}/bravo/")).status_code == 200
                 reply = await client.put(
                     f"http://127.0.0.1:{port}/bravo/upload", content=paced(), headers=length
                 )
@@ -336,9 +340,13 @@ async def test_a_chunked_body_the_far_side_refused_is_answered_before_it_ends(
 
 async def answering_early(stream: trio.SocketStream) -> None:
     """Reads the head of a request and a little of its body, then reads no more and
-    answers 200 with a body that streams for a long while (a chunk a second)."""
+    answers 200 with a body that streams for a long while (a chunk a second); answers
+    ``GET /ready`` at once (204)."""
     async with stream:
         data = await read_head(stream)
+        if data is not None and data.startswith(b"GET /ready"):
+            await stream.send_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            return
         while data is not None and len(data) < 100_000:
             data += await stream.receive_some(65536)
         await stream.send_all(HEAD)
@@ -358,6 +366,9 @@ async def test_an_upload_the_upstream_answered_early_gets_the_answers_head_at_on
         path, port = two_peers(tmp_path, url, "64MiB", upstream_timeout="1s")
         async with running(path):
             with trio.fail_after(30):
+                async with httpx.AsyncClient(trust_env=False) as client:  # now it is known
+                    ready = await client.get(f"http://127.0.0.1:{port}/bravo/ready")
+                    assert ready.status_code == 204  # to speak HTTP/1.1: chunks may go
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 async with stream, trio.open_nursery() as nursery:
 
@@ -376,3 +387,54 @@ async def test_an_upload_the_upstream_answered_early_gets_the_answers_head_at_on
                     nursery.cancel_scope.cancel()
         assert answer.startswith(b"HTTP/1.1 200"), answer
         assert b"connection: close" in answer.lower(), answer
+
+
+class _Http10(http.server.BaseHTTPRequestHandler):
+    """An upstream of Python's own that speaks HTTP/1.0 (as `http.server` does unless
+    told otherwise): it reads a body by its length only, and answers its SHA-256 and
+    how it was framed."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_PUT(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        answer = hashlib.sha256(body).hexdigest().encode()
+        self.send_response(200)
+        self.send_header("X-Framing", "chunked" if self.headers["Transfer-Encoding"] else "length")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+async def test_an_upstream_not_known_to_speak_http11_gets_a_chunked_upload_whole(
+    tmp_path: Path,
+) -> None:
+    """RFC 9112, 6.1: a body goes chunked only to a server known to handle HTTP/1.1 (one
+    that answered in it). This HTTP/1.0 upstream read none of a chunked upload, and ran
+    the PUT with an empty body; now the body is taken whole first and sent with its
+    length, each time, as the upstream keeps answering in HTTP/1.0."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Http10)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    data = random.Random(9).randbytes(3 * MiB)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for at in range(0, len(data), MiB):
+            yield data[at : at + MiB]
+
+    try:
+        path, port = two_peers(tmp_path, f"http://127.0.0.1:{server.server_address[1]}", "64MiB")
+        async with running(path):
+            with trio.fail_after(60):
+                async with httpx.AsyncClient(trust_env=False, timeout=50) as client:
+                    for _ in range(2):
+                        url = f"http://127.0.0.1:{port}/bravo/up"
+                        reply = await client.put(url, content=pieces())
+                        assert reply.text == hashlib.sha256(data).hexdigest()
+                        assert reply.headers["x-framing"] == "length"
+            await settled(port, tmp_path / "state")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -331,6 +331,10 @@ class Forwarder:
         headers = upstream_headers(request, self.name)
         if self.serves is not None:  # what was allowed must be what the upstream does
             headers = [(name, value) for name, value in headers if name not in OVERRIDES]
+        if request.unsized and not origin.speaks_http11:  # it may not take chunks: whole
+            length = await self._whole(asker, request)
+            headers = [(name, value) for name, value in headers if name != b"transfer-encoding"]
+            headers.append((b"content-length", str(length).encode()))
         content = self._request_body(asker, request)
         view = View.of(request.headers)
         host = view.host.encode("latin-1") if view and self.upstream.preserve_host else None
@@ -343,6 +347,22 @@ class Forwarder:
                 return Outcome(response)
             relayed = await self.relay.answer(asker, response, reply.chunks(), _declared(reply))
         return Outcome(relayed.response, relayed.body, relayed.stream)
+
+    async def _whole(self, asker: str, request: Request) -> int:
+        """The length of `request`'s body, sent without one, once all of it is here (for
+        an upstream not yet known to take a chunked body); BodyBrokeOff if it is given
+        up or not whole by the request's deadline."""
+        assert request.body_id is not None
+        remote, body = asker, request.body_id
+
+        def wanted() -> bool:
+            return time.time() < request.deadline and not self.receiving.given_up(remote, body)
+
+        if await self.receiving.body_arrived(remote, body, None, wanted) is None:
+            raise BodyBrokeOff("it did not come whole (given up, or past the deadline)")
+        length = self.receiving.told_length(remote, body)
+        assert length is not None  # told, as it is whole
+        return length
 
     def _declared_too_big(self, request: Request, reply: Reply) -> bool:
         """Whether `reply` declares a body over this peer's body limit."""

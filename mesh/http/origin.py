@@ -119,6 +119,9 @@ class Origin:
         # Its URLs start so (userinfo aside): a Location under it names the upstream
         self.base = f"{parts.scheme}://{self.netloc.decode()}{self.prefix.decode()}"
         self.timeout, self.connect_timeout = timeout, connect_timeout
+        # whether it answered in HTTP/1.1 once: then a body may go to it chunked (RFC
+        # 9112, 6.1: not before the client knows the server handles HTTP/1.1)
+        self.speaks_http11 = False
         self._idle: list[_Connection] = []
         self._ssl = ssl_context
 
@@ -245,6 +248,7 @@ class Origin:
         while True:
             event = await _next_event(connection)
             if isinstance(event, h11.Response):
+                self.speaks_http11 = self.speaks_http11 or event.http_version == b"1.1"
                 headers = event.headers.raw_items()
                 return Reply(connection, event.status_code, headers, bytes(event.reason))
             # an InformationalResponse (1xx) is skipped: the final one follows
