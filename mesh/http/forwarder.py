@@ -23,7 +23,7 @@ import trio
 from ..config.access import serves
 from ..errors import Complaints
 from ..pipe.bodies import Bodies, Body, BodyTooLarge, incoming_name
-from ..pipe.flowing import BodyBrokeOff, follow
+from ..pipe.flowing import BodyBrokeOff, follow, whole
 from ..pipe.receiving import Receiving
 from ..pipe.sending import Sending
 from ..pipe.streams import BodyStream
@@ -332,7 +332,8 @@ class Forwarder:
         if self.serves is not None:  # what was allowed must be what the upstream does
             headers = [(name, value) for name, value in headers if name not in OVERRIDES]
         if request.unsized and not origin.speaks_http11:  # it may not take chunks: whole
-            length = await self._whole(asker, request)
+            assert request.body_id is not None
+            length = await whole(self.receiving, asker, request.body_id, request.deadline)
             headers = [(name, value) for name, value in headers if name != b"transfer-encoding"]
             headers.append((b"content-length", str(length).encode()))
         content = self._request_body(asker, request)
@@ -347,22 +348,6 @@ class Forwarder:
                 return Outcome(response)
             relayed = await self.relay.answer(asker, response, reply.chunks(), _declared(reply))
         return Outcome(relayed.response, relayed.body, relayed.stream)
-
-    async def _whole(self, asker: str, request: Request) -> int:
-        """The length of `request`'s body, sent without one, once all of it is here (for
-        an upstream not yet known to take a chunked body); BodyBrokeOff if it is given
-        up or not whole by the request's deadline."""
-        assert request.body_id is not None
-        remote, body = asker, request.body_id
-
-        def wanted() -> bool:
-            return time.time() < request.deadline and not self.receiving.given_up(remote, body)
-
-        if await self.receiving.body_arrived(remote, body, None, wanted) is None:
-            raise BodyBrokeOff("it did not come whole (given up, or past the deadline)")
-        length = self.receiving.told_length(remote, body)
-        assert length is not None  # told, as it is whole
-        return length
 
     def _declared_too_big(self, request: Request, reply: Reply) -> bool:
         """Whether `reply` declares a body over this peer's body limit."""

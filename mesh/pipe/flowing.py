@@ -229,6 +229,21 @@ async def follow(
         await ending(offset)
 
 
+async def whole(receiving: Receiving, remote: str, transfer: str, deadline: float) -> int:
+    """The length of body `transfer` from `remote`, whose message went without it, once
+    its sender told it and all of it is here (to be sent on with its length);
+    BodyBrokeOff if it is given up, or not whole by `deadline` (wall-clock seconds)."""
+
+    def wanted() -> bool:
+        return time.time() < deadline and not receiving.given_up(remote, transfer)
+
+    if await receiving.body_arrived(remote, transfer, None, wanted) is None:
+        raise BodyBrokeOff("it did not come whole (given up, or not by the deadline)")
+    length = receiving.told_length(remote, transfer)
+    assert length is not None  # told, as it is whole
+    return length
+
+
 async def _read_on(receiving: Receiving, ranges: BodyRanges, offset: int, size: int) -> bytes:
     """`_read_at` in a thread. Its BodyBrokeOff is raised once the delivery under way is
     stored (or after `REREAD_AFTER` seconds): a body dropped (given up, or over the limit)
