@@ -301,9 +301,14 @@ def test_a_refused_file_holds_none_of_what_was_read(tmp_path: Path, bravo_keys: 
     """Its refusal is kept without the traceback, whose frames held the bytes read (and
     in a cycle, so only the collector freed them: 1,000 files of 800 KB headers from a
     stranger took a peer from 64 to 1,010 MB, kept by the allocator after)."""
-    header = b"\x81\xa1r\xc6" + (800_000).to_bytes(4, "big") + bytes(800_000)
-    path = tmp_path / str(NAME)
-    path.write_bytes(b"MESH\x02" + len(header).to_bytes(4, "big") + header + bytes(64))
-    [checked] = inbox.check_files([(NAME, path)], bravo_keys, LIMITS, {})
-    assert checked.error is not None and checked.error.reason == "wrong-recipient"
-    assert checked.error.__traceback__ is None
+    headers = {
+        "wrong-recipient": b"\x81\xa1r\xc6" + (800_000).to_bytes(4, "big") + bytes(800_000),
+        "bad-header": b"\x91" * 500_000 + b"\x90",  # refused while decoding: a chain
+    }
+    for reason, header in headers.items():
+        path = tmp_path / str(NAME)
+        path.write_bytes(b"MESH\x02" + len(header).to_bytes(4, "big") + header + bytes(64))
+        [checked] = inbox.check_files([(NAME, path)], bravo_keys, LIMITS, {})
+        assert checked.error is not None and checked.error.reason == reason
+        error = checked.error
+        assert error.__traceback__ is error.__context__ is error.__cause__ is None

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Container, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..errors import FormatError
 from ..wire.fileformat import KeySource, Limits, ScannedFile, scan_file
@@ -120,11 +120,22 @@ def _check(
             scanned = scan_file(source if whole is None else whole, keys, limits)
     except FileNotFoundError:
         return Checked(name, path, None)
-    except FormatError as exc:  # kept without its traceback, which holds what was read
-        return Checked(name, path, mark, error=exc.with_traceback(None))
+    except FormatError as exc:
+        return Checked(name, path, mark, error=_alone(exc))
     except OSError as exc:  # unreadable for now (permissions, a share gone away)
-        return Checked(name, path, mark, failure=exc.with_traceback(None))
+        return Checked(name, path, mark, failure=_alone(exc))
     return Checked(name, path, mark, scanned=scanned, content=content)
+
+
+Raised = TypeVar("Raised", bound=BaseException)
+
+
+def _alone(exc: Raised) -> Raised:
+    """`exc`, to be kept, without its traceback and the exceptions it was raised from
+    or while handling: their frames hold what was read (a stranger's megabyte, in a
+    cycle only the collector breaks, and the allocator keeps the memory after)."""
+    exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+    return exc
 
 
 def open_regular(path: Path, info: os.stat_result | None = None) -> BinaryIO:
