@@ -165,12 +165,16 @@ def list_addressed(
     (an unmounted share) lists as empty."""
     files: list[tuple[FileName, Path]] = []
     folders: list[tuple[FileName, Path]] = []
+    addressed = f".{me}."  # the second of the name's parts, looked for before the rest
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name in skipped or not entry.name.endswith(SUFFIX):
                     continue
                 if entry.name.startswith(TEMP_PREFIX):
+                    continue
+                dot = entry.name.find(".")
+                if not entry.name.startswith(addressed, dot):  # another's: not parsed
                     continue
                 name = parse_name(entry.name)
                 if name is not None and name.recipient == me:  # of any kind: see inbox
