@@ -234,10 +234,46 @@ async def test_folders_past_those_recorded_are_passed_over_with_a_line_a_minute(
     for empty in names[::2]:
         (tmp_path / empty).rmdir()
     names = names[1::2]
-    folders, puts, _ = await _listed(tmp_path, bravo_keys, Quarantine(tmp_path / "q"), monkeypatch)
-    assert puts == names[:2] and set(folders[1:]) == {2}
+    quarantine = Quarantine(tmp_path / "q")
+    folders, puts, _ = await _listed(tmp_path, bravo_keys, quarantine, monkeypatch)
+    assert puts == names and set(folders[1:]) == {2}  # each handed over once, in all
+    assert quarantine.left() == set(names[:2]) and quarantine.count() == 2
     said = [r.getMessage() for r in caplog.records if "unrecorded" in r.getMessage()]
     assert len(said) == 1 and "2 folders under message names" in said[0]
+    quarantined = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+    assert quarantined == [f"bravo: quarantined {names[0]} and 1 more folders: not-a-file "
+                           "(a folder, not a file: never opened)"]  # fmt: skip
+
+
+async def test_a_flood_of_folders_is_recorded_a_batch_a_listing_and_once_across_starts(
+    tmp_path: Path,
+    identities: dict[str, Identity],
+    bravo_keys: Keyring,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files are not held up behind folders: a listing records at most `FOLDERS_AT_ONCE`
+    of them, then takes its files, then lists again at once. After a restart, folders
+    noted before are not noted again (100,000 of them took 70 s and 100,000 lines)."""
+    monkeypatch.setattr(intake, "FOLDERS_AT_ONCE", 3)
+    names = _folders(tmp_path, 14)[1::2]  # 7 that hold something
+    path = mesh_file(tmp_path, identities, b"not held up", 99)
+    folders, puts, taken = await _listed(
+        tmp_path, bravo_keys, Quarantine(tmp_path / "q"), monkeypatch
+    )
+    assert folders[:6] == [14, 11, 8, 5, 2, 0] and taken == [path.name]
+    assert sorted(puts) == sorted(_folders_made(tmp_path)) and len(puts) == 14
+    again = Quarantine(tmp_path / "q")  # a new start, the folders still there
+    _, puts, _ = await _listed(tmp_path, bravo_keys, again, monkeypatch)
+    assert sorted(puts) == names and again.count() == 14  # not noted twice
+    assert again.left() == set(names)
+
+
+def _folders_made(inbox_dir: Path) -> list[str]:
+    """The names `_folders` made in `inbox_dir` (the empty ones were removed since)."""
+    return [
+        str(FileName(NAME.stamp + n, "alpha", "bravo", "0a0b0c0d", FileKind.MESSAGES))
+        for n in range(14)
+    ]
 
 
 def _folders(inbox_dir: Path, count: int) -> list[str]:

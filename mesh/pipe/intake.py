@@ -36,6 +36,7 @@ from .quarantine import Quarantine
 from .watch import watch
 
 DETAIL_MOST = 500  # characters of why a file was refused, in its line and note
+FOLDERS_AT_ONCE = 1024  # folders under message names recorded per listing
 REMOVE_RETRY = 5.0  # seconds between two tries to remove taken files that could not be
 
 Arrived = Callable[[Path, ScannedFile, bytes | None], Awaitable[Arrival]]
@@ -82,13 +83,16 @@ class Intake:
                 wake_send,
             )
             while True:
-                await self._take_inbox()
+                if await self._take_inbox():
+                    await trio.lowlevel.checkpoint()  # more to take: list again at once
+                    continue
                 with trio.move_on_at(self._settling.next_check()):
                     await wake_recv.receive()
 
-    async def _take_inbox(self) -> None:
+    async def _take_inbox(self) -> bool:
         """Take the files addressed to this peer: listed and the first batch checked in
-        one call (on the loop while that is quick), each further batch in a thread."""
+        one call (on the loop while that is quick), each further batch in a thread;
+        whether there is more to do at once (folders to record, `_refuse_folders`)."""
         settings = self.settings
         listed = partial(
             inbox.list_and_check,
@@ -105,8 +109,8 @@ class Intake:
             listing = await self.reads.run(listed)
         except OSError as exc:
             self.log.warning("%s: cannot list inbox %s: %s", self.name, settings.inbox, exc)
-            return
-        await self._refuse_folders(listing.folders)
+            return False
+        more = await self._refuse_folders(listing.folders)
         for name, path in listing.foreign:
             detail = f"{name.sender} is not in {self.name}'s talks_to; the file was not read"
             try:
@@ -121,22 +125,35 @@ class Intake:
                 inbox.check_files, batch, self.keyring, self.limits, settling
             )
             await self._take_checked(checked)
+        return more
 
-    async def _refuse_folders(self, folders: list[tuple[FileName, Path]]) -> None:
-        """Record each folder under a message's name (once: then it is not listed), or,
-        past what the quarantine records, say once a minute that some are left."""
-        for index, (_, path) in enumerate(folders):
-            if not self.quarantine.records_folders():
-                what = "%d folders under message names left in %s unrecorded (%d are)"
-                left = len(folders) - index
-                self._complaints.say(
-                    "folders", what, left, path.parent, len(self.quarantine.left())
-                )
-                return
-            try:
-                await self._quarantine(path, "not-a-file", "a folder, not a file: never opened")
-            except OSError as exc:
-                self._complaints.say("folder", "cannot record %s: %s", path.name, exc)
+    async def _refuse_folders(self, folders: list[tuple[FileName, Path]]) -> bool:
+        """Record the first `FOLDERS_AT_ONCE` folders under message names (once: then
+        they are not listed), in one thread round trip and one line, or, past what the
+        quarantine records, say once a minute that some are left; whether some are left
+        for the next listing (files are not held up by a flood of them)."""
+        if not folders:
+            return False
+        if not self.quarantine.records_folders():
+            what = "%d folders under message names left in %s unrecorded (%d are)"
+            left = len(self.quarantine.left())
+            self._complaints.say("folders", what, len(folders), folders[0][1].parent, left)
+            return False
+        paths = [path for _, path in folders[:FOLDERS_AT_ONCE]]
+        detail = "a folder, not a file: never opened"
+        try:
+            noted = await trio.to_thread.run_sync(
+                self.quarantine.put_all, paths, "not-a-file", detail
+            )
+        except OSError as exc:
+            self._complaints.say("folder", "cannot record %s: %s", paths[0].name, exc)
+            return False
+        if noted:
+            more = f" and {len(noted) - 1} more folders" if len(noted) > 1 else ""
+            self.log.warning(
+                "%s: quarantined %s%s: not-a-file (%s)", self.name, noted[0], more, detail
+            )
+        return len(folders) > FOLDERS_AT_ONCE
 
     async def _take_checked(self, checked: list[inbox.Checked]) -> None:
         """Take checked files in order, each then to be removed (`_remove_taken`);

@@ -25,6 +25,7 @@ import stat
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..wire.names import SUFFIX
@@ -86,6 +87,10 @@ class Quarantine:
             self._reasons[reason] += 1
         return written
 
+    def put_all(self, paths: Iterable[Path], reason: str, detail: str) -> list[str]:
+        """`put` each of `paths`, for one `reason`; the names of those noted now."""
+        return [path.name for path in paths if self.put(path, reason, detail) is not None]
+
     def records_folders(self) -> bool:
         """Whether a folder not yet recorded would be (fewer than `FOLDERS_KEPT` are)."""
         with self._lock:
@@ -99,7 +104,7 @@ class Quarantine:
     def _folder(self, path: Path) -> str | None:
         """What became of folder `path`, to be recorded: removed if it was empty, else
         left (and then in `left`); None when it is not to be recorded (it was already,
-        or `FOLDERS_KEPT` are)."""
+        here or before a restart, or `FOLDERS_KEPT` are)."""
         with self._lock:
             if path.name in self._folders or len(self._folders) >= FOLDERS_KEPT:
                 return None
@@ -108,6 +113,8 @@ class Quarantine:
         except OSError:
             with self._lock:
                 self._folders.add(path.name)
+            if os.path.lexists(self.folder / (path.name + NOTE)):
+                return None  # noted before this peer started again
             return "not kept (a folder that holds something is left where it is)"
         return "not kept (an empty folder, removed)"
 
