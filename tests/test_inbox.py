@@ -178,24 +178,8 @@ async def test_a_taken_file_that_cannot_be_removed_is_not_taken_again(
 
     monkeypatch.setattr(inbox, "remove_all", denied_twice)
     monkeypatch.setattr(intake, "REMOVE_RETRY", 0.2)
-    taken: list[str] = []
-
-    async def arrived(path: Path, scanned: wire.ScannedFile, content: bytes | None) -> Arrival:
-        taken.append(path.name)
-        return Arrival("alpha", Verdict.CURRENT, (), (), (), 1)
-
-    settings: Any = SimpleNamespace(
-        name="bravo", settle=0.2, inbox=tmp_path, watch="poll", poll_interval=0.01
-    )
-    settings.talks_to = ("alpha",)
     path = mesh_file(tmp_path, identities, b"once", 1)
-    unused = Quarantine(tmp_path / "q")
-    reader = intake.Intake(settings, bravo_keys, LIMITS, unused, arrived, lambda *_: None)
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader.run)
-            await removed.wait()
-            nursery.cancel_scope.cancel()
+    taken = await _run_intake(tmp_path, bravo_keys, Quarantine(tmp_path / "q"), removed)
     assert taken == [path.name] and not path.exists()
     assert tries == [1, 1, 1]
     assert sum("cannot remove" in record.getMessage() for record in caplog.records) == 1
@@ -314,6 +298,15 @@ async def _listed(
     monkeypatch.setattr(
         quarantine, "put", lambda *args: puts.append(args[0].name) or real_put(*args)
     )
+    taken = await _run_intake(inbox_dir, keys, quarantine, listed_enough)
+    return folders, puts, taken
+
+
+async def _run_intake(
+    inbox_dir: Path, keys: Keyring, quarantine: Quarantine, until: trio.Event
+) -> list[str]:
+    """Run bravo's intake on `inbox_dir` (polled every 10 ms) until `until` is set; the
+    names of the files it took."""
     taken: list[str] = []
 
     async def arrived(path: Path, scanned: wire.ScannedFile, content: bytes | None) -> Arrival:
@@ -328,9 +321,9 @@ async def _listed(
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader.run)
-            await listed_enough.wait()
+            await until.wait()
             nursery.cancel_scope.cancel()
-    return folders, puts, taken
+    return taken
 
 
 def test_a_refused_file_holds_none_of_what_was_read(tmp_path: Path, bravo_keys: Keyring) -> None:

@@ -19,7 +19,8 @@ from tests.test_access_e2e import raw_status
 from tests.test_gateway_e2e import upstream_served
 
 
-async def test_json_logs(tmp_path: Path, ports: Ports) -> None:
+def _two_peers(tmp_path: Path, ports: Ports) -> Path:
+    """A roster of alpha and bravo (bravo's upstream on `ports.upstream`), keys made."""
     roster = write_roster(
         tmp_path,
         {
@@ -29,6 +30,11 @@ async def test_json_logs(tmp_path: Path, ports: Ports) -> None:
         defaults={"heartbeat": "200ms", "linger": "2ms"},
     )
     keygen(roster)
+    return roster
+
+
+async def test_json_logs(tmp_path: Path, ports: Ports) -> None:
+    roster = _two_peers(tmp_path, ports)
     with trio.fail_after(30):
         async with (
             upstream_served(ports.upstream),
@@ -58,15 +64,7 @@ async def test_text_logs_keep_what_a_stranger_sends_on_its_own_line(
 ) -> None:
     """A path with encoded line breaks and terminal codes stays on its access line, still
     encoded; the userinfo of a proxy-form target (it may hold a token) is not logged."""
-    roster = write_roster(
-        tmp_path,
-        {
-            "alpha": peer(ports.alpha, ["bravo"]),
-            "bravo": peer(ports.bravo, ["alpha"], upstream=f"http://127.0.0.1:{ports.upstream}"),
-        },
-        defaults={"heartbeat": "200ms", "linger": "2ms"},
-    )
-    keygen(roster)
+    roster = _two_peers(tmp_path, ports)
     forged = "%0d%0a2026-12-03%2008:30:00,000%20WARNING%20alpha:%20forged%1b%5b2J"
     with trio.fail_after(30):
         async with (

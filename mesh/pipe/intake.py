@@ -135,9 +135,8 @@ class Intake:
         if not folders:
             return False
         if not self.quarantine.records_folders():
-            what = "%d folders under message names left in %s unrecorded (%d are)"
-            left = len(self.quarantine.left())
-            self._complaints.say("folders", what, len(folders), folders[0][1].parent, left)
+            what = "%d folders under message names left in %s unrecorded: no more are"
+            self._complaints.say("folders", what, len(folders), self.settings.inbox)
             return False
         paths = [path for _, path in folders[:FOLDERS_AT_ONCE]]
         detail = "a folder, not a file: never opened"

@@ -89,11 +89,11 @@ def read_header(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     raw = _header_map(data[PREFIX_SIZE:head_end], limits)
     sender, recipient = raw.get("s"), raw.get("r")
     if recipient != keys.me:
-        detail = f"addressed to {shown(recipient)}, not {keys.me!r}"
+        detail = f"addressed to {_shown(recipient)}, not {keys.me!r}"
         raise FormatError("wrong-recipient", detail)
     public = keys.public(sender) if isinstance(sender, str) else None
     if public is None:
-        raise FormatError("unknown-sender", f"sender {shown(sender)} is not a peer we talk to")
+        raise FormatError("unknown-sender", f"sender {_shown(sender)} is not a peer we talk to")
     if not public.verify(data[:head_end], data[head_end:need]):
         raise FormatError("bad-signature", f"signature does not verify as {sender}'s")
     header = _header_fields(raw, limits)
@@ -108,7 +108,7 @@ def read_header(data: bytes, keys: KeySource, limits: Limits = DEFAULT_LIMITS) -
     return ParsedHeader(header, offset, tuple(spans), grouped, numbers)
 
 
-def shown(value: object, most: int = 64) -> str:
+def _shown(value: object, most: int = 64) -> str:
     """An unchecked `value` as a line may show it: a string, cut to `most` characters;
     anything else by its type and size (never whole: it may be a megabyte)."""
     if value is None:
